@@ -1,0 +1,43 @@
+# The two commands a user needs: `make demo` and `make test`. Both set up everything on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+AUTOMQ := $(VENV)/bin/automq
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+SPACE ?= spaces/mbv2_fmnist.yaml
+RUN ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup data clean
+
+setup: $(VENV)/.installed
+
+# Reinstall when the package metadata changes; editable, so source edits need no reinstall.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+# Fashion-MNIST ships as Debian's dataset-fashion-mnist; install it when missing.
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST found in $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing Debian package dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST is missing from $(FMNIST_DIR)."; \
+		echo "Install it with: sudo apt-get install -y dataset-fashion-mnist"; \
+		echo "or put the four *-ubyte.gz files in a folder and pass --data FOLDER (or dataset.root in the space file)."; \
+	fi
+
+demo: setup data
+	$(AUTOMQ) demo $(SPACE) --out $(RUN)
+
+test: setup data
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Search strategies, installed as ``automq.strategies`` (one module per strategy)."""
