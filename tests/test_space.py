@@ -1,0 +1,349 @@
+import copy
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from automq.candidate import BlockChoice, Candidate
+from automq.cost import CostModel
+from automq.errors import CandidateError, SpaceError
+from automq.formats import format_names, get_format
+from automq.space import SHIPPED_SPACES, Decision, SearchSpace
+
+SHIPPED = sorted(p.stem for p in SHIPPED_SPACES.glob("*.yaml"))
+
+# Depth-conditional and override-heavy, yet small: 2^9 = 512 raw decision combinations, 288 distinct candidates.
+TINY = {
+    "name": "tiny",
+    "dataset": {"name": "fashion_mnist", "input_size": 16},
+    "network": {
+        "stem": {"channels": 8},
+        "stages": [
+            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
+            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5],
+             "expand_ratio": [3, 6]},
+        ],
+        "head": {"channels": 32},
+        "width_mult": [0.5, 1.0],
+    },
+    "formats": {
+        "weights": ["int8"],
+        "activations": ["int8"],
+        "overrides": [
+            {"layers": r"blocks\.1\.\d\.conv_pwl", "weights": ["int4", "int8"]},
+            {"layers": "classifier", "activations": ["int8", "fp8_e4m3"]},
+            {"layers": "classifier|conv_head", "weights": ["int2"]},  # shadowed for the classifier
+        ],
+    },
+    "objectives": [{"metric": "accuracy"}, {"metric": "bitops", "mode": "min"}],
+}
+
+
+def tiny(**edits) -> SearchSpace:
+    data = copy.deepcopy(TINY)
+    data.update(edits)
+    return SearchSpace.from_dict(data, source="tiny.yaml")
+
+
+def distinct_candidates(space: SearchSpace) -> set[Candidate]:
+    """Brute force: every combination of the max network's decisions, inactive ones dropped, de-duplicated."""
+    decisions = space.decisions()
+    return {
+        space.candidate_from_choices(dict(zip([d.name for d in decisions], values)))
+        for values in itertools.product(*(d.choices for d in decisions))
+    }
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_spaces_load_and_sample_valid_candidates(name):
+    space = SearchSpace.from_file(SHIPPED_SPACES / f"{name}.yaml")
+    assert space.name == name
+    assert space.count() >= 1
+    for seed in range(3):
+        space.validate_candidate(space.sample(seed))
+    space.validate_candidate(space.smallest())
+    space.validate_candidate(space.largest())
+
+
+def test_shipped_names_resolve_without_a_path():
+    assert SearchSpace.from_file("mbv2_fmnist").source.endswith("spaces/mbv2_fmnist.yaml")
+
+
+def test_default_space_matches_the_demo_brief():
+    space = SearchSpace.from_file("mbv2_fmnist")
+    assert (space.dataset.in_chans, space.dataset.num_classes, space.dataset.input_size) == (1, 10, 32)
+    assert space.layer_menu("conv_stem") == (("int8",), ("int8",))
+    assert space.layer_menu("classifier") == (("int8",), ("int8",))
+    assert all(get_format(fmt).bits >= 6 for name in space.layer_names() if name.endswith("conv_dw")
+               for fmt in space.layer_menu(name)[0])
+    assert {get_format(fmt).family for fmt in space.weight_formats} == {"int", "float", "mx"}
+    assert CostModel(space).costs(space.largest())["macs"] <= 15e6
+
+
+def test_count_equals_brute_force_enumeration():
+    space = tiny()
+    assert [d.name for d in space.decisions()] == [
+        "width_mult", "stages.1.depth",
+        "blocks.1.0.kernel_size", "blocks.1.0.expand_ratio", "blocks.1.1.kernel_size", "blocks.1.1.expand_ratio",
+        "blocks.1.0.conv_pwl.w_fmt", "blocks.1.1.conv_pwl.w_fmt", "classifier.a_fmt",
+    ]
+    # by hand: width 2 x classifier 2 x (depth 1: 2*2*2 + depth 2: 8*8) = 288
+    assert space.count() == len(distinct_candidates(space)) == 288
+
+
+def test_tiny_enum_is_enumerable_and_a_sub_space_of_the_default():
+    space, default = SearchSpace.from_file("tiny_enum"), SearchSpace.from_file("mbv2_fmnist")
+    candidates = distinct_candidates(space)
+    assert space.count() == len(candidates) == 576
+    for candidate in candidates:
+        default.validate_candidate(candidate)
+    default.validate_candidate(SearchSpace.from_file("mpq_only").largest())
+
+
+def test_single_choice_decisions_are_constants():
+    space = SearchSpace.from_file("mpq_only")
+    assert not any(d.name.endswith(("depth", "kernel_size", "expand_ratio", "width_mult")) for d in space.decisions())
+    assert space.smallest().blocks == space.largest().blocks
+
+
+def test_choices_round_trip_and_inactive_decisions_are_dropped():
+    space = tiny()
+    for seed in range(20):
+        candidate = space.sample(seed)
+        assert space.candidate_from_choices(space.choices_of(candidate)) == candidate
+    shallow = {d.name: d.choices[0] for d in space.decisions()}  # depth 1: blocks.1.1.* are inactive
+    candidate = space.candidate_from_choices(shallow)
+    assert candidate.depths == (1, 1)
+    assert "blocks.1.1.kernel_size" not in space.choices_of(candidate)
+
+
+@pytest.mark.parametrize(
+    "choices, message",
+    [
+        ({"width_mul": 0.5}, "unknown decision 'width_mul'; did you mean 'width_mult'"),
+        ({"width_mult": 0.7}, "'width_mult' = 0.7 is not one of \\[0.5, 1.0\\]"),
+        ({"width_mult": 0.5}, "missing a value for the active decision 'stages.1.depth'"),
+    ],
+)
+def test_candidate_from_choices_errors(choices, message):
+    with pytest.raises(CandidateError, match=message):
+        tiny().candidate_from_choices(choices)
+
+
+def test_sampling_is_seeded():
+    space = SearchSpace.from_file("mbv2_fmnist")
+    assert space.sample(3) == space.sample(3) == space.sample(np.random.default_rng(3))
+    assert len({space.sample(seed) for seed in range(20)}) == 20
+    gen_a, gen_b = np.random.default_rng(7), np.random.default_rng(7)
+    assert [space.mutate(space.largest(), gen_a, 0.3) for _ in range(3)] == \
+           [space.mutate(space.largest(), gen_b, 0.3) for _ in range(3)]
+
+
+def test_sampled_mutated_and_crossed_candidates_are_always_valid():
+    space = SearchSpace.from_file("mbv2_fmnist")
+    rng = np.random.default_rng(0)
+    population = [space.sample(rng) for _ in range(10)]
+    for step in range(60):
+        a, b = population[rng.integers(10)], population[rng.integers(10)]
+        child = space.mutate(space.crossover(a, b, rng), rng, prob=0.2)
+        space.validate_candidate(child)
+        population[step % 10] = child
+
+
+def test_mutation_probability_bounds():
+    space = tiny()
+    candidate = space.sample(1)
+    assert space.mutate(candidate, 0, prob=0.0) == candidate
+    mutated = space.choices_of(space.mutate(candidate, 0, prob=1.0))
+    before = space.choices_of(candidate)
+    # every decision active in both differs (the depth flip may add or remove blocks)
+    assert all(mutated[name] != before[name] for name in before.keys() & mutated.keys())
+
+
+def test_crossover_takes_every_value_from_a_parent():
+    space = SearchSpace.from_file("mbv2_fmnist")
+    a, b = space.smallest(), space.largest()
+    child = space.crossover(a, b, 5)
+    ca, cb = space.choices_of(a), space.choices_of(b)
+    for name, value in space.choices_of(child).items():
+        assert value in (ca.get(name), cb.get(name))
+    assert space.crossover(a, a, 9) == a
+
+
+def test_smallest_and_largest_are_the_bitops_extremes():
+    space = SearchSpace.from_file("tiny_enum")
+    bitops = [CostModel(space).costs(c)["bitops"] for c in distinct_candidates(space)]
+    model = CostModel(space)
+    assert model.costs(space.smallest())["bitops"] == min(bitops)
+    assert model.costs(space.largest())["bitops"] == max(bitops)
+
+
+def test_uniform_formats_and_clamping():
+    space = SearchSpace.from_file("mbv2_fmnist")
+    with pytest.raises(CandidateError, match="layer 'conv_stem' allows w_fmt \\['int8'\\] only"):
+        space.uniform("int4", "int8")
+    clamped = space.uniform("int4", "fp8_e4m3", clamp=True)
+    formats = clamped.layer_formats()
+    assert formats["conv_stem"] == ("int8", "int8")  # the stem allows int8 only
+    assert formats["blocks.0.0.conv_dw"] == ("int8", "fp8_e4m3")  # nearest >= 6-bit depthwise format
+    assert formats["blocks.1.0.conv_pw"] == ("int4", "fp8_e4m3")
+    assert clamped.blocks == space.largest().blocks
+    assert space.uniform("int8", "int8", arch="smallest").blocks == space.smallest().blocks
+    arch = space.sample(4)
+    assert space.uniform("int8", "int8", arch=arch).blocks == arch.blocks
+    with pytest.raises(CandidateError, match="unknown format 'int7'"):
+        space.uniform("int7", "int8")
+
+
+def test_layer_names_and_first_matching_override_wins():
+    space = tiny()
+    candidate = space.smallest()
+    assert space.layer_names(candidate) == [
+        "conv_stem", "blocks.0.0.conv_dw", "blocks.0.0.conv_pw",
+        "blocks.1.0.conv_pw", "blocks.1.0.conv_dw", "blocks.1.0.conv_pwl", "conv_head", "classifier",
+    ]
+    assert space.layer_menu("classifier") == (("int8",), ("int8", "fp8_e4m3"))
+    assert space.layer_menu("conv_head") == (("int2",), ("int8",))
+    assert space.layer_menu("blocks.1.1.conv_pwl") == (("int4", "int8"), ("int8",))
+    with pytest.raises(CandidateError, match="no layer named 'blocks.9.0.conv_pw'"):
+        space.layer_menu("blocks.9.0.conv_pw")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: Candidate(0.7, c.blocks, c.formats), "'width_mult' = 0.7"),
+        (lambda c: Candidate(c.width_mult, c.blocks[:1], c.formats), "has 1 stages, the space tiny.yaml has 2"),
+        (lambda c: Candidate(c.width_mult, (c.blocks[0], c.blocks[1] * 3), c.formats), "stages.1.depth = 3"),
+        (lambda c: Candidate(c.width_mult, (c.blocks[0], (BlockChoice(7, 3),)), c.formats),
+         "'blocks.1.0.kernel_size' = 7 is not one of \\[3, 5\\]"),
+        (lambda c: Candidate(c.width_mult, c.blocks, c.formats[:-1]), "its formats lack layers \\['classifier'\\]"),
+        (lambda c: Candidate(c.width_mult, c.blocks, c.formats[:-1] + (("classifier", "int8", "int4"),)),
+         "'classifier.a_fmt' = 'int4' is not one of"),
+    ],
+)
+def test_validate_candidate_names_the_field(edit, message):
+    space = tiny()
+    with pytest.raises(CandidateError, match=message):
+        space.validate_candidate(edit(space.smallest()))
+
+
+def set_path(data: dict, path: str, value) -> dict:
+    """Copy of ``data`` with ``value`` at a dotted path (integers index lists); ``...`` deletes the key."""
+    data = copy.deepcopy(data)
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node = data
+    for key in parents:
+        node = node[key]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("formats.weights", ["int8", "int7"], "formats.weights[1]: unknown format 'int7'; did you mean 'int8'? "
+                                              "valid formats: int2"),
+        ("network.stages.1.kernel_size", [], "network.stages[1].kernel_size: empty choice list"),
+        ("network.stages.1.kernel_size", [3, 4], "network.stages[1].kernel_size[1]: kernel size 4 is even"),
+        ("network.stages.1.depth", [0, 1], "network.stages[1].depth[0]: expected a value >= 1, got 0"),
+        ("network.stages.1.kernal_size", [3], "network.stages[1].kernal_size: unknown key; did you mean "
+                                              "'kernel_size'?"),
+        ("network.stages.1.stride", "2", "network.stages[1].stride: expected an integer, got str '2'"),
+        ("network.stages.1.stride", 3, "network.stages[1].stride: expected 1 or 2, got 3"),
+        ("network.stages.1.type", "mb", "network.stages[1].type: expected 'ds' (depthwise-separable) or 'ir'"),
+        ("network.stages.1.expand_ratio", ..., "network.stages[1].expand_ratio: missing required key"),
+        ("network.stages.0.expand_ratio", [1, 2], "network.stages[0].expand_ratio: a 'ds' stage has no expansion"),
+        ("network.stages.1.depth", [1, 1], "network.stages[1].depth: duplicate choices"),
+        ("network.width_mult", 1.0, "network.width_mult: expected a list of a number choices"),
+        ("network.stem", ..., "network.stem: missing required key"),
+        ("objectives", [{"metric": "acuracy"}], "objectives[0].metric: unknown metric 'acuracy'; did you mean "
+                                                "'accuracy'?"),
+        ("objectives", [{"metric": "bitops"}, {"metric": "bitops"}], "objectives[1].metric: 'bitops' is listed"),
+        ("objectives", [{"metric": "size", "mode": "lowest"}], "objectives[0].mode: expected 'min' or 'max'"),
+        ("objectives", [{"metric": "latency"}], "latency_table: the 'latency' metric needs"),
+        ("budgets", {"accuracy": 0.9}, "budgets.accuracy: unknown key; valid keys: bitops, size"),
+        # smallest by hand: width 0.5 (8-channel stem/stages), depth 1, k3, e3, int4 pwl, int2 head, rest int8:
+        # 64*(4608+4608+4096+12288+3456) + 32*3072 + 16*4096 + 64*320 = 2043904
+        ("budgets", {"bitops": 1000.0}, "budgets.bitops: 1000 is below the smallest candidate's bitops (2.0439e+06)"),
+        ("dataset.name", "fmnist", "dataset.name: unknown dataset 'fmnist'"),
+        ("dataset.name", "imagefolder", "dataset.num_classes: required for dataset 'imagefolder'"),
+        ("dataset.val_size", None, "dataset.val_size: expected an integer, got NoneType None"),
+        ("dataset.input_size", 32.5, "dataset.input_size: expected an integer, got float 32.5"),
+        ("formats.overrides.0.layers", "blocks.(", "formats.overrides[0].layers: invalid regular expression"),
+        ("formats.overrides.0.layers", "conv_pwl", "formats.overrides[0].layers: 'conv_pwl' matches no layer"),
+        ("formats.overrides.2", {"layers": "conv_head", "activations": ["int4"]}, None),  # one menu is enough
+        ("formats.overrides.1.activations", ..., "formats.overrides[1]: a rule needs 'weights', 'activations'"),
+        ("network.stages.1.stride", 2, None),
+        ("training", {"epochs": 0}, "training.epochs: expected a value >= 1, got 0"),
+        ("training", {"lr": "fast"}, "training.lr: expected a number, got str 'fast'"),
+        ("search", {"trails": 5}, "search.trails: unknown key; did you mean 'trials'?"),
+        ("search", {"eval_size": 9000}, "search.eval_size: 9000 exceeds dataset.val_size (5000)"),
+        ("seed", -1, "seed: expected a value >= 0"),
+        ("network.head.channels", True, "network.head.channels: expected an integer, got bool True"),
+    ],
+)
+def test_validation_errors_name_file_field_and_expectation(path, value, message):
+    data = set_path(TINY, path, value)
+    if message is None:
+        SearchSpace.from_dict(data, source="tiny.yaml")
+        return
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_dict(data, source="tiny.yaml")
+    assert str(info.value).startswith("tiny.yaml: ")
+    assert message in str(info.value)
+
+
+def test_total_stride_beyond_timm_output_stride_is_rejected():
+    stages = TINY["network"]["stages"] + [
+        {"type": "ir", "channels": 16, "stride": 2, "depth": [1], "kernel_size": [3], "expand_ratio": [6]}
+    ] * 4
+    with pytest.raises(SpaceError, match="network.stages: total stride 64"):
+        SearchSpace.from_dict(set_path(TINY, "network.stages", stages), source="tiny.yaml")
+
+
+def test_budget_floats_from_yaml_strings_and_feasible_budgets_are_kept():
+    # PyYAML reads 2.0e8 (no exponent sign) as a string; it still is a number to a user.
+    data = yaml.safe_load(yaml.safe_dump(TINY) + "budgets: {bitops: 2.0e8, size: 1e6}\n")
+    assert tiny(budgets=data["budgets"]).budgets == {"bitops": 2e8, "size": 1e6}
+
+
+def test_file_errors(tmp_path: Path):
+    with pytest.raises(SpaceError, match="no_such.yaml: no such space file.*mbv2_fmnist"):
+        SearchSpace.from_file(tmp_path / "no_such.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nnetwork:\n  stem: {channels: 16\n  head: 3\n")
+    with pytest.raises(SpaceError, match=r"broken.yaml: YAML syntax error at line 4, column 7"):
+        SearchSpace.from_file(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(SpaceError, match="list.yaml: expected a mapping with keys"):
+        SearchSpace.from_file(listing)
+    code = tmp_path / "code.yaml"
+    code.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(SpaceError, match="code.yaml: YAML syntax error at line 1, .*plain data only"):
+        SearchSpace.from_file(code)
+
+
+def test_latency_table_path_is_relative_to_the_space_file(tmp_path: Path):
+    (tmp_path / "lat.json").write_text("{}")
+    data = set_path(TINY, "objectives", [{"metric": "accuracy"}, {"metric": "latency"}])
+    data["latency_table"] = "lat.json"
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(data))
+    assert SearchSpace.from_file(space_file).latency_table == tmp_path / "lat.json"
+    data["latency_table"] = "missing.json"
+    space_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpaceError, match="latency_table: .*missing.json: no such file"):
+        SearchSpace.from_file(space_file)
+
+
+def test_decision_is_a_plain_record():
+    decision = tiny().decisions()[0]
+    assert decision == Decision("width_mult", (0.5, 1.0))
+    assert set(tiny().weight_formats) <= set(format_names())
