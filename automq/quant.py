@@ -1,0 +1,235 @@
+"""Quantization-aware layers: learned per-format scales and drop-in quantized Conv2d / Linear.
+
+A :class:`Quantizer` owns one learned LSQ scale per format of its menu, so a layer can switch formats between
+calls (as the one-shot supernet does every step) without one format's scale disturbing another's. Scales are
+initialised from the first tensor seen in that format, and an ``initialised_<fmt>`` buffer records it so the
+state survives ``state_dict`` save/load. Per-channel scales are allocated for the largest layer and sliced to
+the leading channels in use, which is how an elastic (max weight + slice) supernet shares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from automq.formats import NumericFormat, get_format
+
+__all__ = ["QuantConv2d", "QuantLinear", "Quantizer", "quantize_modules_"]
+
+
+class Quantizer(nn.Module):
+    """Fake quantization of a weight (per-channel scales, ``channels=C``) or activation (per-tensor, ``None``).
+
+    Args:
+        formats: the format menu; ``forward`` accepts only these names.
+        channels: number of output channels for per-channel scales along axis 0, or ``None`` for one
+            per-tensor scale.
+        signed: whether the quantized tensor can be negative (``False`` for post-ReLU activations, which
+            lets integer formats spend every level on ``[0, max]``).
+    """
+
+    def __init__(self, formats: Sequence[str], *, channels: int | None, signed: bool) -> None:
+        super().__init__()
+        self.formats = tuple(dict.fromkeys(formats))
+        if not self.formats:
+            raise ValueError("Quantizer needs at least one format; pass e.g. formats=['int8']")
+        if channels is not None and channels < 1:
+            raise ValueError(f"Quantizer channels must be a positive int or None, got {channels}")
+        self.channels = channels
+        self.signed = signed
+        self.scales = nn.ParameterDict()
+        for name in self.formats:
+            if get_format(name).learnable_scale:  # get_format also rejects unknown names
+                self.scales[name] = nn.Parameter(torch.ones(channels or 1))
+                self.register_buffer(f"initialised_{name}", torch.zeros(channels or 1, dtype=torch.bool))
+
+    @property
+    def axis(self) -> int | None:
+        """Channel axis of the scales (0) or ``None`` when per-tensor."""
+        return None if self.channels is None else 0
+
+    def _spec(self, fmt: str) -> NumericFormat:
+        if fmt not in self.formats:
+            raise KeyError(f"format {fmt!r} is not in this quantizer's menu {list(self.formats)}")
+        return get_format(fmt)
+
+    def _scale(self, fmt: str, x: Tensor) -> Tensor:
+        """The learned scale for ``x`` (sliced to its leading channels), initialising unseen channels."""
+        n = 1 if self.channels is None else x.shape[0]
+        if n > (self.channels or 1):
+            raise ValueError(f"tensor has {n} channels but the quantizer was built for {self.channels}")
+        param = self.scales[fmt]
+        flags = getattr(self, f"initialised_{fmt}")[:n]
+        if not bool(flags.all()):
+            with torch.no_grad():
+                todo = ~flags
+                init = get_format(fmt).init_scale(x, signed=self.signed, axis=self.axis)
+                param[:n][todo] = init[todo].to(param.dtype)
+                flags.fill_(True)
+        return param if self.channels is None else param[:n]
+
+    def forward(self, x: Tensor, fmt: str) -> Tensor:
+        """Fake-quantize ``x`` in ``fmt``; identity formats return ``x`` itself at no cost."""
+        spec = self._spec(fmt)
+        if spec.is_identity:
+            return x
+        scale = self._scale(fmt, x) if spec.learnable_scale else None
+        return spec.quantize(x, scale, signed=self.signed, axis=self.axis)
+
+    def extract(self, fmt: str, channels: int | None = None) -> Quantizer:
+        """A single-format copy whose scale is sliced to the leading ``channels`` (for the exported model)."""
+        self._spec(fmt)
+        if (channels is None) != (self.channels is None) or (channels or 0) > (self.channels or 0):
+            raise ValueError(f"cannot extract {channels} channels from a quantizer with channels={self.channels}")
+        out = Quantizer([fmt], channels=channels, signed=self.signed)
+        if fmt in self.scales:
+            n = channels or 1
+            with torch.no_grad():
+                out.scales[fmt].copy_(self.scales[fmt][:n])
+            getattr(out, f"initialised_{fmt}").copy_(getattr(self, f"initialised_{fmt}")[:n])
+        return out
+
+    def extra_repr(self) -> str:
+        return f"formats={list(self.formats)}, channels={self.channels}, signed={self.signed}"
+
+
+class _QuantLayer:
+    """Shared by :class:`QuantConv2d` and :class:`QuantLinear`: two quantizers and the active formats."""
+
+    w_quant: Quantizer
+    a_quant: Quantizer
+    w_fmt: str
+    a_fmt: str
+
+    def _init_quantizers(self, w_formats: Sequence[str], a_formats: Sequence[str], a_signed: bool, channels: int) -> None:
+        self.w_quant = Quantizer(w_formats, channels=channels, signed=True)
+        self.a_quant = Quantizer(a_formats, channels=None, signed=a_signed)
+        self.w_fmt, self.a_fmt = self.w_quant.formats[0], self.a_quant.formats[0]
+
+    def _copy_params(self, source: nn.Module) -> None:
+        with torch.no_grad():
+            self.weight.copy_(source.weight)  # type: ignore[attr-defined]
+            if source.bias is not None:
+                self.bias.copy_(source.bias)  # type: ignore[attr-defined]
+
+    def set_formats(self, w_fmt: str, a_fmt: str) -> None:
+        """Use ``w_fmt`` for the weight and ``a_fmt`` for the input from the next call on."""
+        self.w_quant._spec(w_fmt)
+        self.a_quant._spec(a_fmt)
+        self.w_fmt, self.a_fmt = w_fmt, a_fmt
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, w_fmt={self.w_fmt}, a_fmt={self.a_fmt}"  # type: ignore[misc]
+
+
+class QuantConv2d(_QuantLayer, nn.Conv2d):
+    """``nn.Conv2d`` whose input is fake-quantized in ``a_fmt`` and weight in ``w_fmt`` (per-channel).
+
+    Positional and other keyword arguments are those of ``nn.Conv2d``; the menus default to ``fp32`` only and
+    the first entry of each menu is active until :meth:`set_formats`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        w_formats: Sequence[str] = ("fp32",),
+        a_formats: Sequence[str] = ("fp32",),
+        a_signed: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quantizers(w_formats, a_formats, a_signed, self.out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.w_quant(self.weight, self.w_fmt)
+        return self._conv_forward(self.a_quant(x, self.a_fmt), weight, self.bias)
+
+    @classmethod
+    def from_float(
+        cls, conv: nn.Conv2d, *, w_formats: Sequence[str], a_formats: Sequence[str], a_signed: bool = True
+    ) -> QuantConv2d:
+        """A quantized copy of ``conv`` (same hyper-parameters, weights copied)."""
+        quant = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            w_formats=w_formats,
+            a_formats=a_formats,
+            a_signed=a_signed,
+        )
+        quant._copy_params(conv)
+        return quant
+
+
+class QuantLinear(_QuantLayer, nn.Linear):
+    """``nn.Linear`` whose input is fake-quantized in ``a_fmt`` and weight in ``w_fmt`` (per-channel)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        w_formats: Sequence[str] = ("fp32",),
+        a_formats: Sequence[str] = ("fp32",),
+        a_signed: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quantizers(w_formats, a_formats, a_signed, self.out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.w_quant(self.weight, self.w_fmt)
+        return nn.functional.linear(self.a_quant(x, self.a_fmt), weight, self.bias)
+
+    @classmethod
+    def from_float(
+        cls, linear: nn.Linear, *, w_formats: Sequence[str], a_formats: Sequence[str], a_signed: bool = True
+    ) -> QuantLinear:
+        """A quantized copy of ``linear`` (weights copied)."""
+        quant = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            w_formats=w_formats,
+            a_formats=a_formats,
+            a_signed=a_signed,
+        )
+        quant._copy_params(linear)
+        return quant
+
+
+_QUANT_CLASSES: dict[type[nn.Module], type[QuantConv2d] | type[QuantLinear]] = {
+    nn.Conv2d: QuantConv2d,
+    nn.Linear: QuantLinear,
+}
+
+
+def quantize_modules_(model: nn.Module, w_fmt: str, a_fmt: str, *, a_signed: bool = True) -> list[str]:
+    """Swap every plain ``nn.Conv2d`` / ``nn.Linear`` of ``model`` in place for its quantized copy.
+
+    Subclasses (e.g. timm's ``Conv2dSame``, which pads in ``forward``) are left alone rather than silently
+    losing their behaviour. Returns the names of the replaced modules, in ``named_modules`` order.
+    """
+    for fmt in (w_fmt, a_fmt):
+        get_format(fmt)  # fail on an unknown name before touching the model
+    replaced = []
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            quant_cls = _QUANT_CLASSES.get(type(child))
+            if quant_cls is None:
+                continue
+            quant = quant_cls.from_float(child, w_formats=[w_fmt], a_formats=[a_fmt], a_signed=a_signed)  # type: ignore[arg-type]
+            setattr(parent, child_name, quant)
+            replaced.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    return replaced
