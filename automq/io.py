@@ -16,12 +16,16 @@ from typing import Any
 
 from automq.errors import CheckpointError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _atomic_write(path: str | os.PathLike, write: Any, mode: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should read like any other file
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()

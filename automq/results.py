@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from automq.errors import AutomqError
 from automq.io import append_jsonl, atomic_write_json, read_jsonl
 from automq.pareto import Objective, loss_vectors, pareto_mask, reference_point, hypervolume
 from automq.strategy import Trial
@@ -132,8 +133,24 @@ class SearchLog:
 
 
 def load_trials(search_dir: str | Path) -> list[Trial]:
-    """Every finished trial of a search directory (empty when there is none)."""
-    return [Trial.from_dict(record) for record in read_jsonl(Path(search_dir) / TRIALS_FILE)]
+    """Every finished trial of a search directory (empty when there is none); see :func:`read_trials`."""
+    return read_trials(search_dir)[0]
+
+
+def read_trials(search_dir: str | Path) -> tuple[list[Trial], int]:
+    """The readable trials of a search directory and how many records were skipped as torn or malformed."""
+    path = Path(search_dir) / TRIALS_FILE
+    trials: list[Trial] = []
+    lines = 0
+    if path.is_file():
+        with open(path, encoding="utf-8") as handle:
+            lines = sum(1 for line in handle if line.strip())
+    for record in read_jsonl(path):
+        try:
+            trials.append(Trial.from_dict(record))
+        except (KeyError, TypeError, ValueError, AutomqError):
+            continue
+    return trials, lines - len(trials)
 
 
 @dataclass
@@ -163,7 +180,9 @@ def load_search_dir(search_dir: str | Path) -> SearchResult:
         notes.append(f"{path / RUN_FILE} is missing: strategy and timings unknown")
     except json.JSONDecodeError as exc:
         notes.append(f"{path / RUN_FILE} is not valid JSON ({exc}); ignored")
-    trials = load_trials(path)
+    trials, skipped = read_trials(path)
+    if skipped:
+        notes.append(f"{path / TRIALS_FILE}: skipped {skipped} torn or malformed record(s)")
     if not trials:
         notes.append(f"{path / TRIALS_FILE} holds no finished trial")
     if run.get("status") == "running":

@@ -1,0 +1,330 @@
+"""Comparing search runs: Pareto sets, hypervolume histories, uniform-precision baselines, key findings and the
+one-shot fidelity check, computed from loaded search directories (:mod:`automq.results`).
+
+Hypervolume is :mod:`automq.pareto`'s, with each run's own normalisation scales (from its ``pareto.json``, else
+recomputed from its ``space.yaml``), so the numbers match what the search itself reported. Nothing here raises on
+damaged input: problems are appended to a ``notes`` list that the report shows at the top.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from automq.errors import AutomqError
+from automq.pareto import Objective, hypervolume, loss_vectors, pareto_mask, reference_point
+from automq.results import (PARETO_FILE, SPACE_FILE, SearchResult, hypervolume_scales, pareto_trials,
+                            space_objectives)
+from automq.space import SearchSpace
+from automq.strategy import Trial
+
+DEFAULT_OBJECTIVES = (Objective("accuracy", "max"), Objective("bitops", "min"))
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+@dataclass
+class RunAnalysis:
+    """One search directory, analysed: label, objectives, Pareto set and hypervolume after each trial."""
+
+    label: str
+    result: SearchResult
+    objectives: tuple[Objective, ...]
+    scales: dict[str, float]
+    front: list[Trial]
+    hypervolume: float
+    curve: list[float]
+
+    @property
+    def strategy(self) -> str:
+        return str(self.result.run.get("strategy") or next((t.strategy for t in self.result.trials if t.strategy),
+                                                           "unknown"))
+
+    @property
+    def is_uniform(self) -> bool:
+        """A run of the ``uniform`` strategy: its trials are the precision baselines, not a competing front."""
+        return self.strategy == "uniform"
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(t.status == s for t in self.result.trials) for s in ("ok", "infeasible", "failed")}
+
+    def summary(self) -> dict[str, Any]:
+        """The run's row of ``summary.json``."""
+        run = self.result.run
+        counts = self.counts()
+        return {
+            "run": self.label, "path": str(self.result.path), "strategy": self.strategy,
+            "status": run.get("status", "unknown"), "command": run.get("command"),
+            "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
+            "hypervolume_scales": self.scales, "reference_point": reference_point(self.objectives).tolist(),
+            "hypervolume": self.hypervolume, "front_size": len(self.front),
+            "wall_s": run.get("wall_s"), "trial_wall_s": sum(t.wall_s for t in self.result.trials),
+            # Infeasible candidates are rejected on analytic costs; only ok trials reached the estimator.
+            "supernet_evaluations": run.get("supernet_evaluations", counts["ok"]),
+            "trials": len(self.result.trials), "counts": counts, "hypervolume_curve": self.curve,
+        }
+
+
+def usable(trials: Sequence[Trial], metrics: Sequence[str]) -> list[Trial]:
+    """The feasible trials that carry every metric in ``metrics`` as a finite number."""
+    return [t for t in trials if t.feasible and all(_finite(t.metrics.get(m)) for m in metrics)]
+
+
+def hypervolume_curve(trials: Sequence[Trial], objectives: Sequence[Objective],
+                      scales: Mapping[str, float]) -> list[float]:
+    """Hypervolume of the usable trials among the first k, for every k (trials in the order they finished)."""
+    reference = reference_point(objectives)
+    metrics = [o.metric for o in objectives]
+    kept: list[np.ndarray] = []
+    volume, curve = 0.0, []
+    for trial in trials:
+        if usable([trial], metrics):
+            loss = loss_vectors([trial.metrics], objectives, scales)[0]
+            if not any(np.all(k <= loss) for k in kept):  # a dominated or repeated point adds no volume
+                kept.append(loss)
+                volume = hypervolume(np.array(kept), reference)
+        curve.append(volume)
+    return curve
+
+
+def analyse_runs(results: Sequence[SearchResult], notes: list[str]) -> list[RunAnalysis]:
+    """Objectives, scales, fronts and hypervolumes of every loaded run; problems are appended to ``notes``."""
+    resolved = [_objectives_and_scales(result, notes) for result in results]
+    known = [scales for _, scales in resolved if scales is not None]
+    lacking = [str(r.path) for r, (_, scales) in zip(results, resolved) if scales is None]
+    if lacking and known:
+        notes.append(f"{', '.join(lacking)}: no recorded hypervolume scales; using those of the first run that "
+                     "has them")
+    elif lacking:
+        notes.append("No run records its hypervolume scales; costs are normalised by the largest value seen in "
+                     "these runs, so hypervolumes compare these runs with each other but not with other reports.")
+    shared = known[0] if known else _observed_maxima([t for r in results for t in r.trials])
+    runs = [_analyse_run(result, label, objectives, shared if scales is None else scales, notes)
+            for result, label, (objectives, scales) in zip(results, _unique_labels(results), resolved)]
+    if len({(r.objectives, tuple(r.scales.get(o.metric) for o in r.objectives)) for r in runs}) > 1:
+        notes.append("The runs do not share objectives and scales; their hypervolumes are not comparable.")
+    return runs
+
+
+def _analyse_run(result: SearchResult, label: str, objectives: tuple[Objective, ...], scales: dict[str, float],
+                 notes: list[str]) -> RunAnalysis:
+    metrics = [o.metric for o in objectives]
+    scored = usable(result.trials, metrics)
+    feasible = sum(t.feasible for t in result.trials)
+    if feasible > len(scored):
+        notes.append(f"{result.path}: {feasible - len(scored)} ok trials lack one of the objective metrics "
+                     f"{metrics}; they are left out of the front and the hypervolume")
+    if result.trials and not feasible:
+        notes.append(f"{result.path}: none of its {len(result.trials)} trials is feasible (see the failed and "
+                     "infeasible counts under Search cost, and the error column of trials.csv)")
+    front, volume = pareto_trials(scored, objectives, scales)
+    return RunAnalysis(label, result, objectives, scales, front, volume,
+                       hypervolume_curve(result.trials, objectives, scales))
+
+
+def _objectives_and_scales(result: SearchResult, notes: list[str]) -> tuple[tuple[Objective, ...],
+                                                                            dict[str, float] | None]:
+    pareto = _read_json(result.path / PARETO_FILE, notes)
+    if isinstance(pareto, dict) and pareto.get("objectives") and "hypervolume_scales" in pareto:
+        try:
+            objectives = tuple(Objective(o["metric"], o["mode"]) for o in pareto["objectives"])
+            return objectives, {k: float(v) for k, v in pareto["hypervolume_scales"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            notes.append(f"{result.path / PARETO_FILE}: malformed objectives or scales ({exc}); ignored")
+    space_file = result.path / SPACE_FILE
+    if space_file.is_file():
+        try:
+            space = SearchSpace.from_file(space_file)
+            return tuple(space_objectives(space)), hypervolume_scales(space)
+        except AutomqError as exc:
+            notes.append(f"{space_file}: cannot be used ({exc})")
+    notes.append(f"{result.path}: neither {PARETO_FILE} nor a valid {SPACE_FILE}; assuming the objectives "
+                 "accuracy (max) and bitops (min)")
+    return DEFAULT_OBJECTIVES, None
+
+
+def _observed_maxima(trials: Sequence[Trial]) -> dict[str, float]:
+    maxima: dict[str, float] = {}
+    for trial in trials:
+        for metric, value in trial.metrics.items():
+            if _finite(value) and value > maxima.get(metric, 0.0):
+                maxima[metric] = float(value)
+    return maxima
+
+
+def _unique_labels(results: Sequence[SearchResult]) -> list[str]:
+    """Run labels for legends: the strategy (or run label), disambiguated by folder name when repeated."""
+    names = [r.strategy if r.run else next((t.strategy for t in r.trials if t.strategy), r.path.name)
+             for r in results]
+    labels = [f"{n} ({r.path.name})" if names.count(n) > 1 else n for n, r in zip(names, results)]
+    return [f"{label} [{i + 1}]" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+@dataclass(frozen=True)
+class Baseline:
+    """A uniform-precision trial, named by its format, used as a labelled reference point."""
+
+    name: str
+    run: str
+    trial: Trial
+
+
+def uniform_format(trial: Trial, strategy: str) -> str | None:
+    """The format of a uniform-precision trial (``info["format"]`` of the uniform strategy, or the single
+    format a candidate uses everywhere); ``None`` for a mixed-precision candidate."""
+    if strategy == "uniform" and trial.info.get("format"):
+        return str(trial.info["format"])
+    weights = {w for _, w, _ in trial.candidate.formats}
+    activations = {a for _, _, a in trial.candidate.formats}
+    if len(weights) != 1 or len(activations) != 1:
+        return None
+    (w_fmt,), (a_fmt,) = weights, activations
+    return w_fmt if w_fmt == a_fmt else f"W {w_fmt} / A {a_fmt}"
+
+
+def find_baselines(runs: Sequence[RunAnalysis]) -> list[Baseline]:
+    """Every feasible uniform-precision trial of every run, once per (format, candidate)."""
+    found: dict[tuple[str, str], Baseline] = {}
+    for run in runs:
+        for trial in usable(run.result.trials, ["accuracy"]):
+            name = uniform_format(trial, trial.strategy or run.strategy)
+            if name is not None:
+                found.setdefault((name, trial.candidate.id), Baseline(name, run.label, trial))
+    return list(found.values())
+
+
+def front_2d(trials: Sequence[Trial], cost: str) -> list[Trial]:
+    """The trials not dominated in (accuracy up, ``cost`` down)."""
+    trials = usable(trials, ["accuracy", cost])
+    mask = pareto_mask(loss_vectors([t.metrics for t in trials], [Objective("accuracy", "max"),
+                                                                   Objective(cost, "min")]))
+    return [t for t, keep in zip(trials, mask) if keep]
+
+
+# ------------------------------------------------------------------------------------------------ findings
+def key_findings(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> list[str]:
+    """A few sentences generated from the data: best hypervolume, best accuracy per budget, mixed vs uniform."""
+    feasible = [(run, t) for run in runs for t in usable(run.result.trials, ["accuracy"])]
+    if not feasible:
+        return ["No run has a feasible trial with an accuracy yet, so there is no front to compare."]
+    findings = []
+    ranked = sorted((r for r in runs if r.result.trials), key=lambda r: -r.hypervolume)
+    others = ", ".join(f"{r.label} {r.hypervolume:.4f}" for r in ranked[1:])
+    findings.append(f"Highest hypervolume: {ranked[0].label} with {ranked[0].hypervolume:.4f}"
+                    + (f" (others: {others})." if others else "."))
+    run, best = max(feasible, key=lambda rt: rt[1].metrics["accuracy"])
+    findings.append(f"Most accurate feasible candidate: {_pct(best.metrics['accuracy'])} "
+                    f"({run.label} trial #{best.number}{_cost_suffix(best)}).")
+    cost = "bitops" if any(_finite(t.metrics.get("bitops")) for _, t in feasible) else None
+    if cost is None:
+        return findings
+    mixed = [(r, t) for r, t in feasible if uniform_format(t, t.strategy or r.strategy) is None]
+    for name, reference in _best_per_format(baselines, cost):
+        budget = reference.metrics[cost]
+        within = [(r, t) for r, t in mixed if t.metrics.get(cost, math.inf) <= budget]
+        head = f"At ≤ {_g(budget)} BitOps (uniform {name}: {_pct(reference.metrics['accuracy'])})"
+        if not within:
+            findings.append(f"{head}, no mixed-precision candidate was found.")
+            continue
+        r, t = max(within, key=lambda rt: rt[1].metrics["accuracy"])
+        gain = 100 * (t.metrics["accuracy"] - reference.metrics["accuracy"])
+        findings.append(f"{head}, the best mixed-precision candidate reaches {_pct(t.metrics['accuracy'])} "
+                        f"({gain:+.2f} points; {r.label} trial #{t.number}, {_g(t.metrics[cost])} BitOps).")
+    if not baselines:
+        findings += _budget_ladder(feasible, cost)
+    return findings
+
+
+def _best_per_format(baselines: Sequence[Baseline], cost: str) -> list[tuple[str, Trial]]:
+    """The most accurate baseline of each format that has a cost, cheapest format first."""
+    best: dict[str, Trial] = {}
+    for b in baselines:
+        if _finite(b.trial.metrics.get(cost)) and (b.name not in best or
+                                                   b.trial.metrics["accuracy"] > best[b.name].metrics["accuracy"]):
+            best[b.name] = b.trial
+    return sorted(best.items(), key=lambda item: item[1].metrics[cost])
+
+
+def _budget_ladder(feasible: Sequence[tuple[RunAnalysis, Trial]], cost: str) -> list[str]:
+    """Without baselines, budgets at three log-spaced levels between the cheapest and dearest feasible trial."""
+    values = [t.metrics[cost] for _, t in feasible if _finite(t.metrics.get(cost)) and t.metrics[cost] > 0]
+    if not values:
+        return []
+    lines = []
+    for budget in np.geomspace(min(values), max(values), 3):
+        run, t = max(((r, t) for r, t in feasible if t.metrics.get(cost, math.inf) <= budget * (1 + 1e-9)),
+                     key=lambda rt: rt[1].metrics["accuracy"])
+        lines.append(f"Best accuracy at ≤ {_g(budget)} BitOps: {_pct(t.metrics['accuracy'])} "
+                     f"({run.label} trial #{t.number}).")
+    return lines
+
+
+def _cost_suffix(trial: Trial) -> str:
+    return f", {_g(trial.metrics['bitops'])} BitOps" if _finite(trial.metrics.get("bitops")) else ""
+
+
+# ------------------------------------------------------------------------------------------------ fidelity
+def load_fidelity(paths: Sequence[Path], notes: list[str]) -> list[dict[str, Any]]:
+    """Candidates with both a one-shot and a stand-alone accuracy, from ``{"candidates": [...]}`` files."""
+    records: list[dict[str, Any]] = []
+    for path in paths:
+        data = _read_json(path, notes, missing_ok=False)
+        entries = data.get("candidates") if isinstance(data, dict) else None
+        if data is not None and not isinstance(entries, list):
+            notes.append(f"{path}: expected a JSON object with a \"candidates\" list; ignored")
+        good = [e for e in entries or [] if isinstance(e, dict) and _finite(e.get("oneshot_accuracy"))
+                and _finite(e.get("standalone_accuracy"))]
+        if entries and len(good) < len(entries):
+            notes.append(f"{path}: {len(entries) - len(good)} of {len(entries)} candidates lack a numeric "
+                         "oneshot_accuracy or standalone_accuracy; skipped")
+        records += good
+    return records
+
+
+def fidelity_stats(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Rank agreement of one-shot estimates with stand-alone accuracy (Kendall tau, Spearman rho)."""
+    oneshot = [float(r["oneshot_accuracy"]) for r in records]
+    standalone = [float(r["standalone_accuracy"]) for r in records]
+    if len(records) < 2:
+        return {"n": len(records), "kendall_tau": None, "kendall_p": None, "spearman_rho": None, "spearman_p": None}
+    tau = stats.kendalltau(oneshot, standalone)
+    rho = stats.spearmanr(oneshot, standalone)
+    return {"n": len(records), "kendall_tau": _or_none(tau.statistic), "kendall_p": _or_none(tau.pvalue),
+            "spearman_rho": _or_none(rho.statistic), "spearman_p": _or_none(rho.pvalue)}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _read_json(path: Path, notes: list[str], *, missing_ok: bool = True) -> Any:
+    """Parsed JSON, or ``None`` with a note when the file is unreadable (silently when merely absent)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not missing_ok:
+            notes.append(f"{path}: no such file")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        notes.append(f"{path}: not readable as JSON ({exc}); ignored")
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _g(value: float) -> str:
+    """Three significant digits with a short exponent: ``1.56e8`` rather than ``1.56e+08``."""
+    return f"{value:.3g}".replace("e+0", "e").replace("e+", "e")
+
+
+def _pct(accuracy: float) -> str:
+    return f"{100 * accuracy:.2f}%"

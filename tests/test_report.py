@@ -1,0 +1,370 @@
+import base64
+import csv
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+
+from automq.candidate import Candidate
+from automq.comparison import uniform_format
+from automq.cost import CostModel
+from automq.errors import AutomqError
+from automq.io import append_jsonl
+from automq.pareto import Objective, hypervolume, loss_vectors, reference_point
+from automq.report import architecture_grid, build_report, format_grid
+from automq.results import SearchLog, hypervolume_scales
+from automq.space import SearchSpace
+from automq.strategy import Trial
+
+TINY_SPACE = {
+    "name": "tiny",
+    "dataset": {"name": "synthetic", "input_size": 16},
+    "network": {
+        "stem": {"channels": 8},
+        "stages": [
+            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3], "expand_ratio": [1]},
+            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5],
+             "expand_ratio": [3, 6]},
+        ],
+        "head": {"channels": 32},
+        "width_mult": [0.75, 1.0],
+    },
+    "formats": {"weights": ["int4", "int8", "fp8_e4m3"], "activations": ["int8", "fp8_e4m3"]},
+    "objectives": [{"metric": "accuracy", "mode": "max"}, {"metric": "bitops", "mode": "min"}],
+}
+OBJECTIVES = [Objective("accuracy", "max"), Objective("bitops", "min")]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SECTIONS = ["Key findings", "Pareto fronts", "Hypervolume", "Pareto-optimal candidates",
+            "One-shot estimate vs stand-alone accuracy", "Search cost", "Runs"]
+# 3 Pareto figures (BitOps, size, energy) + hypervolume curve + format heatmap + architecture heatmap + fidelity
+EXPECTED_FIGURES = 7
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.from_dict(TINY_SPACE)
+
+
+def make_trials(space, strategy, n, seed, *, infeasible=(), failed=()):
+    """Sampled candidates with their analytic costs and a random accuracy; some rejected or crashed."""
+    rng = np.random.default_rng(seed)
+    model = CostModel(space)
+    trials = []
+    for number in range(n):
+        candidate = space.sample(rng)
+        costs = model.metrics(candidate)
+        accuracy = float(rng.uniform(0.5, 0.9))
+        if number in failed:
+            trials.append(Trial(number, candidate, {}, "failed", "RuntimeError: out of memory", strategy, 0.5))
+        elif number in infeasible:
+            trials.append(Trial(number, candidate, costs, "infeasible", "bitops > budget", strategy, 0.1))
+        else:
+            trials.append(Trial(number, candidate, {"accuracy": accuracy, "loss": 1 - accuracy, **costs},
+                                "ok", None, strategy, 1.0))
+    return trials
+
+
+def uniform_trials(space):
+    model = CostModel(space)
+    out = []
+    for number, (w_fmt, a_fmt, name, accuracy) in enumerate([("int8", "int8", "int8", 0.80),
+                                                              ("int4", "int8", "w4a8", 0.70)]):
+        candidate = space.uniform(w_fmt, a_fmt)
+        out.append(Trial(number, candidate, {"accuracy": accuracy, **model.metrics(candidate)}, "ok", None,
+                         "uniform", 2.0, info={"format": name}))
+    return out
+
+
+def write_search_dir(path, space, strategy, trials, *, run_json=True, pareto_json=True):
+    """A search directory as automq.results lays it out, written by hand to test the format contract."""
+    path.mkdir(parents=True)
+    (path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    for trial in trials:
+        append_jsonl(path / "trials.jsonl", trial.to_dict())
+    if run_json:
+        (path / "run.json").write_text(json.dumps({
+            "strategy": strategy, "options": {"seed": 0}, "space": "tiny.yaml", "status": "finished",
+            "command": f"automq search tiny.yaml --strategy {strategy} --out {path}", "wall_s": 12.5}))
+    if pareto_json:
+        (path / "pareto.json").write_text(json.dumps({
+            "objectives": TINY_SPACE["objectives"], "hypervolume_scales": hypervolume_scales(space),
+            "reference_point": [1.0, 1.1], "hypervolume": 0.0, "trials": []}))
+    return path
+
+
+def ok_losses(trials, space):
+    ok = [t for t in trials if t.status == "ok"]
+    return ok, loss_vectors([t.metrics for t in ok], OBJECTIVES, hypervolume_scales(space))
+
+
+def brute_force_front(losses):
+    return [i for i in range(len(losses))
+            if not any(np.all(losses[j] <= losses[i]) and np.any(losses[j] < losses[i]) for j in range(len(losses)))]
+
+
+def staircase_hypervolume(losses, ref):
+    """Exact 2-D hypervolume by a sweep over the first loss, independent of optuna's WFG."""
+    points = sorted(tuple(p) for p in losses if p[0] < ref[0] and p[1] < ref[1])
+    volume, lowest = 0.0, ref[1]
+    for (a, b), following in zip(points, [p[0] for p in points[1:]] + [ref[0]]):
+        lowest = min(lowest, b)
+        volume += (following - a) * (ref[1] - lowest)
+    return volume
+
+
+@pytest.fixture(scope="module")
+def runs(space):
+    return {"random": make_trials(space, "random", 14, seed=1, infeasible={3}, failed={7}),
+            "evolution": make_trials(space, "evolution", 10, seed=2),
+            "uniform": uniform_trials(space)}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, space, runs):
+    root = tmp_path_factory.mktemp("searches")
+    dirs = [write_search_dir(root / name, space, name, trials) for name, trials in runs.items()]
+    fidelity = {"candidates": [{"id": str(i), "oneshot_accuracy": o, "standalone_accuracy": s, "bitops": b}
+                               for i, (o, s, b) in enumerate(zip([0.1, 0.2, 0.3, 0.4], [0.1, 0.3, 0.2, 0.4],
+                                                                 [1e6, 2e6, 3e6, 4e6]))]}
+    (dirs[1] / "fidelity.json").write_text(json.dumps(fidelity))
+    out = root / "report"
+    summary = build_report(dirs, out)
+    return out, summary
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_report_writes_every_file(report):
+    out, summary = report
+    for name in ("report.html", "report.md", "trials.csv", "pareto.csv", "summary.json"):
+        assert (out / name).stat().st_size > 0
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert sorted(summary["figures"]) == sorted(p.name for p in out.glob("*.png"))
+    assert len(summary["figures"]) == EXPECTED_FIGURES
+    assert summary["notes"] == []
+
+
+def test_trials_csv_has_one_row_per_trial_with_its_metrics(report, runs):
+    out, _ = report
+    rows = read_csv(out / "trials.csv")
+    expected = [(name, t) for name, trials in runs.items() for t in trials]
+    assert len(rows) == len(expected) == 26
+    assert list(rows[0])[:6] == ["run", "strategy", "trial", "status", "candidate_id", "accuracy"]
+    for row, (name, trial) in zip(rows, expected):
+        assert (row["run"], row["strategy"], int(row["trial"]), row["status"]) == (name, name, trial.number,
+                                                                                   trial.status)
+        assert Candidate.from_json(row["candidate"]).id == row["candidate_id"] == trial.candidate.id
+        for metric in ("accuracy", "bitops", "size", "energy"):
+            assert row[metric] == ("" if metric not in trial.metrics else str(trial.metrics[metric]))
+        assert row["error"] == (trial.error or "")
+
+
+def test_pareto_csv_equals_brute_force_front(report, runs, space):
+    out, summary = report
+    rows = read_csv(out / "pareto.csv")
+    for name, trials in runs.items():
+        ok, losses = ok_losses(trials, space)
+        expected = {ok[i].number for i in brute_force_front(losses)}
+        assert {int(r["trial"]) for r in rows if r["run"] == name} == expected
+        assert next(r for r in summary["runs"] if r["run"] == name)["front_size"] == len(expected)
+
+
+def test_summary_hypervolume_equals_pareto_hypervolume(report, runs, space):
+    _, summary = report
+    for name, trials in runs.items():
+        entry = next(r for r in summary["runs"] if r["run"] == name)
+        _, losses = ok_losses(trials, space)
+        assert entry["hypervolume"] == pytest.approx(hypervolume(losses, reference_point(OBJECTIVES)), abs=1e-12)
+        assert entry["hypervolume"] == pytest.approx(staircase_hypervolume(losses, (1.0, 1.1)), abs=1e-12)
+        assert entry["reference_point"] == [1.0, 1.1]
+        curve = entry["hypervolume_curve"]
+        assert len(curve) == len(trials) and curve[-1] == pytest.approx(entry["hypervolume"])
+        for k in range(len(trials)):
+            _, first_k = ok_losses(trials[: k + 1], space)
+            assert curve[k] == pytest.approx(staircase_hypervolume(first_k, (1.0, 1.1)), abs=1e-12)
+
+
+def test_search_cost_counts(report):
+    _, summary = report
+    random = next(r for r in summary["runs"] if r["run"] == "random")
+    assert random["counts"] == {"ok": 12, "infeasible": 1, "failed": 1}
+    assert (random["trials"], random["supernet_evaluations"], random["wall_s"]) == (14, 12, 12.5)
+
+
+def test_html_is_self_contained_with_valid_png_images(report):
+    out, summary = report
+    page = (out / "report.html").read_text()
+    for heading in SECTIONS:
+        assert f">{heading}</h2>" in page
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == page.count("<img") == EXPECTED_FIGURES
+    for data in images:
+        png = base64.b64decode(data, validate=True)
+        assert png[:8] == PNG_SIGNATURE and len(png) > 5000
+    assert not re.search(r"https?://", page)
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert "(1, 1.1)" in page  # the hypervolume reference point is stated
+    markdown = (out / "report.md").read_text()
+    assert sorted(re.findall(r"\]\(([\w.]+\.png)\)", markdown)) == sorted(summary["figures"])
+
+
+def test_findings_compare_mixed_precision_with_uniform_baselines(report, runs):
+    _, summary = report
+    assert {b["format"] for b in summary["baselines"]} == {"int8", "w4a8"}
+    int8 = runs["uniform"][0]
+    mixed = [t for name in ("random", "evolution") for t in runs[name]
+             if t.status == "ok" and t.metrics["bitops"] <= int8.metrics["bitops"]
+             and len({(w, a) for _, w, a in t.candidate.formats}) > 1]
+    best = max(mixed, key=lambda t: t.metrics["accuracy"])
+    gain = 100 * (best.metrics["accuracy"] - int8.metrics["accuracy"])
+    line = next(f for f in summary["findings"] if "uniform int8" in f)
+    assert f"{gain:+.2f} points" in line and f"trial #{best.number}" in line
+    hv = {r["run"]: r["hypervolume"] for r in summary["runs"]}
+    assert summary["findings"][0].startswith(f"Highest hypervolume: {max(hv, key=hv.get)} with")
+
+
+def test_fidelity_rank_correlations_by_hand(report):
+    _, summary = report
+    # one swapped pair out of 6: tau = (5 - 1) / 6; squared rank differences 1 + 1: rho = 1 - 6 * 2 / (4 * 15)
+    assert summary["fidelity"]["n"] == 4
+    assert summary["fidelity"]["kendall_tau"] == pytest.approx(4 / 6)
+    assert summary["fidelity"]["spearman_rho"] == pytest.approx(0.8)
+
+
+def test_fidelity_argument_skips_incomplete_entries(tmp_path, space):
+    path = write_search_dir(tmp_path / "run", space, "random", make_trials(space, "random", 3, seed=5))
+    (tmp_path / "f.json").write_text(json.dumps({"candidates": [
+        {"id": "a", "oneshot_accuracy": 0.5, "standalone_accuracy": 0.6},
+        {"id": "b", "oneshot_accuracy": 0.7, "standalone_accuracy": 0.65},
+        {"id": "c", "oneshot_accuracy": 0.6}]}))
+    summary = build_report([path], tmp_path / "out", fidelity=tmp_path / "f.json")
+    assert summary["fidelity"]["n"] == 2 and summary["fidelity"]["kendall_tau"] == pytest.approx(1.0)
+    assert any("1 of 3 candidates lack" in n for n in summary["notes"])
+
+
+def test_heatmap_grids_align_candidates_of_different_depths(space):
+    small, large = space.uniform("int4", "int8", arch="smallest"), space.uniform("fp8_e4m3", "int8")
+    layers, weights, activations = format_grid([small, large])
+    assert layers == space.layer_names()  # the max network, in network order
+    present = set(space.layer_names(small))
+    assert weights[0] == [("int4" if name in present else None) for name in layers]
+    assert activations[0] == [("int8" if name in present else None) for name in layers]
+    assert weights[1] == ["fp8_e4m3"] * len(layers)
+    blocks, kernel, expand = architecture_grid([small, large])
+    assert blocks == [(0, 0), (1, 0), (1, 1)]
+    np.testing.assert_array_equal(kernel, [[3, 3, np.nan], [3, 5, 5]])
+    np.testing.assert_array_equal(expand, [[1, 3, np.nan], [1, 6, 6]])
+
+
+def test_uniform_format_names(space):
+    assert uniform_format(Trial(0, space.uniform("int8", "int8"), {}), "random") == "int8"
+    assert uniform_format(Trial(0, space.uniform("int4", "int8"), {}), "random") == "W int4 / A int8"
+    assert uniform_format(Trial(0, space.uniform("int4", "int8"), {}, info={"format": "w4a8"}), "uniform") == "w4a8"
+    mixed = Candidate.from_dict({**space.uniform("int8", "int8").to_dict(),
+                                 "formats": [["conv_stem", "int4", "int8"], ["classifier", "int8", "int8"]]})
+    assert uniform_format(Trial(0, mixed, {}), "random") is None
+
+
+def _tear_last_line(path):
+    with open(path / "trials.jsonl", "a") as handle:
+        handle.write('{"number": 99, "candidate": {"width')
+
+
+def _malformed_record(path):
+    append_jsonl(path / "trials.jsonl", {"number": 99, "status": "ok"})
+
+
+BAD_INPUTS = {
+    # folder: (how to damage a good 6-trial directory, expected note, trials still read)
+    "no_run_json": (lambda p: (p / "run.json").unlink(), "run.json is missing", 6),
+    "torn_line": (_tear_last_line, "skipped 1 torn or malformed record", 6),
+    "no_trials": (lambda p: (p / "trials.jsonl").unlink(), "holds no finished trial", 0),
+    "broken_pareto": (lambda p: (p / "pareto.json").write_text("{"), "not readable as JSON", 6),
+    "malformed_record": (_malformed_record, "skipped 1 torn or malformed record", 6),
+    "gone": (lambda p: shutil.rmtree(p), "no such search directory", None),
+    "only_failed": (lambda p: None, "none of its 6 trials is feasible", 6),
+}
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory, space):
+    """One report over a set of damaged search directories (one report keeps the test file fast)."""
+    root = tmp_path_factory.mktemp("damaged")
+    trials = make_trials(space, "random", 6, seed=3)
+    for name, (modify, _, _) in BAD_INPUTS.items():
+        failed = make_trials(space, "random", 6, seed=3, failed=set(range(6)))
+        modify(write_search_dir(root / name, space, "random", failed if name == "only_failed" else trials))
+    (root / "out").mkdir()
+    (root / "out" / "fidelity.png").write_bytes(b"left by an earlier report")
+    summary = build_report([root / name for name in BAD_INPUTS], root / "out", fidelity=root / "missing.json")
+    return root / "out", summary, trials
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_gives_a_report_with_a_note(damaged, space, name):
+    out, summary, trials = damaged
+    _, note, n_read = BAD_INPUTS[name]
+    assert any(name in n and note in n for n in summary["notes"]), summary["notes"]
+    page = (out / "report.html").read_text()
+    assert page.index("Notes on the input") < page.index("Key findings")
+    runs = [r for r in summary["runs"] if r["path"].endswith(name)]
+    if n_read is None:  # nothing usable: the run is left out, the report still lists the others
+        assert runs == []
+        return
+    assert runs[0]["trials"] == n_read
+    assert sum(row["run"] == runs[0]["run"] for row in read_csv(out / "trials.csv")) == n_read
+    _, losses = ok_losses([] if name == "only_failed" else trials[:n_read], space)  # broken pareto.json:
+    # the scales come from space.yaml instead, so the hypervolume is unchanged
+    assert runs[0]["hypervolume"] == pytest.approx(staircase_hypervolume(losses, (1.0, 1.1)))
+
+
+def test_missing_fidelity_file_and_only_failed_trials(damaged):
+    out, summary, _ = damaged
+    assert summary["fidelity"] is None and any("missing.json: no such file" in n for n in summary["notes"])
+    only_failed = next(r for r in summary["runs"] if r["path"].endswith("only_failed"))
+    assert only_failed["counts"]["failed"] == 6 and only_failed["front_size"] == 0
+    assert not (out / "fidelity.png").exists()  # a figure of the earlier report in this folder is removed
+
+
+def test_reads_what_the_search_log_writes_and_notes_an_unfinished_run(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    space = SearchSpace.from_file(tmp_path / "tiny.yaml")
+    log = SearchLog(tmp_path / "run", space, strategy="random")
+    for trial in make_trials(space, "random", 5, seed=6, failed={2}):
+        log.append(trial)  # never finished: run.json keeps status "running"
+    summary = build_report([tmp_path / "run"], tmp_path / "out")
+    recorded = json.loads((tmp_path / "run" / "pareto.json").read_text())
+    assert summary["runs"][0]["hypervolume"] == pytest.approx(recorded["hypervolume"])
+    assert summary["runs"][0]["front_size"] == len(recorded["trials"])
+    assert any("did not finish" in n for n in summary["notes"])
+    assert "space file (" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_report_folder_that_is_a_file_is_a_user_error(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(AutomqError, match="taken.*existing file"):
+        build_report([], tmp_path / "taken")
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (make test installs Debian's chromium package)")
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    out, _ = report
+    shot = tmp_path / "page.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,4000",
+                    (out / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = matplotlib_image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (4000, 1280)
+    colours = np.unique((pixels.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
+    assert len(colours) > 200 and pixels.std() > 0.05  # text, tables and plots, not a blank or single-colour page
