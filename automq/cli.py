@@ -64,6 +64,76 @@ def _cmd_space_info(args: argparse.Namespace) -> None:
         print(f"  {metric:<15} {low:>14.6g} .. {high:<14.6g}")
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from automq.space import SearchSpace
+    from automq.train import train_supernet
+
+    space = SearchSpace.from_file(args.space)
+    path = train_supernet(space, args.out, epochs=args.epochs, resume=args.resume, train_subset=args.subset,
+                          data_root=args.data, seed=args.seed)
+    print(f"supernet written to {path}")
+
+
+def _load_candidate(text: str, space: object) -> object:
+    """A candidate from ``largest``/``smallest``, a JSON file, inline JSON, or ``SEARCH_DIR:TRIAL_NUMBER``."""
+    from pathlib import Path
+
+    from automq.candidate import Candidate
+    from automq.errors import CandidateError
+    from automq.results import load_trials
+
+    if text in ("largest", "smallest"):
+        return getattr(space, text)()
+    directory, _, number = text.rpartition(":")
+    if directory and number.isdigit() and Path(directory).is_dir():
+        matches = [t.candidate for t in load_trials(directory) if t.number == int(number)]
+        if not matches:
+            raise CandidateError(f"{directory}: no trial number {number} in its trials.jsonl")
+        return matches[0]
+    path = Path(text)
+    return Candidate.from_json(path.read_text() if path.is_file() else text)
+
+
+def _cmd_estimate(args: argparse.Namespace) -> None:
+    import json
+
+    from automq.evaluate import OneShotEstimator
+
+    estimator = OneShotEstimator.from_run(args.supernet, data_root=args.data)
+    for text in args.candidate:
+        candidate = _load_candidate(text, estimator.space)
+        result = estimator.estimate(candidate)
+        print(json.dumps({"candidate_id": candidate.id, **result}))
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from automq.space import SearchSpace
+    from automq.supernet import recalibrate_bn, save_model
+    from automq.train import load_space_data, load_supernet
+
+    space = SearchSpace.from_file(f"{args.supernet}/space.yaml")
+    candidate = _load_candidate(args.candidate, space)
+    space.validate_candidate(candidate)
+    supernet = load_supernet(args.supernet, space)
+    model = supernet.extract(candidate)
+    if args.calib_images:
+        from automq.data import fixed_batches
+
+        data = load_space_data(space, root=args.data)
+        recalibrate_bn(model, fixed_batches(data.train, args.calib_images, 128))
+    save_model(args.out, model.eval(), candidate, space)
+    print(f"timm model of candidate {candidate.id} written to {args.out}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from automq.report import build_report
+
+    summary = build_report(args.search_dirs, args.out, fidelity=args.fidelity)
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
+    print(f"report written to {args.out}/report.html (and report.md, trials.csv, pareto.csv)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and for the README's CLI reference)."""
     parser = argparse.ArgumentParser(
@@ -83,6 +153,39 @@ def build_parser() -> argparse.ArgumentParser:
     info = space_sub.add_parser("info", help="number of candidates and the cost range of a space")
     info.add_argument("file")
     info.set_defaults(func=_cmd_space_info)
+
+    train = sub.add_parser("train-supernet", help="one-shot quantization-aware training of the supernet")
+    train.add_argument("space", help="search-space file (spaces/*.yaml)")
+    train.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, supernet.pt")
+    train.add_argument("--epochs", type=int, help="override the space's training.epochs")
+    train.add_argument("--subset", type=int, help="train on this many (class-balanced) training images")
+    train.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    train.add_argument("--seed", type=int, help="override the space's seed")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.set_defaults(func=_cmd_train)
+
+    candidate_help = ("largest, smallest, a candidate JSON file, inline JSON, or SEARCH_DIR:N for trial N of a "
+                      "search")
+    estimate = sub.add_parser("estimate", help="one-shot accuracy and costs of candidates")
+    estimate.add_argument("supernet", help="a train-supernet run folder")
+    estimate.add_argument("candidate", nargs="+", help=candidate_help)
+    estimate.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    estimate.set_defaults(func=_cmd_estimate)
+
+    export = sub.add_parser("export", help="export a candidate as a standalone timm model file")
+    export.add_argument("supernet", help="a train-supernet run folder")
+    export.add_argument("candidate", help=candidate_help)
+    export.add_argument("--out", required=True, help="model file to write (.pt, loads with weights_only=True)")
+    export.add_argument("--calib-images", type=int, default=512,
+                        help="recalibrate BN on this many training images (0: keep the supernet's statistics)")
+    export.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    export.set_defaults(func=_cmd_export)
+
+    report = sub.add_parser("report", help="Pareto report (HTML, Markdown, CSV) of one or more search folders")
+    report.add_argument("search_dirs", nargs="+", metavar="SEARCH_DIR")
+    report.add_argument("--out", required=True, help="report folder")
+    report.add_argument("--fidelity", help="fidelity JSON (one-shot vs stand-alone accuracy) to include")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+
+from automq.cost import CostModel
+from automq.pareto import front_hypervolume
+from automq.results import SearchLog, hypervolume_scales, load_search_dir, load_trials, space_objectives
+from automq.space import SearchSpace
+from automq.strategy import Trial
+from tests.test_strategy import TINY_SPACE
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.from_dict(TINY_SPACE)
+
+
+def trials_for(space, n, seed=0):
+    rng = np.random.default_rng(seed)
+    model = CostModel(space)
+    out = []
+    for number in range(n):
+        candidate = space.sample(rng)
+        out.append(Trial(number, candidate, {"accuracy": float(rng.uniform(0.5, 0.9)), **model.metrics(candidate)}))
+    return out
+
+
+def test_log_writes_trials_and_a_pareto_file_that_matches_brute_force(space, tmp_path):
+    log = SearchLog(tmp_path, space, strategy="random")
+    trials = trials_for(space, 12)
+    for trial in trials:
+        log.append(trial)
+    log.finish()
+    assert [t.number for t in load_trials(tmp_path)] == list(range(12))
+    pareto = json.loads((tmp_path / "pareto.json").read_text())
+    front_ids = {t["number"] for t in pareto["trials"]}
+    dominated = {
+        a.number
+        for a in trials
+        for b in trials
+        if b.metrics["accuracy"] >= a.metrics["accuracy"] and b.metrics["bitops"] <= a.metrics["bitops"]
+        and (b.metrics["accuracy"] > a.metrics["accuracy"] or b.metrics["bitops"] < a.metrics["bitops"])
+    }
+    assert front_ids == {t.number for t in trials} - dominated
+    expected = front_hypervolume([t.metrics for t in trials], space_objectives(space), hypervolume_scales(space))
+    assert pareto["hypervolume"] == pytest.approx(expected)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "finished" and run["trials"] == {"ok": 12, "infeasible": 0, "failed": 0}
+
+
+def test_existing_trials_need_resume(space, tmp_path):
+    log = SearchLog(tmp_path, space, strategy="random")
+    for trial in trials_for(space, 3):
+        log.append(trial)
+    with pytest.raises(FileExistsError, match="--resume"):
+        SearchLog(tmp_path, space, strategy="random")
+    resumed = SearchLog(tmp_path, space, strategy="random", resume=True)
+    assert len(resumed.trials) == 3 and resumed.run_info["resumed_with_trials"] == 3
+
+
+def test_torn_and_malformed_records_are_skipped_with_a_note(space, tmp_path):
+    log = SearchLog(tmp_path, space, strategy="random")
+    for trial in trials_for(space, 4):
+        log.append(trial)
+    with open(tmp_path / "trials.jsonl", "a") as handle:
+        handle.write(json.dumps({"number": 9}) + "\n")
+        handle.write('{"number": 10, "candid')  # a crash in the middle of a write
+    result = load_search_dir(tmp_path)
+    assert len(result.trials) == 4
+    assert any("skipped 2 torn or malformed" in note for note in result.notes)
+    assert any("did not finish" in note for note in result.notes)
+
+
+def test_missing_directory_is_a_note_not_a_crash(tmp_path):
+    result = load_search_dir(tmp_path / "nope")
+    assert result.trials == [] and "no such search directory" in result.notes[0]
