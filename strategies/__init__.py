@@ -1,1 +1,6 @@
-"""Search strategies, installed as ``automq.strategies`` (one module per strategy)."""
+"""Search strategies, installed as ``automq.strategies`` (one module per strategy).
+
+Importing this package registers every built-in strategy with :func:`automq.strategy.register_strategy`.
+"""
+
+from automq.strategies import baselines, clado, limpq  # noqa: F401  (registration)

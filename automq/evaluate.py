@@ -1,0 +1,173 @@
+"""Scoring candidates: the one-shot estimator (shared supernet weights) and the stand-alone ground truth.
+
+The one-shot estimate of a candidate activates it in the trained supernet, recomputes the BN statistics for
+it on a fixed calibration subset of the training split (the running statistics gathered during training mix
+every sampled candidate and are wrong for any single one), and measures accuracy and loss on the first images
+of the validation split. The test split is never touched: it is for final reporting only. The stand-alone path
+trains a candidate alone with the same recipe; comparing the two measures how far the estimate can be trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from automq.cost import CostModel
+from automq.data import DataSplits, fixed_batches, make_loader
+from automq.space import SearchSpace
+from automq.supernet import Supernet, recalibrate_bn
+from automq.train import (
+    EVAL_BATCH_SIZE,
+    SPACE_FILE,
+    build_optimizer,
+    build_scheduler,
+    deterministic,
+    epoch_seed,
+    load_space_data,
+    load_supernet,
+    run_epoch,
+    validate,
+)
+
+if TYPE_CHECKING:
+    from automq.candidate import Candidate
+
+__all__ = ["OneShotEstimator", "train_standalone"]
+
+CALIB_BATCH_SIZE = 256
+
+
+class OneShotEstimator:
+    """Accuracy, loss and analytic costs of candidates from one trained supernet, cached by candidate id.
+
+    Args:
+        space: the search space (candidates are validated against it; costs come from its :class:`CostModel`).
+        supernet: the trained supernet of ``space``; the estimator changes its active candidate and BN buffers.
+        data: the space's data splits; calibration uses ``data.train``, scoring ``data.val``.
+        calib_images: BN-recalibration images, the first of the train split (default: ``search.calib_size``).
+        val_images: validation images, the first of the val split (default: ``search.eval_size``; ``None`` in
+            the space means all of them).
+        batch_size: calibration batch size; larger batches give better per-batch BN estimates.
+        eval_batch_size: validation batch size (only speed depends on it).
+        cache: remember results by candidate id (estimates are deterministic, so this only saves time).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        supernet: Supernet,
+        data: DataSplits,
+        *,
+        calib_images: int | None = None,
+        val_images: int | None = None,
+        batch_size: int = CALIB_BATCH_SIZE,
+        eval_batch_size: int = EVAL_BATCH_SIZE,
+        cache: bool = True,
+    ) -> None:
+        self.space, self.supernet, self.data = space, supernet, data
+        self.cost_model = CostModel(space)
+        val_images = val_images or space.search.eval_size or len(data.val)
+        self.calib = fixed_batches(data.train, calib_images or space.search.calib_size, batch_size)
+        self.val = fixed_batches(data.val, val_images, eval_batch_size)
+        self._cache: dict[str, dict[str, float]] | None = {} if cache else None
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        *,
+        space: SearchSpace | None = None,
+        data_root: str | Path | None = None,
+        **kwargs: Any,
+    ) -> OneShotEstimator:
+        """The estimator of a training run folder: its ``supernet.pt`` and (unless given) its ``space.yaml``."""
+        run_dir = Path(run_dir)
+        space = space or SearchSpace.from_file(run_dir / SPACE_FILE)
+        supernet = load_supernet(run_dir, space)
+        return cls(space, supernet, load_space_data(space, root=data_root), **kwargs)
+
+    def costs(self, candidate: Candidate) -> dict[str, float]:
+        """The analytic costs of ``candidate``, keyed by the metric names of space files."""
+        return self.cost_model.metrics(candidate)
+
+    def estimate(self, candidate: Candidate) -> dict[str, float]:
+        """``{accuracy, loss, <cost metrics>}`` of ``candidate`` with the supernet's shared weights."""
+        if self._cache is not None and candidate.id in self._cache:
+            return dict(self._cache[candidate.id])
+        self.space.validate_candidate(candidate)
+        with deterministic():
+            self.supernet.set_active(candidate)
+            recalibrate_bn(self.supernet, self.calib)
+            result = {**validate(self.supernet, self.val), **self.costs(candidate)}
+        if self._cache is not None:
+            self._cache[candidate.id] = result
+        return dict(result)
+
+    __call__ = estimate
+
+    def evaluate_batch(self, candidates: Iterable[Candidate]) -> list[dict[str, float]]:
+        """:meth:`estimate` for each candidate, in order."""
+        return [self.estimate(candidate) for candidate in candidates]
+
+    def clear_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()
+
+
+def train_standalone(
+    space: SearchSpace,
+    candidate: Candidate,
+    data: DataSplits,
+    *,
+    epochs: int,
+    seed: int,
+    init: str = "scratch",
+    supernet: Supernet | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    val_images: int | None = None,
+) -> dict[str, Any]:
+    """Train ``candidate`` alone (QAT in its formats) and score it on the same validation images as the
+    one-shot estimator: the ground truth that the estimator's fidelity is measured against.
+
+    ``init="scratch"`` starts from a fresh seeded initialisation, ``init="supernet"`` fine-tunes the weights
+    and quantizer scales extracted from ``supernet``. The recipe is the space's ``training:`` section (SGD,
+    warm-up and cosine schedule, gradient clipping) with ``epochs``, and ``lr``/``batch_size`` if given.
+    Returns ``{accuracy, loss, train_loss, epochs, seed, init, wall_s}``.
+    """
+    if init not in ("scratch", "supernet"):
+        raise ValueError(f"init must be 'scratch' or 'supernet', got {init!r}")
+    if init == "supernet" and supernet is None:
+        raise ValueError("init='supernet' needs the trained supernet: pass supernet=...")
+    space.validate_candidate(candidate)
+    start = time.perf_counter()
+    overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
+    spec = dataclasses.replace(space.training, **{k: v for k, v in overrides.items() if v is not None})
+    with deterministic():
+        torch.manual_seed(seed)
+        model = (supernet if init == "supernet" else Supernet(space)).extract(candidate)
+        optimizer = build_optimizer(model, spec)
+        steps_per_epoch = -(-len(data.train) // spec.batch_size)
+        scheduler = build_scheduler(optimizer, spec, steps_per_epoch)
+
+        def step(images: Tensor, labels: Tensor) -> list[float]:
+            loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            return [loss.item()]
+
+        train_loss = float("nan")
+        for epoch in range(spec.epochs):
+            loader = make_loader(data.train, spec.batch_size, shuffle=True, seed=epoch_seed(seed, epoch))
+            train_loss = run_epoch(model, loader, step, optimizer, scheduler, epoch=epoch,
+                                   first_step=epoch * steps_per_epoch)["loss_0"]
+        val_images = val_images or space.search.eval_size or len(data.val)
+        result = validate(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE))
+    return {**result, "train_loss": train_loss, "epochs": spec.epochs, "seed": seed, "init": init,
+            "wall_s": time.perf_counter() - start}

@@ -1,0 +1,481 @@
+"""One-shot training of the quantization-aware supernet: sandwich rule, in-place distillation, checkpoints.
+
+Every step trains the largest candidate (most-bit formats) on the labels, then the smallest and ``num_random``
+sampled candidates (formats sampled too) on the largest one's detached soft targets, accumulates the gradients
+and takes one optimizer step (Yu & Huang, "Universally Slimmable Networks", ICCV 2019; Cai et al.,
+"Once-for-All", ICLR 2020). Each layer keeps one learned scale per format, so candidates that share a weight
+tensor do not fight over its quantizer scale; BN statistics, which differ per candidate, are recomputed for
+each candidate at evaluation time (:func:`automq.supernet.recalibrate_bn`).
+
+A run directory holds ``space.yaml`` (the space it was trained on), ``run.json`` (command, config, versions),
+``metrics.jsonl`` (one record per epoch), ``checkpoint.pt`` (everything needed to resume exactly, written
+atomically at the end of every epoch) and, when training finishes, ``supernet.pt`` (the weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import math
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from automq.data import DataSplits, fixed_batches, load_dataset, make_loader
+from automq.errors import CheckpointError, SpaceError, TrainingDivergedError
+from automq.io import append_jsonl, atomic_torch_save, atomic_write_json, safe_torch_load
+from automq.quant import Quantizer
+from automq.space import SearchSpace, TrainingSpec
+from automq.supernet import Supernet, recalibrate_bn
+
+if TYPE_CHECKING:
+    from automq.candidate import Candidate
+
+__all__ = [
+    "CHECKPOINT",
+    "SUPERNET",
+    "build_optimizer",
+    "build_scheduler",
+    "deterministic",
+    "epoch_seed",
+    "load_space_data",
+    "load_supernet",
+    "run_epoch",
+    "sandwich_step",
+    "space_fingerprint",
+    "SupernetTrainer",
+    "train_supernet",
+    "validate",
+]
+
+CHECKPOINT = "checkpoint.pt"
+SUPERNET = "supernet.pt"
+SPACE_FILE = "space.yaml"
+METRICS = "metrics.jsonl"
+RUN_INFO = "run.json"
+_CHECKPOINT_KIND = "automq-supernet-checkpoint"
+_SUPERNET_KIND = "automq-supernet"
+GRAD_CLIP_NORM = 5.0  # keeps a low-bit candidate's rare huge gradient from wrecking the shared weights
+EVAL_BATCH_SIZE = 500  # validation batches: only speed depends on it
+
+StepFn = Callable[[Tensor, Tensor], Sequence[float]]
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+def build_optimizer(model: nn.Module, spec: TrainingSpec) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; no weight decay on BN/bias vectors and quantizer scales, whose decay would
+    only shrink the quantization grid and the normalisation gains instead of regularising anything."""
+    scale_ids = {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 or id(param) in scale_ids else decay).append(param)
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, spec: TrainingSpec, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up over ``spec.warmup_epochs``, then a cosine decay to zero at the last step."""
+    total = spec.epochs * steps_per_epoch
+    warmup = min(spec.warmup_epochs * steps_per_epoch, total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def sandwich_step(supernet: Supernet, images: Tensor, labels: Tensor, candidates: Sequence[Candidate]) -> list[float]:
+    """Accumulate the gradients of one sandwich-rule step; returns each candidate's loss, in order.
+
+    ``candidates[0]`` (the largest) learns from the labels; the others learn from its detached softmax by
+    KL divergence at temperature 1 (in-place distillation), which keeps small and low-bit candidates close
+    to the best one instead of each fitting the labels on their own.
+    """
+    supernet.set_active(candidates[0])
+    logits = supernet(images)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    losses = [loss.item()]
+    teacher = logits.detach().softmax(dim=1)
+    for candidate in candidates[1:]:
+        supernet.set_active(candidate)
+        distill = F.kl_div(supernet(images).log_softmax(dim=1), teacher, reduction="batchmean")
+        distill.backward()
+        losses.append(distill.item())
+    return losses
+
+
+def run_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    step_fn: StepFn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    epoch: int,
+    first_step: int = 0,
+    diverged_hint: str = "",
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """One pass over ``batches``: ``step_fn`` accumulates gradients, then clip, step and advance the schedule.
+
+    A non-finite loss or gradient raises :class:`TrainingDivergedError` before the optimizer step, so the
+    weights stay those of the last finite step. Returns the mean of each loss position of ``step_fn``.
+    """
+    model.train()
+    sums: list[float] = []
+    count = 0
+    for step, (images, labels) in enumerate(batches, start=first_step):
+        optimizer.zero_grad(set_to_none=True)
+        losses = step_fn(images, labels)
+        grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM))
+        if not all(math.isfinite(v) for v in (*losses, grad_norm)):
+            raise TrainingDivergedError(
+                f"training diverged at epoch {epoch + 1}, step {step + 1}: losses {[f'{v:.4g}' for v in losses]}, "
+                f"gradient norm {grad_norm:.4g}. {diverged_hint}"
+            )
+        optimizer.step()
+        scheduler.step()
+        sums = [a + b for a, b in zip(sums, losses)] if sums else list(losses)
+        count += 1
+        if progress is not None:
+            progress.update(len(labels), losses[0], scheduler.get_last_lr()[0])
+    return {f"loss_{n}": total / max(1, count) for n, total in enumerate(sums)}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffling seed of one epoch: a function of (seed, epoch) only, so a resumed run needs no loader state."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+@torch.inference_mode()
+def validate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` in eval mode over ``batches``."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, count = 0, 0.0, 0
+    for images, labels in batches:
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        count += len(labels)
+    model.train(was_training)
+    return {"accuracy": correct / max(1, count), "loss": loss_sum / max(1, count)}
+
+
+class Progress:
+    """A status line on stderr: step, loss, lr, images/s and ETA.
+
+    On a terminal the line is rewritten in place with ``\\r`` twice a second; in a log file (not a terminal)
+    a new line is written once a minute, so logs stay short but show that the run is alive.
+    """
+
+    def __init__(self, total_steps: int, *, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.interval_s = 0.5 if self.live else 60.0
+        self.total_steps = total_steps
+        self.step = self.run_steps = self.run_images = 0
+        self.start = self.last = time.perf_counter()
+        self.prefix = ""
+
+    def begin_epoch(self, epoch: int, epochs: int, step: int) -> None:
+        self.prefix, self.step = f"epoch {epoch + 1}/{epochs}", step
+
+    def update(self, images: int, loss: float, lr: float) -> None:
+        self.step += 1
+        self.run_steps += 1
+        self.run_images += images
+        now = time.perf_counter()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            elapsed = now - self.start
+            eta = elapsed / self.run_steps * (self.total_steps - self.step)
+            self._line(f"step {self.step}/{self.total_steps}  loss {loss:.4f}  lr {lr:.4g}  "
+                       f"{self.run_images / elapsed:.0f} img/s  ETA {_clock(eta)}", final=False)
+
+    def end_epoch(self, summary: str) -> None:
+        self._line(summary, final=True)
+
+    def _line(self, text: str, *, final: bool) -> None:
+        if self.live:  # \033[K clears the rest of a longer previous line
+            self.stream.write(f"\r{self.prefix}  {text}\033[K" + ("\n" if final else ""))
+        else:
+            self.stream.write(f"{self.prefix}  {text}\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+# ------------------------------------------------------------------------------------------------ the training run
+def space_fingerprint(space: SearchSpace) -> str:
+    """A short hash of what the supernet's weights depend on: data shape, network and format menus.
+
+    Objectives, budgets and the training/search defaults are left out, so a supernet can be searched with a
+    copy of its space that only changes those.
+    """
+    ds = space.dataset
+    key = repr((ds.name, ds.input_size, ds.in_chans, ds.num_classes, space.network, space.weight_formats,
+                space.activation_formats, space.overrides))
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+
+
+def load_space_data(space: SearchSpace, *, root: str | Path | None = None, train_subset: int | None = None) -> DataSplits:
+    """The space's dataset with its train/val split, seeded by ``space.seed`` so training and every later
+    estimate agree on which images are held out."""
+    ds = space.dataset
+    split = {} if ds.val_size is None else {"val_size": ds.val_size}
+    return load_dataset(ds.name, root if root is not None else ds.root, input_size=ds.input_size,
+                        train_subset=train_subset, seed=space.seed, **split)
+
+
+class SupernetTrainer:
+    """The complete state of one supernet training run, and its epoch loop.
+
+    Candidates are sampled from a numpy Generator and epochs are shuffled by a seed derived from the epoch
+    number; both, with the model, optimizer, schedule and torch RNG, are in :meth:`state_dict`, so a resumed
+    run repeats the uninterrupted one bit for bit.
+    """
+
+    def __init__(self, space: SearchSpace, data: DataSplits, spec: TrainingSpec, *, seed: int) -> None:
+        torch.manual_seed(seed)
+        self.space, self.data, self.spec, self.seed = space, data, spec, seed
+        self.supernet = Supernet(space)
+        self.steps_per_epoch = math.ceil(len(data.train) / spec.batch_size)
+        self.optimizer = build_optimizer(self.supernet, spec)
+        self.scheduler = build_scheduler(self.optimizer, spec, self.steps_per_epoch)
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0
+        self.ends = {"largest": space.largest(), "smallest": space.smallest()}
+        # the search's calibration and validation images, so the logged accuracies are the estimator's
+        self.calib = fixed_batches(data.train, space.search.calib_size, spec.batch_size)
+        self.val = fixed_batches(data.val, space.search.eval_size or len(data.val), EVAL_BATCH_SIZE)
+
+    def _step(self, images: Tensor, labels: Tensor) -> list[float]:
+        sampled = [self.space.sample(self.rng) for _ in range(self.spec.num_random)]
+        return sandwich_step(self.supernet, images, labels, [*self.ends.values(), *sampled])
+
+    def train_epoch(self, *, diverged_hint: str = "", progress: Progress | None = None) -> dict[str, float]:
+        """Train one epoch and advance :attr:`epoch`; returns the mean label and distillation losses."""
+        loader = make_loader(self.data.train, self.spec.batch_size, shuffle=True, seed=epoch_seed(self.seed, self.epoch))
+        losses = run_epoch(self.supernet, loader, self._step, self.optimizer, self.scheduler, epoch=self.epoch,
+                           first_step=self.epoch * self.steps_per_epoch, diverged_hint=diverged_hint,
+                           progress=progress)
+        self.epoch += 1
+        distill = [v for k, v in losses.items() if k != "loss_0"]
+        return {"train_loss": losses["loss_0"], "distill_loss": sum(distill) / len(distill) if distill else 0.0}
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation accuracy and loss of the largest and smallest candidates, each after BN recalibration."""
+        metrics = {}
+        for name, candidate in self.ends.items():
+            self.supernet.set_active(candidate)
+            recalibrate_bn(self.supernet, self.calib)
+            result = validate(self.supernet, self.val)
+            metrics[f"val_acc_{name}"], metrics[f"val_loss_{name}"] = result["accuracy"], result["loss"]
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, as tensors and plain Python values (loadable with ``weights_only``)."""
+        return {
+            "kind": _CHECKPOINT_KIND,
+            "space": space_fingerprint(self.space),
+            "config": {"training": dataclasses.asdict(self.spec), "seed": self.seed},
+            "epoch": self.epoch,
+            "step": self.epoch * self.steps_per_epoch,
+            "model": self.supernet.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.supernet.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = state["epoch"]
+
+
+def train_supernet(
+    space: SearchSpace,
+    out_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    resume: bool = False,
+    train_subset: int | None = None,
+    data_root: str | Path | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the one-shot supernet of ``space`` into ``out_dir`` and return the path of ``supernet.pt``.
+
+    ``epochs``, ``train_subset`` (training images, class-balanced) and ``seed`` default to the space's
+    ``training:`` section and ``seed``. ``resume=True`` continues the run in ``out_dir`` from its last
+    checkpoint with the configuration it was started with; a fresh start refuses to overwrite a run.
+    """
+    out = Path(out_dir)
+    checkpoint = out / CHECKPOINT
+    if resume:
+        state = _load_checkpoint(checkpoint, space)
+        spec, seed = _resumed_config(checkpoint, state["config"], epochs=epochs, train_subset=train_subset, seed=seed)
+    else:
+        if checkpoint.exists():
+            raise CheckpointError(f"{out} already holds a training run ({CHECKPOINT}); pass --resume to continue "
+                                  "it, or choose another --out folder")
+        overrides = {"epochs": epochs, "train_size": train_subset}
+        spec = dataclasses.replace(space.training, **{k: v for k, v in overrides.items() if v is not None})
+        seed = space.seed if seed is None else seed
+    data = load_space_data(space, root=data_root, train_subset=spec.train_size)
+    with deterministic():
+        trainer = SupernetTrainer(space, data, spec, seed=seed)
+        if resume:
+            trainer.load_state_dict(state)
+        _record_run(out, space, spec, seed, data_root, resumed_at=trainer.epoch if resume else None)
+        _fit(trainer, out, progress)
+    return out / SUPERNET
+
+
+def _fit(trainer: SupernetTrainer, out: Path, show_progress: bool) -> None:
+    spec = trainer.spec
+    bar = Progress(spec.epochs * trainer.steps_per_epoch) if show_progress else None
+    while trainer.epoch < spec.epochs:
+        epoch, start = trainer.epoch, time.perf_counter()
+        if bar is not None:
+            bar.begin_epoch(epoch, spec.epochs, epoch * trainer.steps_per_epoch)
+        last_good = (f"The last good checkpoint, {out / CHECKPOINT} (epoch {epoch}), is kept; resume it with a "
+                     "lower training.lr or more training.warmup_epochs.") if epoch else (
+                     "No epoch finished, so there is no checkpoint; lower training.lr or add warm-up epochs.")
+        lr = trainer.scheduler.get_last_lr()[0]
+        record = {"epoch": epoch + 1, **trainer.train_epoch(diverged_hint=last_good, progress=bar)}
+        train_s = time.perf_counter() - start
+        record.update(trainer.evaluate())
+        record.update(step=trainer.epoch * trainer.steps_per_epoch, lr=lr,
+                      images_per_s=len(trainer.data.train) / train_s, wall_s=time.perf_counter() - start)
+        atomic_torch_save(trainer.state_dict(), out / CHECKPOINT)
+        append_jsonl(out / METRICS, record)
+        if bar is not None:
+            bar.end_epoch(f"loss {record['train_loss']:.4f}  val acc largest {record['val_acc_largest']:.4f}  "
+                          f"smallest {record['val_acc_smallest']:.4f}  ({record['wall_s']:.0f} s)")
+    atomic_torch_save({"kind": _SUPERNET_KIND, "space": space_fingerprint(trainer.space), "epochs": trainer.epoch,
+                       "state_dict": trainer.supernet.state_dict()}, out / SUPERNET)
+
+
+def load_supernet(path: str | Path, space: SearchSpace) -> Supernet:
+    """The supernet of ``space`` with the weights of a run's ``supernet.pt`` (a run folder or the file)."""
+    path = Path(path)
+    path = path / SUPERNET if path.is_dir() else path
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or state.get("kind") != _SUPERNET_KIND:
+        raise CheckpointError(f"{path}: not a trained supernet (expected the {SUPERNET} that "
+                              "`automq train-supernet` writes)")
+    _check_space(path, state, space)
+    supernet = Supernet(space)
+    supernet.load_state_dict(state["state_dict"])
+    return supernet
+
+
+# ------------------------------------------------------------------------------------------------ run folder helpers
+def _check_space(path: Path, state: dict[str, Any], space: SearchSpace) -> None:
+    if state.get("space") != space_fingerprint(space):
+        raise CheckpointError(
+            f"{path} was trained on another search space (fingerprint {state.get('space')}, but {space.source} "
+            f"has {space_fingerprint(space)}: its dataset, network or format menus differ). Use the space file "
+            f"saved beside it ({path.parent / SPACE_FILE}), or train a new supernet for this space")
+
+
+def _load_checkpoint(path: Path, space: SearchSpace) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: nothing to resume (no checkpoint); start the run without --resume")
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or state.get("kind") != _CHECKPOINT_KIND:
+        raise CheckpointError(f"{path}: not an automq training checkpoint; delete it or choose another --out")
+    _check_space(path, state, space)
+    return state
+
+
+def _resumed_config(path: Path, config: dict[str, Any], **given: int | None) -> tuple[TrainingSpec, int]:
+    """The run's saved configuration; an explicitly given value that differs from it is an error, because
+    the learning-rate schedule and the data order depend on it."""
+    spec, seed = TrainingSpec(**config["training"]), config["seed"]
+    saved = {"epochs": spec.epochs, "train_subset": spec.train_size, "seed": seed}
+    for name, value in given.items():
+        if value is not None and value != saved[name]:
+            raise CheckpointError(f"{path}: the run was started with {name}={saved[name]}, not {value}; a resume "
+                                  f"keeps the original value (drop the option), or start a new run in another --out")
+    return spec, seed
+
+
+def _record_run(out: Path, space: SearchSpace, spec: TrainingSpec, seed: int, data_root: str | Path | None,
+                *, resumed_at: int | None) -> None:
+    """Copy the space file and write run.json (a resume appends to its list of resumes)."""
+    if resumed_at is not None:
+        info = _read_json(out / RUN_INFO)
+        info.setdefault("resumes", []).append({"epoch": resumed_at, "command": sys.argv, "time": _now()})
+        atomic_write_json(out / RUN_INFO, info)
+        return
+    source = Path(space.source)
+    if not source.is_file():
+        raise SpaceError(f"train_supernet needs a space loaded from a file (SearchSpace.from_file), so that the "
+                         f"run folder can keep a copy; this one comes from {space.source}")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, out / SPACE_FILE)
+    atomic_write_json(out / RUN_INFO, {
+        "command": sys.argv,
+        "space": str(source.resolve()),
+        "space_fingerprint": space_fingerprint(space),
+        "config": {"training": dataclasses.asdict(spec), "seed": seed,
+                   "data_root": None if data_root is None else str(data_root)},
+        "versions": _versions(),
+        "time": _now(),
+    })
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _versions() -> dict[str, str]:
+    packages = {name: importlib.metadata.version(name) for name in ("automq", "torch", "timm", "numpy")}
+    return {**packages, "python": platform.python_version(), "platform": platform.platform(),
+            "torch_threads": str(torch.get_num_threads())}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels for the duration of a run, restoring the caller's setting afterwards."""
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

@@ -1,0 +1,156 @@
+"""LIMPQ: the indicators come from a real joint QAT run and grow as formats get coarser, they are the step sizes
+the module docstring defines, the supernet given to the strategy is left untouched, and the strategy traces a front
+of valid candidates within the space's budgets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from automq.cost import CostModel
+from automq.data import DataSplits
+from automq.errors import BudgetError
+from automq.evaluate import OneShotEstimator
+from automq.quant import Quantizer
+from automq.space import SearchSpace
+from automq.strategies._assign import FormatProblem
+from automq.strategies.limpq import LIMPQ, Indicators, _step, learn_indicators
+from automq.strategy import Budget, create_strategy
+from automq.supernet import Supernet
+from automq.train import load_space_data
+
+SPACE = {
+    "name": "limpq",
+    "dataset": {"name": "synthetic", "input_size": 16, "in_chans": 1, "val_size": 64},
+    "network": {
+        "stem": {"channels": 8},
+        "stages": [
+            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
+            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3], "expand_ratio": [2]},
+        ],
+        "head": {"channels": 32},
+        "width_mult": [1.0],
+    },
+    "formats": {
+        "weights": ["int2", "int4", "int8", "mxfp4_e2m1"],
+        "activations": ["int4", "int8", "fp8_e4m3"],
+        "overrides": [{"layers": "classifier", "weights": ["int8"], "activations": ["int8"]}],
+    },
+    "objectives": [{"metric": "accuracy"}, {"metric": "bitops"}],
+    "search": {"eval_size": 64, "calib_size": 32},
+}
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return SearchSpace.from_dict(SPACE)
+
+
+@pytest.fixture(scope="module")
+def data(space: SearchSpace) -> DataSplits:
+    return load_space_data(space, train_subset=128)
+
+
+@pytest.fixture(scope="module")
+def supernet(space: SearchSpace) -> Supernet:
+    torch.manual_seed(0)
+    return Supernet(space)
+
+
+def estimator(space: SearchSpace, supernet: Supernet, data: DataSplits) -> OneShotEstimator:
+    return OneShotEstimator(space, supernet, data, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def indicators(space: SearchSpace, supernet: Supernet, data: DataSplits) -> Indicators:
+    return learn_indicators(supernet, space, space.largest(), data.train, steps=STEPS, batch_size=32, seed=0)
+
+
+def test_indicators_grow_as_formats_get_coarser(indicators: Indicators) -> None:
+    assert len(indicators.weights) == len(indicators.activations) == 11  # every layer of the largest architecture
+    for layer, by_format in indicators.weights.items():
+        if layer != "classifier":
+            assert by_format["int2"] > by_format["int4"] > by_format["int8"] > 0, layer
+            # a 4-bit element grid, whatever its kind, is far coarser than int8
+            assert by_format["mxfp4_e2m1"] > 3 * by_format["int8"], layer
+    for layer, by_format in indicators.activations.items():
+        if layer != "classifier":
+            assert by_format["int4"] > by_format["int8"] > 0, layer
+            assert by_format["int4"] > by_format["fp8_e4m3"] > 0, layer
+
+
+def test_the_joint_run_learns_the_scales_and_leaves_the_supernet_alone(
+    space: SearchSpace, supernet: Supernet, data: DataSplits, indicators: Indicators
+) -> None:
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    learned = learn_indicators(supernet, space, space.largest(), data.train, steps=STEPS, batch_size=32, seed=0)
+    after = supernet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # The same seed reproduces the indicators exactly; they are learned, so one more step changes them.
+    assert learned == indicators
+    longer = learn_indicators(supernet, space, space.largest(), data.train, steps=STEPS + 1, batch_size=32, seed=0)
+    assert longer.weights["blocks.1.0.conv_pw"]["int4"] != learned.weights["blocks.1.0.conv_pw"]["int4"]
+
+
+def test_step_is_the_learned_range_per_level_or_the_error_equivalent_step() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 64)
+    quant = Quantizer(["int4", "fp8_e4m3", "mxfp4_e2m1"], channels=4, signed=True)
+    quant(x, "int4")
+    with torch.no_grad():
+        quant.scales["int4"].copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    assert _step(quant, "int4", x) == pytest.approx(0.25)  # LSQ step, mean over channels
+    quant(x, "fp8_e4m3")
+    with torch.no_grad():
+        quant.scales["fp8_e4m3"].fill_(0.01)
+    assert _step(quant, "fp8_e4m3", x) == pytest.approx(0.01 * 448 / 127)  # learned range / 127 levels
+    error = quant(x, "mxfp4_e2m1") - x
+    assert _step(quant, "mxfp4_e2m1", x) == pytest.approx(math.sqrt(12 * float(error.square().mean())))
+
+
+def test_objective_is_activation_plus_alpha_times_weight(space: SearchSpace, indicators: Indicators) -> None:
+    formats = FormatProblem.build(space, space.largest())
+    objective = indicators.objective(formats, alpha=2.0)
+    problem = formats.problem
+    for flat in (0, 5, problem.size - 1):
+        layer = problem.layers[int(problem.layer_of[flat])]
+        w, a = problem.options[int(problem.layer_of[flat])][flat - int(problem.starts[problem.layer_of[flat]])]
+        assert objective[flat] == pytest.approx(indicators.activations[layer][a] + 2.0 * indicators.weights[layer][w])
+
+
+def test_limpq_traces_a_front_within_the_budget(space: SearchSpace, supernet: Supernet, data: DataSplits) -> None:
+    limit = 0.6 * CostModel(space).metrics(space.largest())["bitops"]
+    budgeted = SearchSpace.from_dict({**SPACE, "budgets": {"bitops": limit}})
+    strategy = create_strategy("limpq", steps=STEPS, batch_size=32)
+    assert isinstance(strategy, LIMPQ)
+    trials = strategy.run(budgeted, estimator(budgeted, supernet, data), Budget(4), seed=0)
+    assert 2 <= len(trials) <= 4 and all(t.status == "ok" for t in trials)
+    bitops = [t.metrics["bitops"] for t in trials]
+    assert bitops == sorted(bitops) and bitops[-1] <= limit
+    for trial in trials:
+        budgeted.validate_candidate(trial.candidate)
+        assert trial.candidate.blocks == space.largest().blocks
+        assert trial.metrics["bitops"] <= trial.info["budget"]["bitops"]
+        assert trial.info["solver"] == "milp" and trial.info["solve_s"] < 1.0
+    # the lowest level is the cheapest assignment there is
+    assert bitops[0] == pytest.approx(FormatProblem.build(space, space.largest()).problem.extreme_cost("bitops"))
+
+
+def test_infeasible_budget_fails_before_training(space: SearchSpace, supernet: Supernet, data: DataSplits) -> None:
+    # feasible for the space (its smallest candidate is shallower) but not for the largest architecture
+    smallest = FormatProblem.build(space, space.largest()).problem.extreme_cost("size")
+    impossible = SearchSpace.from_dict({**SPACE, "budgets": {"size": smallest - 1}})
+    with pytest.raises(BudgetError, match=f"smallest size reachable .* is {smallest:.6g}"):
+        LIMPQ(steps=10_000).run(impossible, estimator(impossible, supernet, data), Budget(3))
+
+
+def test_rejects_bad_hyper_parameters() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        LIMPQ(alpha=-1.0)
+    with pytest.raises(ValueError, match="metric"):
+        LIMPQ(metric="accuracy")
+    assert np.isfinite(LIMPQ().alpha)
