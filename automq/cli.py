@@ -125,6 +125,46 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"timm model of candidate {candidate.id} written to {args.out}")
 
 
+def _search_options(args: argparse.Namespace) -> dict:
+    if args.strategy != "tune":
+        return {}
+    return {"sampler": args.sampler, "workers": args.workers, "address": args.address}
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from automq.search import run_search
+
+    log = run_search(args.space, out=args.out, supernet=args.supernet, strategy=args.strategy, trials=args.trials,
+                     seed=args.seed, resume=args.resume, options=_search_options(args), data_root=args.data)
+    print(f"{len(log.trials)} trials in {args.out}/trials.jsonl; Pareto set in {args.out}/pareto.json")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    """Train the supernet (or resume it), search with Ray Tune + NSGA-II, add the uniform baselines, report."""
+    from pathlib import Path
+
+    from automq.report import build_report
+    from automq.search import run_search
+    from automq.space import SearchSpace
+    from automq.train import train_supernet
+
+    space = SearchSpace.from_file(args.space)
+    out = Path(args.out)
+    supernet = out / "supernet"
+    if not (supernet / "supernet.pt").is_file():
+        print(f"[1/4] training the one-shot supernet into {supernet}")
+        train_supernet(space, supernet, resume=(supernet / "checkpoint.pt").is_file(), data_root=args.data)
+    searches = [("tune", {"sampler": "nsga2", "workers": args.workers}), ("uniform", {})]
+    for step, (strategy, options) in enumerate(searches, start=2):
+        folder = out / f"search-{strategy}"
+        print(f"[{step}/4] {strategy} search into {folder}")
+        run_search(space, out=folder, supernet=supernet, strategy=strategy, options=options, data_root=args.data,
+                   trials=args.trials if strategy == "tune" else None, resume=(folder / "trials.jsonl").exists())
+    print(f"[4/4] report into {out / 'report'}")
+    build_report([out / f"search-{name}" for name, _ in searches], out / "report")
+    print(f"done: open {out / 'report' / 'report.html'}")
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from automq.report import build_report
 
@@ -180,6 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recalibrate BN on this many training images (0: keep the supernet's statistics)")
     export.add_argument("--data", help="dataset folder (overrides dataset.root)")
     export.set_defaults(func=_cmd_export)
+
+    search = sub.add_parser("search", help="search a space with a strategy over the one-shot supernet")
+    search.add_argument("space", help="search-space file (spaces/*.yaml)")
+    search.add_argument("--supernet", required=True, help="a train-supernet run folder")
+    search.add_argument("--strategy", default="tune", help="registered strategy name (default: tune)")
+    search.add_argument("--sampler", default="nsga2", choices=["nsga2", "nsga3", "tpe", "gp", "random"],
+                        help="Optuna sampler of the tune strategy")
+    search.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
+    search.add_argument("--workers", type=int, help="parallel Ray workers (0: in-process, no Ray)")
+    search.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT")
+    search.add_argument("--seed", type=int, help="override the space's seed")
+    search.add_argument("--resume", action="store_true", help="continue the search in --out")
+    search.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    search.add_argument("--out", required=True, help="search folder: trials.jsonl, pareto.json, run.json")
+    search.set_defaults(func=_cmd_search)
+
+    demo = sub.add_parser("demo", help="train, search and report on a space end to end (what make demo runs)")
+    demo.add_argument("space", nargs="?", default="spaces/mbv2_fmnist.yaml")
+    demo.add_argument("--out", default="runs/demo", help="folder for the supernet, searches and report")
+    demo.add_argument("--trials", type=int, help="trials of the tune search (default: the space's search.trials)")
+    demo.add_argument("--workers", type=int, help="parallel Ray workers (default: the tune strategy's)")
+    demo.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    demo.set_defaults(func=_cmd_demo)
 
     report = sub.add_parser("report", help="Pareto report (HTML, Markdown, CSV) of one or more search folders")
     report.add_argument("search_dirs", nargs="+", metavar="SEARCH_DIR")

@@ -60,7 +60,10 @@ class Quantizer(nn.Module):
         """The learned scale for ``x`` (sliced to its leading channels), initialising unseen channels."""
         n = 1 if self.channels is None else x.shape[0]
         if n > (self.channels or 1):
-            raise ValueError(f"tensor has {n} channels but the quantizer was built for {self.channels}")
+            raise ValueError(
+                f"tensor has {n} channels but the quantizer was built for {self.channels}; "
+                "build it for the widest layer"
+            )
         param = self.scales[fmt]
         flags = getattr(self, f"initialised_{fmt}")[:n]
         if not bool(flags.all()):
@@ -69,7 +72,7 @@ class Quantizer(nn.Module):
                 init = get_format(fmt).init_scale(x, signed=self.signed, axis=self.axis)
                 param[:n][todo] = init[todo].to(param.dtype)
                 flags.fill_(True)
-        return param if self.channels is None else param[:n]
+        return param if n == len(param) else param[:n]  # a full slice would still cost a backward node
 
     def forward(self, x: Tensor, fmt: str) -> Tensor:
         """Fake-quantize ``x`` in ``fmt``; identity formats return ``x`` itself at no cost."""
@@ -83,7 +86,10 @@ class Quantizer(nn.Module):
         """A single-format copy whose scale is sliced to the leading ``channels`` (for the exported model)."""
         self._spec(fmt)
         if (channels is None) != (self.channels is None) or (channels or 0) > (self.channels or 0):
-            raise ValueError(f"cannot extract {channels} channels from a quantizer with channels={self.channels}")
+            raise ValueError(
+                f"cannot extract {channels} channels from a quantizer with channels={self.channels}; pass at most "
+                f"{self.channels} (None for a per-tensor quantizer)"
+            )
         out = Quantizer([fmt], channels=channels, signed=self.signed)
         if fmt in self.scales:
             n = channels or 1
@@ -104,7 +110,9 @@ class _QuantLayer:
     w_fmt: str
     a_fmt: str
 
-    def _init_quantizers(self, w_formats: Sequence[str], a_formats: Sequence[str], a_signed: bool, channels: int) -> None:
+    def _init_quantizers(
+        self, w_formats: Sequence[str], a_formats: Sequence[str], a_signed: bool, channels: int
+    ) -> None:
         self.w_quant = Quantizer(w_formats, channels=channels, signed=True)
         self.a_quant = Quantizer(a_formats, channels=None, signed=a_signed)
         self.w_fmt, self.a_fmt = self.w_quant.formats[0], self.a_quant.formats[0]
@@ -229,7 +237,7 @@ def quantize_modules_(model: nn.Module, w_fmt: str, a_fmt: str, *, a_signed: boo
             quant_cls = _QUANT_CLASSES.get(type(child))
             if quant_cls is None:
                 continue
-            quant = quant_cls.from_float(child, w_formats=[w_fmt], a_formats=[a_fmt], a_signed=a_signed)  # type: ignore[arg-type]
+            quant = quant_cls.from_float(child, w_formats=[w_fmt], a_formats=[a_fmt], a_signed=a_signed)
             setattr(parent, child_name, quant)
             replaced.append(f"{parent_name}.{child_name}" if parent_name else child_name)
     return replaced

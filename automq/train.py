@@ -69,21 +69,34 @@ _CHECKPOINT_KIND = "automq-supernet-checkpoint"
 _SUPERNET_KIND = "automq-supernet"
 GRAD_CLIP_NORM = 5.0  # keeps a low-bit candidate's rare huge gradient from wrecking the shared weights
 EVAL_BATCH_SIZE = 500  # validation batches: only speed depends on it
+# Measured on mbv2_fmnist (SGD, lr 0.05): a factor of 1e-2 or more sends per-channel weight scales negative
+# within two steps and the loss stalls at 2.5; 3e-4 trains as well as frozen scales while letting them adapt.
+WEIGHT_SCALE_LR_FACTOR = 3e-4
 
 StepFn = Callable[[Tensor, Tensor], Sequence[float]]
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
 def build_optimizer(model: nn.Module, spec: TrainingSpec) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum; no weight decay on BN/bias vectors and quantizer scales, whose decay would
-    only shrink the quantization grid and the normalisation gains instead of regularising anything."""
-    scale_ids = {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
-    decay, no_decay = [], []
+    """SGD with Nesterov momentum over three parameter groups.
+
+    Weights get ``spec.weight_decay``; BN/bias vectors and activation scales get none (decaying them only
+    shrinks gains and quantization grids). Per-channel weight scales get no decay and ``spec.lr`` times
+    :data:`WEIGHT_SCALE_LR_FACTOR`: they are ~1e-3 (a channel's ``amax / 127``) and their LSQ gradient is
+    not small enough to match, so at the weights' learning rate one step drives them below zero.
+    """
+    weight_scales = {id(p) for m in model.modules() if isinstance(m, Quantizer) and m.channels is not None
+                     for p in m.parameters()}
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "weight_scales": []}
     for param in model.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 or id(param) in scale_ids else decay).append(param)
-    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0)
+            group = "weight_scales" if id(param) in weight_scales else "no_decay" if param.ndim <= 1 else "decay"
+            groups[group].append(param)
+    return torch.optim.SGD([
+        {"params": groups["decay"], "weight_decay": spec.weight_decay},
+        {"params": groups["no_decay"], "weight_decay": 0.0},
+        {"params": groups["weight_scales"], "weight_decay": 0.0, "lr": spec.lr * WEIGHT_SCALE_LR_FACTOR},
+    ], lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0)
 
 
 def build_scheduler(
@@ -365,11 +378,8 @@ def _fit(trainer: SupernetTrainer, out: Path, show_progress: bool) -> None:
         epoch, start = trainer.epoch, time.perf_counter()
         if bar is not None:
             bar.begin_epoch(epoch, spec.epochs, epoch * trainer.steps_per_epoch)
-        last_good = (f"The last good checkpoint, {out / CHECKPOINT} (epoch {epoch}), is kept; resume it with a "
-                     "lower training.lr or more training.warmup_epochs.") if epoch else (
-                     "No epoch finished, so there is no checkpoint; lower training.lr or add warm-up epochs.")
         lr = trainer.scheduler.get_last_lr()[0]
-        record = {"epoch": epoch + 1, **trainer.train_epoch(diverged_hint=last_good, progress=bar)}
+        record = {"epoch": epoch + 1, **trainer.train_epoch(diverged_hint=_diverged_hint(out, epoch), progress=bar)}
         train_s = time.perf_counter() - start
         record.update(trainer.evaluate())
         record.update(step=trainer.epoch * trainer.steps_per_epoch, lr=lr,
@@ -381,6 +391,14 @@ def _fit(trainer: SupernetTrainer, out: Path, show_progress: bool) -> None:
                           f"smallest {record['val_acc_smallest']:.4f}  ({record['wall_s']:.0f} s)")
     atomic_torch_save({"kind": _SUPERNET_KIND, "space": space_fingerprint(trainer.space), "epochs": trainer.epoch,
                        "state_dict": trainer.supernet.state_dict()}, out / SUPERNET)
+
+
+def _diverged_hint(out: Path, epoch: int) -> str:
+    if epoch == 0:
+        return ("No epoch finished, so there is no checkpoint; start again with a lower training.lr or "
+                "training.warmup_epochs >= 1.")
+    return (f"The last good checkpoint, {out / CHECKPOINT} (epoch {epoch}), is kept. Training is deterministic, so "
+            "a resume would diverge again: start a new run with a lower training.lr or training.warmup_epochs >= 1.")
 
 
 def load_supernet(path: str | Path, space: SearchSpace) -> Supernet:

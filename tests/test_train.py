@@ -1,0 +1,243 @@
+"""Supernet training: the sandwich step learns, the schedule and optimizer groups are right, runs resume bit for
+bit, a diverged run stops cleanly, and checkpoints are written atomically and refused across spaces."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from automq import train
+from automq.errors import CheckpointError, TrainingDivergedError
+from automq.io import read_jsonl, safe_torch_load
+from automq.space import SearchSpace, TrainingSpec
+from automq.supernet import Supernet
+from automq.train import (
+    CHECKPOINT,
+    SUPERNET,
+    build_optimizer,
+    build_scheduler,
+    load_space_data,
+    load_supernet,
+    sandwich_step,
+    train_supernet,
+)
+
+TINY = {
+    "name": "tiny",
+    "dataset": {"name": "synthetic", "input_size": 16, "in_chans": 1, "val_size": 200},
+    "network": {
+        "stem": {"channels": 8},
+        "stages": [
+            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
+            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [2, 3]},
+        ],
+        "head": {"channels": 32},
+        "width_mult": [0.5, 1.0],
+    },
+    "formats": {"weights": ["int4", "int8"], "activations": ["int8", "fp8_e4m3"]},
+    "objectives": [{"metric": "accuracy"}, {"metric": "bitops"}],
+    "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "train_size": 96, "num_random": 1},
+    "search": {"eval_size": 64, "calib_size": 64},
+}
+RUN_FILES = {"checkpoint.pt", "supernet.pt", "space.yaml", "run.json", "metrics.jsonl"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_space(folder: Path, **changes: dict) -> SearchSpace:
+    data = {**TINY, **changes}
+    path = folder / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return SearchSpace.from_file(path)
+
+
+@pytest.fixture()
+def space(tmp_path: Path) -> SearchSpace:
+    return write_space(tmp_path)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return safe_torch_load(path)["state_dict"]
+
+
+def test_sandwich_steps_teach_the_largest_and_through_it_the_smallest(space: SearchSpace) -> None:
+    torch.manual_seed(0)
+    supernet = Supernet(space)
+    images, labels = load_space_data(space, train_subset=32).train.tensors
+    largest, smallest = space.largest(), space.smallest()
+    candidates = [largest, smallest, space.sample(np.random.default_rng(1))]
+    optimizer = build_optimizer(supernet, space.training)
+
+    def label_loss(candidate) -> float:
+        supernet.set_active(candidate)
+        with torch.no_grad():
+            return float(F.cross_entropy(supernet(images), labels))
+
+    before = label_loss(smallest)
+    history = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        history.append(sandwich_step(supernet, images, labels, candidates))
+        optimizer.step()
+    assert len(history[-1]) == 3 and all(math.isfinite(v) for v in history[-1])
+    assert history[0][0] > 2.0 and history[-1][0] < 0.75 * history[0][0]  # the largest learns the labels
+    assert label_loss(smallest) < 0.9 * before  # the smallest never sees a label, only the largest's outputs
+
+
+def test_optimizer_groups_decay_weights_only_and_slow_down_weight_scales(space: SearchSpace) -> None:
+    supernet = Supernet(space)
+    spec = space.training
+    decay, no_decay, scales = build_optimizer(supernet, spec).param_groups
+    names = {id(p): n for n, p in supernet.named_parameters()}
+    assert (decay["weight_decay"], no_decay["weight_decay"], scales["weight_decay"]) == (spec.weight_decay, 0, 0)
+    assert (decay["lr"], no_decay["lr"], scales["lr"]) == (spec.lr, spec.lr, spec.lr * train.WEIGHT_SCALE_LR_FACTOR)
+    assert all(names[id(p)].endswith(".weight") and p.ndim > 1 for p in decay["params"])
+    assert {names[id(p)] for p in scales["params"]} == {n for n in names.values() if ".w_quant.scales." in n}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert {"conv_stem.a_quant.scales.int8", "bn1.weight", "classifier.bias"} <= exempt
+    assert len(decay["params"]) + len(no_decay["params"]) + len(scales["params"]) == len(names)
+
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    spec = TrainingSpec(epochs=3, lr=0.1, warmup_epochs=1)
+    optimizer = torch.optim.SGD([param], lr=spec.lr)
+    scheduler = build_scheduler(optimizer, spec, steps_per_epoch=4)  # 12 steps, 4 of warm-up
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.1 * (s + 1) / 4 for s in range(4)] + [0.05 * (1 + math.cos(math.pi * s / 8)) for s in range(8)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+def test_training_writes_a_complete_run_folder(space: SearchSpace, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert train_supernet(space, out, progress=False) == out / SUPERNET
+    assert {p.name for p in out.iterdir()} == RUN_FILES  # no *.tmp left behind
+    records = list(read_jsonl(out / "metrics.jsonl"))
+    assert [r["epoch"] for r in records] == [1, 2] and [r["step"] for r in records] == [3, 6]  # 96 / 32
+    for record in records:
+        assert 0.0 <= record["val_acc_largest"] <= 1.0 and 0.0 <= record["val_acc_smallest"] <= 1.0
+        assert math.isfinite(record["train_loss"]) and record["lr"] > 0
+    checkpoint = safe_torch_load(out / CHECKPOINT)
+    assert checkpoint["epoch"] == 2 and checkpoint["config"]["training"]["train_size"] == 96
+    assert SearchSpace.from_file(out / "space.yaml").name == "tiny"
+    supernet = load_supernet(out, space)
+    for name, tensor in supernet.state_dict().items():
+        assert torch.equal(tensor, checkpoint["model"][name])
+
+
+def test_resume_after_a_kill_repeats_the_uninterrupted_run_bit_for_bit(
+    space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train_supernet(space, tmp_path / "straight", progress=False)
+
+    calls = {"n": 0}
+    real_step = train.sandwich_step
+
+    def killed_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, step 2 (3 steps per epoch)
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "sandwich_step", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(space, tmp_path / "resumed", progress=False)
+    assert safe_torch_load(tmp_path / "resumed" / CHECKPOINT)["epoch"] == 1  # lost only the current epoch
+    monkeypatch.setattr(train, "sandwich_step", real_step)
+    train_supernet(space, tmp_path / "resumed", resume=True, progress=False)
+
+    straight, resumed = weights(tmp_path / "straight" / SUPERNET), weights(tmp_path / "resumed" / SUPERNET)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    timing = {"wall_s", "images_per_s"}
+    a, b = (list(read_jsonl(tmp_path / run / "metrics.jsonl")) for run in ("straight", "resumed"))
+    assert [{k: v for k, v in r.items() if k not in timing} for r in a] == [
+        {k: v for k, v in r.items() if k not in timing} for r in b]
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real_step = train.sandwich_step
+
+    def nan_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        losses = real_step(*args, **kwargs)
+        return [float("nan"), *losses[1:]] if calls["n"] == 4 else losses
+
+    monkeypatch.setattr(train, "sandwich_step", nan_in_second_epoch)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2, step 4") as info:
+        train_supernet(space, out, epochs=3, progress=False)
+    assert str(out / CHECKPOINT) in str(info.value) and "epoch 1" in str(info.value)
+    good = safe_torch_load(out / CHECKPOINT)
+    assert good["epoch"] == 1 and all(torch.isfinite(t).all() for t in good["model"].values() if t.is_floating_point())
+    assert {p.name for p in out.iterdir()} == RUN_FILES - {SUPERNET}
+
+
+def test_an_absurd_learning_rate_diverges_in_the_first_epoch(tmp_path: Path) -> None:
+    space = write_space(tmp_path, training={**TINY["training"], "lr": 1e30, "momentum": 0.0})
+    with pytest.raises(TrainingDivergedError, match="no checkpoint"):
+        train_supernet(space, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_checkpoint_save_is_atomic(space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    real_save = torch.save
+    saves = {"n": 0}
+
+    def crash_in_second_save(obj, handle, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            handle.write(b"torn")
+            raise OSError("disk full")
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", crash_in_second_save)
+    with pytest.raises(OSError, match="disk full"):
+        train_supernet(space, out, progress=False)
+    assert safe_torch_load(out / CHECKPOINT)["epoch"] == 1
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_refuses_a_checkpoint_of_another_space(space: SearchSpace, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_supernet(space, out, epochs=1, progress=False)
+    other_network = {**TINY["network"], "head": {"channels": 48}}
+    other = write_space(tmp_path, name="other", network=other_network)
+    with pytest.raises(CheckpointError, match="another search space"):
+        train_supernet(other, out, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="another search space"):
+        load_supernet(out, other)
+    # objectives and budgets do not shape the weights: a space that changes only them is accepted
+    same_weights = write_space(tmp_path, name="same", objectives=[{"metric": "accuracy"}, {"metric": "size"}])
+    load_supernet(out, same_weights)
+
+
+def test_run_folder_misuse_is_explained(space: SearchSpace, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train_supernet(space, out, resume=True, progress=False)
+    train_supernet(space, out, epochs=1, progress=False)
+    with pytest.raises(CheckpointError, match="--resume"):
+        train_supernet(space, out, epochs=1, progress=False)
+    with pytest.raises(CheckpointError, match="started with epochs=1, not 3"):
+        train_supernet(space, out, epochs=3, resume=True, progress=False)
