@@ -3,4 +3,4 @@
 Importing this package registers every built-in strategy with :func:`automq.strategy.register_strategy`.
 """
 
-from automq.strategies import baselines, clado, limpq  # noqa: F401  (registration)
+from automq.strategies import baselines, clado, differentiable, fliqs, limpq, ssps, tune  # noqa: F401  (registration)
