@@ -48,14 +48,6 @@ TINY = {
 RUN_FILES = {"checkpoint.pt", "supernet.pt", "space.yaml", "run.json", "metrics.jsonl"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_space(folder: Path, **changes: dict) -> SearchSpace:
     data = {**TINY, **changes}
     path = folder / f"{data['name']}.yaml"

@@ -1,0 +1,232 @@
+"""Ray Tune executor of the ``tune`` strategy (imported only when a search uses Ray).
+
+* :class:`BatchedOptunaSearch` is Ray's :class:`~ray.tune.search.optuna.OptunaSearch` (objective metrics and
+  modes as lists, the define-by-run :class:`~automq.strategies.tune.SuggestCandidate`, a named sampler) whose
+  Tune trials each evaluate ``batch_size`` candidates, one Optuna trial per candidate: a Tune trial has a fixed
+  cost (scheduling, result handling) that batching spreads over several evaluations.
+* :func:`evaluate_batch` is the trainable. The evaluator (for the one-shot estimator: the supernet weights and
+  the calibration and validation images) is put in the object store once; every worker process deserializes it
+  on its first trial and keeps it (:class:`Resident`), and Tune reuses the worker actors across trials.
+* :class:`RecordTrials` turns the candidates the trainable reports into :class:`~automq.strategy.Trial` records
+  as they finish. A failed evaluation makes the Tune trial raise, so Ray retries it
+  (``FailureConfig(max_failures)``); it is recorded as failed, with its error, only when the retries run out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from automq.candidate import Candidate
+from automq.strategies.tune import CANDIDATE_KEY, SuggestCandidate, objective_values, retell, tell
+from automq.strategy import Budget, Evaluator, Trial, evaluate_candidate
+
+if TYPE_CHECKING:
+    from automq.strategies.tune import TuneStrategy
+
+CANDIDATES = "candidates"  # config key: the batch, canonical candidate JSON
+INDEX, RECORD = "index", "record"  # result keys: the candidate's position in the batch and its Trial record
+_RESIDENT: dict[str, Any] = {}  # per worker process: object-ref hex -> the evaluator, deserialized once
+
+
+class EvaluationFailed(RuntimeError):
+    """Raised by the trainable after its batch when some evaluation failed, so that Ray retries the trial."""
+
+
+@dataclass(frozen=True)
+class Resident:
+    """An object-store reference to the evaluator that each worker process deserializes once and keeps."""
+
+    ref: ray.ObjectRef
+
+    def get(self) -> Evaluator:
+        key = self.ref.hex()
+        if key not in _RESIDENT:
+            _RESIDENT.clear()  # one search at a time per worker: drop a previous search's supernet
+            _RESIDENT[key] = ray.get(self.ref)
+        return _RESIDENT[key]
+
+
+def evaluate_batch(config: dict[str, Any], *, resident: Resident, strategy: str) -> None:
+    """Tune trainable: evaluate the batch's candidates in order and report each one as it finishes."""
+    evaluator = resident.get()
+    context = ray.get_runtime_context()
+    node_id, node_ip = context.get_node_id(), ray.util.get_node_ip_address()
+    info = {"node_id": node_id, "node_ip": node_ip, "pid": os.getpid(), "tune_trial": tune.get_context().get_trial_id()}
+    failures = []
+    for index, text in enumerate(config[CANDIDATES]):
+        trial = evaluate_candidate(-1, Candidate.from_json(text), evaluator, strategy=strategy, info=info)
+        trial = replace(trial, worker=f"{node_ip}:{node_id[:8]}")
+        # Tune insists on the searcher's metrics in every result; the record travels as JSON, unflattened
+        values = objective_values(evaluator.space, trial) or [math.nan] * len(evaluator.space.objectives)
+        metrics = {o.metric: value for o, value in zip(evaluator.space.objectives, values)}
+        tune.report({**metrics, INDEX: index, RECORD: json.dumps(trial.to_dict())})
+        if trial.status == "failed":
+            failures.append(f"candidate {index}: {trial.error}")
+    if failures:
+        raise EvaluationFailed("\n".join(failures))
+
+
+class BatchedOptunaSearch(OptunaSearch):
+    """:class:`OptunaSearch` that gives each Tune trial a batch of up to ``batch_size`` candidates.
+
+    Each candidate is its own Optuna trial, asked with the define-by-run ``space`` and told as soon as the
+    trainable reports it; candidates a Tune trial never reported (it errored for good or was stopped) are told
+    as failed when it completes. ``total`` candidates are handed out in all.
+    """
+
+    def __init__(self, space: SuggestCandidate, *, metric: list[str], mode: list[str],
+                 sampler: optuna.samplers.BaseSampler, batch_size: int, total: int) -> None:
+        super().__init__(space=space, metric=metric, mode=mode, sampler=sampler)
+        self._batch_size, self._left = batch_size, total
+        self._batches: dict[str, list[optuna.Trial]] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._told: set[tuple[str, int]] = set()
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id not in self._configs:
+            size = min(self._batch_size, self._left)
+            if size == 0:
+                return None
+            self._left -= size
+            self._batches[trial_id] = [self._ot_study.ask() for _ in range(size)]
+            self._configs[trial_id] = {CANDIDATES: [
+                self._suggest_from_define_by_run_func(self._space, ot_trial)[CANDIDATE_KEY]
+                for ot_trial in self._batches[trial_id]
+            ]}
+        return self._configs[trial_id]
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        trial = Trial.from_dict(json.loads(result[RECORD]))
+        key = (trial_id, result[INDEX])
+        if trial.status != "failed" and key not in self._told:  # a failure may still succeed on a retry
+            self._told.add(key)
+            tell(self._ot_study, self._batches[trial_id][result[INDEX]], self._space.space, trial)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        for index, ot_trial in enumerate(self._batches.pop(trial_id, [])):
+            if (trial_id, index) not in self._told:
+                self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+        self._configs.pop(trial_id, None)
+
+
+class RecordTrials(tune.Callback):
+    """Hands each candidate a Tune trial reports to ``record`` once; failed ones only when Ray gives up."""
+
+    def __init__(self, record: Callable[[Trial], None]) -> None:
+        self._record = record
+        self._done: set[tuple[str, int]] = set()
+        self._failed: dict[tuple[str, int], Trial] = {}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any) -> None:
+        record, key = Trial.from_dict(json.loads(result[RECORD])), (trial.trial_id, result[INDEX])
+        if key in self._done:
+            return  # a retried batch reports its finished candidates again
+        record.info["attempts"] = trial.num_failures + 1
+        if record.status == "failed":
+            self._failed[key] = record
+        else:
+            self._failed.pop(key, None)
+            self._emit(key, record)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = str(trial.get_error() or "the Ray trial failed")
+        for index, text in enumerate(trial.config[CANDIDATES]):
+            key = (trial.trial_id, index)
+            if key in self._done:
+                continue
+            failed = self._failed.pop(key, None) or Trial(
+                -1, Candidate.from_json(text), {}, "failed", f"never evaluated: {error}", "tune")
+            self._emit(key, replace(failed, info={**failed.info, "attempts": trial.num_failures}))
+
+    def _emit(self, key: tuple[str, int], record: Trial) -> None:
+        self._done.add(key)
+        self._record(record)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return trial.trial_id  # the default embeds the whole config (a batch of candidate JSON)
+
+
+@contextmanager
+def ray_session(address: str | None, workers: int | None, work_dir: Path) -> Iterator[int]:
+    """Connect to Ray for one search and yield the number of concurrent trials to run.
+
+    ``address=None`` starts a private local Ray instance whose session files live in ``work_dir/tmp`` and stops
+    it afterwards; an already initialised Ray (a caller-managed cluster) is used as it is.
+    """
+    owned = not ray.is_initialized()
+    link = None
+    if owned and address is None:
+        link = _short_link(work_dir / "tmp")
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), _temp_dir=str(link),
+                 include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    elif owned:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    finally:
+        if owned:
+            ray.shutdown()
+        if link is not None:
+            link.unlink()
+
+
+def _short_link(folder: Path) -> Path:
+    """A short symlink in the system temp dir to ``folder``: Ray's unix sockets live under its temp dir and their
+    paths must stay below 107 bytes. Named after ``folder``, so a resumed search replaces the link that a killed
+    one left behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder = folder.resolve()
+    link = Path(tempfile.gettempdir()) / f"automq-ray-{hashlib.sha1(str(folder).encode()).hexdigest()[:10]}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(folder, target_is_directory=True)
+    return link
+
+
+def run_tune(strategy: TuneStrategy, suggest: SuggestCandidate, sampler: optuna.samplers.BaseSampler,
+             evaluator: Evaluator, budget: Budget, history: Sequence[Trial], record: Callable[[Trial], None],
+             *, work_dir: Path | None) -> None:
+    """Run ``budget.evaluations`` candidates as Tune trials of ``strategy.batch_size`` candidates each."""
+    with tempfile.TemporaryDirectory(prefix="automq-tune-") as scratch:
+        work_dir = Path(work_dir or scratch)
+        with ray_session(strategy.address, strategy.workers, work_dir) as workers:
+            space = suggest.space
+            search = BatchedOptunaSearch(
+                suggest, metric=[o.metric for o in space.objectives], mode=[o.mode for o in space.objectives],
+                sampler=sampler, batch_size=strategy.batch_size, total=budget.evaluations)
+            retell(search.study, suggest, history)
+            trainable = tune.with_parameters(evaluate_batch, resident=Resident(ray.put(evaluator)),
+                                             strategy=strategy.name)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=search, num_samples=math.ceil(budget.evaluations / strategy.batch_size),
+                    max_concurrent_trials=workers, reuse_actors=True, time_budget_s=budget.wall_s,
+                    trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    storage_path=str((work_dir / "tune").resolve()), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=strategy.max_failures),
+                    callbacks=[RecordTrials(record)]),
+            )
+            with redirect_stdout(io.StringIO()):  # Tune's console banner ignores verbose=0; we show progress
+                tuner.fit()

@@ -1,0 +1,184 @@
+"""SSPS: sequential single-path search of architecture and formats under cost constraints.
+
+**Single-path search cell.** Every step runs ONE sampled path through the shared supernet weights (one format
+per operand of every layer, one kernel and expansion per block, one depth per stage, one width), so memory stays
+that of training one subnet. Sampling is Gumbel-softmax straight-through, and the chosen choice's sample (1 in
+value) gates the output where the choice acts, which makes the loss differentiable in the selection
+probabilities (see :mod:`strategies._relaxed`). The constraints (BitOps, size, ... budgets) are loss terms:
+``penalty_weight * max(0, E[cost] / budget - 1)`` per constrained metric, with the exact expected cost of
+:class:`~strategies._archparams.ExpectedCost`. Weights and logits alternate on two parts of the train split, as
+in :class:`~strategies.differentiable.BilevelSearch`.
+
+**Sequential decisions.** After a warm-up, at every interval the undecided decisions whose selection is most
+certain (top probability furthest from uniform, :meth:`~strategies._archparams.ArchParams.certainty`, at least
+``threshold``) are fixed to their top choice and their other choices removed from the distribution for good;
+enough of them per interval that every decision is fixed by the last step. Fixing a stage's depth also fixes
+the decisions of the blocks it leaves out (they no longer matter). Decisions still undecided at the end are
+fixed to their top choice and marked ``forced``. The order, step and certainty of every fixing are returned in
+``Trial.info["decisions"]`` and, with ``out_dir``, written to ``ssps_decisions.json``.
+
+One search runs per budget level; each gives one candidate, repaired into its budget if the argmax breaks it
+(:func:`~strategies.differentiable.repair`) and scored by the shared estimator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from automq.io import atomic_write_json
+from automq.strategies._archparams import ArchParams, ExpectedCost
+from automq.strategies.differentiable import (
+    BilevelSearch,
+    GradientConfig,
+    GradientStrategy,
+    Penalty,
+    additive_limits,
+    decode,
+    score,
+)
+from automq.strategy import Budget, Evaluator, Trial, register_strategy
+
+if TYPE_CHECKING:
+    from automq.space import SearchSpace
+
+DECISIONS_FILE = "ssps_decisions.json"
+
+
+class SequentialFixer:
+    """Fixes the decisions of ``arch`` one interval at a time, most certain first, and logs each fixing.
+
+    Args:
+        arch: the distributions whose choices are removed (its ``alive`` mask only ever loses entries).
+        steps: steps of the whole search; every decision is fixed by the last one.
+        warmup: steps before the first fixing.
+        interval: steps between fixings.
+        threshold: least certainty for a decision to be fixed before the end.
+    """
+
+    def __init__(self, arch: ArchParams, *, steps: int, warmup: int, interval: int, threshold: float) -> None:
+        self.arch, self.steps, self.warmup, self.interval, self.threshold = arch, steps, warmup, interval, threshold
+        self.log: list[dict[str, Any]] = []
+
+    def __call__(self, step: int) -> None:
+        """After ``step`` steps: at a fixing point, fix this interval's share of the undecided decisions."""
+        if step < self.warmup or step >= self.steps or (step - self.warmup) % self.interval:
+            return
+        points_left = (self.steps - 1 - step) // self.interval + 1  # this one included
+        self.fix_most_certain(step, math.ceil(self.undecided() / points_left))
+
+    def undecided(self) -> int:
+        return int((~self.arch.fixed).sum())
+
+    @torch.no_grad()
+    def fix_most_certain(self, step: int, count: int) -> None:
+        """Fix up to ``count`` undecided decisions whose certainty reaches the threshold, most certain first."""
+        certainty = self.arch.certainty()
+        order = torch.argsort(certainty.masked_fill(self.arch.fixed, -1.0), descending=True, stable=True)
+        for row in order[:count].tolist():
+            if self.arch.fixed[row]:  # fixed meanwhile, as a block that a fixed depth left out
+                continue
+            if float(certainty[row]) < self.threshold:
+                break
+            self._fix(row, step, float(certainty[row]), "certain")
+
+    @torch.no_grad()
+    def fix_remaining(self, step: int) -> None:
+        certainty = self.arch.certainty()
+        for row in torch.nonzero(~self.arch.fixed).flatten().tolist():
+            self._fix(row, step, float(certainty[row]), "forced")
+
+    def _fix(self, row: int, step: int, certainty: float, reason: str) -> None:
+        table = self.arch.table
+        choice = int(self.arch.logits()[row].argmax())
+        self.arch.fix(row, choice)
+        value = table.value(row, choice)
+        self.log.append({"order": len(self.log), "step": step, "decision": table.names[row], "value": value,
+                         "certainty": certainty, "reason": reason})
+        name = table.names[row]
+        if name.endswith(".depth"):  # "stages.{i}.depth": blocks at or beyond the depth no longer matter
+            stage = name.split(".")[1]
+            dropped = tuple(f"blocks.{stage}.{j}." for j in range(value, table.space.network.stages[int(stage)].max_depth))
+            for other, other_name in enumerate(table.names):
+                if other_name.startswith(dropped) and not self.arch.fixed[other]:
+                    self._fix(other, step, float(self.arch.certainty()[other]), "inactive")
+
+
+@register_strategy
+class SSPS(GradientStrategy):
+    """Sequential single-path search; one search, hence one candidate, per budget level.
+
+    Args:
+        levels: budget levels on ``metric``, one search each; default: the space's budget on ``metric``, or
+            none (then only the space's other budgets constrain the search).
+        penalty_weight: weight of each budget's hinge term.
+        warmup: fraction of the steps before the first fixing.
+        fixings: number of fixing points after the warm-up (the interval follows from the steps).
+        threshold: least certainty for a decision to be fixed before the last step.
+        metric: the metric of ``levels`` (an additive metric; default: the space's first minimised one).
+        out_dir: where to write ``ssps_decisions.json`` (optional).
+        search: :class:`~strategies.differentiable.GradientConfig` fields (steps, batch_size, ...); the
+            relaxation is always single-path.
+    """
+
+    name = "ssps"
+
+    def __init__(self, *, levels: Sequence[float] | None = None, penalty_weight: float = 5.0, warmup: float = 0.2,
+                 fixings: int = 20, threshold: float = 0.2, metric: str | None = None,
+                 out_dir: str | Path | None = None, **search: Any) -> None:
+        if search.get("relaxation", "single_path") != "single_path":
+            raise ValueError("SSPS is single-path by definition; use the 'dnas' strategy for multi-branch mixing")
+        super().__init__(metric=metric, config=GradientConfig(**search))
+        if penalty_weight < 0 or not 0 <= warmup < 1 or fixings < 1 or not 0 <= threshold <= 1:
+            raise ValueError("SSPS needs penalty_weight >= 0, 0 <= warmup < 1, fixings >= 1 and 0 <= threshold <= 1; "
+                             f"got {penalty_weight}, {warmup}, {fixings}, {threshold}")
+        self.levels, self.penalty_weight, self.warmup = levels, penalty_weight, warmup
+        self.fixings, self.threshold = fixings, threshold
+        self.out_dir = None if out_dir is None else Path(out_dir)
+
+    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
+        start = time.perf_counter()
+        table, metric, expected, _ = self.setup(space)
+        levels = list(self.levels) if self.levels else [space.budgets.get(metric)]
+        decoded, logs = [], {}
+        for level in levels[: budget.evaluations]:
+            if budget.wall_s is not None and time.perf_counter() - start > budget.wall_s:
+                break
+            limits = additive_limits(space, None if level is None else {metric: level})
+            costs = {m: expected if m == metric else ExpectedCost(table, m) for m in limits}
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                arch = ArchParams(table)
+                search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
+                fixer = self._fixer(arch)
+                summary = search.run(self._penalty(costs, limits), after_step=fixer,
+                                     deadline=None if budget.wall_s is None else start + budget.wall_s)
+                fixer.fix_remaining(search.step_count)
+            candidate, info = decode(arch, limits)
+            decoded.append((candidate, {"level": level, **summary, **info, "decisions": fixer.log}))
+            logs[str(level)] = fixer.log
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out_dir / DECISIONS_FILE, {"metric": metric, "levels": logs})
+        return score(decoded, evaluator, budget, strategy=self.name, start=start)
+
+    def _fixer(self, arch: ArchParams) -> SequentialFixer:
+        steps = self.config.steps
+        warmup = min(steps - 1, round(self.warmup * steps))
+        interval = max(1, (steps - warmup) // self.fixings)
+        return SequentialFixer(arch, steps=steps, warmup=max(1, warmup), interval=interval, threshold=self.threshold)
+
+    def _penalty(self, costs: dict[str, ExpectedCost], limits: dict[str, float]) -> Penalty:
+        def penalty(arch: ArchParams, eta: float | None) -> Tensor:
+            probs = arch.probs()
+            terms = [torch.relu(costs[m](probs) / limits[m] - 1) for m in limits]
+            return self.penalty_weight * sum(terms, torch.zeros((), dtype=torch.float64)).float()
+
+        return penalty
+

@@ -1,0 +1,187 @@
+"""Tests for strategies/_archparams.py: the decision table, the categorical distributions and the exact expected
+cost (against the cost model on one-hot tables, and against brute-force enumeration on soft ones)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from automq.cost import CostModel
+from automq.errors import BudgetError
+from automq.space import SearchSpace
+from automq.strategies._archparams import ArchParams, DecisionTable, EtaLogits, ExpectedCost
+
+# Every kind of decision, MX and learned-scale formats, and depthwise layers whose cost needs `groups`.
+SPACE = {
+    "name": "tiny_arch",
+    "dataset": {"name": "synthetic", "input_size": 16, "val_size": 200},
+    "network": {
+        "stem": {"channels": 8},
+        "stages": [
+            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3, 5]},
+            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [2, 4]},
+        ],
+        "head": {"channels": 32},
+        "width_mult": [0.5, 1.0],
+    },
+    "formats": {
+        "weights": ["int4", "int8", "mxfp4_e2m1"],
+        "activations": ["int8", "fp8_e4m3"],
+        "overrides": [{"layers": "conv_stem|classifier", "weights": ["int8"], "activations": ["int8"]}],
+    },
+    "objectives": [{"metric": "accuracy"}, {"metric": "bitops", "mode": "min"}],
+    "search": {"eval_size": 200},
+}
+# Few enough rows (10 binary decisions) to enumerate every assignment.
+SMALL = {
+    **SPACE,
+    "network": {**SPACE["network"], "stages": [SPACE["network"]["stages"][1]]},
+    "formats": {
+        "weights": ["int4", "int8"],
+        "activations": ["int8", "fp8_e4m3"],
+        "overrides": [{"layers": r"conv_stem|conv_head|classifier|blocks\.0\.\d\.conv_(dw|pwl)",
+                       "weights": ["int8"], "activations": ["int8"]}],
+    },
+}
+ADDITIVE = ("bitops", "size", "macs", "params", "energy")
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return SearchSpace.from_dict(SPACE, source="tiny_arch.yaml")
+
+
+@pytest.fixture(scope="module")
+def table(space: SearchSpace) -> DecisionTable:
+    return DecisionTable(space)
+
+
+def test_table_rows_follow_the_space_decisions(space: SearchSpace, table: DecisionTable) -> None:
+    assert table.names == [d.name for d in space.decisions()]
+    assert table.shape == (len(space.decisions()), 3)
+    valid = table.valid()
+    assert valid.sum().item() == sum(len(d.choices) for d in space.decisions())
+    assert table.rows_where(("w_fmt",)).sum().item() == sum(n.endswith(".w_fmt") for n in table.names)
+
+
+def test_candidates_round_trip_through_choice_indices(space: SearchSpace, table: DecisionTable) -> None:
+    for seed in range(10):
+        candidate = space.sample(seed)
+        assert table.candidate(table.choice_of(candidate)) == candidate
+        assert torch.equal(table.one_hot(candidate).argmax(dim=1), torch.tensor(table.choice_of(candidate)))
+        active = {table.names[r] for r in table.active_rows(candidate)}
+        assert active == set(space.choices_of(candidate))
+
+
+@pytest.mark.parametrize("metric", ADDITIVE)
+def test_expected_cost_of_a_one_hot_table_is_exactly_the_cost_model(space, table, metric) -> None:
+    expected, model = ExpectedCost(table, metric), CostModel(space)
+    candidates = [space.sample(seed) for seed in range(12)] + [space.smallest(), space.largest()]
+    for candidate in candidates:
+        assert float(expected(table.one_hot(candidate))) == model.metrics(candidate)[metric]
+
+
+def test_expected_cost_equals_brute_force_enumeration() -> None:
+    space = SearchSpace.from_dict(SMALL, source="small.yaml")
+    table = DecisionTable(space)
+    assert len(table.names) == 10
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(table.shape, generator=generator, dtype=torch.float64), dim=1)
+    model = CostModel(space)
+    brute = {metric: 0.0 for metric in ADDITIVE}
+    for choice in itertools.product(*(range(len(d.choices)) for d in table.decisions)):
+        weight = math.prod(float(probs[row, c]) for row, c in enumerate(choice))
+        costs = model.metrics(table.candidate(choice))
+        for metric in ADDITIVE:
+            brute[metric] += weight * costs[metric]
+    for metric in ADDITIVE:
+        assert float(ExpectedCost(table, metric)(probs)) == pytest.approx(brute[metric], rel=1e-12)
+
+
+def test_expected_cost_gradient_matches_finite_differences(table: DecisionTable) -> None:
+    expected = ExpectedCost(table, "bitops")
+    probs = torch.rand(table.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    scale = float(expected(probs))
+    assert torch.autograd.gradcheck(lambda p: expected(p) / scale, (probs.requires_grad_(),))
+
+
+def test_expected_cost_rejects_metrics_that_are_not_sums(table: DecisionTable) -> None:
+    with pytest.raises(BudgetError, match="peak_act"):
+        ExpectedCost(table, "peak_act")
+
+
+def test_probabilities_entropy_certainty_and_log_prob_by_hand(table: DecisionTable) -> None:
+    arch = ArchParams(table)
+    row = table.index["width_mult"]  # two choices
+    with torch.no_grad():
+        arch.source.logits[row, :2] = torch.tensor([0.0, math.log(3.0)])
+    p = [0.25, 0.75]
+    assert arch.probs()[row, :2].tolist() == pytest.approx(p)
+    assert arch.probs()[row, 2].item() == 0.0  # padding
+    entropy = -sum(q * math.log(q) for q in p)
+    assert arch.entropy()[row].item() == pytest.approx(entropy)
+    assert arch.entropy(normalised=True)[row].item() == pytest.approx(entropy / math.log(2))
+    assert arch.certainty()[row].item() == pytest.approx((0.75 - 0.5) / 0.5)
+    uniform = table.index["blocks.1.0.conv_pw.w_fmt"]  # three choices, uniform logits
+    assert arch.certainty()[uniform].item() == pytest.approx(0.0, abs=1e-7)
+    assert arch.entropy(normalised=True)[uniform].item() == pytest.approx(1.0)
+    choice = arch.argmax()
+    assert choice[row] == 1
+    probs = arch.probs().detach()
+    log_prob = sum(math.log(float(probs[r, c])) for r, c in enumerate(choice))
+    assert arch.log_prob(choice).item() == pytest.approx(log_prob)
+
+
+def test_gumbel_samples_are_one_hot_follow_the_softmax_and_carry_its_gradient(table: DecisionTable) -> None:
+    arch = ArchParams(table)
+    row = table.index["blocks.1.0.conv_pw.w_fmt"]
+    with torch.no_grad():
+        arch.source.logits[row, :3] = torch.tensor([0.0, 1.0, 2.0])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.zeros(3)
+    for _ in range(3000):
+        sample = arch.sample(generator)
+        assert torch.equal(sample.detach().sum(dim=1), torch.ones(table.shape[0]))
+        assert set(sample.detach().unique().tolist()) <= {0.0, 1.0}
+        counts += sample.detach()[row, :3]
+    assert (counts / 3000).tolist() == pytest.approx(torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0).tolist(), abs=0.03)
+    # straight-through: the gradient is that of the relaxed softmax sample
+    sample = arch.sample(torch.Generator().manual_seed(5), temperature=0.7)
+    (sample[row, :3] * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    logits = arch.source.logits.detach()[row, :3]
+    uniform = torch.rand(table.shape, generator=torch.Generator().manual_seed(5)).clamp_(1e-10, 1 - 1e-10)[row, :3]
+    soft = torch.softmax((logits - torch.log(-torch.log(uniform))) / 0.7, 0)
+    jacobian = (torch.diag(soft) - torch.outer(soft, soft)) / 0.7
+    assert arch.source.logits.grad[row, :3].tolist() == pytest.approx((jacobian @ torch.tensor([1.0, 2.0, 3.0])).tolist())
+
+
+def test_fixing_removes_choices_for_good(table: DecisionTable) -> None:
+    arch = ArchParams(table)
+    row = table.index["blocks.1.0.conv_pw.w_fmt"]
+    arch.fix(row, 2)
+    assert arch.fixed[row] and arch.fixed.sum() == 1
+    assert arch.probs()[row].tolist() == [0.0, 0.0, 1.0]
+    assert arch.certainty()[row].item() == 1.0 and arch.entropy()[row].item() == 0.0
+    generator = torch.Generator().manual_seed(0)
+    assert all(arch.sample(generator)[row].argmax().item() == 2 for _ in range(50))
+    with pytest.raises(ValueError, match="already removed"):
+        arch.fix(row, 0)
+    # the learned preference still ranks the removed choices (for budget repair)
+    assert torch.isfinite(arch.preference()[row]).all()
+
+
+def test_eta_logits_start_uniform_and_learn_a_different_distribution_per_eta(table: DecisionTable) -> None:
+    torch.manual_seed(0)
+    arch = ArchParams(table, EtaLogits(table.shape, (0.01, 10.0), hidden=16))
+    assert torch.equal(arch.probs(0.1), arch.probs(5.0))
+    optimizer = torch.optim.Adam(arch.parameters(), lr=0.05)
+    row = table.index["width_mult"]
+    for _ in range(100):  # low eta prefers choice 1, high eta choice 0
+        loss = arch.probs(0.01)[row, 0] + arch.probs(10.0)[row, 1]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert arch.argmax(0.01)[row] == 1 and arch.argmax(10.0)[row] == 0
+    with pytest.raises(ValueError, match="eta"):
+        arch.probs()

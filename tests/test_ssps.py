@@ -1,0 +1,105 @@
+"""Tests for strategies/ssps.py: SSPS finds the choice that is clearly best, meets every budget level, fixes every
+decision exactly once and never revives a removed choice, and logs the order of its decisions."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from automq.cost import cost_range
+from automq.strategies._archparams import ArchParams, DecisionTable
+from automq.strategies.ssps import DECISIONS_FILE, SSPS, SequentialFixer
+from automq.strategy import Budget
+
+from _gradient_task import BROKEN_FORMAT, BROKEN_LAYER, GOOD_FORMAT, task_estimator, task_space
+
+STEPS = 50
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    return task_estimator()
+
+
+@pytest.fixture(scope="module")
+def levels(estimator) -> list[float]:
+    low, high = cost_range(estimator.space)["bitops"]
+    return [low + 0.6 * (high - low), low + 0.25 * (high - low)]
+
+
+@pytest.fixture(scope="module")
+def run(estimator, levels, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ssps")
+    strategy = SSPS(levels=levels, fixings=10, steps=STEPS, batch_size=32, out_dir=out)
+    return strategy.run(estimator.space, estimator, Budget(4), seed=0), out
+
+
+def test_finds_the_format_that_keeps_the_signal_at_equal_cost(estimator, run) -> None:
+    trials, _ = run
+    assert len(trials) == 2 and all(t.status == "ok" for t in trials)
+    for trial in trials:
+        assert trial.candidate.layer_formats()[BROKEN_LAYER][0] == GOOD_FORMAT
+        broken = tuple((n, BROKEN_FORMAT if n == BROKEN_LAYER else w, a) for n, w, a in trial.candidate.formats)
+        signal_lost = estimator(dataclasses.replace(trial.candidate, formats=broken))["accuracy"]
+        assert trial.metrics["accuracy"] > signal_lost + 0.15
+
+
+def test_every_candidate_meets_its_budget_level(run, levels) -> None:
+    trials, _ = run
+    for trial, level in zip(trials, levels):
+        assert trial.info["level"] == level
+        assert trial.metrics["bitops"] <= level
+        assert trial.info["achieved"]["bitops"] == trial.metrics["bitops"]
+    assert trials[1].metrics["bitops"] < trials[0].metrics["bitops"]
+
+
+def test_every_decision_is_fixed_once_in_logged_order(estimator, run, levels) -> None:
+    trials, out = run
+    table = DecisionTable(estimator.space)
+    for trial in trials:
+        log = trial.info["decisions"]
+        assert sorted(entry["decision"] for entry in log) == sorted(table.names)
+        assert [entry["order"] for entry in log] == list(range(len(log)))
+        steps = [entry["step"] for entry in log]
+        assert steps == sorted(steps) and 0 < steps[0] and steps[-1] <= STEPS
+        assert {entry["reason"] for entry in log} <= {"certain", "forced", "inactive"}
+        assert any(entry["reason"] == "certain" for entry in log)
+        if not trial.info["repair"]:  # the candidate is the one the fixings describe
+            values = estimator.space.choices_of(trial.candidate)
+            assert all(values[e["decision"]] == e["value"] for e in log if e["decision"] in values)
+    written = json.loads((out / DECISIONS_FILE).read_text())
+    assert written["metric"] == "bitops"
+    assert [written["levels"][str(level)] for level in levels] == [t.info["decisions"] for t in trials]
+
+
+def test_removed_choices_never_come_back() -> None:
+    space = task_space()
+    table = DecisionTable(space)
+    arch = ArchParams(table)
+    fixer = SequentialFixer(arch, steps=40, warmup=5, interval=5, threshold=0.3)
+    generator = torch.Generator().manual_seed(0)
+    previous = arch.alive.clone()
+    for step in range(1, 41):
+        with torch.no_grad():  # a training step that keeps changing its mind
+            arch.source.logits.copy_(3 * torch.randn(table.shape, generator=generator))
+        fixer(step)
+        assert not (arch.alive & ~previous).any(), f"a removed choice came back at step {step}"
+        previous = arch.alive.clone()
+    fixer.fix_remaining(40)
+    assert arch.fixed.all()
+    assert sorted(entry["decision"] for entry in fixer.log) == sorted(table.names)
+    for entry in fixer.log:
+        if entry["reason"] == "certain":
+            assert entry["certainty"] >= 0.3
+        if entry["reason"] == "inactive":  # a block beyond its stage's fixed depth
+            stage, block = (int(part) for part in entry["decision"].split(".")[1:3])
+            depth = next(e["value"] for e in fixer.log if e["decision"] == f"stages.{stage}.depth")
+            assert block >= depth
+
+
+def test_rejects_a_multi_branch_relaxation() -> None:
+    with pytest.raises(ValueError, match="single-path"):
+        SSPS(relaxation="multi_branch")
+    with pytest.raises(ValueError, match="threshold"):
+        SSPS(threshold=1.5)

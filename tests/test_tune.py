@@ -1,0 +1,359 @@
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from automq.candidate import Candidate
+from automq.cost import CostModel, cost_range
+from automq.results import SearchLog, load_trials
+from automq.space import SearchSpace
+from automq.strategies.tune import (
+    SAMPLERS,
+    SuggestCandidate,
+    TuneStrategy,
+    create_sampler,
+    directions,
+    retell,
+    tell,
+)
+from automq.strategy import Budget, evaluate_candidate
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+class ProxyEvaluator:
+    """Stand-in for the one-shot estimator: accuracy grows with log BitOps, minus a fixed per-candidate jitter,
+    so fronts are not trivial; ``delay_s`` simulates evaluation time; ``calls`` lists the candidates scored."""
+
+    def __init__(self, space, delay_s=0.0):
+        self.space, self.delay_s = space, delay_s
+        self.cost_model = CostModel(space)
+        low, high = cost_range(space)["bitops"]
+        self.log_low, self.log_high = math.log(low), math.log(high)
+        self.calls = []
+
+    def costs(self, candidate):
+        return self.cost_model.metrics(candidate)
+
+    def __call__(self, candidate):
+        self.calls.append(candidate.id)
+        time.sleep(self.delay_s)
+        costs = self.costs(candidate)
+        x = (math.log(costs["bitops"]) - self.log_low) / (self.log_high - self.log_low)
+        jitter = int(hashlib.sha1(candidate.id.encode()).hexdigest()[:8], 16) / 2**32
+        accuracy = 0.5 + 0.4 * x - 0.1 * jitter
+        return {**costs, "accuracy": accuracy, "loss": 1.0 - accuracy}
+
+
+class FailingEvaluator(ProxyEvaluator):
+    """Fails every attempt on candidates whose head activations are int4, and the first attempt (remembered in
+    a marker file, so across worker processes) on other candidates of width 0.75."""
+
+    def __init__(self, space, marker_dir):
+        super().__init__(space)
+        self.marker_dir = str(marker_dir)
+
+    def __call__(self, candidate):
+        if candidate.layer_formats()["conv_head"][1] == "int4":
+            raise RuntimeError("int4 head always breaks")
+        marker = Path(self.marker_dir) / candidate.id
+        if candidate.width_mult == 0.75 and not marker.exists():
+            marker.touch()
+            raise RuntimeError("flaky first attempt")
+        return super().__call__(candidate)
+
+
+class BarrierEvaluator(ProxyEvaluator):
+    """Each Ray node's first evaluation waits (up to a minute) until another node has started one too, so a
+    search that finishes proves that two nodes evaluated candidates at the same time."""
+
+    def __init__(self, space, folder):
+        super().__init__(space)
+        self.folder = str(folder)
+
+    def __call__(self, candidate):
+        import ray
+
+        (Path(self.folder) / ray.get_runtime_context().get_node_id()).touch()
+        deadline = time.monotonic() + 60
+        while len(list(Path(self.folder).iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return super().__call__(candidate)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.from_file(REPO / "spaces/mbv2_fmnist.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return SearchSpace.from_file(REPO / "spaces/tiny_enum.yaml")
+
+
+@pytest.fixture(scope="module")
+def budgeted(space):
+    """mbv2_fmnist with a BitOps budget 30% of the way from its smallest to its largest candidate."""
+    low, high = cost_range(space)["bitops"]
+    data = yaml.safe_load(Path(space.source).read_text())
+    data["budgets"] = {"bitops": low + 0.3 * (high - low)}
+    return SearchSpace.from_dict(data, source=space.source)
+
+
+def bitops(space, candidate):
+    return CostModel(space).metrics(candidate)["bitops"]
+
+
+EXPECTED_SAMPLERS = {"nsga2": optuna.samplers.NSGAIISampler, "nsga3": optuna.samplers.NSGAIIISampler,
+                     "tpe": optuna.samplers.TPESampler, "gp": optuna.samplers.GPSampler,
+                     "random": optuna.samplers.RandomSampler}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SAMPLERS))
+def test_create_sampler_by_name(name):
+    assert type(create_sampler(name, seed=0, trials=100)) is EXPECTED_SAMPLERS[name]
+
+
+def test_sampler_options_and_unknown_name():
+    assert create_sampler("tpe", seed=0, trials=10)._multivariate
+    assert create_sampler("nsga2", seed=0, trials=100)._population_size == 20  # five generations in the budget
+    assert create_sampler("nsga3", seed=0, trials=1000)._population_size == 50
+    with pytest.raises(ValueError, match="nsga2, nsga3, tpe, gp, random"):
+        create_sampler("cmaes", seed=0, trials=10)
+    assert sorted(SAMPLERS) == sorted(EXPECTED_SAMPLERS)
+    with pytest.raises(ValueError, match="unknown sampler 'cmaes'"):
+        TuneStrategy(sampler="cmaes")
+
+
+@pytest.mark.parametrize("name", ["nsga2", "nsga3", "tpe", "random"])
+def test_define_by_run_suggests_exactly_the_active_decisions(space, name):
+    suggest, evaluator = SuggestCandidate(space), ProxyEvaluator(space)
+    study = optuna.create_study(directions=directions(space), sampler=create_sampler(name, seed=1, trials=40))
+    multi_choice = {d.name for d in space.decisions()}
+    for _ in range(40):  # population 8: NSGA-II/III breed from the sixth generation on
+        ot_trial = study.ask()
+        candidate = Candidate.from_json(suggest(ot_trial)["candidate"])
+        space.validate_candidate(candidate)
+        # checked from the candidate itself: a block's decisions are suggested iff the stage depth reaches it
+        blocks = {f"blocks.{i}.{j}.{key}" for i, depth in enumerate(candidate.depths) for j in range(depth)
+                  for key in ("kernel_size", "expand_ratio")}
+        layers = {f"{layer}.{fmt}" for layer, _, _ in candidate.formats for fmt in ("w_fmt", "a_fmt")}
+        arch = {"width_mult"} | {f"stages.{i}.depth" for i in range(len(candidate.depths))}
+        assert set(ot_trial.params) == (blocks | layers | arch) & multi_choice
+        assert space.candidate_from_choices(ot_trial.params) == candidate
+        study.tell(ot_trial, [evaluator(candidate)["accuracy"], bitops(space, candidate)])
+
+
+def test_budget_is_rejected_with_its_reason_and_never_scored(budgeted):
+    limit, evaluator = budgeted.budgets["bitops"], ProxyEvaluator(budgeted)
+    trials = TuneStrategy(sampler="nsga2", workers=0).run(budgeted, evaluator, Budget(30), seed=3)
+    assert {t.status for t in trials} == {"ok", "infeasible"}
+    for trial in trials:
+        cost = bitops(budgeted, trial.candidate)
+        assert trial.status == ("infeasible" if cost > limit else "ok")
+        if trial.status == "infeasible":
+            assert trial.error == f"bitops = {cost:.6g} > budget {limit:.6g}"
+            assert "accuracy" not in trial.metrics
+    assert sorted(evaluator.calls) == sorted(t.candidate.id for t in trials if t.status == "ok")
+
+
+def test_budget_is_an_optuna_constraint_set_in_the_define_by_run_function(budgeted):
+    limit, evaluator = budgeted.budgets["bitops"], ProxyEvaluator(budgeted)
+    suggest = SuggestCandidate(budgeted)
+    study = optuna.create_study(directions=directions(budgeted), sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        ot_trial = study.ask()
+        trial = evaluate_candidate(0, Candidate.from_json(suggest(ot_trial)["candidate"]), evaluator, strategy="tune")
+        tell(study, ot_trial, budgeted, trial)
+    states = set()
+    for frozen in study.trials:
+        cost = bitops(budgeted, budgeted.candidate_from_choices(frozen.params))
+        assert frozen.constraints == {"bitops": pytest.approx((cost - limit) / limit)}
+        assert frozen.state == optuna.trial.TrialState.COMPLETE
+        feasible = cost <= limit
+        states.add(feasible)
+        # infeasible: the analytic cost and chance-level accuracy (1 of 10 classes), never a measured value
+        assert frozen.values[1] == pytest.approx(cost)
+        if not feasible:
+            assert frozen.values[0] == pytest.approx(0.1)
+    assert states == {True, False}
+    assert all(all(v <= 0 for v in t.constraints.values()) for t in study.best_trials)
+
+
+def test_batched_optuna_search_tells_each_candidate_of_a_batch(tiny):
+    from automq.strategies._tune_ray import CANDIDATES, INDEX, RECORD, BatchedOptunaSearch
+
+    suggest, evaluator = SuggestCandidate(tiny), ProxyEvaluator(tiny)
+    search = BatchedOptunaSearch(suggest, metric=["accuracy", "bitops"], mode=["max", "min"],
+                                 sampler=optuna.samplers.RandomSampler(seed=0), batch_size=3, total=5)
+    first, second = search.suggest("a"), search.suggest("b")
+    assert search.suggest("a") is first and search.suggest("c") is None  # 3 + 2 handed out, then finished
+    assert [len(first[CANDIDATES]), len(second[CANDIDATES])] == [3, 2]
+    for index in (0, 2):
+        trial = evaluate_candidate(0, Candidate.from_json(first[CANDIDATES][index]), evaluator, strategy="tune")
+        search.on_trial_result("a", {INDEX: index, RECORD: json.dumps(trial.to_dict())})
+        search.on_trial_result("a", {INDEX: index, RECORD: json.dumps(trial.to_dict())})  # a retry re-reports it
+    search.on_trial_complete("a", error=True)
+    states = [t.state for t in search.study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                      optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.RUNNING] * 2
+    told = Candidate.from_json(first[CANDIDATES][2])
+    assert search.study.trials[2].values == [pytest.approx(evaluator(told)["accuracy"]), bitops(tiny, told)]
+
+
+def test_same_seed_same_search(space):
+    def ids(seed):
+        trials = TuneStrategy(sampler="nsga2", workers=0).run(space, ProxyEvaluator(space), Budget(12), seed=seed)
+        return [t.candidate.id for t in trials]
+
+    assert ids(5) == ids(5)
+    assert ids(5) != ids(6)
+
+
+def test_resume_retells_logged_trials_instead_of_evaluating_them(budgeted, tmp_path):
+    strategy = TuneStrategy(sampler="nsga2", workers=0)
+    first = strategy.run(budgeted, ProxyEvaluator(budgeted), Budget(10), seed=0,
+                         log=SearchLog(tmp_path, budgeted, strategy="tune"))
+    evaluator = ProxyEvaluator(budgeted)
+    log = SearchLog(tmp_path, budgeted, strategy="tune", resume=True)
+    second = strategy.run(budgeted, evaluator, Budget(10), seed=0, log=log)
+    assert len(evaluator.calls) == sum(t.status == "ok" for t in second)  # only the new trials were scored
+    saved = load_trials(tmp_path)
+    assert [t.number for t in saved] == list(range(20))
+    assert [t.to_dict() for t in saved] == [t.to_dict() for t in first + second]
+    assert [t.candidate.id for t in second] != [t.candidate.id for t in first]  # a resumed run draws anew
+
+    suggest = SuggestCandidate(budgeted)
+    study = optuna.create_study(directions=directions(budgeted))
+    retell(study, suggest, saved)
+    for frozen, trial in zip(study.trials, saved, strict=True):
+        assert budgeted.candidate_from_choices(frozen.params) == trial.candidate
+        assert frozen.values[1] == trial.metrics["bitops"]
+        limit = budgeted.budgets["bitops"]
+        assert frozen.constraints["bitops"] == pytest.approx((trial.metrics["bitops"] - limit) / limit)
+
+
+def assert_failures_recorded(trials, max_failures):
+    assert {t.status for t in trials} >= {"ok", "failed"}
+    for trial in trials:
+        head = trial.candidate.layer_formats()["conv_head"][1]
+        if head == "int4":
+            assert trial.status == "failed" and "int4 head always breaks" in trial.error
+            assert trial.info["attempts"] == max_failures + 1
+        else:
+            assert trial.status == "ok"
+            assert trial.info["attempts"] == (2 if trial.candidate.width_mult == 0.75 else 1)
+
+
+def test_local_failures_are_retried_then_recorded(tiny, tmp_path):
+    trials = TuneStrategy(sampler="random", workers=0, max_failures=2).run(
+        tiny, FailingEvaluator(tiny, tmp_path), Budget(16), seed=0)
+    assert len(trials) == 16
+    assert_failures_recorded(trials, max_failures=2)
+
+
+# ------------------------------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A two-node Ray cluster of one CPU each on this machine; its files stay in a pytest folder."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    folder = tmp_path_factory.mktemp("ray")
+    (folder / "ray").mkdir()
+    link = Path("/tmp") / f"amq-test-{os.getpid()}"  # Ray's unix sockets need a short path
+    link.symlink_to(folder, target_is_directory=True)
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("RAY_TMPDIR", str(link))  # session files and the cluster-address file
+            # the nodes' workers unpickle this module's evaluators
+            env.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            try:
+                cluster.add_node(num_cpus=1)
+                cluster.wait_for_nodes()
+                ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+                yield cluster
+            finally:
+                ray.shutdown()
+                cluster.shutdown()
+    finally:
+        link.unlink()
+
+
+@pytest.mark.slow
+def test_search_runs_on_both_nodes_of_a_ray_cluster(ray_cluster, tiny, tmp_path):
+    import ray
+
+    log = SearchLog(tmp_path / "log", tiny, strategy="tune")
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    trials = TuneStrategy(sampler="nsga2", workers=2, batch_size=2).run(
+        tiny, BarrierEvaluator(tiny, barrier), Budget(12), seed=0, log=log)
+    assert [t.number for t in load_trials(tmp_path / "log")] == list(range(12))
+    assert all(t.status == "ok" for t in trials)
+    nodes = {node["NodeID"] for node in ray.nodes()}
+    assert {p.name for p in barrier.iterdir()} == nodes  # both nodes were evaluating at once
+    assert {t.info["node_id"] for t in trials} == nodes
+    assert {t.worker for t in trials} == {f"{t.info['node_ip']}:{t.info['node_id'][:8]}" for t in trials}
+
+
+@pytest.mark.slow
+def test_ray_failures_are_retried_then_recorded(ray_cluster, tiny, tmp_path):
+    trials = TuneStrategy(sampler="random", workers=2, batch_size=4, max_failures=1).run(
+        tiny, FailingEvaluator(tiny, tmp_path), Budget(8), seed=0)
+    assert len(trials) == 8
+    assert_failures_recorded(trials, max_failures=1)
+
+
+KILLED_SEARCH = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_tune import ProxyEvaluator
+import automq.strategies.tune
+from automq.search import run_search
+from automq.space import SearchSpace
+
+space = SearchSpace.from_file({space!r})
+run_search(space, out={out!r}, strategy="tune", trials=16, resume="--resume" in sys.argv, progress=False,
+           options={{"workers": 2, "batch_size": 2}}, evaluator=ProxyEvaluator(space, delay_s=0.3))
+"""
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
+    out = tmp_path / "search"
+    script = tmp_path / "search.py"
+    script.write_text(KILLED_SEARCH.format(tests=str(TESTS), space=str(REPO / "spaces/tiny_enum.yaml"), out=str(out)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+    stderr = (tmp_path / "stderr.txt").open("w")
+    process = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 120
+    while len(load_trials(out)) < 4 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    process.wait()
+    before = [t.to_dict() for t in load_trials(out)]
+    stderr.close()
+    assert 4 <= len(before) < 16, (tmp_path / "stderr.txt").read_text()[-2000:]
+
+    subprocess.run([sys.executable, str(script), "--resume"], env=env, check=True, timeout=300,
+                   stdout=subprocess.DEVNULL)
+    after = load_trials(out)
+    assert [t.to_dict() for t in after[:len(before)]] == before  # nothing finished before the kill was lost
+    assert [t.number for t in after] == list(range(16))
+    assert json.loads((out / "run.json").read_text())["resumed_with_trials"] == len(before)
+    links = [p for p in Path(tempfile.gettempdir()).glob("automq-ray-*") if str(tmp_path) in os.readlink(p)]
+    assert links == []  # the resumed search removed the link to its Ray files that the killed one left
