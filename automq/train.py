@@ -253,7 +253,9 @@ def space_fingerprint(space: SearchSpace) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
 
 
-def load_space_data(space: SearchSpace, *, root: str | Path | None = None, train_subset: int | None = None) -> DataSplits:
+def load_space_data(
+    space: SearchSpace, *, root: str | Path | None = None, train_subset: int | None = None
+) -> DataSplits:
     """The space's dataset with its train/val split, seeded by ``space.seed`` so training and every later
     estimate agree on which images are held out."""
     ds = space.dataset
@@ -290,7 +292,8 @@ class SupernetTrainer:
 
     def train_epoch(self, *, diverged_hint: str = "", progress: Progress | None = None) -> dict[str, float]:
         """Train one epoch and advance :attr:`epoch`; returns the mean label and distillation losses."""
-        loader = make_loader(self.data.train, self.spec.batch_size, shuffle=True, seed=epoch_seed(self.seed, self.epoch))
+        seed = epoch_seed(self.seed, self.epoch)
+        loader = make_loader(self.data.train, self.spec.batch_size, shuffle=True, seed=seed)
         losses = run_epoch(self.supernet, loader, self._step, self.optimizer, self.scheduler, epoch=self.epoch,
                            first_step=self.epoch * self.steps_per_epoch, diverged_hint=diverged_hint,
                            progress=progress)
@@ -491,7 +494,8 @@ def _now() -> str:
 @contextmanager
 def deterministic() -> Iterator[None]:
     """Deterministic kernels for the duration of a run, restoring the caller's setting afterwards."""
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
