@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from automq.evaluate import OneShotEstimator
-from automq.io import atomic_write_json, atomic_write_text
+from automq.io import atomic_write_json, atomic_write_text, read_jsonl
 from automq.space import SearchSpace
 from automq.supernet import Supernet
-from automq.train import load_space_data, load_supernet
+from automq.train import METRICS, load_space_data, load_supernet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PER_MINUTE = 20.0
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--space", default="spaces/mbv2_fmnist.yaml")
     parser.add_argument("--run", help="a training run folder (default: an untrained supernet; timing is the same)")
     parser.add_argument("--data", help="dataset folder (default: the space's dataset.root)")
-    parser.add_argument("--candidates", type=int, default=30, help="timed candidates")
+    parser.add_argument("--candidates", type=int, default=30, help="timed candidates per thread count (>= 1)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed candidates scored first")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to time")
     parser.add_argument("--calib-images", type=int, help="default: the space's search.calib_size")
@@ -59,6 +59,15 @@ def machine() -> dict[str, object]:
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+
+
+def supernet_note(run: str | None) -> str:
+    """Which supernet was timed: a run folder with its final validation accuracies, or an untrained one."""
+    if run is None:
+        return "untrained (timing does not depend on the weights)"
+    last = list(read_jsonl(Path(run) / METRICS))[-1]
+    return (f"{run}, trained {last['epoch']} epochs (val acc largest {last['val_acc_largest']:.3f}, "
+            f"smallest {last['val_acc_smallest']:.3f})")
 
 
 def time_candidates(estimator: OneShotEstimator, rng: np.random.Generator, count: int) -> dict[str, float]:
@@ -87,14 +96,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for threads in args.threads:
         torch.set_num_threads(threads)
         load = os.getloadavg()[0]
-        time_candidates(estimator, rng, args.warmup)
+        for _ in range(args.warmup):  # untimed: first-use quantizer initialisation, thread-pool start-up
+            estimator(space.sample(rng))
         rows.append({"threads": threads, "load_average_1m": load, **time_candidates(estimator, rng, args.candidates)})
     best = max(rows, key=lambda row: row["per_minute"])
     result = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "machine": machine(),
         "space": args.space,
-        "supernet": args.run or "untrained (timing does not depend on the weights)",
+        "supernet": supernet_note(args.run),
         "calib_images": sum(len(y) for _, y in estimator.calib),
         "val_images": sum(len(y) for _, y in estimator.val),
         "calib_batch": args.calib_batch,
