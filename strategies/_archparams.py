@@ -230,10 +230,11 @@ class ArchParams(nn.Module):
     def sample(self, generator: torch.Generator, eta: float | Tensor | None = None, *,
                temperature: float = 1.0) -> Tensor:
         """A Gumbel-softmax straight-through sample: one-hot rows in value, the gradient of the relaxed
-        softmax at ``temperature`` in backward (Jang et al., 2017). The chosen entry of a row is 1 and carries
-        the gradient, so it can gate the chosen path's output (GDAS, Dong & Yang, CVPR 2019)."""
+        softmax at ``temperature`` in backward (Jang et al., 2017; GDAS, Dong & Yang, CVPR 2019). Used as
+        mixing weights, it computes exactly the sampled candidate while every choice receives a gradient."""
         logits = self.logits(eta)
-        uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-10, 1 - 1e-10)
+        uniform = torch.rand(logits.shape, generator=generator, device=generator.device)
+        uniform = uniform.to(logits.device).clamp_(1e-10, 1 - 1e-10)
         soft = torch.softmax((logits - torch.log(-torch.log(uniform))) / temperature, dim=1)
         hard = torch.zeros_like(soft).scatter_(1, soft.argmax(dim=1, keepdim=True), 1.0)
         return hard - soft.detach() + soft

@@ -103,7 +103,9 @@ class RelaxedSupernet:
 
     def _width_weights(self, weights: Tensor) -> list[tuple[int, Tensor | float]]:
         row = self.table.index.get("width_mult")
-        return [(0, 1.0)] if row is None else [(n, weights[row, n]) for n in range(len(self.table.decisions[row].choices))]
+        if row is None:
+            return [(0, 1.0)]
+        return [(n, weights[row, n]) for n in range(len(self.table.decisions[row].choices))]
 
     def _depth(self, stage: int, outputs: list[Tensor], weights: Tensor) -> Tensor:
         row = self.table.index.get(f"stages.{stage}.depth")

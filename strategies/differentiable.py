@@ -3,17 +3,18 @@
 Both train :class:`~strategies._archparams.ArchParams` (logits for every decision: width, depths, kernels,
 expansions, every layer's weight and activation format) on a private copy of the one-shot supernet, in
 alternating steps (first-order DARTS; EdMIPS, Cai & Vasconcelos, CVPR 2020): the supernet weights take an SGD
-step on one part of the train split, the logits an Adam step on the part held apart, the validation split is
-never touched. The architecture loss is cross-entropy plus a differentiable expected cost
+step, on one sampled subnet, on one part of the train split; the logits an Adam step on the part held apart; the
+validation split is never touched. The architecture loss is cross-entropy plus a differentiable expected cost
 (:class:`~strategies._archparams.ExpectedCost`, exact under independent decisions) relative to a target, as
-``lambda * E[cost] / target`` or the hinge ``lambda * max(0, E[cost] / target - 1)``. Choices are relaxed by
-Gumbel-softmax straight-through single paths, or by multi-branch format mixing (see
-:mod:`strategies._relaxed`), with a temperature annealed geometrically.
+``lambda * E[cost] / target`` or the hinge ``lambda * max(0, E[cost] / target - 1)``. Choices are Gumbel-softmax
+straight-through samples (temperature annealed geometrically) computed as a masked single path, or with
+multi-branch format mixing, the DNAS reference (see :mod:`strategies._relaxed`).
 
 * ``dnas``: one search per fixed ``lambda`` (and budget level) gives one candidate each: the baseline.
 * ``differentiable``: One-Shot MPQ (CVPR 2023). A small network maps the cost weight ``eta`` to every
-  decision's logits; each step draws ``eta`` log-uniformly from ``[eta0, eta1]`` and pays ``eta * E[cost] /
-  reference`` minus an entropy bonus that keeps the softmax from saturating. After this single run a sweep of
+  decision's logits; each step draws ``eta`` log-uniformly from ``[eta0, eta1]`` and minimises
+  ``(cross-entropy + eta * E[cost] / reference) / (1 + eta)`` minus an entropy bonus that keeps the softmax from
+  saturating (the division keeps every eta's gradients of similar size). After this single run a sweep of
   ``eta`` values, one argmax candidate each (deduplicated), gives the whole front.
 
 The argmax of a distribution can break a budget that its expectation met, so every decoded candidate is repaired
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from automq.candidate import Candidate
     from automq.space import SearchSpace
 
-Penalty = Callable[[ArchParams, "float | None"], Tensor]  # (arch, eta) -> loss terms added to cross-entropy
+Objective = Callable[[Tensor, ArchParams, "float | None"], Tensor]  # (cross-entropy, arch, eta) -> arch loss
 PENALTY_FORMS = ("ratio", "hinge")
 
 
@@ -144,7 +145,7 @@ class BilevelSearch:
         sample = self.arch.sample(self.generator, eta, temperature=self.temperature())
         return torch.where(self.model.mixed_rows[:, None], self.arch.probs(eta), sample)
 
-    def step(self, penalty: Penalty, eta: float | None = None) -> dict[str, float]:
+    def step(self, objective: Objective, eta: float | None = None) -> dict[str, float]:
         """One weight step (when ``weight_lr > 0``) and one architecture step; returns their losses."""
         losses = {}
         if self.weight_opt is not None:
@@ -161,16 +162,16 @@ class BilevelSearch:
             losses["weight_ce"] = loss.item()
         images, labels = (t.to(self.device) for t in next(self.arch_batches))
         ce = F.cross_entropy(self.model(images, self.choice_weights(eta)), labels)
-        extra = penalty(self.arch, eta)
+        loss = objective(ce, self.arch, eta)
         # Gradients for the architecture parameters only: the weights are not trained on this part of the data.
         params = list(self.arch.parameters())
-        for param, grad in zip(params, torch.autograd.grad(ce + extra, params)):
+        for param, grad in zip(params, torch.autograd.grad(loss, params)):
             param.grad = grad
         self.arch_opt.step()
         self.step_count += 1
-        return {**losses, "arch_ce": ce.item(), "penalty": extra.item()}
+        return {**losses, "arch_ce": ce.item(), "arch_loss": loss.item()}
 
-    def run(self, penalty: Penalty, *, eta: Callable[[], float] | None = None,
+    def run(self, objective: Objective, *, eta: Callable[[], float] | None = None,
             after_step: Callable[[int], None] | None = None, deadline: float | None = None) -> dict[str, Any]:
         """All ``config.steps`` steps (fewer when ``deadline``, a ``perf_counter`` time, passes); ``eta`` draws
         each step's cost weight and ``after_step(step)`` runs after each. Returns a JSON summary."""
@@ -178,7 +179,7 @@ class BilevelSearch:
         while self.step_count < self.config.steps:
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            last = self.step(penalty, eta() if eta is not None else None)
+            last = self.step(objective, eta() if eta is not None else None)
             if after_step is not None:
                 after_step(self.step_count)
         return {"search_steps": self.step_count, "search_s": time.perf_counter() - start,
@@ -186,16 +187,17 @@ class BilevelSearch:
                 **{f"final_{k}": v for k, v in last.items()}}
 
 
-def cost_penalty(expected: ExpectedCost, target: float, weight: float, form: str) -> Penalty:
-    """``weight * E[cost] / target`` (``"ratio"``) or ``weight * max(0, E[cost] / target - 1)`` (``"hinge"``)."""
+def cost_objective(expected: ExpectedCost, target: float, weight: float, form: str) -> Objective:
+    """Cross-entropy plus ``weight * E[cost] / target`` (``"ratio"``) or ``weight * max(0, E[cost] / target - 1)``
+    (``"hinge"``)."""
     if form not in PENALTY_FORMS:
         raise ValueError(f"penalty form must be one of {PENALTY_FORMS}, got {form!r}")
 
-    def penalty(arch: ArchParams, eta: float | None) -> Tensor:
+    def objective(ce: Tensor, arch: ArchParams, eta: float | None) -> Tensor:
         ratio = expected(arch.probs(eta)) / target
-        return weight * (ratio if form == "ratio" else torch.relu(ratio - 1)).float()
+        return ce + weight * (ratio if form == "ratio" else torch.relu(ratio - 1)).float()
 
-    return penalty
+    return objective
 
 
 # ------------------------------------------------------------------------------------------------ budgets
@@ -359,7 +361,7 @@ class DNAS(GradientStrategy):
                     torch.manual_seed(seed)
                     arch = ArchParams(table)
                     search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
-                    summary = search.run(cost_penalty(expected, level or reference, lam, self.penalty),
+                    summary = search.run(cost_objective(expected, level or reference, lam, self.penalty),
                                          deadline=self.deadline(start, budget))
                 candidate, info = decode(arch, limits)
                 decoded.append((candidate, {"lambda": lam, "level": level, **summary, **info}))
@@ -397,15 +399,19 @@ class Differentiable(GradientStrategy):
         rng = np.random.default_rng(seed)
         log_low, log_high = np.log(self.eta_range)
 
-        def penalty(arch: ArchParams, eta: float | None) -> Tensor:
+        def objective(ce: Tensor, arch: ArchParams, eta: float | None) -> Tensor:
+            # Divided by 1 + eta: the minimiser for each eta is unchanged, but every eta now contributes gradients
+            # of similar size. Without it the largest etas dominate Adam's normalisation of the shared
+            # parameters, and the accuracy side of the front never forms.
             cost = expected(arch.probs(eta)).float() / reference
-            return eta * cost - self.entropy_weight * arch.entropy(eta, normalised=True).mean()
+            entropy = arch.entropy(eta, normalised=True).mean()
+            return (ce + eta * cost) / (1 + eta) - self.entropy_weight * entropy
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             arch = ArchParams(table, EtaLogits(table.shape, self.eta_range, hidden=self.hidden))
             search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
-            summary = search.run(penalty, eta=lambda: float(np.exp(rng.uniform(log_low, log_high))),
+            summary = search.run(objective, eta=lambda: float(np.exp(rng.uniform(log_low, log_high))),
                                  deadline=self.deadline(start, budget))
         decoded = []
         with torch.no_grad():

@@ -38,7 +38,7 @@ from automq.strategies.differentiable import (
     BilevelSearch,
     GradientConfig,
     GradientStrategy,
-    Penalty,
+    Objective,
     additive_limits,
     decode,
     score,
@@ -103,8 +103,9 @@ class SequentialFixer:
                          "certainty": certainty, "reason": reason})
         name = table.names[row]
         if name.endswith(".depth"):  # "stages.{i}.depth": blocks at or beyond the depth no longer matter
-            stage = name.split(".")[1]
-            dropped = tuple(f"blocks.{stage}.{j}." for j in range(value, table.space.network.stages[int(stage)].max_depth))
+            stage = int(name.split(".")[1])
+            max_depth = table.space.network.stages[stage].max_depth
+            dropped = tuple(f"blocks.{stage}.{j}." for j in range(value, max_depth))
             for other, other_name in enumerate(table.names):
                 if other_name.startswith(dropped) and not self.arch.fixed[other]:
                     self._fix(other, step, float(self.arch.certainty()[other]), "inactive")
@@ -157,8 +158,8 @@ class SSPS(GradientStrategy):
                 arch = ArchParams(table)
                 search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
                 fixer = self._fixer(arch)
-                summary = search.run(self._penalty(costs, limits), after_step=fixer,
-                                     deadline=None if budget.wall_s is None else start + budget.wall_s)
+                summary = search.run(self._objective(costs, limits), after_step=fixer,
+                                     deadline=self.deadline(start, budget))
                 fixer.fix_remaining(search.step_count)
             candidate, info = decode(arch, limits)
             decoded.append((candidate, {"level": level, **summary, **info, "decisions": fixer.log}))
@@ -174,11 +175,13 @@ class SSPS(GradientStrategy):
         interval = max(1, (steps - warmup) // self.fixings)
         return SequentialFixer(arch, steps=steps, warmup=max(1, warmup), interval=interval, threshold=self.threshold)
 
-    def _penalty(self, costs: dict[str, ExpectedCost], limits: dict[str, float]) -> Penalty:
-        def penalty(arch: ArchParams, eta: float | None) -> Tensor:
+    def _objective(self, costs: dict[str, ExpectedCost], limits: dict[str, float]) -> Objective:
+        """Cross-entropy plus a hinge per constrained metric."""
+        def objective(ce: Tensor, arch: ArchParams, eta: float | None) -> Tensor:
             probs = arch.probs()
-            terms = [torch.relu(costs[m](probs) / limits[m] - 1) for m in limits]
-            return self.penalty_weight * sum(terms, torch.zeros((), dtype=torch.float64)).float()
+            hinges = sum((torch.relu(costs[m](probs) / limits[m] - 1) for m in limits),
+                         torch.zeros((), dtype=torch.float64))
+            return ce + self.penalty_weight * hinges.float()
 
-        return penalty
+        return objective
 

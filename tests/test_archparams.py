@@ -153,7 +153,8 @@ def test_gumbel_samples_are_one_hot_follow_the_softmax_and_carry_its_gradient(ta
     uniform = torch.rand(table.shape, generator=torch.Generator().manual_seed(5)).clamp_(1e-10, 1 - 1e-10)[row, :3]
     soft = torch.softmax((logits - torch.log(-torch.log(uniform))) / 0.7, 0)
     jacobian = (torch.diag(soft) - torch.outer(soft, soft)) / 0.7
-    assert arch.source.logits.grad[row, :3].tolist() == pytest.approx((jacobian @ torch.tensor([1.0, 2.0, 3.0])).tolist())
+    expected = jacobian @ torch.tensor([1.0, 2.0, 3.0])
+    assert arch.source.logits.grad[row, :3].tolist() == pytest.approx(expected.tolist())
 
 
 def test_fixing_removes_choices_for_good(table: DecisionTable) -> None:

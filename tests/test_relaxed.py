@@ -1,6 +1,6 @@
-"""Tests for strategies/_relaxed.py: a one-hot relaxation computes exactly the candidate's subnet, gates carry
-gradient to every active decision and only to those, multi-branch mixing equals the hand-mixed branches, and no
-hook outlives a call."""
+"""Tests for strategies/_relaxed.py: a one-hot relaxation computes exactly the candidate's subnet, a
+straight-through sample gives a gradient to every active decision and only to those (batch norms included),
+and multi-branch mixing equals the hand-mixed format branches."""
 
 import pytest
 import torch
@@ -39,10 +39,9 @@ def test_one_hot_weights_compute_exactly_the_candidate(space, supernet, images, 
         supernet.set_active(candidate)
         expected = supernet(images)
         assert torch.equal(relaxed(images, table.one_hot(candidate).float()), expected)
-    assert all(not m._forward_hooks for m in supernet.modules())
 
 
-def test_gates_send_gradient_to_every_active_decision_and_no_other(space, supernet, images) -> None:
+def test_every_active_decision_gets_a_gradient_and_no_other(space, supernet, images) -> None:
     table = DecisionTable(space)
     arch = ArchParams(table)
     relaxed = RelaxedSupernet(supernet, table)
