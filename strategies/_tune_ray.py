@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from automq.candidate import Candidate
-from automq.strategies.tune import CANDIDATE_KEY, SuggestCandidate, objective_values, retell, tell
+from automq.strategies.tune import Proposals, SuggestCandidate, objective_values, retell
 from automq.strategy import Budget, Evaluator, Trial, evaluate_candidate
 
 if TYPE_CHECKING:
@@ -83,49 +84,54 @@ def evaluate_batch(config: dict[str, Any], *, resident: Resident, strategy: str)
 
 
 class BatchedOptunaSearch(OptunaSearch):
-    """:class:`OptunaSearch` that gives each Tune trial a batch of up to ``batch_size`` candidates.
+    """:class:`OptunaSearch` that gives each Tune trial a batch of up to ``batch_size`` unseen candidates.
 
-    Each candidate is its own Optuna trial, asked with the define-by-run ``space`` and told as soon as the
-    trainable reports it; candidates a Tune trial never reported (it errored for good or was stopped) are told
-    as failed when it completes. ``total`` candidates are handed out in all.
+    Each candidate is its own Optuna trial, asked through the define-by-run ``space`` (repeats are answered by
+    :class:`~automq.strategies.tune.Proposals`) and told as soon as the trainable reports it; candidates a Tune
+    trial never reported (it errored for good or was stopped) are told as failed when it completes. ``total``
+    candidates are handed out in all, fewer if the sampler only repeats itself.
     """
 
     def __init__(self, space: SuggestCandidate, *, metric: list[str], mode: list[str],
-                 sampler: optuna.samplers.BaseSampler, batch_size: int, total: int) -> None:
+                 sampler: optuna.samplers.BaseSampler, batch_size: int, total: int,
+                 history: Sequence[Trial] = ()) -> None:
         super().__init__(space=space, metric=metric, mode=mode, sampler=sampler)
+        retell(self._ot_study, space, history)
+        self.proposals = Proposals(self._ot_study, space.space, history)
         self._batch_size, self._left = batch_size, total
-        self._batches: dict[str, list[optuna.Trial]] = {}
+        self._batches: dict[str, list[tuple[optuna.Trial, Candidate]]] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self._told: set[tuple[str, int]] = set()
 
-    @property
-    def study(self) -> optuna.Study:
-        return self._ot_study
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if trial_id not in self._configs:
-            size = min(self._batch_size, self._left)
-            if size == 0:
-                return None
-            self._left -= size
-            self._batches[trial_id] = [self._ot_study.ask() for _ in range(size)]
-            self._configs[trial_id] = {CANDIDATES: [
-                self._suggest_from_define_by_run_func(self._space, ot_trial)[CANDIDATE_KEY]
-                for ot_trial in self._batches[trial_id]
-            ]}
+            batch = []
+            while len(batch) < min(self._batch_size, self._left):
+                proposal = self.proposals.ask(self._define)
+                if proposal is None:
+                    self._left = 0
+                    break
+                batch.append(proposal)
+            if not batch:
+                return Searcher.FINISHED
+            self._left -= len(batch)
+            self._batches[trial_id] = batch
+            self._configs[trial_id] = {CANDIDATES: [candidate.to_json() for _, candidate in batch]}
         return self._configs[trial_id]
 
+    def _define(self, ot_trial: optuna.Trial) -> dict[str, Any]:
+        return self._suggest_from_define_by_run_func(self._space, ot_trial)
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        trial = Trial.from_dict(json.loads(result[RECORD]))
-        key = (trial_id, result[INDEX])
-        if trial.status != "failed" and key not in self._told:  # a failure may still succeed on a retry
-            self._told.add(key)
-            tell(self._ot_study, self._batches[trial_id][result[INDEX]], self._space.space, trial)
+        trial, index = Trial.from_dict(json.loads(result[RECORD])), result[INDEX]
+        if trial.status != "failed" and (trial_id, index) not in self._told:  # a failure may succeed on a retry
+            self._told.add((trial_id, index))
+            self.proposals.tell(self._batches[trial_id][index][0], trial)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        for index, ot_trial in enumerate(self._batches.pop(trial_id, [])):
+        for index, (ot_trial, candidate) in enumerate(self._batches.pop(trial_id, [])):
             if (trial_id, index) not in self._told:
-                self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+                self.proposals.drop(ot_trial, candidate)
         self._configs.pop(trial_id, None)
 
 
@@ -213,8 +219,7 @@ def run_tune(strategy: TuneStrategy, suggest: SuggestCandidate, sampler: optuna.
             space = suggest.space
             search = BatchedOptunaSearch(
                 suggest, metric=[o.metric for o in space.objectives], mode=[o.mode for o in space.objectives],
-                sampler=sampler, batch_size=strategy.batch_size, total=budget.evaluations)
-            retell(search.study, suggest, history)
+                sampler=sampler, batch_size=strategy.batch_size, total=budget.evaluations, history=history)
             trainable = tune.with_parameters(evaluate_batch, resident=Resident(ray.put(evaluator)),
                                              strategy=strategy.name)
             tuner = tune.Tuner(

@@ -12,13 +12,16 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from automq.candidate import Candidate
 from automq.cost import CostModel, cost_range
 from automq.results import SearchLog, load_trials
 from automq.space import SearchSpace
 from automq.strategies.tune import (
+    MAX_REPEATS,
     SAMPLERS,
+    Proposals,
     SuggestCandidate,
     TuneStrategy,
     create_sampler,
@@ -127,7 +130,7 @@ def test_create_sampler_by_name(name):
 
 def test_sampler_options_and_unknown_name():
     assert create_sampler("tpe", seed=0, trials=10)._multivariate
-    assert create_sampler("nsga2", seed=0, trials=100)._population_size == 20  # five generations in the budget
+    assert create_sampler("nsga2", seed=0, trials=200)._population_size == 20  # ten generations in the budget
     assert create_sampler("nsga3", seed=0, trials=1000)._population_size == 50
     with pytest.raises(ValueError, match="nsga2, nsga3, tpe, gp, random"):
         create_sampler("cmaes", seed=0, trials=10)
@@ -141,7 +144,7 @@ def test_define_by_run_suggests_exactly_the_active_decisions(space, name):
     suggest, evaluator = SuggestCandidate(space), ProxyEvaluator(space)
     study = optuna.create_study(directions=directions(space), sampler=create_sampler(name, seed=1, trials=40))
     multi_choice = {d.name for d in space.decisions()}
-    for _ in range(40):  # population 8: NSGA-II/III breed from the sixth generation on
+    for _ in range(40):  # population 8: NSGA-II/III breed from the second generation on
         ot_trial = study.ask()
         candidate = Candidate.from_json(suggest(ot_trial)["candidate"])
         space.validate_candidate(candidate)
@@ -192,24 +195,48 @@ def test_budget_is_an_optuna_constraint_set_in_the_define_by_run_function(budget
 
 
 def test_batched_optuna_search_tells_each_candidate_of_a_batch(tiny):
+    from ray.tune.search import Searcher
+
     from automq.strategies._tune_ray import CANDIDATES, INDEX, RECORD, BatchedOptunaSearch
 
     suggest, evaluator = SuggestCandidate(tiny), ProxyEvaluator(tiny)
     search = BatchedOptunaSearch(suggest, metric=["accuracy", "bitops"], mode=["max", "min"],
                                  sampler=optuna.samplers.RandomSampler(seed=0), batch_size=3, total=5)
     first, second = search.suggest("a"), search.suggest("b")
-    assert search.suggest("a") is first and search.suggest("c") is None  # 3 + 2 handed out, then finished
+    assert search.suggest("a") is first and search.suggest("c") == Searcher.FINISHED  # 3 + 2 handed out
     assert [len(first[CANDIDATES]), len(second[CANDIDATES])] == [3, 2]
     for index in (0, 2):
         trial = evaluate_candidate(0, Candidate.from_json(first[CANDIDATES][index]), evaluator, strategy="tune")
         search.on_trial_result("a", {INDEX: index, RECORD: json.dumps(trial.to_dict())})
         search.on_trial_result("a", {INDEX: index, RECORD: json.dumps(trial.to_dict())})  # a retry re-reports it
     search.on_trial_complete("a", error=True)
-    states = [t.state for t in search.study.trials]
+    states = [t.state for t in search.proposals.study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
                       optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.RUNNING] * 2
     told = Candidate.from_json(first[CANDIDATES][2])
-    assert search.study.trials[2].values == [pytest.approx(evaluator(told)["accuracy"]), bitops(tiny, told)]
+    assert search.proposals.study.trials[2].values == [pytest.approx(evaluator(told)["accuracy"]), bitops(tiny, told)]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_repeated_proposals_are_answered_from_the_record_not_evaluated(tiny):
+    suggest, evaluator = SuggestCandidate(tiny), ProxyEvaluator(tiny)
+    a, b = (tiny.choices_of(tiny.sample(seed)) for seed in (0, 1))
+    fixed_a = optuna.samplers.PartialFixedSampler(a, optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(directions=directions(tiny), sampler=fixed_a)
+    proposals = Proposals(study, tiny)
+    ot_a, candidate_a = proposals.ask(suggest)
+    for params in (a, b):
+        study.enqueue_trial(params)
+    ot_b, candidate_b = proposals.ask(suggest)  # a again, still being evaluated: dropped
+    assert candidate_b == tiny.candidate_from_choices(b)
+    scored_a = evaluate_candidate(0, candidate_a, evaluator, strategy="tune")
+    proposals.tell(ot_a, scored_a)
+    assert proposals.ask(suggest) is None  # the fixed sampler only repeats a: taken as converged
+    states = [t.state for t in study.trials]
+    assert states[:3] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
+    assert len(study.trials) == 3 + MAX_REPEATS
+    assert all(t.values == study.trials[0].values for t in study.trials[3:])  # told a's recorded result
+    assert evaluator.calls == [candidate_a.id]
 
 
 def test_same_seed_same_search(space):
@@ -355,5 +382,6 @@ def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
     assert [t.to_dict() for t in after[:len(before)]] == before  # nothing finished before the kill was lost
     assert [t.number for t in after] == list(range(16))
     assert json.loads((out / "run.json").read_text())["resumed_with_trials"] == len(before)
-    links = [p for p in Path(tempfile.gettempdir()).glob("automq-ray-*") if str(tmp_path) in os.readlink(p)]
+    links = [p for p in Path(tempfile.gettempdir()).glob("automq-ray-*")
+             if p.is_symlink() and str(tmp_path) in os.readlink(p)]
     assert links == []  # the resumed search removed the link to its Ray files that the killed one left
