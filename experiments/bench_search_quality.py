@@ -71,6 +71,11 @@ def exhaustive_table(space: SearchSpace, run: Path, eval_size: int, cache: Path)
     return table
 
 
+def front_recall(trials: list[Trial], checkpoints: list[int], front: set[str]) -> list[float]:
+    """Fraction of the exhaustive front's candidates among the first ``n`` trials, for each checkpoint."""
+    return [len(front & {t.candidate.id for t in trials[:n]}) / len(front) for n in checkpoints]
+
+
 def hypervolume_ratios(space: SearchSpace, trials: list[Trial], checkpoints: list[int],
                        reference: float) -> list[float]:
     objectives, scales = space_objectives(space), hypervolume_scales(space)
@@ -100,20 +105,25 @@ def main() -> None:
     all_trials = [Trial(n, c, evaluator(c)) for n, c in enumerate(enumerate_candidates(space))]
     front, reference = pareto_trials(all_trials, space_objectives(space), hypervolume_scales(space))
 
+    front_ids = {t.candidate.id for t in front}
     ratios: dict[str, list[list[float]]] = {}
+    recalls: dict[str, list[list[float]]] = {}
     for sampler, seed in itertools.product(SAMPLERS, range(args.seeds)):
         trials = TuneStrategy(sampler=sampler, workers=0).run(space, evaluator, Budget(max(args.checkpoints)),
                                                               seed=seed)
         ratios.setdefault(sampler, []).append(hypervolume_ratios(space, trials, args.checkpoints, reference))
-        print(f"{sampler} seed {seed}: {ratios[sampler][-1]}", flush=True)
+        recalls.setdefault(sampler, []).append(front_recall(trials, args.checkpoints, front_ids))
+        print(f"{sampler} seed {seed}: {ratios[sampler][-1]} front recall {recalls[sampler][-1]}", flush=True)
 
-    summary = {s: [{"mean": statistics.mean(col), "std": statistics.pstdev(col), "min": min(col)}
-                   for col in zip(*runs)] for s, runs in ratios.items()}
+    def summarise(values: dict[str, list[list[float]]]) -> dict[str, list[dict[str, float]]]:
+        return {s: [{"mean": statistics.mean(col), "std": statistics.pstdev(col), "min": min(col)}
+                    for col in zip(*runs)] for s, runs in values.items()}
     result = {"space": args.space, "candidates": len(all_trials), "run": str(run), "epochs": args.epochs,
               "train_subset": args.train_subset, "eval_size": args.eval_size,
               "enumeration_s": json.loads((run / "exhaustive_table.json").read_text())["seconds"],
               "exhaustive_front_size": len(front), "exhaustive_hypervolume": reference,
-              "checkpoints": args.checkpoints, "seeds": args.seeds, "ratios": ratios, "summary": summary,
+              "checkpoints": args.checkpoints, "seeds": args.seeds, "ratios": ratios, "summary": summarise(ratios),
+              "front_recall": recalls, "front_recall_summary": summarise(recalls),
               "load_average": os.getloadavg()}
     (out / "bench_search_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "bench_search_quality.md").write_text(markdown(result))
@@ -133,10 +143,18 @@ def markdown(result: dict) -> str:
         "| sampler | " + " | ".join(f"{n} trials" for n in checkpoints) + " |",
         "|---|" + "---|" * len(checkpoints),
     ]
-    for sampler, cols in result["summary"].items():
-        lines.append(f"| {sampler} | " + " | ".join(
-            f"{c['mean']:.3f} ± {c['std']:.3f} ({c['min']:.3f})" for c in cols) + " |")
+    lines += table(result["summary"])
+    lines += ["", "Share of the exhaustive front's candidates found (mean ± std (min)); it separates the samplers "
+              "more than the hypervolume, which the narrow accuracy range of the one-shot estimates compresses:", "",
+              "| sampler | " + " | ".join(f"{n} trials" for n in checkpoints) + " |",
+              "|---|" + "---|" * len(checkpoints)]
+    lines += table(result["front_recall_summary"])
     return "\n".join(lines) + "\n"
+
+
+def table(summary: dict[str, list[dict[str, float]]]) -> list[str]:
+    return [f"| {sampler} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f} ({c['min']:.3f})" for c in cols) + " |"
+            for sampler, cols in summary.items()]
 
 
 if __name__ == "__main__":

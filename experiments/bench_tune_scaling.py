@@ -113,7 +113,8 @@ def markdown(result: dict) -> str:
                      f"{100 * r['overhead_rel']:.0f}% |")
     lines += ["", "Speed-up, 2 workers over 1: " + ", ".join(
         f"batch {b}: {s:.2f}x" for b, s in result["speedup_2_over_1"].items()) + " (target >= 1.6x; Ray overhead "
-        "target < 20% of the evaluation time).", ""]
+        "target < 20% of the evaluation time). The overhead compares the median evaluation with the mean interval "
+        "between trials, so values within a few percent of zero are measurement noise.", ""]
     return "\n".join(lines)
 
 
