@@ -11,6 +11,7 @@ The full file reference is ``docs/space-files.md``.
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ __all__ = [
     "NetworkSpec", "Objective", "SearchSpace", "SearchSpec", "StageSpec", "TrainingSpec",
 ]
 
-SHIPPED_SPACES = Path(__file__).resolve().parent.parent / "spaces"
+SHIPPED_SPACES = Path(str(importlib.resources.files("automq.spaces")))  # spaces/*.yaml, installed as package data
 
 RngLike = np.random.Generator | int | None
 Pick = Callable[[str, str, tuple], Any]  # (decision name, kind, choices) -> chosen value
