@@ -242,6 +242,52 @@ def key_findings(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> 
     return findings
 
 
+@dataclass(frozen=True)
+class BudgetRow:
+    """The most accurate feasible trial of every run within one cost budget, and which run wins there."""
+
+    budget: float
+    label: str  # what the budget is, e.g. "uniform int4" or "log-spaced"
+    best: dict[str, Trial | None]  # run label -> its most accurate trial within the budget (None: none fits)
+
+    @property
+    def winner(self) -> str | None:
+        """The run with the most accurate trial within the budget (the first listed on a tie)."""
+        scored = {run: t.metrics["accuracy"] for run, t in self.best.items() if t is not None}
+        return max(scored, key=scored.__getitem__) if scored else None
+
+    @property
+    def margin(self) -> float | None:
+        """Accuracy of the winner minus the best of the other runs (``None`` when fewer than two runs fit)."""
+        values = sorted((t.metrics["accuracy"] for t in self.best.values() if t is not None), reverse=True)
+        return values[0] - values[1] if len(values) > 1 else None
+
+
+def budget_rows(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline], cost: str = "bitops") -> list[BudgetRow]:
+    """Which run finds the most accurate candidate within each budget on ``cost``.
+
+    The budgets are the costs of the uniform-precision baselines (a user who would otherwise deploy one format
+    everywhere asks what the same cost buys), or, without baselines, three log-spaced levels between the cheapest
+    and the dearest feasible trial. Uniform runs are compared too: a row a uniform run wins is a budget where
+    mixed precision found nothing better.
+    """
+    usable_runs = {run.label: usable(run.result.trials, ["accuracy", cost]) for run in runs}
+    formats_at: dict[float, list[str]] = {}  # formats of equal cost (int4 and fp4_e2m1) share one budget
+    for name, trial in _best_per_format(baselines, cost):
+        formats_at.setdefault(trial.metrics[cost], []).append(name)
+    levels = [(budget, "uniform " + ", ".join(names)) for budget, names in formats_at.items()]
+    if not levels:
+        values = [t.metrics[cost] for trials in usable_runs.values() for t in trials if t.metrics[cost] > 0]
+        levels = [(float(b), "log-spaced") for b in np.geomspace(min(values), max(values), 3)] if values else []
+    rows = []
+    for budget, label in levels:
+        best = {run: max((t for t in trials if t.metrics[cost] <= budget * (1 + 1e-9)),
+                         key=lambda t: t.metrics["accuracy"], default=None)
+                for run, trials in usable_runs.items()}
+        rows.append(BudgetRow(budget, label, best))
+    return rows
+
+
 def _best_per_format(baselines: Sequence[Baseline], cost: str) -> list[tuple[str, Trial]]:
     """The most accurate baseline of each format that has a cost, cheapest format first."""
     best: dict[str, Trial] = {}

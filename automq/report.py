@@ -19,6 +19,7 @@ import base64
 import csv
 import html
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +29,14 @@ import numpy as np
 
 from automq import plots
 from automq.candidate import Candidate
-from automq.comparison import (Baseline, RunAnalysis, analyse_runs, fidelity_stats, find_baselines, front_2d,
-                               key_findings, load_fidelity, usable)
-from automq.errors import AutomqError
+from automq.comparison import (Baseline, RunAnalysis, analyse_runs, budget_rows, fidelity_stats, find_baselines,
+                               front_2d, key_findings, load_fidelity, usable)
+from automq.errors import AutomqError, SpaceError
 from automq.formats import format_names, get_format
 from automq.io import atomic_write_json, atomic_write_text
 from automq.pareto import reference_point
 from automq.results import SPACE_FILE, SearchResult, load_search_dir
+from automq.space import SearchSpace
 from automq.space_schema import METRICS
 from automq.strategy import Trial
 
@@ -314,6 +316,43 @@ def hypervolume_section(runs: Sequence[RunAnalysis], colors: dict[str, str]) -> 
     return blocks
 
 
+def budget_section(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> list[Block]:
+    """Best accuracy of every run within each BitOps budget, with the winner and its margin."""
+    rows = budget_rows(runs, baselines)
+    if not rows:
+        return []
+    header = ["BitOps budget", "budget of", *[r.label for r in runs], "winner", "margin [points]"]
+    table = [[f"{row.budget:.4g}", row.label,
+              *[f"{100 * t.metrics['accuracy']:.2f}" if (t := row.best[r.label]) is not None else "-" for r in runs],
+              row.winner or "-", f"{100 * row.margin:.2f}" if row.margin is not None else "-"]
+             for row in rows]
+    text = ("For each budget, the most accurate feasible candidate each run found at or below it (accuracy as the "
+            "searches measured it, %); the budgets are the BitOps of the uniform-precision baselines. The margin is "
+            "the winner's lead over the next run.")
+    images = _validation_images(runs)
+    if images:
+        accuracy = max(t.metrics["accuracy"] for row in rows for t in row.best.values() if t is not None)
+        error = 100 * math.sqrt(accuracy * (1 - accuracy) / images)
+        text += (f" Each accuracy is measured on {images} validation images: its binomial standard error near "
+                 f"{100 * accuracy:.0f}% is {error:.2f} points, so margins of that size are not a clear win.")
+    return [Heading("Best accuracy within a BitOps budget"), Paragraph(text), Table(header, table)]
+
+
+def _validation_images(runs: Sequence[RunAnalysis]) -> int | None:
+    """The validation images behind the searches' accuracies (``search.eval_size`` of their space file), when
+    every run that records a space agrees on it."""
+    sizes = set()
+    for run in runs:
+        space_file = run.result.path / SPACE_FILE
+        try:
+            space = SearchSpace.from_file(space_file) if space_file.is_file() else None
+        except SpaceError:
+            space = None
+        if space is not None:
+            sizes.add(space.search.eval_size or space.dataset.val_size)
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 def fidelity_section(records: Sequence[dict[str, Any]]) -> tuple[list[Block], dict[str, Any] | None]:
     """One-shot estimate against stand-alone accuracy with rank correlations, when fidelity data exist."""
     blocks: list[Block] = [Heading("One-shot estimate vs stand-alone accuracy")]
@@ -450,6 +489,7 @@ def build_report(search_dirs: Sequence[str | Path], out_dir: str | Path, *,
         Heading("Pareto fronts"),
         *(pareto or [Paragraph("No feasible trial with an accuracy and a cost to plot.")]),
         *hypervolume_section(runs, colors),
+        *budget_section(runs, baselines),
         Heading("Pareto-optimal candidates"), candidates_table(runs), *heatmap_figures(runs),
         *fidelity_blocks,
         Heading("Search cost"), cost_table(runs),

@@ -1,0 +1,57 @@
+"""automq.comparison.budget_rows: the most accurate trial of every run within each uniform baseline's BitOps,
+checked against hand-worked small cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from automq.comparison import DEFAULT_OBJECTIVES, Baseline, RunAnalysis, budget_rows
+from automq.results import SearchResult
+from automq.strategy import Trial
+
+from _spaces import SpaceFactory
+
+
+@pytest.fixture(scope="module")
+def candidate(tiny_space: SpaceFactory):
+    return tiny_space().largest()
+
+
+def trial(candidate, number: int, accuracy: float, bitops: float, status: str = "ok") -> Trial:
+    return Trial(number, candidate, {"accuracy": accuracy, "bitops": bitops}, status)
+
+
+def run(label: str, trials: list[Trial]) -> RunAnalysis:
+    result = SearchResult(Path(label), {"strategy": label}, trials)
+    return RunAnalysis(label, result, DEFAULT_OBJECTIVES, {"bitops": 1.0}, [], 0.0, [])
+
+
+def test_each_uniform_budget_gets_the_best_trial_per_run_and_the_winner(candidate) -> None:
+    int4, fp4, int8 = (trial(candidate, 0, 0.80, 40.0), trial(candidate, 1, 0.79, 40.0), trial(candidate, 2, 0.85, 100.0))
+    uniform = run("uniform", [int4, fp4, int8])
+    mixed = run("tune", [trial(candidate, 0, 0.83, 39.0), trial(candidate, 1, 0.90, 60.0),
+                         trial(candidate, 2, 0.99, 30.0, status="infeasible"),  # never counts
+                         trial(candidate, 3, 0.84, 100.0)])
+    baselines = [Baseline("int4", "uniform", int4), Baseline("fp4_e2m1", "uniform", fp4),
+                 Baseline("int8", "uniform", int8)]
+    rows = budget_rows([uniform, mixed], baselines)
+    assert [(r.budget, r.label) for r in rows] == [(40.0, "uniform int4, fp4_e2m1"), (100.0, "uniform int8")]
+    assert rows[0].best == {"uniform": int4, "tune": mixed.result.trials[0]}
+    assert rows[0].winner == "tune" and rows[0].margin == pytest.approx(0.03)
+    assert rows[1].best["tune"] is mixed.result.trials[1] and rows[1].margin == pytest.approx(0.05)
+
+
+def test_a_run_with_nothing_within_a_budget_is_left_blank(candidate) -> None:
+    low = trial(candidate, 0, 0.7, 10.0)
+    rows = budget_rows([run("uniform", [low]), run("ssps", [trial(candidate, 0, 0.9, 50.0)])],
+                       [Baseline("int2", "uniform", low)])
+    assert rows[0].best["ssps"] is None and rows[0].winner == "uniform" and rows[0].margin is None
+
+
+def test_without_baselines_three_log_spaced_budgets_span_the_trials(candidate) -> None:
+    rows = budget_rows([run("random", [trial(candidate, 0, 0.6, 10.0), trial(candidate, 1, 0.8, 1000.0)])], [])
+    assert [r.budget for r in rows] == pytest.approx([10.0, 100.0, 1000.0])
+    assert [r.best["random"].metrics["accuracy"] for r in rows] == [0.6, 0.6, 0.8]
+    assert budget_rows([run("random", [])], []) == []
