@@ -33,10 +33,11 @@ __all__ = [
 
 
 class ElasticQuantLayer:
-    """What the conv and the linear share: a name, two quantizers, the active spec and the format hook.
+    """What the conv and the linear share: a name, two quantizers, the active spec and the format hooks.
 
     Gradient strategies that mix several formats of one layer (differentiable search) call
-    :meth:`forward_formats` once per ``(w_fmt, a_fmt)`` branch; the plain ``forward`` uses the active formats.
+    :meth:`forward_formats` once per ``(w_fmt, a_fmt)`` branch, or quantize (and mix) the operands themselves and
+    call :meth:`forward_quantized`; the plain ``forward`` uses the active formats.
     """
 
     name: str
@@ -67,6 +68,12 @@ class ElasticQuantLayer:
 
     def forward_formats(self, x: Tensor, w_fmt: str, a_fmt: str) -> Tensor:
         """The active sub-layer's output with the weight in ``w_fmt`` and the input in ``a_fmt``."""
+        spec = self.active
+        weight = self.w_quant(self.weight_of(spec), w_fmt)
+        return self.forward_quantized(self.a_quant(x, a_fmt), weight, spec)
+
+    def forward_quantized(self, inputs: Tensor, weight: Tensor, spec: LayerSpec) -> Tensor:
+        """The sub-layer ``spec``'s operation on operands that are already quantized (``weight`` has its shape)."""
         raise NotImplementedError
 
     def weight_of(self, spec: LayerSpec) -> Tensor:
@@ -90,10 +97,8 @@ class ElasticQuantConv2d(ElasticQuantLayer, nn.Conv2d):
         window = slice(start, start + spec.kernel_size)
         return self.weight[: spec.out_ch, : spec.in_ch // spec.groups, window, window]
 
-    def forward_formats(self, x: Tensor, w_fmt: str, a_fmt: str) -> Tensor:
-        spec = self.active
-        weight = self.w_quant(self.weight_of(spec), w_fmt)
-        return F.conv2d(self.a_quant(x, a_fmt), weight, None, spec.stride, spec.kernel_size // 2, 1, spec.groups)
+    def forward_quantized(self, inputs: Tensor, weight: Tensor, spec: LayerSpec) -> Tensor:
+        return F.conv2d(inputs, weight, None, spec.stride, spec.kernel_size // 2, 1, spec.groups)
 
     def extra_repr(self) -> str:
         return f"{self.name!r}, {super().extra_repr()}"
@@ -109,10 +114,8 @@ class ElasticQuantLinear(ElasticQuantLayer, nn.Linear):
     def weight_of(self, spec: LayerSpec) -> Tensor:
         return self.weight[: spec.out_ch, : spec.in_ch]
 
-    def forward_formats(self, x: Tensor, w_fmt: str, a_fmt: str) -> Tensor:
-        spec = self.active
-        weight = self.w_quant(self.weight_of(spec), w_fmt)
-        return F.linear(self.a_quant(x, a_fmt), weight, self.bias[: spec.out_ch])
+    def forward_quantized(self, inputs: Tensor, weight: Tensor, spec: LayerSpec) -> Tensor:
+        return F.linear(inputs, weight, self.bias[: spec.out_ch])
 
     def extra_repr(self) -> str:
         return f"{self.name!r}, {super().extra_repr()}"

@@ -10,7 +10,7 @@ the leading channels in use, which is how an elastic (max weight + slice) supern
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor, nn
@@ -103,25 +103,54 @@ class Quantizer(nn.Module):
 
 
 class _QuantLayer:
-    """Shared by :class:`QuantConv2d` and :class:`QuantLinear`: two quantizers and the active formats."""
+    """What :class:`QuantConv2d` and :class:`QuantLinear` share: two quantizers, the active formats and the copy
+    of a float layer. Mixed in before the torch layer, whose constructor receives the remaining arguments.
 
+    Positional and other keyword arguments are those of the torch layer; the menus default to ``fp32`` only and
+    the first entry of each menu is active until :meth:`set_formats`. The weight is quantized per output channel.
+    """
+
+    # The constructor arguments that from_float reads off the float layer (bias, device and dtype aside).
+    shape_args: ClassVar[tuple[str, ...]]
+    weight: Tensor
+    bias: Tensor | None
     w_quant: Quantizer
     a_quant: Quantizer
     w_fmt: str
     a_fmt: str
 
-    def _init_quantizers(
-        self, w_formats: Sequence[str], a_formats: Sequence[str], a_signed: bool, channels: int
+    def __init__(
+        self,
+        *args: Any,
+        w_formats: Sequence[str] = ("fp32",),
+        a_formats: Sequence[str] = ("fp32",),
+        a_signed: bool = True,
+        **kwargs: Any,
     ) -> None:
-        self.w_quant = Quantizer(w_formats, channels=channels, signed=True)
+        super().__init__(*args, **kwargs)  # the torch layer, next in the MRO
+        self.w_quant = Quantizer(w_formats, channels=self.weight.shape[0], signed=True)
         self.a_quant = Quantizer(a_formats, channels=None, signed=a_signed)
         self.w_fmt, self.a_fmt = self.w_quant.formats[0], self.a_quant.formats[0]
 
-    def _copy_params(self, source: nn.Module) -> None:
+    @classmethod
+    def from_float(
+        cls, layer: nn.Module, *, w_formats: Sequence[str], a_formats: Sequence[str], a_signed: bool = True
+    ) -> Self:
+        """A quantized copy of the float ``layer``: same hyper-parameters, device and dtype, weights copied."""
+        quant = cls(
+            **{name: getattr(layer, name) for name in cls.shape_args},
+            bias=layer.bias is not None,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            w_formats=w_formats,
+            a_formats=a_formats,
+            a_signed=a_signed,
+        )
         with torch.no_grad():
-            self.weight.copy_(source.weight)  # type: ignore[attr-defined]
-            if source.bias is not None:
-                self.bias.copy_(source.bias)  # type: ignore[attr-defined]
+            quant.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                quant.bias.copy_(layer.bias)
+        return quant
 
     def set_formats(self, w_fmt: str, a_fmt: str) -> None:
         """Use ``w_fmt`` for the weight and ``a_fmt`` for the input from the next call on."""
@@ -134,87 +163,24 @@ class _QuantLayer:
 
 
 class QuantConv2d(_QuantLayer, nn.Conv2d):
-    """``nn.Conv2d`` whose input is fake-quantized in ``a_fmt`` and weight in ``w_fmt`` (per-channel).
+    """``nn.Conv2d`` whose input is fake-quantized in ``a_fmt`` and weight in ``w_fmt`` (per-channel)."""
 
-    Positional and other keyword arguments are those of ``nn.Conv2d``; the menus default to ``fp32`` only and
-    the first entry of each menu is active until :meth:`set_formats`.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        w_formats: Sequence[str] = ("fp32",),
-        a_formats: Sequence[str] = ("fp32",),
-        a_signed: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quantizers(w_formats, a_formats, a_signed, self.out_channels)
+    shape_args = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                  "padding_mode")
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.w_quant(self.weight, self.w_fmt)
         return self._conv_forward(self.a_quant(x, self.a_fmt), weight, self.bias)
 
-    @classmethod
-    def from_float(
-        cls, conv: nn.Conv2d, *, w_formats: Sequence[str], a_formats: Sequence[str], a_signed: bool = True
-    ) -> QuantConv2d:
-        """A quantized copy of ``conv`` (same hyper-parameters, weights copied)."""
-        quant = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            w_formats=w_formats,
-            a_formats=a_formats,
-            a_signed=a_signed,
-        )
-        quant._copy_params(conv)
-        return quant
-
 
 class QuantLinear(_QuantLayer, nn.Linear):
     """``nn.Linear`` whose input is fake-quantized in ``a_fmt`` and weight in ``w_fmt`` (per-channel)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        w_formats: Sequence[str] = ("fp32",),
-        a_formats: Sequence[str] = ("fp32",),
-        a_signed: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quantizers(w_formats, a_formats, a_signed, self.out_features)
+    shape_args = ("in_features", "out_features")
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.w_quant(self.weight, self.w_fmt)
         return nn.functional.linear(self.a_quant(x, self.a_fmt), weight, self.bias)
-
-    @classmethod
-    def from_float(
-        cls, linear: nn.Linear, *, w_formats: Sequence[str], a_formats: Sequence[str], a_signed: bool = True
-    ) -> QuantLinear:
-        """A quantized copy of ``linear`` (weights copied)."""
-        quant = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
-            w_formats=w_formats,
-            a_formats=a_formats,
-            a_signed=a_signed,
-        )
-        quant._copy_params(linear)
-        return quant
 
 
 _QUANT_CLASSES: dict[type[nn.Module], type[QuantConv2d] | type[QuantLinear]] = {

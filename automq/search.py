@@ -2,15 +2,15 @@
 
 :func:`run_search` loads the space, builds the evaluator (the one-shot estimator of a trained supernet run),
 opens the search directory (:class:`~automq.results.SearchLog`), runs a registered strategy for the trials that
-are still missing, and shows a live progress line. ``resume=True`` continues an interrupted search in the same
-directory: its finished trials are kept and, for strategies that take a ``log`` (the ``tune`` strategy), told
-to the sampler instead of being evaluated again; other strategies run the remaining trials afresh, with a seed
-derived from the number already done.
+are still missing (:meth:`Strategy.stream <automq.strategy.Strategy.stream>`), and shows a live progress line.
+``resume=True`` continues an interrupted search in the same directory: its finished trials are kept and, for
+strategies that continue from logged trials (the ``tune`` strategy), told to the sampler instead of being
+evaluated again; other strategies run the remaining trials afresh, with a seed derived from the number already
+done.
 """
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from collections.abc import Mapping
@@ -104,11 +104,11 @@ def run_search(
     if evaluator is None:
         evaluator = _one_shot_estimator(space, supernet, data_root)
     log = _open_log(out, space, strategy, options, resume, total, progress)
-    log.run_info.update(label=getattr(method, "label", strategy), trials_requested=total, seed=seed)
+    log.run_info.update(label=method.label, trials_requested=total, seed=seed)
     remaining = total - len(log.trials)
     if remaining > 0:
         try:
-            _run(method, space, evaluator, Budget(remaining), seed, log)
+            method.stream(space, evaluator, Budget(remaining), log, seed=seed)
         finally:
             if isinstance(log, ProgressLog):
                 log.close()
@@ -156,14 +156,3 @@ def check_resumable(out: str | Path, space: SearchSpace) -> None:
         raise SpaceError(f"{space.source}: differs from {saved_file}, the space the search in {out} was started "
                          "with (decisions, objectives or budgets); resume with that file, or start a new search "
                          "in another --out folder")
-
-
-def _run(method: Strategy, space: SearchSpace, evaluator: Evaluator, budget: Budget, seed: int,
-         log: SearchLog) -> None:
-    if "log" in inspect.signature(method.run).parameters:  # the strategy streams its trials into the log
-        method.run(space, evaluator, budget, seed=seed, log=log)
-        return
-    done = len(log.trials)
-    for number, trial in enumerate(method.run(space, evaluator, budget, seed=seed + done), start=done):
-        trial.number = number
-        log.append(trial)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from automq.candidate import Candidate
 
 if TYPE_CHECKING:
+    from automq.results import SearchLog
     from automq.space import SearchSpace
 
 STATUSES = ("ok", "infeasible", "failed")
@@ -112,13 +113,35 @@ def evaluate_candidate(
 
 class Strategy(ABC):
     """A search method. Subclasses set ``name`` and implement :meth:`run`; keyword-only constructors hold
-    their hyper-parameters, so a strategy is fully described by its name and constructor arguments."""
+    their hyper-parameters, so a strategy is fully described by its name and constructor arguments.
+
+    ``automq search`` drives a strategy through :meth:`stream`, which records its trials in the search directory's
+    :class:`~automq.results.SearchLog`; the default records what :meth:`run` returns, and a strategy that can
+    record each trial as it finishes, or continue a resumed search from the logged trials, overrides it.
+    """
 
     name: ClassVar[str]
+
+    @property
+    def label(self) -> str:
+        """How reports and the progress line name this configuration (e.g. ``tune-nsga2``); default: the name."""
+        return self.name
 
     @abstractmethod
     def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
         """Explore ``space`` within ``budget`` and return every trial made, in order."""
+
+    def stream(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, log: SearchLog, *,
+               seed: int = 0) -> None:
+        """Make ``budget.evaluations`` more trials and append them to ``log``, numbered after its trials.
+
+        The default appends the trials of :meth:`run` when it returns, seeded past the trials already in ``log``
+        so that a resumed search does not draw its first candidates again.
+        """
+        done = len(log.trials)
+        for number, trial in enumerate(self.run(space, evaluator, budget, seed=seed + done), start=done):
+            trial.number = number
+            log.append(trial)
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 

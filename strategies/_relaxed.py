@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from automq.space import BLOCK_LAYERS
@@ -145,14 +145,14 @@ class RelaxedSupernet:
         w_weights = self._format_weights(name, "w_fmt", w_menu, weights)
         a_weights = self._format_weights(name, "a_fmt", a_menu, weights)
         if self.relaxation == "multi_branch":
-            return sum(pw * pa * _apply(layer, largest, _mix_inputs(layer.a_quant, [a], [1.0], mask)(x), w)
+            return sum(pw * pa * layer.forward_quantized(_mix_inputs(layer.a_quant, [a], [1.0], mask)(x), w, largest)
                        for pw, w in zip(w_weights, quantized) for pa, a in zip(a_weights, a_menu))
         weight = sum(pw * w for pw, w in zip(w_weights, quantized))
         mixed = _mix_inputs(layer.a_quant, a_menu, a_weights, mask)
         # Recomputed in the backward pass: storing the per-format copies (and the unmasked input) would
         # multiply activation memory; this way only x is kept, as a plain layer keeps its quantized input.
         inputs = checkpoint(mixed, x, use_reentrant=False) if len(a_menu) > 1 or mask is not None else mixed(x)
-        return _apply(layer, largest, inputs, weight)
+        return layer.forward_quantized(inputs, weight, largest)
 
 
 def _product(factors: Iterable[Tensor]) -> Tensor | float:
@@ -190,13 +190,6 @@ def _at_width(variants: LayerVariants, row: int | None, choice: int) -> LayerSpe
         return variants.largest
     position = variants.rows.index(row)
     return next(spec for combo, spec in variants.specs.items() if combo[position] == choice)
-
-
-def _apply(layer: ElasticQuantLayer, spec: LayerSpec, inputs: Tensor, weight: Tensor) -> Tensor:
-    """The layer's operation on already-quantized operands, at shape ``spec`` (mirrors ``forward_formats``)."""
-    if isinstance(layer, nn.Linear):
-        return F.linear(inputs, weight, layer.bias[: spec.out_ch])
-    return F.conv2d(inputs, weight, None, spec.stride, spec.kernel_size // 2, 1, spec.groups)
 
 
 def _pad_kernel(weight: Tensor, kernel: int) -> Tensor:

@@ -27,7 +27,7 @@ the 132 singles of mpq_only on 256 images take 20 s (half the unit forwards of a
 measurement on 1,024 images takes about an hour there, and seconds on a GPU.
 
 **Search.** ``min x^T G x`` over one-hot choices under the budgets, exactly as a MILP (see
-:func:`~automq.strategies._assign.solve_quadratic`, which falls back to a logged local search above a size
+:func:`~automq.strategies._solvers.solve_quadratic`, which falls back to a logged local search above a size
 limit). ``clado_diag`` keeps only the diagonal (no cross-layer terms), the baseline the paper improves on; its
 problem is linear and solved as an ILP.
 
@@ -54,16 +54,13 @@ from torch import Tensor
 from automq.data import fixed_batches
 from automq.elastic import ElasticQuantLayer
 from automq.strategies._assign import (
-    MAX_PAIR_VARIABLES,
     FormatAssignmentStrategy,
     FormatProblem,
-    Solution,
     Solver,
     highest_precision,
-    solve_linear,
-    solve_quadratic,
     supernet_and_data,
 )
+from automq.strategies._solvers import MAX_PAIR_VARIABLES, Solution, solve_linear, solve_quadratic
 from automq.strategy import Evaluator, register_strategy
 from automq.supernet import recalibrate_bn
 

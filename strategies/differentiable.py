@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,13 +39,12 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from automq.arch import layer_specs
 from automq.cost import METRIC_KEYS, CostModel, cost_range
-from automq.data import make_loader
 from automq.errors import BudgetError
 from automq.strategies._archparams import ArchParams, DecisionTable, EtaLogits, ExpectedCost
-from automq.strategies._assign import ADDITIVE_METRICS, _sweep_metric, supernet_and_data
+from automq.strategies._assign import ADDITIVE_METRICS, supernet_and_data, sweep_metric
 from automq.strategies._relaxed import FORMAT_KINDS, RELAXATIONS, RelaxedSupernet
 from automq.strategy import Budget, Evaluator, Strategy, Trial, evaluate_candidate, register_strategy
-from automq.train import GRAD_CLIP_NORM, epoch_seed
+from automq.train import GRAD_CLIP_NORM, endless_batches
 
 if TYPE_CHECKING:
     from automq.candidate import Candidate
@@ -103,15 +102,6 @@ def split_train(dataset: Dataset, arch_fraction: float, seed: int) -> tuple[Data
     return Subset(dataset, parts[0].tolist()), Subset(dataset, parts[1].tolist())
 
 
-def _batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless shuffled full batches, epoch after epoch (full batches keep BN batch statistics comparable)."""
-    batch_size = min(batch_size, len(dataset))
-    epoch = 0
-    while True:
-        yield from make_loader(dataset, batch_size, shuffle=True, seed=epoch_seed(seed, epoch), drop_last=True)
-        epoch += 1
-
-
 # ------------------------------------------------------------------------------------------------ the search
 class BilevelSearch:
     """Alternating weight and architecture steps on a private copy of the evaluator's supernet.
@@ -127,8 +117,8 @@ class BilevelSearch:
         self.arch, self.config = arch, config
         self.model = RelaxedSupernet(self.supernet, arch.table, relaxation=config.relaxation)
         weight_part, arch_part = split_train(data.train, config.arch_fraction, seed)
-        self.weight_batches = _batches(weight_part, config.batch_size, seed)
-        self.arch_batches = _batches(arch_part, config.batch_size, seed + 1)
+        self.weight_batches = endless_batches(weight_part, config.batch_size, seed)
+        self.arch_batches = endless_batches(arch_part, config.batch_size, seed + 1)
         self.weight_opt = torch.optim.SGD(self.supernet.parameters(), lr=config.weight_lr, momentum=0.9,
                                           nesterov=True) if config.weight_lr > 0 else None
         self.arch_opt = torch.optim.Adam(arch.parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
@@ -312,7 +302,7 @@ class GradientStrategy(Strategy):
     def setup(self, space: SearchSpace) -> tuple[DecisionTable, str, ExpectedCost, float]:
         """The decision table, the cost metric, its expectation and its reference (the largest candidate's)."""
         table = DecisionTable(space)
-        metric = self.metric or _sweep_metric(space)
+        metric = self.metric or sweep_metric(space)
         return table, metric, ExpectedCost(table, metric), cost_range(space)[metric][1]
 
     def deadline(self, start: float, budget: Budget) -> float | None:

@@ -53,11 +53,11 @@ from automq.errors import BudgetError, SpaceError
 from automq.evaluate import OneShotEstimator
 from automq.io import append_jsonl
 from automq.strategies._archparams import ArchParams, DecisionTable
-from automq.strategies._assign import _sweep_metric, supernet_and_data
-from automq.strategies.differentiable import _batches, split_train
+from automq.strategies._assign import supernet_and_data, sweep_metric
+from automq.strategies.differentiable import split_train
 from automq.strategy import Budget, Evaluator, Strategy, Trial, evaluate_candidate, register_strategy
 from automq.supernet import Supernet
-from automq.train import Progress, build_optimizer, build_scheduler, deterministic, run_epoch
+from automq.train import Progress, build_optimizer, build_scheduler, deterministic, endless_batches, run_epoch
 
 if TYPE_CHECKING:
     from automq.candidate import Candidate
@@ -284,8 +284,8 @@ class FliqsSearch:
         self.baseline = MovingAverageBaseline(config.baseline_momentum)
         self.cost_model = CostModel(space)
         weight_part, quality_part = split_train(self.data.train, config.quality_fraction, seed)
-        self.weight_batches = _batches(weight_part, config.batch_size, seed)
-        self.quality_batches = _batches(quality_part, config.quality_batch_size, seed + 1)
+        self.weight_batches = endless_batches(weight_part, config.batch_size, seed)
+        self.quality_batches = endless_batches(quality_part, config.quality_batch_size, seed + 1)
         spec = dataclasses.replace(shared.space.training, lr=config.weight_lr, epochs=1, warmup_epochs=0)
         self.optimizer = build_optimizer(self.supernet, spec)
         self.scheduler = build_scheduler(self.optimizer, spec, config.steps)
@@ -395,7 +395,7 @@ class FLIQS(Strategy):
 
     def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
         start = time.perf_counter()
-        metric = self.metric or _sweep_metric(space)
+        metric = self.metric or sweep_metric(space)
         targets = self.cost_targets(space, metric, budget)
         log_path = None if self.out_dir is None else self.out_dir / POLICY_LOG
         if log_path is not None:

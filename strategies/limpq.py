@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,19 +51,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from automq.arch import layer_specs
-from automq.data import make_loader
 from automq.formats import get_format
 from automq.quant import Quantizer
-from automq.strategies._assign import (
-    FormatAssignmentStrategy,
-    FormatProblem,
-    Solution,
-    Solver,
-    solve_linear,
-    supernet_and_data,
-)
+from automq.strategies._assign import FormatAssignmentStrategy, FormatProblem, Solver, supernet_and_data
+from automq.strategies._solvers import Solution, solve_linear
 from automq.strategy import Evaluator, register_strategy
-from automq.train import GRAD_CLIP_NORM, epoch_seed
+from automq.train import GRAD_CLIP_NORM, endless_batches
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -112,7 +106,7 @@ def learn_indicators(
     torch.manual_seed(seed)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True)
     net.train()
-    for images, labels in _batches(train, batch_size, steps, seed):
+    for images, labels in itertools.islice(endless_batches(train, batch_size, seed), steps):
         for name, layer in layers.items():
             w_menu, a_menu = menus[name]
             layer.set_active(dataclasses.replace(specs[name], w_fmt=str(rng.choice(w_menu)),
@@ -123,7 +117,7 @@ def learn_indicators(
         optimizer.step()
     for name, layer in layers.items():
         layer.set_active(specs[name])
-    inputs = _layer_inputs(net, layers, next(_batches(train, batch_size, 1, seed + 1))[0].to(device))
+    inputs = _layer_inputs(net, layers, next(endless_batches(train, batch_size, seed + 1))[0].to(device))
     weights, activations = {}, {}
     with torch.no_grad():
         for name, layer in layers.items():
@@ -133,18 +127,6 @@ def learn_indicators(
             weights[name] = {f: _step(layer.w_quant, f, weight) / w_rms for f in w_menu}
             activations[name] = {f: _step(layer.a_quant, f, inputs[name]) / a_rms for f in a_menu}
     return Indicators(weights, activations)
-
-
-def _batches(train: Dataset, batch_size: int, steps: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """``steps`` shuffled training batches, epoch after epoch (drop_last keeps BN statistics well defined)."""
-    done, epoch = 0, 0
-    while done < steps:
-        for batch in make_loader(train, batch_size, shuffle=True, seed=epoch_seed(seed, epoch), drop_last=True):
-            yield batch
-            done += 1
-            if done == steps:
-                return
-        epoch += 1
 
 
 @torch.no_grad()

@@ -244,10 +244,15 @@ class TuneStrategy(Strategy):
     def label(self) -> str:
         return f"{self.name}-{self.sampler}"
 
+    def stream(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, log: SearchLog, *,
+               seed: int = 0) -> None:
+        """Tell the sampler the trials already in ``log`` instead of evaluating them again, then append each new
+        trial to ``log`` as it finishes."""
+        self.run(space, evaluator, budget, seed=seed, log=log)
+
     def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0,
             log: SearchLog | None = None) -> list[Trial]:
-        """Run ``budget.evaluations`` new trials; with ``log``, continue from its trials and append each new
-        trial to it as it finishes."""
+        """Run ``budget.evaluations`` new trials; with ``log``, as :meth:`stream` (and return the new trials)."""
         history = list(log.trials) if log is not None else []
         made: list[Trial] = []
 

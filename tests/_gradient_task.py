@@ -9,6 +9,8 @@ pick ``fp8_e4m3`` there.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,31 +21,25 @@ from automq.space import SearchSpace
 from automq.supernet import Supernet
 from automq.train import load_space_data
 
-SPACE = {
+from _spaces import DS_STAGE, IR_STAGE, tiny_space
+
+TASK = {
     "name": "gradient_task",
-    "dataset": {"name": "synthetic", "input_size": 16, "val_size": 200},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [2, 4]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [0.5, 1.0],
-    },
+    "dataset": {"val_size": 200},
+    "network": {"stages": [DS_STAGE, {**IR_STAGE, "expand_ratio": [2, 4]}]},
     "formats": {
         "weights": ["int8", "fp8_e4m3"],
         "activations": ["int8"],
         "overrides": [{"layers": "conv_stem|classifier", "weights": ["int8"]}],
     },
-    "objectives": [{"metric": "accuracy"}, {"metric": "bitops", "mode": "min"}],
     "search": {"eval_size": 200, "calib_size": 128},
 }
 BROKEN_LAYER, BROKEN_FORMAT, GOOD_FORMAT = "conv_head", "int8", "fp8_e4m3"
 
 
-def task_space() -> SearchSpace:
-    return SearchSpace.from_dict(SPACE, source="gradient_task.yaml")
+def task_space(**overrides: Any) -> SearchSpace:
+    """The task's space, with ``overrides`` (budgets, other menus) merged in as by :func:`_spaces.tiny_space`."""
+    return tiny_space(TASK, **overrides)
 
 
 def trained_supernet(space: SearchSpace, data: DataSplits, *, epochs: int = 2, seed: int = 0) -> Supernet:

@@ -12,31 +12,11 @@ from automq.errors import BudgetError
 from automq.space import SearchSpace
 from automq.strategies._archparams import ArchParams, DecisionTable, EtaLogits, ExpectedCost
 
-# Every kind of decision, MX and learned-scale formats, and depthwise layers whose cost needs `groups`.
-SPACE = {
-    "name": "tiny_arch",
-    "dataset": {"name": "synthetic", "input_size": 16, "val_size": 200},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3, 5]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [2, 4]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [0.5, 1.0],
-    },
-    "formats": {
-        "weights": ["int4", "int8", "mxfp4_e2m1"],
-        "activations": ["int8", "fp8_e4m3"],
-        "overrides": [{"layers": "conv_stem|classifier", "weights": ["int8"], "activations": ["int8"]}],
-    },
-    "objectives": [{"metric": "accuracy"}, {"metric": "bitops", "mode": "min"}],
-    "search": {"eval_size": 200},
-}
-# Few enough rows (10 binary decisions) to enumerate every assignment.
+from _spaces import EVERY_DECISION, IR_STAGE, SpaceFactory
+
+# EVERY_DECISION cut to its ir stage: few enough rows (10 binary decisions) to enumerate every assignment.
 SMALL = {
-    **SPACE,
-    "network": {**SPACE["network"], "stages": [SPACE["network"]["stages"][1]]},
+    "network": {"stages": [{**IR_STAGE, "expand_ratio": [2, 4]}]},
     "formats": {
         "weights": ["int4", "int8"],
         "activations": ["int8", "fp8_e4m3"],
@@ -48,8 +28,8 @@ ADDITIVE = ("bitops", "size", "macs", "params", "energy")
 
 
 @pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return SearchSpace.from_dict(SPACE, source="tiny_arch.yaml")
+def space(tiny_space: SpaceFactory) -> SearchSpace:
+    return tiny_space(EVERY_DECISION)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +62,8 @@ def test_expected_cost_of_a_one_hot_table_is_exactly_the_cost_model(space, table
         assert float(expected(table.one_hot(candidate))) == model.metrics(candidate)[metric]
 
 
-def test_expected_cost_equals_brute_force_enumeration() -> None:
-    space = SearchSpace.from_dict(SMALL, source="small.yaml")
+def test_expected_cost_equals_brute_force_enumeration(tiny_space: SpaceFactory) -> None:
+    space = tiny_space(EVERY_DECISION, SMALL)
     table = DecisionTable(space)
     assert len(table.names) == 10
     generator = torch.Generator().manual_seed(0)

@@ -11,24 +11,16 @@ from automq.space import SearchSpace
 from automq.strategies.baselines import RandomSearch, Uniform, uniform_pairs
 from automq.strategy import Budget, create_strategy
 
-SPACE = {
+from _spaces import SpaceFactory
+
+SPACE_CHANGES = {
     "name": "baselines",
-    "dataset": {"name": "synthetic", "input_size": 16, "in_chans": 1, "val_size": 64},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [2, 3]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [0.5, 1.0],
-    },
+    "dataset": {"val_size": 64},
     "formats": {
         "weights": ["int4", "int8", "mxfp4_e2m1"],
         "activations": ["int8", "fp8_e4m3"],
         "overrides": [{"layers": "conv_stem|classifier", "weights": ["int8"], "activations": ["int8"]}],
     },
-    "objectives": [{"metric": "accuracy"}, {"metric": "bitops"}],
     "search": {"eval_size": 64, "calib_size": 64},
 }
 
@@ -48,8 +40,8 @@ class CostOnlyEvaluator:
 
 
 @pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return SearchSpace.from_dict(SPACE)
+def space(tiny_space: SpaceFactory) -> SearchSpace:
+    return tiny_space(SPACE_CHANGES)
 
 
 def test_uniform_applies_every_pair_to_every_layer(space: SearchSpace) -> None:
@@ -83,10 +75,11 @@ def test_uniform_stops_at_the_evaluation_budget(space: SearchSpace) -> None:
         Uniform(archs=("medium",))
 
 
-def test_random_spends_its_evaluations_on_distinct_feasible_candidates(space: SearchSpace) -> None:
+def test_random_spends_its_evaluations_on_distinct_feasible_candidates(space: SearchSpace,
+                                                                      tiny_space: SpaceFactory) -> None:
     model = CostModel(space)
     limit = 0.5 * model.metrics(space.largest())["bitops"]
-    budgeted = SearchSpace.from_dict({**SPACE, "budgets": {"bitops": limit}})
+    budgeted = tiny_space(SPACE_CHANGES, budgets={"bitops": limit})
     evaluator = CostOnlyEvaluator(budgeted)
     trials = create_strategy("random").run(budgeted, evaluator, Budget(15), seed=3)
     assert len(trials) == evaluator.calls == 15
@@ -101,9 +94,9 @@ def test_random_spends_its_evaluations_on_distinct_feasible_candidates(space: Se
     assert [t.candidate for t in other] != [t.candidate for t in trials]
 
 
-def test_random_records_an_infeasible_trial_when_draws_run_out(space: SearchSpace) -> None:
+def test_random_records_an_infeasible_trial_when_draws_run_out(space: SearchSpace, tiny_space: SpaceFactory) -> None:
     smallest = CostModel(space).metrics(space.smallest())["bitops"]
-    tight = SearchSpace.from_dict({**SPACE, "budgets": {"bitops": smallest}})  # only the smallest fits
+    tight = tiny_space(SPACE_CHANGES, budgets={"bitops": smallest})  # only the smallest fits
     evaluator = CostOnlyEvaluator(tight)
     trials = RandomSearch(max_draws=3).run(tight, evaluator, Budget(2), seed=0)
     assert [t.status for t in trials] == ["infeasible", "infeasible"] and evaluator.calls == 0

@@ -13,7 +13,8 @@ from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches
 from automq.evaluate import OneShotEstimator
 from automq.space import SearchSpace
-from automq.strategies._assign import AssignmentProblem, FormatProblem, solve_quadratic
+from automq.strategies._assign import FormatProblem
+from automq.strategies._solvers import AssignmentProblem, solve_quadratic
 from automq.strategies.clado import (
     CLADO,
     CLADODiagonal,
@@ -27,18 +28,12 @@ from automq.strategy import Budget, create_strategy
 from automq.supernet import Supernet, recalibrate_bn
 from automq.train import load_space_data
 
-SPACE = {
+from _spaces import DS_STAGE, IR_STAGE, SpaceFactory
+
+SPACE_CHANGES = {
     "name": "clado",
-    "dataset": {"name": "synthetic", "input_size": 16, "in_chans": 1, "val_size": 64},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3], "expand_ratio": [2]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [1.0],
-    },
+    "dataset": {"val_size": 64},
+    "network": {"stages": [DS_STAGE, {**IR_STAGE, "kernel_size": [3], "expand_ratio": [2]}], "width_mult": [1.0]},
     "formats": {  # three searched layers with three weight formats each; the rest fixed at int8
         "weights": ["int8"],
         "activations": ["int8", "int4"],
@@ -81,8 +76,8 @@ def test_matrix_follows_the_paper() -> None:
 
 
 @pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return SearchSpace.from_dict(SPACE)
+def space(tiny_space: SpaceFactory) -> SearchSpace:
+    return tiny_space(SPACE_CHANGES)
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +163,10 @@ def test_no_budget_keeps_the_highest_precision(joint: tuple[FormatProblem, Sensi
 
 
 @pytest.mark.parametrize("name", ["clado", "clado_diag"])
-def test_fronts_respect_the_budget(space: SearchSpace, supernet: Supernet, data: DataSplits, name: str) -> None:
+def test_fronts_respect_the_budget(space: SearchSpace, supernet: Supernet, data: DataSplits, name: str,
+                                   tiny_space: SpaceFactory) -> None:
     limit = 0.9 * CostModel(space).metrics(space.largest())["size"]
-    budgeted = SearchSpace.from_dict({**SPACE, "budgets": {"size": limit}})
+    budgeted = tiny_space(SPACE_CHANGES, budgets={"size": limit})
     estimator = OneShotEstimator(budgeted, supernet, data, batch_size=32)
     strategy = create_strategy(name, calib_images=CALIB, batch_size=32)
     assert isinstance(strategy, CLADODiagonal if name == "clado_diag" else CLADO)

@@ -9,14 +9,12 @@ import torch
 
 from automq.cost import CostModel, cost_range
 from automq.errors import BudgetError
-from automq.space import SearchSpace
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies.differentiable import DNAS, Differentiable, repair
 from automq.strategy import Budget
 
-from test_archparams import SPACE as ARCH_SPACE
-
-from _gradient_task import BROKEN_FORMAT, BROKEN_LAYER, GOOD_FORMAT, SPACE, task_estimator
+from _gradient_task import BROKEN_FORMAT, BROKEN_LAYER, GOOD_FORMAT, task_estimator, task_space
+from _spaces import EVERY_DECISION, SpaceFactory
 
 SEARCH = {"steps": 50, "batch_size": 32}
 
@@ -73,8 +71,8 @@ def test_every_candidate_meets_its_budget_level(dnas_trials, level) -> None:
     assert dnas_trials[0].info["lambda"] == 0.0 and dnas_trials[0].info["repair"]
 
 
-def test_repair_takes_the_move_with_the_least_preference_lost() -> None:
-    space = SearchSpace.from_dict(ARCH_SPACE, source="tiny_arch.yaml")
+def test_repair_takes_the_move_with_the_least_preference_lost(tiny_space: SpaceFactory) -> None:
+    space = tiny_space(EVERY_DECISION)
     table = DecisionTable(space)
     arch = ArchParams(table)
     largest = space.largest()
@@ -89,8 +87,8 @@ def test_repair_takes_the_move_with_the_least_preference_lost() -> None:
     assert candidate.layer_formats()["blocks.1.0.conv_pwl"][0] == "int4"
 
 
-def test_repair_changes_the_architecture_when_formats_cannot_reach_the_budget() -> None:
-    space = SearchSpace.from_dict(ARCH_SPACE, source="tiny_arch.yaml")
+def test_repair_changes_the_architecture_when_formats_cannot_reach_the_budget(tiny_space: SpaceFactory) -> None:
+    space = tiny_space(EVERY_DECISION)
     arch, model = ArchParams(DecisionTable(space)), CostModel(space)
     smallest_formats = space.uniform("int4", "int8", clamp=True)  # largest architecture, fewest bits
     limit = model.metrics(smallest_formats)["bitops"] - 1
@@ -114,7 +112,7 @@ def test_search_leaves_the_shared_supernet_alone_and_repeats_under_a_seed(estima
 def test_budgets_the_loss_cannot_express_are_user_errors(estimator) -> None:
     with pytest.raises(BudgetError, match="budgets.bitops"):
         DNAS(penalty="hinge", steps=1).run(estimator.space, estimator, Budget(1))
-    peak = SearchSpace.from_dict({**SPACE, "budgets": {"peak_act": 1e9}}, source="peak.yaml")
+    peak = task_space(budgets={"peak_act": 1e9})
     with pytest.raises(BudgetError, match="peak_act"):
         Differentiable(steps=1).run(peak, estimator, Budget(1))
 

@@ -11,14 +11,13 @@ import torch
 from automq.cost import CostModel, cost_range
 from automq.errors import BudgetError, SpaceError
 from automq.io import read_jsonl
-from automq.space import SearchSpace
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies.fliqs import (
     FLIQS, POLICY_LOG, ClampedPolicy, FLIQSConfig, FormatTie, MovingAverageBaseline, entropy_weight, reward,
 )
 from automq.strategy import Budget
 
-from _gradient_task import BROKEN_LAYER, GOOD_FORMAT, SPACE, task_estimator
+from _gradient_task import BROKEN_LAYER, GOOD_FORMAT, TASK, task_estimator, task_space
 
 RUN = {"steps": 100, "batch_size": 32, "quality_batch_size": 64, "policy_lr": 0.1, "log_every": 1}
 
@@ -67,7 +66,7 @@ def test_entropy_schedule_is_a_cosine_from_first_to_last_after_warmup() -> None:
 
 
 def test_clamping_keeps_every_alive_probability_above_the_floor() -> None:
-    space = SearchSpace.from_dict(SPACE)
+    space = task_space()
     arch = ArchParams(DecisionTable(space))
     with torch.no_grad():  # near one-hot rows, whose unclamped probabilities underflow to 0
         arch.source.logits.normal_(0.0, 30.0, generator=torch.Generator().manual_seed(0))
@@ -86,9 +85,7 @@ def test_clamping_keeps_every_alive_probability_above_the_floor() -> None:
 
 
 def test_tied_formats_make_activations_follow_weights() -> None:
-    data = {**SPACE, "formats": {"weights": ["int4", "int8", "fp8_e4m3"], "activations": ["int8", "fp8_e4m3"],
-                                 "overrides": [{"layers": "conv_stem|classifier", "weights": ["int8"]}]}}
-    space = SearchSpace.from_dict(data)
+    space = task_space(formats={"weights": ["int4", "int8", "fp8_e4m3"], "activations": ["int8", "fp8_e4m3"]})
     arch = ArchParams(DecisionTable(space))
     tie = FormatTie.build(arch)
     policy = ClampedPolicy(arch, 0.01)
@@ -101,19 +98,18 @@ def test_tied_formats_make_activations_follow_weights() -> None:
                 assert w_fmt == a_fmt and w_fmt != "int4"  # int4 is no activation format here
                 seen.add(w_fmt)
     assert seen == {"int8", "fp8_e4m3"}
-    disjoint = {**SPACE, "formats": {"weights": ["int4", "int2"], "activations": ["int8"],
-                                     "overrides": [{"layers": "conv_stem|classifier", "weights": ["int8"]}]}}
+    disjoint = task_space(formats={"weights": ["int4", "int2"], "activations": ["int8"]})
     with pytest.raises(SpaceError, match="tie_formats needs a format in both menus of layer 'blocks.0.0.conv_dw'"):
-        FormatTie.build(ArchParams(DecisionTable(SearchSpace.from_dict(disjoint))))
+        FormatTie.build(ArchParams(DecisionTable(disjoint)))
 
 
 def test_default_targets_lie_inside_the_cost_range_or_at_the_budget() -> None:
-    space = SearchSpace.from_dict(SPACE)
+    space = task_space()
     low, high = cost_range(space)["bitops"]
     targets = FLIQS().cost_targets(space, "bitops", Budget(5))
     assert targets == pytest.approx([low + (high - low) * k / 4 for k in (1, 2, 3)])
     assert FLIQS().cost_targets(space, "bitops", Budget(1)) == pytest.approx([(low + high) / 2])
-    budgeted = SearchSpace.from_dict({**SPACE, "budgets": {"bitops": 3e6}})
+    budgeted = task_space(budgets={"bitops": 3e6})
     assert FLIQS().cost_targets(budgeted, "bitops", Budget(5)) == [3e6]
     with pytest.raises(BudgetError, match="latency table"):
         FLIQS().cost_targets(space, "latency", Budget(5))
@@ -136,7 +132,7 @@ def searched(estimator, tmp_path_factory):
 
 def test_policy_finds_the_format_that_keeps_the_signal(searched) -> None:
     trials, log, _ = searched
-    good = SPACE["formats"]["weights"].index(GOOD_FORMAT)
+    good = TASK["formats"]["weights"].index(GOOD_FORMAT)
     for trial in trials:
         assert trial.candidate.layer_formats()[BROKEN_LAYER][0] == GOOD_FORMAT
         assert trial.info["in_place"]["accuracy"] > 0.3  # the broken format would leave chance (0.1)

@@ -22,18 +22,12 @@ from automq.strategy import Budget, create_strategy
 from automq.supernet import Supernet
 from automq.train import load_space_data
 
-SPACE = {
+from _spaces import DS_STAGE, IR_STAGE, SpaceFactory
+
+SPACE_CHANGES = {
     "name": "limpq",
-    "dataset": {"name": "synthetic", "input_size": 16, "in_chans": 1, "val_size": 64},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3], "expand_ratio": [2]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [1.0],
-    },
+    "dataset": {"val_size": 64},
+    "network": {"stages": [DS_STAGE, {**IR_STAGE, "kernel_size": [3], "expand_ratio": [2]}], "width_mult": [1.0]},
     "formats": {
         "weights": ["int2", "int4", "int8", "mxfp4_e2m1"],
         "activations": ["int4", "int8", "fp8_e4m3"],
@@ -46,8 +40,8 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return SearchSpace.from_dict(SPACE)
+def space(tiny_space: SpaceFactory) -> SearchSpace:
+    return tiny_space(SPACE_CHANGES)
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +116,10 @@ def test_objective_is_activation_plus_alpha_times_weight(space: SearchSpace, ind
         assert objective[flat] == pytest.approx(indicators.activations[layer][a] + 2.0 * indicators.weights[layer][w])
 
 
-def test_limpq_traces_a_front_within_the_budget(space: SearchSpace, supernet: Supernet, data: DataSplits) -> None:
+def test_limpq_traces_a_front_within_the_budget(space: SearchSpace, supernet: Supernet, data: DataSplits,
+                                                tiny_space: SpaceFactory) -> None:
     limit = 0.6 * CostModel(space).metrics(space.largest())["bitops"]
-    budgeted = SearchSpace.from_dict({**SPACE, "budgets": {"bitops": limit}})
+    budgeted = tiny_space(SPACE_CHANGES, budgets={"bitops": limit})
     strategy = create_strategy("limpq", steps=STEPS, batch_size=32)
     assert isinstance(strategy, LIMPQ)
     trials = strategy.run(budgeted, estimator(budgeted, supernet, data), Budget(4), seed=0)
@@ -140,10 +135,11 @@ def test_limpq_traces_a_front_within_the_budget(space: SearchSpace, supernet: Su
     assert bitops[0] == pytest.approx(FormatProblem.build(space, space.largest()).problem.extreme_cost("bitops"))
 
 
-def test_infeasible_budget_fails_before_training(space: SearchSpace, supernet: Supernet, data: DataSplits) -> None:
+def test_infeasible_budget_fails_before_training(space: SearchSpace, supernet: Supernet, data: DataSplits,
+                                                 tiny_space: SpaceFactory) -> None:
     # feasible for the space (its smallest candidate is shallower) but not for the largest architecture
     smallest = FormatProblem.build(space, space.largest()).problem.extreme_cost("size")
-    impossible = SearchSpace.from_dict({**SPACE, "budgets": {"size": smallest - 1}})
+    impossible = tiny_space(SPACE_CHANGES, budgets={"size": smallest - 1})
     with pytest.raises(BudgetError, match=f"smallest size reachable .* is {smallest:.6g}"):
         LIMPQ(steps=10_000).run(impossible, estimator(impossible, supernet, data), Budget(3))
 

@@ -102,6 +102,19 @@ def test_quant_layers_from_float_and_identity_cost_nothing():
         qconv.set_formats("int2", "int8")
 
 
+@pytest.mark.parametrize("layer, shape", [
+    (nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, bias=True, padding_mode="reflect"), (2, 4, 9, 9)),
+    (nn.Linear(5, 3, bias=False, dtype=torch.float64), (2, 5)),
+])
+def test_from_float_keeps_every_hyperparameter(layer, shape):
+    quant = (QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear).from_float(
+        layer, w_formats=["fp32"], a_formats=["fp32"])
+    assert quant.extra_repr() == f"{layer.extra_repr()}, w_fmt=fp32, a_fmt=fp32"  # every torch hyper-parameter
+    x = torch.randn(shape, generator=_gen(5), dtype=layer.weight.dtype)
+    assert torch.equal(quant(x), layer(x)) and quant.weight.dtype == layer.weight.dtype
+    assert quant.w_quant.channels == layer.weight.shape[0]
+
+
 class _Conv2dSubclass(nn.Conv2d):
     """Stands in for timm's Conv2dSame, whose forward must not be replaced."""
 

@@ -7,7 +7,6 @@ import subprocess
 
 import numpy as np
 import pytest
-import yaml
 
 from automq.candidate import Candidate
 from automq.comparison import uniform_format
@@ -17,36 +16,25 @@ from automq.io import append_jsonl
 from automq.pareto import Objective, hypervolume, loss_vectors, reference_point
 from automq.report import architecture_grid, build_report, format_grid
 from automq.results import SearchLog, hypervolume_scales
-from automq.space import SearchSpace
 from automq.strategy import Trial
 
-TINY_SPACE = {
-    "name": "tiny",
-    "dataset": {"name": "synthetic", "input_size": 16},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3], "expand_ratio": [1]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5],
-             "expand_ratio": [3, 6]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [0.75, 1.0],
-    },
+from _spaces import DS_STAGE, IR_STAGE
+
+SPACE_CHANGES = {
+    "network": {"stages": [DS_STAGE, {**IR_STAGE, "expand_ratio": [3, 6]}], "width_mult": [0.75, 1.0]},
     "formats": {"weights": ["int4", "int8", "fp8_e4m3"], "activations": ["int8", "fp8_e4m3"]},
-    "objectives": [{"metric": "accuracy", "mode": "max"}, {"metric": "bitops", "mode": "min"}],
 }
 OBJECTIVES = [Objective("accuracy", "max"), Objective("bitops", "min")]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ["Key findings", "Pareto fronts", "Hypervolume", "Pareto-optimal candidates",
-            "One-shot estimate vs stand-alone accuracy", "Search cost", "Runs"]
+SECTIONS = ["Key findings", "Pareto fronts", "Hypervolume", "Best accuracy within a BitOps budget",
+            "Pareto-optimal candidates", "One-shot estimate vs stand-alone accuracy", "Search cost", "Runs"]
 # 3 Pareto figures (BitOps, size, energy) + hypervolume curve + format heatmap + architecture heatmap + fidelity
 EXPECTED_FIGURES = 7
 
 
 @pytest.fixture(scope="module")
-def space():
-    return SearchSpace.from_dict(TINY_SPACE)
+def space(tiny_space, tmp_path_factory):
+    return tiny_space(SPACE_CHANGES, folder=tmp_path_factory.mktemp("space"))
 
 
 def make_trials(space, strategy, n, seed, *, infeasible=(), failed=()):
@@ -82,7 +70,7 @@ def uniform_trials(space):
 def write_search_dir(path, space, strategy, trials, *, run_json=True, pareto_json=True):
     """A search directory as automq.results lays it out, written by hand to test the format contract."""
     path.mkdir(parents=True)
-    (path / "space.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    shutil.copyfile(space.path, path / "space.yaml")
     for trial in trials:
         append_jsonl(path / "trials.jsonl", trial.to_dict())
     if run_json:
@@ -91,7 +79,8 @@ def write_search_dir(path, space, strategy, trials, *, run_json=True, pareto_jso
             "command": f"automq search tiny.yaml --strategy {strategy} --out {path}", "wall_s": 12.5}))
     if pareto_json:
         (path / "pareto.json").write_text(json.dumps({
-            "objectives": TINY_SPACE["objectives"], "hypervolume_scales": hypervolume_scales(space),
+            "objectives": [{"metric": o.metric, "mode": o.mode} for o in space.objectives],
+            "hypervolume_scales": hypervolume_scales(space),
             "reference_point": [1.0, 1.1], "hypervolume": 0.0, "trials": []}))
     return path
 
@@ -333,9 +322,8 @@ def test_missing_fidelity_file_and_only_failed_trials(damaged):
     assert not (out / "fidelity.png").exists()  # a figure of the earlier report in this folder is removed
 
 
-def test_reads_what_the_search_log_writes_and_notes_an_unfinished_run(tmp_path):
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_SPACE))
-    space = SearchSpace.from_file(tmp_path / "tiny.yaml")
+def test_reads_what_the_search_log_writes_and_notes_an_unfinished_run(tiny_space, tmp_path):
+    space = tiny_space(SPACE_CHANGES, folder=tmp_path)
     log = SearchLog(tmp_path / "run", space, strategy="random")
     for trial in make_trials(space, "random", 5, seed=6, failed={2}):
         log.append(trial)  # never finished: run.json keeps status "running"

@@ -6,14 +6,12 @@ import pytest
 from automq.cost import CostModel
 from automq.pareto import front_hypervolume
 from automq.results import SearchLog, hypervolume_scales, load_search_dir, load_trials, space_objectives
-from automq.space import SearchSpace
 from automq.strategy import Trial
-from tests.test_strategy import TINY_SPACE
 
 
 @pytest.fixture(scope="module")
-def space():
-    return SearchSpace.from_dict(TINY_SPACE)
+def space(tiny_space):
+    return tiny_space()
 
 
 def trials_for(space, n, seed=0):

@@ -111,7 +111,7 @@ def test_user_mistakes_raise_automq_errors(tiny, tmp_path, kwargs, message):
 
 
 class FixedStrategy(Strategy):
-    """A strategy without a ``log`` parameter: it returns its trials when it ends."""
+    """A strategy with the default :meth:`Strategy.stream`: it returns its trials when it ends."""
 
     name = "fixed"
 
@@ -124,7 +124,7 @@ class FixedStrategy(Strategy):
                 for n in range(budget.evaluations)]
 
 
-def test_strategies_without_a_log_are_recorded_when_they_return(tiny, tmp_path, monkeypatch):
+def test_strategies_that_do_not_stream_are_recorded_when_they_return(tiny, tmp_path, monkeypatch):
     strategy = FixedStrategy()
     monkeypatch.setattr(automq.search, "create_strategy", lambda name, **options: strategy)
     run_search(tiny, out=tmp_path, strategy="fixed", trials=3, seed=7, evaluator=ProxyEvaluator(tiny), progress=False)
@@ -134,3 +134,4 @@ def test_strategies_without_a_log_are_recorded_when_they_return(tiny, tmp_path, 
     assert [t.number for t in saved] == list(range(5))
     assert strategy.seeds == [7, 10]  # a resumed run is seeded past the trials already made
     assert all(isinstance(t, Trial) and t.strategy == "fixed" for t in saved)
+    assert json.loads((tmp_path / "run.json").read_text())["label"] == "fixed"  # the default label: the name

@@ -12,23 +12,15 @@ from automq.errors import CandidateError, SpaceError
 from automq.formats import format_names, get_format
 from automq.space import SHIPPED_SPACES, Decision, SearchSpace
 
+from _spaces import DS_STAGE, IR_STAGE, tiny_space_data
+
 SHIPPED = sorted(p.stem for p in SHIPPED_SPACES.glob("*.yaml"))
 
 # Depth-conditional and override-heavy, yet small: 2^9 = 512 raw decision combinations, 288 distinct candidates.
-TINY = {
-    "name": "tiny",
-    "dataset": {"name": "fashion_mnist", "input_size": 16},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5],
-             "expand_ratio": [3, 6]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [0.5, 1.0],
-    },
-    "formats": {
+TINY = tiny_space_data(
+    dataset={"name": "fashion_mnist"},
+    network={"stages": [DS_STAGE, {**IR_STAGE, "expand_ratio": [3, 6]}]},
+    formats={
         "weights": ["int8"],
         "activations": ["int8"],
         "overrides": [
@@ -37,8 +29,7 @@ TINY = {
             {"layers": "classifier|conv_head", "weights": ["int2"]},  # shadowed for the classifier
         ],
     },
-    "objectives": [{"metric": "accuracy"}, {"metric": "bitops", "mode": "min"}],
-}
+)
 
 
 def tiny(**edits) -> SearchSpace:

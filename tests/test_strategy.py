@@ -2,25 +2,19 @@ import numpy as np
 import pytest
 
 from automq.cost import CostModel
-from automq.space import SearchSpace
 from automq.strategy import Budget, Trial, budget_violations, create_strategy, evaluate_candidate
 
-TINY_SPACE = {
-    "name": "tiny",
-    "dataset": {"name": "synthetic", "input_size": 16},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3], "expand_ratio": [1]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5],
-             "expand_ratio": [3, 6]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [0.75, 1.0],
-    },
+from _spaces import DS_STAGE, IR_STAGE
+
+SPACE_CHANGES = {
+    "network": {"stages": [DS_STAGE, {**IR_STAGE, "expand_ratio": [3, 6]}], "width_mult": [0.75, 1.0]},
     "formats": {"weights": ["int4", "int8"], "activations": ["int8"]},
-    "objectives": [{"metric": "accuracy", "mode": "max"}, {"metric": "bitops", "mode": "min"}],
 }
+
+
+@pytest.fixture(scope="module")
+def space(tiny_space):
+    return tiny_space(SPACE_CHANGES)
 
 
 class CountingEvaluator:
@@ -42,24 +36,18 @@ class CountingEvaluator:
         return {"accuracy": 0.5, "loss": 1.0, **self.costs(candidate)}
 
 
-def with_budget(bitops):
-    data = dict(TINY_SPACE, budgets={"bitops": bitops})
-    return SearchSpace.from_dict(data)
-
-
-def test_feasible_candidate_is_scored():
-    space = SearchSpace.from_dict(TINY_SPACE)
+def test_feasible_candidate_is_scored(space):
     evaluator = CountingEvaluator(space)
     trial = evaluate_candidate(3, space.smallest(), evaluator, strategy="test", info={"k": 1})
     assert trial.status == "ok" and trial.feasible and evaluator.calls == 1
     assert trial.metrics["accuracy"] == 0.5 and trial.number == 3 and trial.info == {"k": 1}
 
 
-def test_budget_is_a_hard_constraint_with_a_reason():
-    loose = SearchSpace.from_dict(TINY_SPACE)
+def test_budget_is_a_hard_constraint_with_a_reason(tiny_space):
+    loose = tiny_space(SPACE_CHANGES)
     largest_bitops = CostModel(loose).metrics(loose.largest())["bitops"]
     smallest_bitops = CostModel(loose).metrics(loose.smallest())["bitops"]
-    space = with_budget((largest_bitops + smallest_bitops) / 2)
+    space = tiny_space(SPACE_CHANGES, budgets={"bitops": (largest_bitops + smallest_bitops) / 2})
     evaluator = CountingEvaluator(space)
     trial = evaluate_candidate(0, space.largest(), evaluator, strategy="test")
     assert trial.status == "infeasible" and evaluator.calls == 0  # never scored, never a silent penalty
@@ -67,14 +55,12 @@ def test_budget_is_a_hard_constraint_with_a_reason():
     assert budget_violations(space, CostModel(space).metrics(space.smallest())) == []
 
 
-def test_crashed_evaluation_becomes_a_failed_trial():
-    space = SearchSpace.from_dict(TINY_SPACE)
+def test_crashed_evaluation_becomes_a_failed_trial(space):
     trial = evaluate_candidate(0, space.smallest(), CountingEvaluator(space, fail=True), strategy="test")
     assert trial.status == "failed" and "RuntimeError: evaluation exploded" in trial.error
 
 
-def test_trial_round_trips_through_json_dict():
-    space = SearchSpace.from_dict(TINY_SPACE)
+def test_trial_round_trips_through_json_dict(space):
     candidate = space.sample(np.random.default_rng(0))
     trial = Trial(1, candidate, {"accuracy": 0.7, "bitops": 123.0}, strategy="random", info={"eta": 0.5})
     record = trial.to_dict()
@@ -82,8 +68,7 @@ def test_trial_round_trips_through_json_dict():
     assert Trial.from_dict(record) == trial
 
 
-def test_invalid_status_and_budget_are_rejected():
-    space = SearchSpace.from_dict(TINY_SPACE)
+def test_invalid_status_and_budget_are_rejected(space):
     with pytest.raises(ValueError, match="status"):
         Trial(0, space.smallest(), {}, status="done")
     with pytest.raises(ValueError, match="evaluations"):

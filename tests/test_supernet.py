@@ -13,7 +13,6 @@ from automq.elastic import ElasticInvertedResidual
 from automq.errors import CandidateError, CheckpointError, DataError
 from automq.io import atomic_torch_save, safe_torch_load
 from automq.quant import QuantConv2d, QuantLinear
-from automq.space import SearchSpace
 from automq.supernet import (
     MODEL_FORMAT_VERSION,
     Supernet,
@@ -23,20 +22,20 @@ from automq.supernet import (
     sort_channels_by_importance,
 )
 
+from _spaces import DS_STAGE, IR_STAGE
+
 # At width 0.5 the ds stage maps 8 -> 8 channels (a residual appears) and at 1.0 16 -> 8 (none): the skip rule
 # must follow the ACTIVE widths. The menus mix learned-scale int/float, MX and identity formats.
-SPACE = {
+SPACE_CHANGES = {
     "name": "tiny_supernet",
-    "dataset": {"name": "synthetic", "input_size": 16, "in_chans": 3, "num_classes": 10},
+    "dataset": {"in_chans": 3, "num_classes": 10},
     "network": {
         "stem": {"channels": 16},
         "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [2, 4]},
+            DS_STAGE,
+            {**IR_STAGE, "expand_ratio": [2, 4]},
             {"type": "ir", "channels": 24, "stride": 1, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [3, 6]},
         ],
-        "head": {"channels": 32},
-        "width_mult": [0.5, 1.0],
     },
     "formats": {
         "weights": ["int4", "int8", "fp8_e4m3", "mxfp4_e2m1"],
@@ -47,16 +46,7 @@ SPACE = {
 }
 # The same network with per-channel weight formats only: channel sorting then changes nothing but the float
 # summation order of conv_pwl, which an activation quantizer could turn into a flipped rounding step.
-PER_CHANNEL = {**SPACE, "formats": {"weights": ["int4", "int8"], "activations": ["fp32"]}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These nets are tiny: intra-op threads only fight each other (and other test processes) for the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+PER_CHANNEL = {"formats": {"weights": ["int4", "int8"], "activations": ["fp32"], "overrides": []}}
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +55,8 @@ def _seed():
 
 
 @pytest.fixture(scope="module")
-def space():
-    return SearchSpace.from_dict(SPACE, source="tiny_supernet.yaml")
+def space(tiny_space):
+    return tiny_space(SPACE_CHANGES)
 
 
 def images(n=4, seed=1):
@@ -347,8 +337,8 @@ def test_recalibrate_bn_without_batches_is_an_error(space):
 
 
 # ---------------------------------------------------------------------------------------------- channel sorting
-def test_sorting_by_importance_keeps_the_full_network_and_orders_channels():
-    space = SearchSpace.from_dict(PER_CHANNEL)
+def test_sorting_by_importance_keeps_the_full_network_and_orders_channels(tiny_space):
+    space = tiny_space(SPACE_CHANGES, PER_CHANNEL)
     largest = space.largest()
     net = calibrated(space, largest)
     before = net(images())

@@ -1,0 +1,105 @@
+"""Integer programs of a per-layer choice: the ILP and IQP optima equal brute force on small random instances,
+every solution respects its budgets, and infeasible budgets raise a BudgetError naming the smallest reachable
+cost."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from automq.errors import BudgetError
+from automq.strategies._solvers import AssignmentProblem, local_search, quadratic_value, solve_linear, solve_quadratic
+
+
+def random_problem(rng: np.random.Generator) -> AssignmentProblem:
+    """2-6 layers with 1-3 options, integer costs on two metrics and a fixed offset."""
+    sizes = rng.integers(1, 4, size=rng.integers(2, 7))
+    n = int(sizes.sum())
+    costs = {"bitops": rng.integers(1, 100, n).astype(float), "size": rng.integers(1, 50, n).astype(float)}
+    return AssignmentProblem(tuple(f"l{i}" for i in range(len(sizes))), tuple(tuple(range(k)) for k in sizes),
+                             costs, {"bitops": 7.0, "size": 3.0})
+
+
+def random_budgets(problem: AssignmentProblem, rng: np.random.Generator) -> dict[str, float]:
+    """A budget between the smallest and largest reachable value of each metric (often binding)."""
+    return {m: problem.extreme_cost(m) + rng.uniform(0.1, 0.9) * (problem.extreme_cost(m, largest=True)
+                                                               - problem.extreme_cost(m)) for m in problem.costs}
+
+
+def brute_force(problem: AssignmentProblem, value, budgets: dict[str, float]) -> float:
+    """The least ``value(choice)`` over every feasible choice (inf when none is)."""
+    best = np.inf
+    for choice in itertools.product(*(range(len(o)) for o in problem.options)):
+        costs = problem.cost(choice)
+        if all(costs[m] <= limit for m, limit in budgets.items()):
+            best = min(best, value(choice))
+    return best
+
+
+def assert_within(costs: dict[str, float], budgets: dict[str, float]) -> None:
+    assert all(costs[m] <= limit for m, limit in budgets.items()), (costs, budgets)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ilp_equals_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    problem = random_problem(rng)
+    budgets = random_budgets(problem, rng)
+    objective = rng.normal(size=problem.size)
+    expected = brute_force(problem, lambda c: objective[problem.flat(c)].sum(), budgets)
+    if not np.isfinite(expected):  # both budgets binding at once can exclude every choice
+        with pytest.raises(BudgetError, match="cannot all be met at once"):
+            solve_linear(problem, objective, budgets)
+        return
+    solution = solve_linear(problem, objective, budgets)
+    assert solution.objective == pytest.approx(expected, abs=1e-9)
+    assert solution.costs == problem.cost(solution.choice)
+    assert_within(solution.costs, budgets)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("psd", [False, True])
+def test_iqp_equals_brute_force(seed: int, psd: bool) -> None:
+    rng = np.random.default_rng(100 + seed)
+    problem = random_problem(rng)
+    budgets = {"bitops": random_budgets(problem, rng)["bitops"]}
+    a = rng.normal(size=(problem.size, problem.size))
+    gram = a @ a.T if psd else a  # a non-symmetric G counts as its symmetric part
+    expected = brute_force(problem, lambda c: quadratic_value(problem, (gram + gram.T) / 2, c), budgets)
+    solution = solve_quadratic(problem, gram, budgets)
+    assert solution.objective == pytest.approx(expected, abs=1e-7)
+    assert_within(solution.costs, budgets)
+    heuristic = local_search(problem, gram, budgets)
+    assert_within(heuristic.costs, budgets)
+    assert heuristic.objective >= expected - 1e-9
+
+
+def test_iqp_above_the_size_limit_uses_local_search() -> None:
+    rng = np.random.default_rng(7)
+    problem = random_problem(rng)
+    gram = rng.normal(size=(problem.size, problem.size))
+    budgets = {"bitops": random_budgets(problem, rng)["bitops"]}
+    solution = solve_quadratic(problem, gram, budgets, max_pair_variables=0)
+    assert solution.method == "local search"
+    assert_within(solution.costs, budgets)
+    assert solution.objective == pytest.approx(quadratic_value(problem, (gram + gram.T) / 2, solution.choice))
+
+
+def test_infeasible_budget_names_the_smallest_reachable_cost() -> None:
+    problem = AssignmentProblem(("a", "b"), (("hi", "lo"), ("hi", "lo")),
+                                {"bitops": np.array([8.0, 2.0, 6.0, 3.0])}, {"bitops": 10.0})
+    assert problem.extreme_cost("bitops") == 15.0  # 10 + 2 + 3
+    for solve in (lambda b: solve_linear(problem, np.zeros(4), b), lambda b: solve_quadratic(problem, np.eye(4), b)):
+        with pytest.raises(BudgetError, match=r"bitops <= 14.*smallest bitops .* is 15"):
+            solve({"bitops": 14.0})
+        assert solve({"bitops": 15.0}).choice == (1, 1)
+    with pytest.raises(BudgetError, match="cannot be assigned per layer"):
+        solve_linear(problem, np.zeros(4), {"peak_act": 1.0})
+
+
+def test_no_budget_picks_the_per_layer_best() -> None:
+    problem = AssignmentProblem(("a", "b", "c"), ((0, 1), (0, 1, 2), (0,)), {"bitops": np.arange(6.0)})
+    objective = np.array([0.5, 0.1, 3.0, -1.0, 2.0, 0.0])
+    assert solve_linear(problem, objective, {}).choice == (1, 1, 0)
