@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from automq.data import DataSplits, fixed_batches, load_dataset, make_loader
 from automq.errors import CheckpointError, SpaceError, TrainingDivergedError
@@ -176,6 +177,16 @@ def run_epoch(
 def epoch_seed(seed: int, epoch: int) -> int:
     """The shuffling seed of one epoch: a function of (seed, epoch) only, so a resumed run needs no loader state."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def endless_batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shuffled full batches, epoch after epoch without end, each epoch in its own seeded order (full batches
+    keep BN batch statistics comparable); a batch size above the dataset's size is cut to it."""
+    batch_size = min(batch_size, len(dataset))
+    epoch = 0
+    while True:
+        yield from make_loader(dataset, batch_size, shuffle=True, seed=epoch_seed(seed, epoch), drop_last=True)
+        epoch += 1
 
 
 @torch.inference_mode()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+from torch.utils.data import TensorDataset
 
 from automq import train
 from automq.errors import CheckpointError, TrainingDivergedError
@@ -22,42 +22,26 @@ from automq.train import (
     SUPERNET,
     build_optimizer,
     build_scheduler,
+    endless_batches,
     load_space_data,
     load_supernet,
     sandwich_step,
     train_supernet,
 )
 
-TINY = {
-    "name": "tiny",
-    "dataset": {"name": "synthetic", "input_size": 16, "in_chans": 1, "val_size": 200},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [2, 3]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [0.5, 1.0],
-    },
-    "formats": {"weights": ["int4", "int8"], "activations": ["int8", "fp8_e4m3"]},
-    "objectives": [{"metric": "accuracy"}, {"metric": "bitops"}],
+from _spaces import SpaceFactory
+
+SPACE_CHANGES = {
+    "dataset": {"val_size": 200},
     "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "train_size": 96, "num_random": 1},
     "search": {"eval_size": 64, "calib_size": 64},
 }
 RUN_FILES = {"checkpoint.pt", "supernet.pt", "space.yaml", "run.json", "metrics.jsonl"}
 
 
-def write_space(folder: Path, **changes: dict) -> SearchSpace:
-    data = {**TINY, **changes}
-    path = folder / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return SearchSpace.from_file(path)
-
-
 @pytest.fixture()
-def space(tmp_path: Path) -> SearchSpace:
-    return write_space(tmp_path)
+def space(tiny_space: SpaceFactory, tmp_path: Path) -> SearchSpace:
+    return tiny_space(SPACE_CHANGES, folder=tmp_path)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -184,8 +168,8 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     assert {p.name for p in out.iterdir()} == RUN_FILES - {SUPERNET}
 
 
-def test_an_absurd_learning_rate_diverges_in_the_first_epoch(tmp_path: Path) -> None:
-    space = write_space(tmp_path, training={**TINY["training"], "lr": 1e30, "momentum": 0.0})
+def test_an_absurd_learning_rate_diverges_in_the_first_epoch(tiny_space: SpaceFactory, tmp_path: Path) -> None:
+    space = tiny_space(SPACE_CHANGES, folder=tmp_path, training={"lr": 1e30, "momentum": 0.0})
     with pytest.raises(TrainingDivergedError, match="no checkpoint"):
         train_supernet(space, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / CHECKPOINT).exists()
@@ -210,17 +194,18 @@ def test_checkpoint_save_is_atomic(space: SearchSpace, tmp_path: Path, monkeypat
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_resume_refuses_a_checkpoint_of_another_space(space: SearchSpace, tmp_path: Path) -> None:
+def test_resume_refuses_a_checkpoint_of_another_space(space: SearchSpace, tiny_space: SpaceFactory,
+                                                      tmp_path: Path) -> None:
     out = tmp_path / "run"
     train_supernet(space, out, epochs=1, progress=False)
-    other_network = {**TINY["network"], "head": {"channels": 48}}
-    other = write_space(tmp_path, name="other", network=other_network)
+    other = tiny_space(SPACE_CHANGES, folder=tmp_path, name="other", network={"head": {"channels": 48}})
     with pytest.raises(CheckpointError, match="another search space"):
         train_supernet(other, out, resume=True, progress=False)
     with pytest.raises(CheckpointError, match="another search space"):
         load_supernet(out, other)
     # objectives and budgets do not shape the weights: a space that changes only them is accepted
-    same_weights = write_space(tmp_path, name="same", objectives=[{"metric": "accuracy"}, {"metric": "size"}])
+    same_weights = tiny_space(SPACE_CHANGES, folder=tmp_path, name="same",
+                              objectives=[{"metric": "accuracy"}, {"metric": "size"}])
     load_supernet(out, same_weights)
 
 
@@ -233,3 +218,15 @@ def test_run_folder_misuse_is_explained(space: SearchSpace, tmp_path: Path) -> N
         train_supernet(space, out, epochs=1, progress=False)
     with pytest.raises(CheckpointError, match="started with epochs=1, not 3"):
         train_supernet(space, out, epochs=3, resume=True, progress=False)
+
+
+def test_endless_batches_reshuffle_every_epoch_and_repeat_under_a_seed() -> None:
+    dataset = TensorDataset(torch.arange(10.0)[:, None], torch.arange(10))
+    stream = endless_batches(dataset, 4, seed=3)
+    epochs = [[next(stream)[1] for _ in range(2)] for _ in range(3)]  # 10 images: 2 full batches, 2 dropped
+    assert all(len(labels) == 4 for epoch in epochs for labels in epoch)
+    seen = [torch.cat(epoch).tolist() for epoch in epochs]
+    assert all(len(set(s)) == 8 for s in seen) and len({tuple(s) for s in seen}) == 3  # a new order each epoch
+    again = endless_batches(dataset, 4, seed=3)
+    assert [next(again)[1].tolist() for _ in range(6)] == [labels.tolist() for epoch in epochs for labels in epoch]
+    assert len(next(endless_batches(dataset, 64, seed=0))[1]) == 10  # a batch above the dataset is cut to it
