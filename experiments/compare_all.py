@@ -1,0 +1,268 @@
+"""Every strategy on one space, with the same budget and the same evaluator, then one report.
+
+A config (``experiments/configs/compare_all_<name>.yaml``; ``cpu-small`` fits 2 CPU cores in about an hour, ``gpu``
+is for a lent GPU) names the space, the supernet training, the evaluation budget per strategy and the strategies
+with their options. The script
+
+1. trains the one-shot supernet of the space into ``<work>/supernet`` (or uses ``--supernet``; a stopped training
+   resumes from its checkpoint);
+2. runs each strategy with :func:`automq.search.run_search` into ``<work>/searches/<label>``, each with a fresh
+   one-shot estimator of that supernet (so no strategy profits from another's cache) and ``evaluations`` trials;
+   per-level strategies (``ssps``, ``dnas``, ``fliqs``) get the config's ``levels`` (fractions of the largest
+   candidate's BitOps) as their budget levels. A finished search is kept and skipped on a rerun, an interrupted
+   one is resumed, and a strategy that fails is recorded with its error while the others go on;
+3. writes the report (:func:`automq.report.build_report`) and ``compare_all.json`` / ``compare_all.md`` (command,
+   machine, load, wall time per stage, status per strategy) into ``--results``, with a copy of every search
+   directory's ``trials.jsonl``/``run.json``/``pareto.json`` so the report can be rebuilt from the results alone.
+
+    .venv/bin/python experiments/compare_all.py --config cpu-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from automq.cost import cost_range
+from automq.errors import AutomqError
+from automq.io import atomic_write_json, atomic_write_text
+from automq.report import build_report
+from automq.results import PARETO_FILE, RUN_FILE, SPACE_FILE, TRIALS_FILE
+from automq.search import run_search
+from automq.space import SearchSpace
+from automq.strategy import create_strategy, strategy_names
+from automq.train import SUPERNET, train_supernet
+
+ROOT = Path(__file__).resolve().parent
+CONFIGS = ROOT / "configs"
+LEVEL_OPTION = {"ssps": "levels", "dnas": "levels", "fliqs": "targets"}  # strategies run once per budget level
+CONFIG_KEYS = {"description", "space", "threads", "supernet", "evaluations", "levels", "strategies"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A parsed, validated comparison config."""
+
+    name: str
+    description: str
+    space: Path
+    threads: int
+    supernet: dict[str, Any]
+    evaluations: int
+    levels: tuple[float, ...]
+    strategies: dict[str, tuple[str, dict[str, Any]]]  # label -> (registered strategy, constructor options)
+
+
+def load_config(name_or_path: str | Path) -> Config:
+    """Read a config by name (``cpu-small`` -> ``experiments/configs/compare_all_cpu-small.yaml``) or path, and
+    check it before anything runs: unknown keys, strategies or options are errors naming the field."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIGS / f"compare_all_{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("compare_all_") for p in CONFIGS.glob("compare_all_*.yaml"))
+        raise AutomqError(f"no comparison config {path}; shipped configs: {', '.join(known)}")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise AutomqError(f"{path}: expected a mapping of {sorted(CONFIG_KEYS)}")
+    unknown, missing = set(raw) - CONFIG_KEYS, {"space", "evaluations", "strategies"} - set(raw)
+    if unknown or missing:
+        raise AutomqError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    levels = tuple(float(x) for x in raw.get("levels", (0.25, 0.5, 0.75)))
+    if not levels or not all(0 < x <= 1 for x in levels):
+        raise AutomqError(f"{path}: levels must be fractions in (0, 1] of the largest candidate's BitOps")
+    if not isinstance(raw["evaluations"], int) or raw["evaluations"] < 1:
+        raise AutomqError(f"{path}: evaluations must be a positive integer, got {raw['evaluations']!r}")
+    strategies = {label: _strategy_entry(path, label, entry) for label, entry in (raw["strategies"] or {}).items()}
+    if not strategies:
+        raise AutomqError(f"{path}: strategies is empty")
+    return Config(path.stem.removeprefix("compare_all_"), str(raw.get("description", "")),
+                  Path(raw["space"]), int(raw.get("threads", 1)), dict(raw.get("supernet") or {}),
+                  raw["evaluations"], levels, strategies)
+
+
+def _strategy_entry(path: Path, label: str, entry: Any) -> tuple[str, dict[str, Any]]:
+    options = dict(entry or {})
+    name = options.pop("strategy", label)
+    if name not in strategy_names():
+        raise AutomqError(f"{path}: strategies.{label}.strategy: unknown strategy {name!r}; available: "
+                          f"{', '.join(strategy_names())}")
+    try:  # catch a misspelt option now, not after an hour of other strategies
+        create_strategy(name, **options, **({LEVEL_OPTION[name]: [1.0]} if name in LEVEL_OPTION else {}))
+    except (TypeError, ValueError) as exc:
+        raise AutomqError(f"{path}: strategies.{label}: {name} rejects its options {options}: {exc}") from None
+    return name, options
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="cpu-small", help="config name or YAML path (default: cpu-small)")
+    parser.add_argument("--work", type=Path, help="folder of the supernet and searches (default: runs/compare_all_<config>)")
+    parser.add_argument("--results", type=Path, help="where the report and summary go "
+                        "(default: experiments/results/compare_all_<config>)")
+    parser.add_argument("--supernet", type=Path, help="a trained supernet run folder of the space to use instead")
+    parser.add_argument("--only", nargs="+", metavar="LABEL", help="run only these strategies of the config "
+                        "(searches already in --work are still reported)")
+    parser.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def ensure_supernet(config: Config, space: SearchSpace, folder: Path, data_root: str | None) -> dict[str, Any]:
+    """Train the supernet into ``folder`` unless it is there; resume a stopped training."""
+    start = time.time()
+    if not (folder / SUPERNET).is_file():
+        options = config.supernet
+        train_supernet(space, folder, epochs=options.get("epochs"), train_subset=options.get("subset"),
+                       resume=(folder / "checkpoint.pt").is_file(), data_root=data_root)
+    return {"path": str(folder), "trained_here_s": time.time() - start, **_training_summary(folder)}
+
+
+def _training_summary(folder: Path) -> dict[str, Any]:
+    """Epochs, images and final validation accuracies of a training run, from its metrics log."""
+    metrics = folder / "metrics.jsonl"
+    epochs = [json.loads(line) for line in metrics.read_text().splitlines() if '"epoch"' in line] \
+        if metrics.is_file() else []
+    if not epochs:
+        return {}
+    last = epochs[-1]
+    return {"epochs": last["epoch"], "training_wall_s": sum(e.get("wall_s", 0.0) for e in epochs),
+            "val_acc_largest": last.get("val_acc_largest"), "val_acc_smallest": last.get("val_acc_smallest")}
+
+
+def level_options(config: Config, space: SearchSpace, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The strategy's options, with the config's BitOps levels for a per-level strategy that has none."""
+    options = dict(options)
+    if name in LEVEL_OPTION and LEVEL_OPTION[name] not in options:
+        largest = cost_range(space)["bitops"][1]
+        options[LEVEL_OPTION[name]] = [fraction * largest for fraction in config.levels]
+    return options
+
+
+def run_strategy(config: Config, space: SearchSpace, label: str, supernet: Path, folder: Path,
+                 data_root: str | None) -> dict[str, Any]:
+    """One search; a finished one is skipped, an interrupted one resumed, an exception recorded."""
+    name, options = config.strategies[label]
+    options = level_options(config, space, name, options)
+    if _finished(folder):
+        return {"label": label, "strategy": name, "status": "kept", **_search_summary(folder)}
+    start = time.time()
+    print(f"[compare_all] {label}: {name} {options}", flush=True)
+    try:
+        run_search(space, out=folder, supernet=supernet, strategy=name, trials=config.evaluations, options=options,
+                   resume=(folder / TRIALS_FILE).is_file(), data_root=data_root)
+    except Exception as exc:  # one strategy's failure must not cost the others' results
+        error = f"{type(exc).__name__}: {exc}"
+        print(f"[compare_all] {label} failed: {error}", file=sys.stderr, flush=True)
+        return {"label": label, "strategy": name, "status": "failed", "error": error,
+                "traceback": traceback.format_exc(limit=8), "wall_s": time.time() - start}
+    return {"label": label, "strategy": name, "status": "ran", **_search_summary(folder)}
+
+
+def _finished(folder: Path) -> bool:
+    run = folder / RUN_FILE
+    return run.is_file() and json.loads(run.read_text()).get("status") == "finished"
+
+
+def _search_summary(folder: Path) -> dict[str, Any]:
+    run = json.loads((folder / RUN_FILE).read_text())
+    return {"options": run.get("options"), "wall_s": run.get("wall_s"), "trials": run.get("trials")}
+
+
+def copy_searches(folders: Mapping[str, Path], destination: Path) -> None:
+    """The files the report is built from, so it can be rebuilt from the committed results alone."""
+    for label, folder in folders.items():
+        target = destination / label
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (TRIALS_FILE, RUN_FILE, PARETO_FILE, SPACE_FILE):
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, target / name)
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    """The run record: command, machine, load and wall times; the comparison itself is in report.md."""
+    host, supernet = summary["machine"], summary["supernet"]
+    lines = [
+        f"# Strategy comparison: config `{summary['config']}`", "",
+        summary["description"], "",
+        f"- command: `{summary['command']}`",
+        f"- space: `{summary['space']}`; {summary['evaluations']} evaluations per strategy; per-level strategies at "
+        f"{', '.join(f'{x:g}' for x in summary['levels'])} of the largest candidate's BitOps",
+        f"- machine: {host['platform']}, {host['cpu_count']} CPUs, torch {host['torch']} with {host['torch_threads']} "
+        f"threads{', GPU ' + host['cuda'] if host['cuda'] else ', no GPU'}; 1-min load average "
+        f"{summary['load_before'][0]:.1f} at the start, {summary['load_after'][0]:.1f} at the end",
+        f"- total wall time: {summary['wall_s'] / 60:.1f} min (supernet training "
+        f"{supernet.get('training_wall_s', 0) / 60:.1f} min: {supernet.get('epochs')} epochs, val accuracy largest "
+        f"{supernet.get('val_acc_largest')}, smallest {supernet.get('val_acc_smallest')})",
+        "", "| strategy | registered name | status | trials (ok/infeasible/failed) | wall time (s) |",
+        "|---|---|---|---|---:|",
+    ]
+    for run in summary["strategies"]:
+        counts = run.get("trials") or {}
+        trials = "/".join(str(counts.get(k, 0)) for k in ("ok", "infeasible", "failed")) if counts else "-"
+        wall = f"{run['wall_s']:.0f}" if run.get("wall_s") is not None else "-"
+        status = run["status"] + (f": {run['error']}" if run.get("error") else "")
+        lines.append(f"| {run['label']} | {run['strategy']} | {status} | {trials} | {wall} |")
+    lines += ["", "The comparison (fronts, hypervolume, per-layer formats, search cost, key findings) is in "
+              "[report.md](report.md) and the self-contained [report.html](report.html)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+        space = SearchSpace.from_file(config.space)
+        labels = args.only or list(config.strategies)
+        if unknown := set(labels) - set(config.strategies):
+            raise AutomqError(f"--only: {sorted(unknown)} are not strategies of {config.name}: "
+                              f"{', '.join(config.strategies)}")
+    except AutomqError as exc:
+        print(f"compare_all: error: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(config.threads)
+    work = args.work or Path("runs") / f"compare_all_{config.name}"
+    results = args.results or ROOT / "results" / f"compare_all_{config.name}"
+    start, load_before = time.time(), os.getloadavg()
+    supernet = ensure_supernet(config, space, args.supernet or work / "supernet", args.data)
+    folders = {label: work / "searches" / label for label in config.strategies}
+    runs = [run_strategy(config, space, label, Path(supernet["path"]), folders[label], args.data)
+            if label in labels else {"label": label, "strategy": config.strategies[label][0], "status": "skipped"}
+            for label in config.strategies]
+    present = {label: folder for label, folder in folders.items() if (folder / TRIALS_FILE).is_file()}
+    results.mkdir(parents=True, exist_ok=True)
+    copy_searches(present, results / "searches")
+    build_report(list(present.values()), results)
+    summary = {"config": config.name, "description": config.description, "command": shlex.join(sys.argv),
+               "space": str(config.space), "evaluations": config.evaluations, "levels": list(config.levels),
+               "machine": machine(), "load_before": load_before, "load_after": os.getloadavg(),
+               "wall_s": time.time() - start, "supernet": supernet, "strategies": runs}
+    atomic_write_json(results / "compare_all.json", summary)
+    atomic_write_text(results / "compare_all.md", markdown(summary))
+    print(f"[compare_all] report in {results / 'report.html'}; run record in {results / 'compare_all.md'}")
+    return 0 if all(run["status"] != "failed" for run in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
