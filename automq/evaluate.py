@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +40,36 @@ from automq.train import (
 if TYPE_CHECKING:
     from automq.candidate import Candidate
 
-__all__ = ["OneShotEstimator", "train_standalone"]
+__all__ = ["ESTIMATOR_THREADS", "OneShotEstimator", "torch_threads", "train_standalone"]
 
 CALIB_BATCH_SIZE = 256
+ESTIMATOR_THREADS = 1
+"""Default torch intra-op threads of an estimate. An estimate is a few hundred milliseconds of small tensor work:
+a second thread made it 1.4x faster on an idle 2-core machine, but 40x slower next to one other busy process,
+and two 2-thread estimator processes scored 33x fewer candidates per minute than two 1-thread ones (OpenMP
+threads spin waiting for a core; ``experiments/results/bench_estimator.md``). Parallel searches run estimates in
+parallel processes instead (Ray Tune workers)."""
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads and restore the caller's count afterwards;
+    ``None`` leaves the count alone."""
+    if count is None:
+        yield
+        return
+    _check_threads(count)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_threads(count: int | None) -> None:
+    if count is not None and count < 1:
+        raise ValueError(f"threads must be at least 1 (or None to keep torch's setting), got {count}")
 
 
 class OneShotEstimator:
@@ -57,6 +85,9 @@ class OneShotEstimator:
         batch_size: calibration batch size; larger batches give better per-batch BN estimates.
         eval_batch_size: validation batch size (only speed depends on it).
         cache: remember results by candidate id (estimates are deterministic, so this only saves time).
+        threads: torch intra-op threads while an estimate runs (the caller's count is restored afterwards);
+            ``None`` uses whatever torch is set to. The default of one thread is the fastest way to share
+            cores between processes (see :data:`ESTIMATOR_THREADS`); raise it for one process on an idle machine.
     """
 
     def __init__(
@@ -70,8 +101,10 @@ class OneShotEstimator:
         batch_size: int = CALIB_BATCH_SIZE,
         eval_batch_size: int = EVAL_BATCH_SIZE,
         cache: bool = True,
+        threads: int | None = ESTIMATOR_THREADS,
     ) -> None:
-        self.space, self.supernet, self.data = space, supernet, data
+        _check_threads(threads)
+        self.space, self.supernet, self.data, self.threads = space, supernet, data, threads
         self.cost_model = CostModel(space)
         val_images = val_images or space.search.eval_size or len(data.val)
         self.calib = fixed_batches(data.train, calib_images or space.search.calib_size, batch_size)
@@ -102,7 +135,7 @@ class OneShotEstimator:
         if self._cache is not None and candidate.id in self._cache:
             return dict(self._cache[candidate.id])
         self.space.validate_candidate(candidate)
-        with deterministic():
+        with deterministic(), torch_threads(self.threads):
             self.supernet.set_active(candidate)
             recalibrate_bn(self.supernet, self.calib)
             result = {**validate(self.supernet, self.val), **self.costs(candidate)}

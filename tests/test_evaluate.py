@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import Dataset
 
 from automq.cost import CostModel
@@ -21,20 +20,10 @@ from automq.space import SearchSpace
 from automq.supernet import Supernet, recalibrate_bn
 from automq.train import load_space_data, load_supernet, train_supernet
 
-SPACE = {
-    "name": "tiny",
-    "dataset": {"name": "synthetic", "input_size": 16, "in_chans": 1, "val_size": 200},
-    "network": {
-        "stem": {"channels": 8},
-        "stages": [
-            {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
-            {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [2, 3]},
-        ],
-        "head": {"channels": 32},
-        "width_mult": [0.5, 1.0],
-    },
-    "formats": {"weights": ["int4", "int8"], "activations": ["int8", "fp8_e4m3"]},
-    "objectives": [{"metric": "accuracy"}, {"metric": "bitops"}],
+from _spaces import SpaceFactory
+
+SPACE_CHANGES = {
+    "dataset": {"val_size": 200},
     "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "train_size": 384, "num_random": 1},
     "search": {"eval_size": 120, "calib_size": 64},
 }
@@ -42,10 +31,9 @@ SIZES = {"calib_images": 64, "val_images": 120, "batch_size": 32}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_space: SpaceFactory) -> Path:
     folder = tmp_path_factory.mktemp("evaluate")
-    (folder / "tiny.yaml").write_text(yaml.safe_dump(SPACE))
-    train_supernet(SearchSpace.from_file(folder / "tiny.yaml"), folder / "run", progress=False)
+    train_supernet(tiny_space(SPACE_CHANGES, folder=folder), folder / "run", progress=False)
     return folder / "run"
 
 
@@ -166,3 +154,23 @@ def test_standalone_training_is_reproducible_and_learns(space, data, supernet) -
     assert all(torch.equal(before[k], v) for k, v in supernet.state_dict().items())  # fine-tunes a copy
     with pytest.raises(ValueError, match="supernet="):
         train_standalone(space, candidate, data, epochs=1, seed=0, init="supernet")
+
+
+def test_estimates_run_on_one_torch_thread_unless_told_otherwise(space, data, supernet) -> None:
+    seen = []
+    supernet.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        OneShotEstimator(space, supernet, data, **SIZES)(space.smallest())
+        assert set(seen) == {1} and torch.get_num_threads() == 2  # pinned while estimating, then restored
+        seen.clear()
+        OneShotEstimator(space, supernet, data, threads=None, **SIZES)(space.smallest())
+        assert set(seen) == {2}
+        seen.clear()
+        OneShotEstimator(space, supernet, data, threads=3, **SIZES)(space.smallest())
+        assert set(seen) == {3} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        OneShotEstimator(space, supernet, data, threads=0, **SIZES)
