@@ -9,12 +9,37 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from automq.errors import AutomqError
 
+if TYPE_CHECKING:
+    from automq.candidate import Candidate
+    from automq.space import SearchSpace
+
 Command = Callable[[argparse.Namespace], int | None]
+TUNE_SHORTCUTS = ("sampler", "workers", "address")  # `automq search --sampler ...`: options of the tune strategy
+
+
+class _OptionLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that also reads ``3e7`` and ``1.5e-3`` as floats.
+
+    PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent, so ``levels=[3e7,6e7]`` would reach
+    the strategy as strings; YAML 1.2 (and Python) read them as numbers, which is what a user typing a budget
+    means. Quoting (``'3e7'``) still gives a string.
+    """
+
+
+_OptionLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def _cmd_formats(args: argparse.Namespace) -> None:
@@ -74,7 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"supernet written to {path}")
 
 
-def _load_candidate(text: str, space: object) -> object:
+def _load_candidate(text: str, space: SearchSpace) -> Candidate:
     """A candidate from ``largest``/``smallest``, a JSON file, inline JSON, or ``SEARCH_DIR:TRIAL_NUMBER``."""
     from pathlib import Path
 
@@ -84,14 +109,18 @@ def _load_candidate(text: str, space: object) -> object:
 
     if text in ("largest", "smallest"):
         return getattr(space, text)()
+    if text.lstrip().startswith("{"):  # inline JSON; checked before any path, as a long one is no valid file name
+        return Candidate.from_json(text)
     directory, _, number = text.rpartition(":")
     if directory and number.isdigit() and Path(directory).is_dir():
         matches = [t.candidate for t in load_trials(directory) if t.number == int(number)]
         if not matches:
             raise CandidateError(f"{directory}: no trial number {number} in its trials.jsonl")
         return matches[0]
-    path = Path(text)
-    return Candidate.from_json(path.read_text() if path.is_file() else text)
+    if not Path(text).is_file():
+        raise CandidateError(f"candidate {text!r}: no such file; give largest, smallest, a candidate JSON file, "
+                             "inline JSON, or SEARCH_DIR:N for trial N of a search folder")
+    return Candidate.from_json(Path(text).read_text())
 
 
 def _cmd_estimate(args: argparse.Namespace) -> None:
@@ -125,10 +154,37 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"timm model of candidate {candidate.id} written to {args.out}")
 
 
-def _search_options(args: argparse.Namespace) -> dict:
-    if args.strategy != "tune":
-        return {}
-    return {"sampler": args.sampler, "workers": args.workers, "address": args.address}
+def parse_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--option`` as ``(KEY, value)``, the value read as YAML: ``steps=200`` gives an int,
+    ``levels=[3e7,6e7]`` a list of floats, ``sampler=tpe`` a string, ``metric=null`` None."""
+    key, equals, value = text.partition("=")
+    key = key.strip()
+    if not equals or not key.isidentifier():
+        raise AutomqError(f"--option {text!r}: expected KEY=VALUE, KEY a keyword argument of the strategy "
+                          "(e.g. --option steps=200)")
+    try:
+        return key, yaml.load(value, Loader=_OptionLoader)  # safe: _OptionLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise AutomqError(f"--option {key}: {value!r} is not a YAML value ({problem}); quote it to pass a "
+                          "string") from None
+
+
+def _search_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The strategy's keyword arguments: each ``--option``, and the ``tune`` shortcuts that were given.
+
+    Options a strategy does not take are reported by :func:`automq.search.run_search`, which creates it.
+    """
+    shortcuts = {name: getattr(args, name) for name in TUNE_SHORTCUTS if getattr(args, name) is not None}
+    if shortcuts and args.strategy != "tune":
+        raise AutomqError(f"--{next(iter(shortcuts))} is an option of the tune strategy, not of "
+                          f"'{args.strategy}'; give {args.strategy}'s options with --option KEY=VALUE")
+    options: dict[str, Any] = {}
+    for key, value in [*map(parse_option, args.options or ()), *shortcuts.items()]:
+        if key in options:
+            raise AutomqError(f"--option {key}: the strategy option '{key}' is given twice; give it once")
+        options[key] = value
+    return options
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
@@ -225,11 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("space", help="search-space file (spaces/*.yaml)")
     search.add_argument("--supernet", required=True, help="a train-supernet run folder")
     search.add_argument("--strategy", default="tune", help="registered strategy name (default: tune)")
-    search.add_argument("--sampler", default="nsga2", choices=["nsga2", "nsga3", "tpe", "gp", "random"],
-                        help="Optuna sampler of the tune strategy")
+    search.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
+                        help="a keyword argument of the strategy's constructor, VALUE read as YAML "
+                             "(e.g. steps=200, levels=[3e7,6e7]); repeat for several")
+    search.add_argument("--sampler", choices=["nsga2", "nsga3", "tpe", "gp", "random"],
+                        help="tune only: the Optuna sampler (default: nsga2)")
     search.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
-    search.add_argument("--workers", type=int, help="parallel Ray workers (0: in-process, no Ray)")
-    search.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT")
+    search.add_argument("--workers", type=int, help="tune only: parallel Ray workers (0: in-process, no Ray)")
+    search.add_argument("--address", help="tune only: Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT")
     search.add_argument("--seed", type=int, help="override the space's seed")
     search.add_argument("--resume", action="store_true", help="continue the search in --out")
     search.add_argument("--data", help="dataset folder (overrides dataset.root)")

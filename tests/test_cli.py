@@ -1,0 +1,231 @@
+"""The ``automq`` command line, run in-process on the tests' tiny space: each command's output equals the library
+computing the same thing, ``search --option`` reaches the strategy's constructor, and bad input is one
+``automq: error:`` line with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from automq.cli import main, parse_option
+from automq.data import fixed_batches
+from automq.evaluate import OneShotEstimator
+from automq.formats import format_names, get_format
+from automq.results import load_trials
+from automq.space import SearchSpace
+from automq.supernet import load_model, recalibrate_bn
+from automq.train import load_space_data, load_supernet
+
+from _spaces import SpaceFactory, tiny_space_data
+
+# The space trains 2 epochs on 128 images, so `train-supernet --epochs 1 --subset 64` shows its overrides.
+SPACE_CHANGES = {
+    "dataset": {"val_size": 64},
+    "training": {"epochs": 2, "batch_size": 32, "num_random": 1, "train_size": 128},
+    "search": {"eval_size": 64, "calib_size": 32, "trials": 4},
+}
+UNIFORM_PAIRS = 4  # weights {int4, int8} x activations {int8, fp8_e4m3}
+
+
+def run_cli(*argv: str | Path) -> int:
+    return main([str(arg) for arg in argv])
+
+
+def single_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line a user error prints on stderr (asserting there is exactly one)."""
+    err = capsys.readouterr().err
+    assert err.startswith("automq: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def space_file(tiny_space: SpaceFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tiny_space(SPACE_CHANGES, folder=tmp_path_factory.mktemp("space")).source)
+
+
+@pytest.fixture(scope="module")
+def run_dir(space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("train") / "run"
+    assert run_cli("train-supernet", space_file, "--out", run, "--epochs", "1", "--subset", "64") == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def random_search(space_file: Path, run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("search") / "random"
+    assert run_cli("search", space_file, "--supernet", run_dir, "--strategy", "random", "--trials", 3,
+                   "--out", out) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def limpq_search(space_file: Path, run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("search") / "limpq"
+    # alpha=1e0 must reach LIMPQ as a float: it compares alpha with 0 and would reject the string '1e0'.
+    assert run_cli("search", space_file, "--supernet", run_dir, "--strategy", "limpq", "--option", "steps=2",
+                   "--option", "batch_size=32", "--option", "alpha=1e0", "--trials", 3, "--out", out) == 0
+    return out
+
+
+def run_options(search_dir: Path) -> dict:
+    return json.loads((search_dir / "run.json").read_text())["options"]
+
+
+# ------------------------------------------------------------------------------------------ formats, space
+def test_formats_lists_every_registered_format_with_its_bits(capsys) -> None:
+    assert run_cli("formats") == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["name", "family", "bits", "bits/elem"]
+    listed = {}
+    for row in rows:
+        name, family, bits, bits_per_element = row.split()[:4]
+        listed[name] = (family, int(bits), float(bits_per_element))
+    assert list(listed) == format_names()
+    for name, row in listed.items():
+        fmt = get_format(name)
+        assert row == (fmt.family, fmt.bits, fmt.bits_per_element)
+    assert listed["mxfp4_e2m1"][2] == 4 + 8 / 32  # the shared E8M0 scale of each block of 32
+
+
+def test_space_validate_accepts_a_valid_file(space_file, capsys) -> None:
+    assert run_cli("space", "validate", space_file) == 0
+    assert capsys.readouterr().out == f"{space_file}: valid search space 'tiny'\n"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"formats": {"weights": ["int4", "int7"]}}, "formats.weights[1]"),
+    ({"network": {"width_mult": [0]}}, "network.width_mult[0]"),
+    ({"objectives": [{"metric": "speed"}]}, "objectives[0].metric"),
+])
+def test_space_validate_names_the_broken_field(change, field, tmp_path, capsys) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(tiny_space_data(change)))
+    assert run_cli("space", "validate", broken) == 2
+    assert f"{broken}: {field}:" in single_error_line(capsys)
+
+
+def test_space_info_prints_the_exact_candidate_count(space_file, capsys) -> None:
+    assert run_cli("space", "info", space_file) == 0
+    count = re.search(r"^candidates:\s+(\d+) ", capsys.readouterr().out, re.MULTILINE)
+    assert count is not None and int(count.group(1)) == SearchSpace.from_file(space_file).count()
+
+
+# ------------------------------------------------------------------------------- train, estimate, export
+def test_train_supernet_overrides_the_space_s_epochs_and_training_images(run_dir) -> None:
+    training = json.loads((run_dir / "run.json").read_text())["config"]["training"]
+    assert (training["epochs"], training["train_size"]) == (1, 64)
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (run_dir / "supernet.pt").is_file()
+
+
+def test_estimate_prints_the_one_shot_estimate_of_each_candidate_form(run_dir, random_search, capsys) -> None:
+    space = SearchSpace.from_file(run_dir / "space.yaml")
+    trial = load_trials(random_search)[1]
+    assert run_cli("estimate", run_dir, "largest", space.smallest().to_json(), f"{random_search}:1") == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    estimator = OneShotEstimator.from_run(run_dir)
+    expected = [{"candidate_id": c.id, **estimator.estimate(c)}
+                for c in (space.largest(), space.smallest(), trial.candidate)]
+    assert printed == expected
+    assert printed[2]["accuracy"] == trial.metrics["accuracy"]  # the search scored it with the same estimator
+
+
+def test_estimate_names_a_candidate_it_cannot_read(run_dir, capsys) -> None:
+    assert run_cli("estimate", run_dir, "no_such_candidate.json") == 2
+    assert "candidate 'no_such_candidate.json': no such file" in single_error_line(capsys)
+
+
+def test_export_writes_the_extracted_candidate_with_recalibrated_bn(run_dir, tmp_path) -> None:
+    path = tmp_path / "model.pt"
+    assert run_cli("export", run_dir, "smallest", "--out", path, "--calib-images", 64) == 0
+    model, candidate = load_model(path)
+    space = SearchSpace.from_file(run_dir / "space.yaml")
+    assert candidate == space.smallest()
+    data = load_space_data(space)
+    reference = load_supernet(run_dir, space).extract(candidate)
+    recalibrate_bn(reference, fixed_batches(data.train, 64, 128))
+    images = torch.cat([x for x, _ in fixed_batches(data.val, 16, 16)])
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), reference.eval()(images), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------- search, report
+def test_search_random_logs_its_trials(random_search) -> None:
+    trials = load_trials(random_search)
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert {(t.status, t.strategy) for t in trials} == {("ok", "random")}
+    assert run_options(random_search) == {}
+
+
+def test_search_option_reaches_the_strategy_and_is_recorded(limpq_search) -> None:
+    trials = load_trials(limpq_search)
+    assert len(trials) == 3 and {t.strategy for t in trials} == {"limpq"}
+    assert run_options(limpq_search) == {"steps": 2, "batch_size": 32, "alpha": 1.0}
+
+
+def test_tune_shortcuts_merge_with_options(space_file, run_dir, tmp_path) -> None:
+    out = tmp_path / "tune"
+    assert run_cli("search", space_file, "--supernet", run_dir, "--sampler", "random", "--workers", 0,
+                   "--option", "batch_size=2", "--trials", 2, "--out", out) == 0
+    assert run_options(out) == {"batch_size": 2, "sampler": "random", "workers": 0}
+    assert len(load_trials(out)) == 2
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--strategy", "random", "--option", "max_draws"], "--option 'max_draws': expected KEY=VALUE"),
+    (["--strategy", "random", "--option", "=3"], "--option '=3': expected KEY=VALUE"),
+    (["--strategy", "random", "--option", "max_draws=[1"], "--option max_draws: '[1' is not a YAML value"),
+    (["--strategy", "random", "--option", "max_drawz=3"], "unexpected keyword argument 'max_drawz'"),
+    (["--strategy", "random", "--option", "max_draws=0"], "max_draws must be >= 1, got 0"),
+    (["--strategy", "limpq", "--sampler", "tpe"], "--sampler is an option of the tune strategy, not of 'limpq'"),
+    (["--strategy", "uniform", "--workers", "0"], "--workers is an option of the tune strategy, not of 'uniform'"),
+    (["--sampler", "tpe", "--option", "sampler=gp"], "the strategy option 'sampler' is given twice"),
+    (["--strategy", "nope"], "unknown strategy 'nope'"),
+])
+def test_bad_search_options_fail_before_anything_is_written(arguments, message, space_file, tmp_path,
+                                                             capsys) -> None:
+    out = tmp_path / "search"
+    # A supernet that does not exist: option errors must come first, before any model is loaded.
+    assert run_cli("search", space_file, "--supernet", tmp_path / "none", *arguments, "--out", out) == 2
+    assert message in single_error_line(capsys)
+    assert not out.exists()
+
+
+# repr() compares types too: 200 must stay an int, 3e7 must become a float.
+@pytest.mark.parametrize(("text", "key", "value"), [
+    ("steps=200", "steps", 200),
+    ("levels=[3e7,6e7]", "levels", [3e7, 6e7]),
+    ("lr=1.5e-3", "lr", 0.0015),
+    ("target=-2E+3", "target", -2000.0),
+    ("eta_range=[0.01, 10]", "eta_range", [0.01, 10]),
+    ("sampler=tpe", "sampler", "tpe"),
+    ("arch='3e7'", "arch", "3e7"),
+    ("metric=null", "metric", None),
+    ("note=a=b", "note", "a=b"),
+])
+def test_option_values_are_yaml_with_exponent_floats(text, key, value) -> None:
+    assert repr(parse_option(text)) == repr((key, value))
+
+
+def test_report_of_two_searches(random_search, limpq_search, tmp_path, capsys) -> None:
+    assert run_cli("report", random_search, limpq_search, "--out", tmp_path / "report") == 0
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "limpq" in html and "random" in html
+    assert capsys.readouterr().out.endswith(f"report written to {tmp_path / 'report'}/report.html "
+                                            "(and report.md, trials.csv, pareto.csv)\n")
+
+
+# ------------------------------------------------------------------------------------------------- demo
+def test_demo_trains_searches_and_reports_end_to_end(space_file, tmp_path) -> None:
+    out = tmp_path / "demo"
+    assert run_cli("demo", space_file, "--out", out, "--trials", 3, "--workers", 0) == 0
+    assert len((out / "supernet" / "metrics.jsonl").read_text().splitlines()) == 2  # the space's epochs
+    assert len(load_trials(out / "search-tune")) == 3
+    assert len(load_trials(out / "search-uniform")) == UNIFORM_PAIRS
+    assert run_options(out / "search-tune") == {"sampler": "nsga2", "workers": 0}
+    assert (out / "report" / "report.html").is_file()
