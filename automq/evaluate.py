@@ -22,6 +22,7 @@ from torch import Tensor
 
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches, make_loader
+from automq.quant import scales_restored
 from automq.space import SearchSpace
 from automq.supernet import Supernet, recalibrate_bn
 from automq.train import (
@@ -135,7 +136,7 @@ class OneShotEstimator:
         if self._cache is not None and candidate.id in self._cache:
             return dict(self._cache[candidate.id])
         self.space.validate_candidate(candidate)
-        with deterministic(), torch_threads(self.threads):
+        with deterministic(), torch_threads(self.threads), scales_restored(self.supernet):
             self.supernet.set_active(candidate)
             recalibrate_bn(self.supernet, self.calib)
             result = {**validate(self.supernet, self.val), **self.costs(candidate)}

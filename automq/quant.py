@@ -9,7 +9,8 @@ the leading channels in use, which is how an elastic (max weight + slice) supern
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Self
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from automq.formats import NumericFormat, get_format
 
-__all__ = ["QuantConv2d", "QuantLinear", "Quantizer", "quantize_modules_"]
+__all__ = ["QuantConv2d", "QuantLinear", "Quantizer", "quantize_modules_", "scales_restored"]
 
 
 class Quantizer(nn.Module):
@@ -207,3 +208,21 @@ def quantize_modules_(model: nn.Module, w_fmt: str, a_fmt: str, *, a_signed: boo
             setattr(parent, child_name, quant)
             replaced.append(f"{parent_name}.{child_name}" if parent_name else child_name)
     return replaced
+
+
+@contextmanager
+def scales_restored(model: nn.Module) -> Iterator[None]:
+    """Undo on exit every change that the block makes to the quantizer scales of ``model``.
+
+    A scale that training never initialised (a format or channel no sampled candidate used) is initialised by
+    the first tensor it sees. Scoring a candidate must not do that for good, or the score of the next candidate
+    would depend on which candidates were scored before it; inside this block the first use initialises the
+    scale from the candidate's own data, and the state is put back afterwards.
+    """
+    quantizers = [module for module in model.modules() if isinstance(module, Quantizer)]
+    saved = [(q, {k: v.clone() for k, v in q.state_dict().items()}) for q in quantizers]
+    try:
+        yield
+    finally:
+        for quantizer, state in saved:
+            quantizer.load_state_dict(state)

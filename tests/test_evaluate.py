@@ -96,6 +96,21 @@ def test_estimates_are_deterministic_and_cached_by_candidate_id(space, data, sup
     assert estimator.evaluate_batch([first, second]) == [a, estimator(second)]
 
 
+def test_an_estimate_does_not_depend_on_the_candidates_scored_before_it(space, data) -> None:
+    # a fresh supernet has no quantizer scale initialised, as a trained one may lack a rarely sampled format
+    rng = np.random.default_rng(5)
+    sampled = [space.sample(rng) for _ in range(6)] + [space.smallest(), space.largest()]
+
+    def estimates(order: list) -> dict[str, dict[str, float]]:
+        torch.manual_seed(0)
+        estimator = OneShotEstimator(space, Supernet(space), data, **SIZES)
+        return {candidate.id: estimator(candidate) for candidate in order}
+
+    forward, backward = estimates(sampled), estimates(sampled[::-1])
+    assert forward == backward
+    assert len({e["accuracy"] for e in forward.values()}) > 1  # the candidates really differ
+
+
 def test_bn_statistics_are_recomputed_from_the_calibration_images(space, data, supernet) -> None:
     candidate, one_batch = candidates(space)[2], {**SIZES, "batch_size": 64}
     reference = OneShotEstimator(space, supernet, data, **one_batch)(candidate)

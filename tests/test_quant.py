@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from automq.formats import get_format
-from automq.quant import QuantConv2d, QuantLinear, Quantizer, quantize_modules_
+from automq.quant import QuantConv2d, QuantLinear, Quantizer, quantize_modules_, scales_restored
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -55,6 +55,24 @@ def test_per_channel_scales_slice_to_leading_channels():
     assert torch.equal(quant.scales["int8"].detach()[4:], get_format("int8").init_scale(w * 10, axis=0)[4:])
     with pytest.raises(ValueError, match="9 channels"):
         quant(torch.randn(9, 3, 3, 3), "int8")
+
+
+def test_scales_restored_undoes_initialisation_and_changes_inside_the_block():
+    model = nn.Sequential(QuantConv2d(3, 4, 3, w_formats=["int4", "int8"], a_formats=["int8"]))
+    x = torch.randn(2, 3, 5, 5, generator=_gen(2))
+    model[0].set_formats("int8", "int8")
+    model(x)  # int8 initialised before the block, int4 not
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with scales_restored(model):
+        model[0].set_formats("int4", "int8")
+        inside = model(x)
+        assert bool(model[0].w_quant.initialised_int4.all())
+        with torch.no_grad():
+            model[0].w_quant.scales["int8"].mul_(2)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    assert not bool(model[0].w_quant.initialised_int4.any())
+    assert torch.equal(model(x), inside)  # initialised again from the same tensor: the same result
 
 
 def test_state_dict_round_trip_keeps_learned_scales():
