@@ -1,13 +1,14 @@
-"""automq.comparison.budget_rows: the most accurate trial of every run within each uniform baseline's BitOps,
-checked against hand-worked small cases."""
+"""automq.comparison.budget_rows and key_findings: the most accurate trial of every run within each uniform
+baseline's BitOps, and mixed precision against the best uniform format, checked against hand-worked small cases."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from automq.comparison import DEFAULT_OBJECTIVES, Baseline, RunAnalysis, budget_rows
+from automq.comparison import DEFAULT_OBJECTIVES, Baseline, RunAnalysis, budget_rows, key_findings
 from automq.results import SearchResult
 from automq.strategy import Trial
 
@@ -55,3 +56,23 @@ def test_without_baselines_three_log_spaced_budgets_span_the_trials(candidate) -
     assert [r.budget for r in rows] == pytest.approx([10.0, 100.0, 1000.0])
     assert [r.best["random"].metrics["accuracy"] for r in rows] == [0.6, 0.6, 0.8]
     assert budget_rows([run("random", [])], []) == []
+
+
+def test_findings_compare_mixed_precision_with_the_best_uniform_format_within_each_budget(candidate) -> None:
+    # int4 is dominated by the cheaper int2 (more accurate for less), so no finding is measured against it
+    int2, int4, int8 = (trial(candidate, 0, 0.82, 25.0), trial(candidate, 1, 0.80, 40.0),
+                        trial(candidate, 2, 0.85, 100.0))
+    baselines = [Baseline("int2", "uniform", int2), Baseline("int4", "uniform", int4),
+                 Baseline("int8", "uniform", int8)]
+    (first, w_fmt, a_fmt), *rest = candidate.formats
+    mixed_formats = dataclasses.replace(candidate, formats=((first, "int4", a_fmt), *rest))
+    assert w_fmt != "int4"  # the largest candidate is uniform: one layer changed makes it mixed precision
+    mixed = run("limpq", [trial(mixed_formats, 0, 0.81, 24.0), trial(mixed_formats, 1, 0.86, 70.0)])
+    findings = key_findings([run("uniform", [int2, int4, int8]), mixed], baselines)
+    comparisons = [f for f in findings if f.startswith("At ≤")]
+    assert comparisons == [
+        "At ≤ 25 BitOps (best uniform format: int2, 82.00%), the best mixed-precision candidate reaches 81.00% "
+        "(-1.00 points; limpq trial #0, 24 BitOps).",
+        "At ≤ 100 BitOps (best uniform format: int8, 85.00%), the best mixed-precision candidate reaches 86.00% "
+        "(+1.00 points; limpq trial #1, 70 BitOps).",
+    ]

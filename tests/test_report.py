@@ -213,7 +213,7 @@ def test_findings_compare_mixed_precision_with_uniform_baselines(report, runs):
              and len({(w, a) for _, w, a in t.candidate.formats}) > 1]
     best = max(mixed, key=lambda t: t.metrics["accuracy"])
     gain = 100 * (best.metrics["accuracy"] - int8.metrics["accuracy"])
-    line = next(f for f in summary["findings"] if "uniform int8" in f)
+    line = next(f for f in summary["findings"] if "uniform format: int8" in f)
     assert f"{gain:+.2f} points" in line and f"trial #{best.number}" in line
     hv = {r["run"]: r["hypervolume"] for r in summary["runs"]}
     assert summary["findings"][0].startswith(f"Highest hypervolume: {max(hv, key=hv.get)} with")
