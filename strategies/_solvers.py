@@ -162,6 +162,7 @@ def solve_quadratic(
     gram = np.asarray(gram, dtype=np.float64)
     if gram.shape != (problem.size, problem.size):
         raise ValueError(f"G: expected shape ({problem.size}, {problem.size}), got {gram.shape}")
+    start = time.perf_counter()
     gram = (gram + gram.T) / 2
     scale = max(float(np.abs(gram).max()), 1e-300)
     heuristic = local_search(problem, gram, budgets)
@@ -176,11 +177,13 @@ def solve_quadratic(
         exact = _solve_milp(problem, np.diag(gram) / scale, (gram / scale, pairs), budgets, time_limit)
     except TimeoutError as exc:
         logger.warning("%s; using local search", exc)
-        return heuristic
+        # the time spent waiting for HiGHS is part of what this solution cost
+        return dataclasses.replace(heuristic, method=f"local search ({exc})", seconds=time.perf_counter() - start)
     exact = dataclasses.replace(exact, objective=exact.objective * scale)
     if exact.method == "milp":
         return exact
-    return min(exact, heuristic, key=lambda solution: solution.objective)
+    best = min(exact, heuristic, key=lambda solution: solution.objective)
+    return dataclasses.replace(best, seconds=time.perf_counter() - start)
 
 
 def quadratic_value(problem: AssignmentProblem, gram: np.ndarray, choice: Sequence[int]) -> float:

@@ -5,11 +5,13 @@ cost."""
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
 
 from automq.errors import BudgetError
+from automq.strategies import _solvers
 from automq.strategies._solvers import AssignmentProblem, local_search, quadratic_value, solve_linear, solve_quadratic
 
 
@@ -85,6 +87,24 @@ def test_iqp_above_the_size_limit_uses_local_search() -> None:
     assert solution.method == "local search"
     assert_within(solution.costs, budgets)
     assert solution.objective == pytest.approx(quadratic_value(problem, (gram + gram.T) / 2, solution.choice))
+
+
+def test_a_milp_timeout_falls_back_to_local_search_and_counts_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    problem = random_problem(rng)
+    gram = rng.normal(size=(problem.size, problem.size))
+    budgets = {"bitops": random_budgets(problem, rng)["bitops"]}
+
+    def slow_timeout(*_args, **_kwargs):
+        time.sleep(0.2)
+        raise TimeoutError("HiGHS found no assignment within 0.2 s")
+
+    monkeypatch.setattr(_solvers, "_solve_milp", slow_timeout)
+    solution = solve_quadratic(problem, gram, budgets)
+    assert solution.method == "local search (HiGHS found no assignment within 0.2 s)"
+    assert solution.seconds >= 0.2
+    assert solution.choice == local_search(problem, (gram + gram.T) / 2, budgets).choice
+    assert_within(solution.costs, budgets)
 
 
 def test_infeasible_budget_names_the_smallest_reachable_cost() -> None:
