@@ -8,6 +8,7 @@ User errors (:class:`automq.errors.AutomqError`) print one clear message and exi
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import re
 import sys
@@ -311,9 +312,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted (it may be replaced later)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def show_info_logs() -> None:
+    """Print the INFO records of automq's loggers on stderr: what a measurement and each solve cost (LIMPQ's
+    indicator training, CLADO's loss evaluations, every ILP/IQP's solve time), which a user of a sweep wants to
+    see as it runs. Idempotent; other libraries' loggers are left as they are."""
+    logger = logging.getLogger("automq")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``automq`` console command."""
     args = build_parser().parse_args(argv)
+    show_info_logs()
     try:
         return int(args.func(args) or 0)
     except AutomqError as exc:

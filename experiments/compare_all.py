@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import yaml
 
+from automq.cli import show_info_logs
 from automq.cost import cost_range
 from automq.errors import AutomqError
 from automq.io import atomic_write_json, atomic_write_text
@@ -242,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"compare_all: error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(config.threads)
+    show_info_logs()
     work = args.work or Path("runs") / f"compare_all_{config.name}"
     results = args.results or ROOT / "results" / f"compare_all_{config.name}"
     start, load_before = time.time(), os.getloadavg()

@@ -168,6 +168,17 @@ def test_search_option_reaches_the_strategy_and_is_recorded(limpq_search) -> Non
     assert run_options(limpq_search) == {"steps": 2, "batch_size": 32, "alpha": 1.0}
 
 
+def test_search_prints_what_the_measurement_and_each_solve_cost(space_file, run_dir, tmp_path, capsys) -> None:
+    assert run_cli("search", space_file, "--supernet", run_dir, "--strategy", "clado_diag", "--option",
+                   "calib_images=32", "--trials", 2, "--out", tmp_path / "clado") == 0
+    err = capsys.readouterr().err
+    assert len(re.findall(r"^automq\.strategies\.clado: .* in [\d.]+ s", err, re.M)) == 1
+    solve = r"^automq\.strategies\._solvers: milp solved \d+ layers x \d+ options in ([\d.]+) s$"
+    solves = re.findall(solve, err, re.M)
+    recorded = [t.info["solve_s"] for t in load_trials(tmp_path / "clado")]
+    assert [float(s) for s in solves] == pytest.approx(recorded, abs=1e-3)
+
+
 def test_tune_shortcuts_merge_with_options(space_file, run_dir, tmp_path) -> None:
     out = tmp_path / "tune"
     assert run_cli("search", space_file, "--supernet", run_dir, "--sampler", "random", "--workers", 0,
