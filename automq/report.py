@@ -404,6 +404,7 @@ def cost_table(runs: Sequence[RunAnalysis]) -> Table:
 def runs_section(runs: Sequence[RunAnalysis]) -> list[Block]:
     """Where each run came from: its folder, the command that produced it and its space file."""
     blocks: list[Block] = [Heading("Runs")]
+    shown: dict[str, str] = {}  # space file text -> the run under which it is shown in full
     for r in runs:
         run = r.result.run
         blocks += [Heading(r.label, 3),
@@ -411,12 +412,16 @@ def runs_section(runs: Sequence[RunAnalysis]) -> list[Block]:
                             f"status: {run.get('status', 'unknown')}",
                             f"options: {run.get('options', {})}"]),
                    Preformatted(str(run.get("command") or "(not recorded: run.json is missing)"))]
-        space_file = r.result.path / SPACE_FILE
-        if space_file.is_file():
-            blocks.append(Preformatted(space_file.read_text(encoding="utf-8", errors="replace"),
-                                       f"space file ({run.get('space', SPACE_FILE)})"))
-        else:
+        space_file, name = r.result.path / SPACE_FILE, run.get("space", SPACE_FILE)
+        if not space_file.is_file():
             blocks.append(Paragraph(f"No {SPACE_FILE} in {r.result.path}."))
+            continue
+        text = space_file.read_text(encoding="utf-8", errors="replace")
+        if text in shown:  # a comparison searches one space: show it once, not once per strategy
+            blocks.append(Paragraph(f"space file ({name}): the same as run {shown[text]}'s."))
+        else:
+            shown[text] = r.label
+            blocks.append(Preformatted(text, f"space file ({name})"))
     return blocks
 
 

@@ -204,6 +204,14 @@ def test_html_is_self_contained_with_valid_png_images(report):
     assert sorted(re.findall(r"\]\(([\w.]+\.png)\)", markdown)) == sorted(summary["figures"])
 
 
+def test_a_space_file_shared_by_several_runs_is_shown_once(report, space):
+    out, _ = report
+    markdown = (out / "report.md").read_text()
+    first_line = space.path.read_text().splitlines()[0]
+    assert markdown.count(first_line) == 1
+    assert markdown.count("): the same as run random's.") == 2  # evolution and uniform searched it too
+
+
 def test_findings_compare_mixed_precision_with_uniform_baselines(report, runs):
     _, summary = report
     assert {b["format"] for b in summary["baselines"]} == {"int8", "w4a8"}
