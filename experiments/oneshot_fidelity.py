@@ -223,6 +223,23 @@ def noise_floor(rows: list[dict[str, Any]], val_images: int) -> dict[str, Any]:
             "candidates": [{"id": r["id"], "accuracies": r["seed_accuracies"]} for r in repeats]}
 
 
+def estimator_jitter(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """How much the one-shot estimate moves when only the floating-point summation order changes (another torch
+    thread count): the estimate's own noise. Kendall tau between the two estimates of the random samples is the
+    best agreement with any ground truth that this noise allows."""
+    pairs = [r for r in rows if "oneshot_accuracy_rethreaded" in r]
+    if not pairs:
+        return {}
+    differences = np.array([r["oneshot_accuracy"] - r["oneshot_accuracy_rethreaded"] for r in pairs])
+    sampled = [r for r in pairs if r["label"] == "random"]
+    return {"difference_std": float(differences.std(ddof=1)) if len(pairs) > 1 else math.nan,
+            "max_abs_difference": float(np.abs(differences).max()),
+            "self_tau_random_only": correlations(column(sampled, "oneshot_accuracy"),
+                                                 column(sampled, "oneshot_accuracy_rethreaded"))["kendall_tau"],
+            "oneshot_spread_random_only": float(np.std(column(sampled, "oneshot_accuracy"), ddof=1))
+            if len(sampled) > 1 else math.nan}
+
+
 def column(rows: Sequence[dict[str, Any]], key: str) -> list[Any]:
     return [r[key] for r in rows]
 
@@ -305,6 +322,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"candidates: {nf['seed1_vs_seed2_tau']:.3f}",
             "- with init `supernet` a seed only changes the order of the training images; both scores use the "
             "same validation images, so their sampling error is shared and is not part of this ceiling", ""]
+    jitter = result.get("estimator_jitter")
+    if jitter:
+        lines += [
+            "## Noise of the one-shot estimate", "",
+            f"- every candidate scored again with another torch thread count (the same computation, summed in "
+            f"another order): the two estimates differ by {jitter['difference_std']:.4f} (std), at most "
+            f"{jitter['max_abs_difference']:.4f}, against a one-shot spread of "
+            f"{jitter['oneshot_spread_random_only']:.4f} over the random samples",
+            f"- the two one-shot rankings of the random samples agree at tau {jitter['self_tau_random_only']:.3f}: "
+            "low-bit rounding turns last-bit differences into different predictions, so estimates closer than this "
+            "noise are ties", ""]
     lines += ["## Candidates", "", "| id | label | BitOps | one-shot acc | stand-alone acc | seeds |",
               "|---|---|---:|---:|---:|---|"]
     lines += [f"| `{r['id'][:12]}` | {r['label']} | {r['bitops']:.3e} | {r['oneshot_accuracy']:.4f} | "
@@ -368,7 +396,8 @@ def summarize(rows: list[dict[str, Any]], meta: dict[str, Any], wall_s: float, o
     scores = ("oneshot_accuracy", "standalone_accuracy")
     result = {"candidates": rows, **rank_figures(*(column(done, k) for k in scores)),
               "random_only": rank_figures(*(column(sampled, k) for k in scores)),
-              "noise_floor": noise_floor(rows, meta["scale"]["val_images"]), **meta, "status": status,
+              "noise_floor": noise_floor(rows, meta["scale"]["val_images"]),
+              "estimator_jitter": estimator_jitter(rows), **meta, "status": status,
               "capacity": capacity_trend(rows), "wall_s": wall_s, "load_end": os.getloadavg()[0]}
     result["reading"] = reading(result)
     name = f"{NAME}_{meta['scale_name']}"
@@ -406,8 +435,12 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
             "init": args.init, "supernet": str(run), "space": args.space, "val_size": space.dataset.val_size,
             "load_start": os.getloadavg()[0],
             "threads": args.threads}
+    # the same estimate on 2 torch threads: numerically equivalent, differently rounded arithmetic
+    rethreaded = OneShotEstimator(space, supernet, data, calib_images=scale.calib_images,
+                                  val_images=scale.val_images, threads=2 if args.threads == 1 else 1)
     rows = [{"id": c.id, "label": label, "candidate": c.to_dict(), "bitops": bitops(c),
-             "oneshot_accuracy": estimator.estimate(c)["accuracy"], "standalone_accuracy": None}
+             "oneshot_accuracy": estimator.estimate(c)["accuracy"],
+             "oneshot_accuracy_rethreaded": rethreaded.estimate(c)["accuracy"], "standalone_accuracy": None}
             for label, c in picked]
     summarize(rows, meta, time.perf_counter() - start, out, "running")
     noisy = set(noise_indices(scale.candidates, scale.noise_candidates))
