@@ -58,6 +58,7 @@ __all__ = [
     "space_fingerprint",
     "SupernetTrainer",
     "train_supernet",
+    "training_summary",
     "validate",
 ]
 
@@ -483,6 +484,25 @@ def _record_run(out: Path, space: SearchSpace, spec: TrainingSpec, seed: int, da
         "versions": _versions(),
         "time": _now(),
     })
+
+
+def training_summary(run_dir: str | Path) -> dict[str, Any]:
+    """What a training run folder holds, for the records of experiments that use it: epochs done, training images
+    per epoch, training wall time and the last validation accuracies of the largest and smallest candidates
+    (empty where ``metrics.jsonl`` is missing or holds no finished epoch)."""
+    run_dir = Path(run_dir)
+    try:
+        epochs = [json.loads(line) for line in (run_dir / METRICS).read_text(encoding="utf-8").splitlines()
+                  if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return {}
+    epochs = [record for record in epochs if "epoch" in record]
+    if not epochs:
+        return {}
+    last, training = epochs[-1], _read_json(run_dir / RUN_INFO).get("config", {}).get("training", {})
+    return {"epochs": last["epoch"], "train_images": training.get("train_size"),
+            "training_wall_s": sum(e.get("wall_s", 0.0) for e in epochs),
+            "val_acc_largest": last.get("val_acc_largest"), "val_acc_smallest": last.get("val_acc_smallest")}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

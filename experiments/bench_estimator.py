@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from automq.evaluate import ESTIMATOR_THREADS, OneShotEstimator
-from automq.io import atomic_write_json, atomic_write_text, read_jsonl
+from automq.io import atomic_write_json, atomic_write_text
 from automq.space import SearchSpace
 from automq.supernet import Supernet
-from automq.train import METRICS, load_space_data, load_supernet
+from automq.train import load_space_data, load_supernet, training_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PER_MINUTE = 20.0
@@ -73,9 +73,9 @@ def supernet_note(run: str | None) -> str:
     """Which supernet was timed: a run folder with its final validation accuracies, or an untrained one."""
     if run is None:
         return "untrained (timing does not depend on the weights)"
-    last = list(read_jsonl(Path(run) / METRICS))[-1]
-    return (f"{run}, trained {last['epoch']} epochs (val acc largest {last['val_acc_largest']:.3f}, "
-            f"smallest {last['val_acc_smallest']:.3f})")
+    summary = training_summary(run)
+    return (f"{run}, trained {summary['epochs']} epochs (val acc largest {summary['val_acc_largest']:.3f}, "
+            f"smallest {summary['val_acc_smallest']:.3f})")
 
 
 def build_estimator(args: argparse.Namespace, threads: int) -> OneShotEstimator:

@@ -46,7 +46,7 @@ from automq.results import PARETO_FILE, RUN_FILE, SPACE_FILE, TRIALS_FILE
 from automq.search import run_search
 from automq.space import SearchSpace
 from automq.strategy import create_strategy, strategy_names
-from automq.train import SUPERNET, train_supernet
+from automq.train import SUPERNET, train_supernet, training_summary
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs"
@@ -130,19 +130,7 @@ def ensure_supernet(config: Config, space: SearchSpace, folder: Path, data_root:
         options = config.supernet
         train_supernet(space, folder, epochs=options.get("epochs"), train_subset=options.get("subset"),
                        resume=(folder / "checkpoint.pt").is_file(), data_root=data_root)
-    return {"path": str(folder), "trained_here_s": time.time() - start, **_training_summary(folder)}
-
-
-def _training_summary(folder: Path) -> dict[str, Any]:
-    """Epochs, images and final validation accuracies of a training run, from its metrics log."""
-    metrics = folder / "metrics.jsonl"
-    epochs = [json.loads(line) for line in metrics.read_text().splitlines() if '"epoch"' in line] \
-        if metrics.is_file() else []
-    if not epochs:
-        return {}
-    last = epochs[-1]
-    return {"epochs": last["epoch"], "training_wall_s": sum(e.get("wall_s", 0.0) for e in epochs),
-            "val_acc_largest": last.get("val_acc_largest"), "val_acc_smallest": last.get("val_acc_smallest")}
+    return {"path": str(folder), "trained_here_s": time.time() - start, **training_summary(folder)}
 
 
 def level_options(config: Config, space: SearchSpace, name: str, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from automq.evaluate import OneShotEstimator, train_standalone
 from automq.io import atomic_write_json, atomic_write_text
 from automq.space import SearchSpace
 from automq.supernet import recalibrate_bn
-from automq.train import SUPERNET, load_space_data, load_supernet, train_supernet
+from automq.train import SUPERNET, load_space_data, load_supernet, train_supernet, training_summary
 
 ROOT = Path(__file__).resolve().parent
 UNIFORM = ("int8", "int4", "fp8_e4m3")
@@ -105,6 +105,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--seed", type=int, default=0, help="candidate sampling seed")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", help="appended to the output names (oneshot_fidelity_<scale>_<tag>), e.g. to keep "
+                        "a study of another supernet beside the default one")
     parser.add_argument("--reuse-standalone", metavar="FILE", type=Path,
                         help="a finished study's JSON: re-score only the one-shot side with --variants against "
                         "its stand-alone scores (the supernet must be the one that study used)")
@@ -277,6 +279,14 @@ def plot(rows: list[dict[str, Any]], figures: dict[str, float], path: Path) -> N
     fig.savefig(path, dpi=120)
 
 
+def supernet_text(trained: dict[str, Any]) -> str:
+    if not trained:
+        return "training record not found"
+    return (f"{trained['epochs']} epochs on {trained['train_images']} train images in "
+            f"{trained['training_wall_s'] / 60:.0f} min; val accuracy largest {trained['val_acc_largest']:.3f}, "
+            f"smallest {trained['val_acc_smallest']:.3f}")
+
+
 def verdict(tau: float, rho: float) -> str:
     return ("MEETS the target" if tau >= TARGET_TAU else
             "misses tau >= 0.93 but meets Spearman >= 0.9" if rho >= TARGET_SPEARMAN else "MISSES the target")
@@ -292,7 +302,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"wall time {result['wall_s'] / 60:.1f} min on {result['threads']} torch thread; 1-min load average "
         f"{result['load_start']:.1f} at the start and {result['load_end']:.1f} at the end on {os.cpu_count()} "
         "CPUs (other jobs share the machine)",
-        f"- supernet: {result['supernet']}; space `{result['space']}`",
+        f"- supernet: {result['supernet']} ({supernet_text(result.get('supernet_training') or {})}); space "
+        f"`{result['space']}`",
         f"- scale `{result['scale_name']}` ({s['purpose']}): {s['candidates']} BitOps-stratified candidates + "
         f"uniform {', '.join(UNIFORM)} (largest architecture) + the smallest; one-shot = BN recalibration on "
         f"{s['calib_images']} train images, accuracy on {s['val_images']} val images; stand-alone = init "
@@ -379,8 +390,10 @@ def reading(result: dict[str, Any]) -> str:
                    "advantage of the larger candidates, which their own training brings out."
                    if trend["bitops_vs_standalone_tau"] > rnd["kendall_tau"] else "."))
     if tau < TARGET_TAU:
-        text.append("What limits it: the supernet is trained for 3 epochs on 20k images with one BN (affine) set "
-                    "shared by all formats and widths, so its shared weights are far from each candidate's own "
+        trained = result.get("supernet_training") or {}
+        text.append(f"What limits it: the supernet is trained for {trained.get('epochs', '?')} epochs on "
+                    f"{trained.get('train_images', '?')} images with one BN (affine) set shared by all formats and "
+                    "widths, so its shared weights are far from each candidate's own "
                     "optimum; init `supernet` makes the ground truth a fine-tune of those same weights, so a short "
                     "stand-alone recipe flatters the estimator. What the literature credits: a longer-trained "
                     "supernet, per-format or conditional BN in the supernet, longer BN calibration (measured by "
@@ -400,7 +413,7 @@ def summarize(rows: list[dict[str, Any]], meta: dict[str, Any], wall_s: float, o
               "estimator_jitter": estimator_jitter(rows), **meta, "status": status,
               "capacity": capacity_trend(rows), "wall_s": wall_s, "load_end": os.getloadavg()[0]}
     result["reading"] = reading(result)
-    name = f"{NAME}_{meta['scale_name']}"
+    name = "_".join([NAME, meta["scale_name"], *([meta["tag"]] if meta.get("tag") else [])])
     atomic_write_json(out / f"{name}.json", result)
     if done:
         plot(rows, result, out / f"{name}.png")
@@ -432,9 +445,10 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
 
     picked = pick_candidates(space, bitops, scale, args.seed)
     meta = {"command": shlex.join([sys.executable, *sys.argv]), "scale_name": args.scale, "scale": asdict(scale),
-            "init": args.init, "supernet": str(run), "space": args.space, "val_size": space.dataset.val_size,
+            "init": args.init, "supernet": str(run), "supernet_training": training_summary(run), "space": args.space,
+            "val_size": space.dataset.val_size,
             "load_start": os.getloadavg()[0],
-            "threads": args.threads}
+            "threads": args.threads, "tag": args.tag}
     # the same estimate on 2 torch threads: numerically equivalent, differently rounded arithmetic
     rethreaded = OneShotEstimator(space, supernet, data, calib_images=scale.calib_images,
                                   val_images=scale.val_images, threads=2 if args.threads == 1 else 1)

@@ -27,6 +27,7 @@ from automq.train import (
     load_supernet,
     sandwich_step,
     train_supernet,
+    training_summary,
 )
 
 from _spaces import SpaceFactory
@@ -115,6 +116,11 @@ def test_training_writes_a_complete_run_folder(space: SearchSpace, tmp_path: Pat
     supernet = load_supernet(out, space)
     for name, tensor in supernet.state_dict().items():
         assert torch.equal(tensor, checkpoint["model"][name])
+    assert training_summary(out) == {"epochs": 2, "train_images": 96,
+                                     "training_wall_s": pytest.approx(sum(r["wall_s"] for r in records)),
+                                     "val_acc_largest": records[-1]["val_acc_largest"],
+                                     "val_acc_smallest": records[-1]["val_acc_smallest"]}
+    assert training_summary(tmp_path / "no_run") == {}
 
 
 def test_resume_after_a_kill_repeats_the_uninterrupted_run_bit_for_bit(
