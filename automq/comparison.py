@@ -303,7 +303,9 @@ def uniform_front(baselines: Sequence[Baseline], cost: str) -> list[tuple[str, T
     format that a cheaper one matches or beats is not what a user would deploy, so mixed precision is compared
     with the best uniform format within each budget rather than with every format."""
     front, best = [], -math.inf
-    for name, trial in _best_per_format(baselines, cost):
+    by_cost = sorted(_best_per_format(baselines, cost), key=lambda item: (item[1].metrics[cost],
+                                                                          -item[1].metrics["accuracy"]))
+    for name, trial in by_cost:  # of formats with equal cost, the most accurate comes first and alone counts
         if trial.metrics["accuracy"] > best:
             front.append((name, trial))
             best = trial.metrics["accuracy"]
