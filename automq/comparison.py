@@ -225,7 +225,9 @@ def key_findings(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> 
     cost = "bitops" if any(_finite(t.metrics.get("bitops")) for _, t in feasible) else None
     if cost is None:
         return findings
-    mixed = [(r, t) for r, t in feasible if uniform_format(t, t.strategy or r.strategy) is None]
+    uniform_ids = {b.trial.candidate.id for b in baselines}  # a strategy may pick a baseline's candidate too
+    mixed = [(r, t) for r, t in feasible
+             if uniform_format(t, t.strategy or r.strategy) is None and t.candidate.id not in uniform_ids]
     for name, reference in uniform_front(baselines, cost):
         budget = reference.metrics[cost]
         within = [(r, t) for r, t in mixed if t.metrics.get(cost, math.inf) <= budget * (1 + 1e-9)]
