@@ -99,10 +99,10 @@ class BatchedOptunaSearch(OptunaSearch):
 
     def __init__(self, space: SuggestCandidate, *, metric: list[str], mode: list[str],
                  sampler: optuna.samplers.BaseSampler, batch_size: int, total: int,
-                 history: Sequence[Trial] = ()) -> None:
+                 history: Sequence[Trial] = (), seeds: Sequence[Candidate] = ()) -> None:
         super().__init__(space=space, metric=metric, mode=mode, sampler=sampler)
         retell(self._ot_study, space, history)
-        self.proposals = Proposals(self._ot_study, space.space, history)
+        self.proposals = Proposals(self._ot_study, space.space, history, seeds)
         self._batch_size, self._left = batch_size, total
         self._batches: dict[str, list[tuple[optuna.Trial, Candidate]]] = {}
         self._configs: dict[str, dict[str, Any]] = {}
@@ -216,7 +216,7 @@ def _short_link(folder: Path) -> Path:
 
 def run_tune(strategy: TuneStrategy, suggest: SuggestCandidate, sampler: optuna.samplers.BaseSampler,
              evaluator: Evaluator, budget: Budget, history: Sequence[Trial], record: Callable[[Trial], None],
-             *, work_dir: Path | None) -> None:
+             seeds: Sequence[Candidate] = (), *, work_dir: Path | None) -> None:
     """Run ``budget.evaluations`` candidates as Tune trials of ``strategy.batch_size`` candidates each."""
     with tempfile.TemporaryDirectory(prefix="automq-tune-") as scratch:
         work_dir = Path(work_dir or scratch)
@@ -224,7 +224,8 @@ def run_tune(strategy: TuneStrategy, suggest: SuggestCandidate, sampler: optuna.
             space = suggest.space
             search = BatchedOptunaSearch(
                 suggest, metric=[o.metric for o in space.objectives], mode=[o.mode for o in space.objectives],
-                sampler=sampler, batch_size=strategy.batch_size, total=budget.evaluations, history=history)
+                sampler=sampler, batch_size=strategy.batch_size, total=budget.evaluations, history=history,
+                seeds=seeds)
             trainable = tune.with_parameters(evaluate_batch, resident=Resident(ray.put(evaluator)),
                                              strategy=strategy.name)
             tuner = tune.Tuner(

@@ -27,8 +27,10 @@ from automq.strategies.tune import (
     create_sampler,
     directions,
     retell,
+    seed_candidates,
     tell,
 )
+from automq.strategies.baselines import uniform_pairs
 from automq.strategy import Budget, evaluate_candidate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -237,6 +239,37 @@ def test_repeated_proposals_are_answered_from_the_record_not_evaluated(tiny):
     assert len(study.trials) == 3 + MAX_REPEATS
     assert all(t.values == study.trials[0].values for t in study.trials[3:])  # told a's recorded result
     assert evaluator.calls == [candidate_a.id]
+
+
+def test_seeds_are_the_feasible_uniform_points_and_the_smallest_spread_over_bitops(budgeted):
+    model = CostModel(budgeted)
+    pool = [budgeted.uniform(w, a, "largest", clamp=True) for w, a in uniform_pairs(budgeted)]
+    pool.append(budgeted.smallest())
+    limit = budgeted.budgets["bitops"]
+    feasible = sorted({c.id: c for c in pool if model.metrics(c)["bitops"] <= limit}.values(),
+                      key=lambda c: model.metrics(c)["bitops"])
+    assert 3 < len(feasible) < len(pool)  # the budget rules some uniform points out
+    assert seed_candidates(budgeted, 100) == feasible
+    assert seed_candidates(budgeted, 3) == [feasible[0], feasible[round((len(feasible) - 1) / 2)], feasible[-1]]
+    assert seed_candidates(budgeted, 0) == [feasible[0]]
+
+
+def test_a_search_scores_its_seeds_first_and_a_resumed_one_not_again(space, tmp_path):
+    strategy = TuneStrategy(sampler="nsga2", workers=0)
+    first = strategy.run(space, ProxyEvaluator(space), Budget(12), seed=0,
+                         log=SearchLog(tmp_path, space, strategy="tune"))
+    seeds = seed_candidates(space, 12 // 4)
+    assert [t.candidate for t in first[:3]] == seeds
+    evaluator = ProxyEvaluator(space)
+    strategy.run(space, evaluator, Budget(12), seed=0, log=SearchLog(tmp_path, space, strategy="tune", resume=True))
+    # 24 trials in all now allow 6 seeds: the resumed run scores those it has not scored yet, first
+    unscored = [c.id for c in seed_candidates(space, 24 // 4) if c not in seeds]
+    assert evaluator.calls[:len(unscored)] == unscored and not {c.id for c in seeds} & set(evaluator.calls)
+    unseeded = TuneStrategy(sampler="nsga2", workers=0, seed_fraction=0).run(space, ProxyEvaluator(space),
+                                                                             Budget(3), seed=0)
+    assert [t.candidate for t in unseeded] != seeds
+    with pytest.raises(ValueError, match="seed_fraction must be within"):
+        TuneStrategy(seed_fraction=1.5)
 
 
 def test_same_seed_same_search(space):
