@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches, make_loader
@@ -107,9 +108,9 @@ class OneShotEstimator:
         _check_threads(threads)
         self.space, self.supernet, self.data, self.threads = space, supernet, data, threads
         self.cost_model = CostModel(space)
-        val_images = val_images or space.search.eval_size or len(data.val)
+        self.val_images = min(val_images or space.search.eval_size or len(data.val), len(data.val))
         self.calib = fixed_batches(data.train, calib_images or space.search.calib_size, batch_size)
-        self.val = fixed_batches(data.val, val_images, eval_batch_size)
+        self.val = fixed_batches(data.val, self.val_images, eval_batch_size)
         self._cache: dict[str, dict[str, float]] | None = {} if cache else None
 
     @classmethod
@@ -145,6 +146,23 @@ class OneShotEstimator:
         return dict(result)
 
     __call__ = estimate
+
+    def finetuned(self, candidate: Candidate, *, train: Dataset | None = None, epochs: int = 1,
+                  seed: int = 0) -> dict[str, Any]:
+        """The stand-alone path started from the shared weights: ``candidate`` extracted with its own BN statistics
+        and quantizer scales, fine-tuned for ``epochs`` on ``train`` (default: the whole train split) with the
+        space's recipe (:func:`train_standalone`), and scored on this estimator's validation images.
+
+        Slower than :meth:`estimate` by the training, and it ranks candidates closer to their trained accuracy
+        (``experiments/results/oneshot_fidelity_medium_supernet8ep_variants.md``): for re-ranking a Pareto set."""
+        self.space.validate_candidate(candidate)
+        data = dataclasses.replace(self.data, train=self.data.train if train is None else train)
+        with torch_threads(self.threads), scales_restored(self.supernet):
+            with deterministic():
+                self.supernet.set_active(candidate)
+                recalibrate_bn(self.supernet, self.calib)  # the extracted start carries this candidate's statistics
+            return train_standalone(self.space, candidate, data, epochs=epochs, seed=seed, init="supernet",
+                                    supernet=self.supernet, val_images=self.val_images)
 
     def evaluate_batch(self, candidates: Iterable[Candidate]) -> list[dict[str, float]]:
         """:meth:`estimate` for each candidate, in order."""

@@ -41,7 +41,6 @@ from automq.candidate import Candidate
 from automq.evaluate import OneShotEstimator, train_standalone
 from automq.io import atomic_write_json, atomic_write_text
 from automq.space import SearchSpace
-from automq.supernet import recalibrate_bn
 from automq.train import SUPERNET, load_space_data, load_supernet, train_supernet, training_summary
 
 ROOT = Path(__file__).resolve().parent
@@ -459,12 +458,12 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
     summarize(rows, meta, time.perf_counter() - start, out, "running")
     noisy = set(noise_indices(scale.candidates, scale.noise_candidates))
     for i, (row, (_, candidate)) in enumerate(zip(rows, picked)):
-        # the extracted start must carry this candidate's BN statistics, not the last estimated one's
-        supernet.set_active(candidate)
-        recalibrate_bn(supernet, estimator.calib)
         seeds = range(scale.noise_seeds if i in noisy else 1)
-        accs = [train_standalone(space, candidate, data, epochs=scale.epochs, seed=seed, init=args.init,
-                                 supernet=supernet, val_images=scale.val_images)["accuracy"] for seed in seeds]
+        if args.init == "supernet":
+            accs = [estimator.finetuned(candidate, epochs=scale.epochs, seed=seed)["accuracy"] for seed in seeds]
+        else:
+            accs = [train_standalone(space, candidate, data, epochs=scale.epochs, seed=seed, init="scratch",
+                                     val_images=scale.val_images)["accuracy"] for seed in seeds]
         row["standalone_accuracy"] = accs[0]  # seed 0: the same recipe for every candidate
         if len(accs) > 1:
             row["seed_accuracies"] = accs

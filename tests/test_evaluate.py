@@ -171,6 +171,21 @@ def test_standalone_training_is_reproducible_and_learns(space, data, supernet) -
         train_standalone(space, candidate, data, epochs=1, seed=0, init="supernet")
 
 
+def test_finetuned_trains_the_extracted_candidate_with_its_own_bn_statistics(space, data, supernet, run_dir) -> None:
+    candidate = candidates(space)[2]
+    subset = torch.utils.data.Subset(data.train, range(96))
+    estimator = OneShotEstimator(space, supernet, data, **SIZES)
+    tuned = estimator.finetuned(candidate, train=subset, epochs=1, seed=0)
+    reference_net = load_supernet(run_dir, space)  # the same steps by hand, on a supernet of its own
+    reference_net.set_active(candidate)
+    recalibrate_bn(reference_net, fixed_batches(data.train, 64, 32))
+    reference = train_standalone(space, candidate, dataclasses.replace(data, train=subset), epochs=1, seed=0,
+                                 init="supernet", supernet=reference_net, val_images=120)
+    assert {**tuned, "wall_s": 0} == {**reference, "wall_s": 0}
+    other = candidates(space)[3]  # nothing leaks into the estimates that follow
+    assert estimator(other) == OneShotEstimator(space, load_supernet(run_dir, space), data, **SIZES)(other)
+
+
 def test_estimates_run_on_one_torch_thread_unless_told_otherwise(space, data, supernet) -> None:
     seen = []
     supernet.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
