@@ -129,13 +129,13 @@ def _cmd_estimate(args: argparse.Namespace) -> None:
 
     from automq.evaluate import OneShotEstimator
 
+    from automq.train import load_space_data
+
+    if (args.finetune_images is not None and args.finetune_images < 1) or args.finetune_epochs < 1:
+        raise AutomqError("--finetune-images and --finetune-epochs must be at least 1")
     estimator = OneShotEstimator.from_run(args.supernet, data_root=args.data)
     train = None
     if args.finetune_images is not None:
-        from automq.train import load_space_data
-
-        if args.finetune_images < 1 or args.finetune_epochs < 1:
-            raise AutomqError("--finetune-images and --finetune-epochs must be at least 1")
         train = load_space_data(estimator.space, root=args.data, train_subset=args.finetune_images).train
     for text in args.candidate:
         candidate = _load_candidate(text, estimator.space)
