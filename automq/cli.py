@@ -129,22 +129,12 @@ def _cmd_estimate(args: argparse.Namespace) -> None:
 
     from automq.evaluate import OneShotEstimator
 
-    from automq.train import load_space_data
-
-    if (args.finetune_images is not None and args.finetune_images < 1) or args.finetune_epochs < 1:
-        raise AutomqError("--finetune-images and --finetune-epochs must be at least 1")
-    estimator = OneShotEstimator.from_run(args.supernet, data_root=args.data)
-    train = None
-    if args.finetune_images is not None:
-        train = load_space_data(estimator.space, root=args.data, train_subset=args.finetune_images).train
+    if args.finetune_images is not None and args.finetune_images < 0:
+        raise AutomqError(f"--finetune-images must be at least 0 (0: one-shot only), got {args.finetune_images}")
+    estimator = OneShotEstimator.from_run(args.supernet, data_root=args.data, finetune_images=args.finetune_images)
     for text in args.candidate:
         candidate = _load_candidate(text, estimator.space)
-        result = estimator.estimate(candidate)
-        if train is not None:
-            tuned = estimator.finetuned(candidate, train=train, epochs=args.finetune_epochs, seed=estimator.space.seed)
-            result |= {"finetuned_accuracy": tuned["accuracy"], "finetuned_loss": tuned["loss"],
-                       "finetune_s": tuned["wall_s"]}
-        print(json.dumps({"candidate_id": candidate.id, **result}), flush=True)
+        print(json.dumps({"candidate_id": candidate.id, **estimator.estimate(candidate)}), flush=True)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -279,12 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("candidate", nargs="+", help=candidate_help)
     estimate.add_argument("--data", help="dataset folder (overrides dataset.root)")
     estimate.add_argument("--finetune-images", type=int, metavar="N",
-                          help="also fine-tune each candidate from the supernet's weights on N class-balanced training "
-                               "images and print its accuracy on the same validation images (finetuned_accuracy): "
-                               "about 20 s a candidate for N=3000 on one CPU core, and it ranks candidates closer to "
-                               "their trained accuracy than the one-shot estimate; for re-ranking a Pareto set")
-    estimate.add_argument("--finetune-epochs", type=int, default=1, metavar="E",
-                          help="epochs of that fine-tuning (default 1)")
+                          help="fine-tune each candidate from the supernet's weights on N training images (one "
+                               "epoch) before scoring it: accuracy is then the fine-tuned one, oneshot_accuracy the "
+                               "plain estimate (default: the space's search.finetune_images)")
     estimate.set_defaults(func=_cmd_estimate)
 
     export = sub.add_parser("export", help="export a candidate as a standalone timm model file")

@@ -32,7 +32,7 @@ from automq.errors import DataError
 __all__ = [
     "DATASETS", "FASHION_MNIST_ROOT", "IMAGE_EXTENSIONS", "MAX_PAD", "ArrayPool", "DataSource", "DataSplits",
     "ImageFilePool", "ImageFiles", "Pool", "Preprocess", "balanced_subset", "dataset_names", "fit_size",
-    "fixed_batches", "load_dataset", "make_loader", "read_idx", "register_dataset", "split_indices",
+    "fixed_batches", "head", "load_dataset", "make_loader", "read_idx", "register_dataset", "split_indices",
 ]  # fmt: skip
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -514,14 +514,17 @@ def make_loader(
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0)
 
 
+def head(dataset: Dataset, n_images: int) -> Dataset:
+    """The first ``min(n_images, len(dataset))`` images of ``dataset`` (a tensor slice where it can be one)."""
+    n = min(n_images, len(dataset))
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t[:n] for t in dataset.tensors))
+    return Subset(dataset, range(n))
+
+
 def fixed_batches(dataset: Dataset, n_images: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
     """The first ``min(n_images, len(dataset))`` images as a fixed list of (images, labels) batches.
 
     Used for BN recalibration and fast validation, where the same images must be seen every time.
     """
-    n = min(n_images, len(dataset))
-    if isinstance(dataset, TensorDataset):
-        head: Dataset = TensorDataset(*(t[:n] for t in dataset.tensors))
-    else:
-        head = Subset(dataset, range(n))
-    return [(images, labels) for images, labels in make_loader(head, batch_size, shuffle=False)]
+    return [(images, labels) for images, labels in make_loader(head(dataset, n_images), batch_size, shuffle=False)]

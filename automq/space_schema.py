@@ -114,11 +114,13 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    """Defaults of ``automq search``: number of trials, validation and BN-recalibration images per candidate."""
+    """Defaults of ``automq search``: number of trials, validation and BN-recalibration images per candidate, and
+    the training images of the short fine-tune that precedes each score (0: the plain one-shot estimate)."""
 
     trials: int = field(default=100, metadata={"min": 1})
     eval_size: int | None = field(default=2000, metadata={"min": 1})
     calib_size: int = field(default=512, metadata={"min": 1})
+    finetune_images: int = field(default=0, metadata={"min": 0})
 
 
 def space_error(source: str, path: str, message: str) -> NoReturn:

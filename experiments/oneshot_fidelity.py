@@ -83,12 +83,15 @@ SCALES = {
 }
 
 # one-shot estimator settings re-scored by --reuse-standalone: OneShotEstimator keyword arguments that replace the
-# reused study's own settings (its calib_images and val_images, calibration batch 256), which are the baseline
+# reused study's own settings (its calib_images and val_images, calibration batch 256, no fine-tuning), which are
+# the baseline
 VARIANTS: dict[str, dict[str, int]] = {
     "val 2000 (the search's eval_size)": {"val_images": 2000},
     "calib 2048 (batch 256)": {"calib_images": 2048},
     "calib 2048 (batch 1024)": {"calib_images": 2048, "batch_size": 1024},
     "calib 8192 (batch 1024)": {"calib_images": 8192, "batch_size": 1024},
+    "fine-tune 512 images (4 steps)": {"finetune_images": 512},
+    "fine-tune 1024 images (8 steps)": {"finetune_images": 1024},
 }
 
 
@@ -438,7 +441,7 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
     supernet = load_supernet(run, space)
     data = load_space_data(space, root=args.data, train_subset=scale.train_images)
     estimator = OneShotEstimator(space, supernet, data, calib_images=scale.calib_images, val_images=scale.val_images,
-                                 threads=args.threads)
+                                 threads=args.threads, finetune_images=0)  # the one-shot estimate itself
     def bitops(candidate: Candidate) -> float:
         return estimator.costs(candidate)["bitops"]
 
@@ -450,7 +453,8 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
             "threads": args.threads, "tag": args.tag}
     # the same estimate on 2 torch threads: numerically equivalent, differently rounded arithmetic
     rethreaded = OneShotEstimator(space, supernet, data, calib_images=scale.calib_images,
-                                  val_images=scale.val_images, threads=2 if args.threads == 1 else 1)
+                                  val_images=scale.val_images, threads=2 if args.threads == 1 else 1,
+                                  finetune_images=0)
     rows = [{"id": c.id, "label": label, "candidate": c.to_dict(), "bitops": bitops(c),
              "oneshot_accuracy": estimator.estimate(c)["accuracy"],
              "oneshot_accuracy_rethreaded": rethreaded.estimate(c)["accuracy"], "standalone_accuracy": None}
@@ -502,7 +506,7 @@ def variants(args: argparse.Namespace, space: SearchSpace, out: Path, start: flo
     truth = [r["standalone_accuracy"] for r in rows]
     candidates = [Candidate.from_dict(r["candidate"]) for r in rows]
     supernet = load_supernet(args.supernet or source["supernet"], space)
-    study_settings = {"calib_images": recipe["calib_images"], "val_images": recipe["val_images"]}
+    study_settings = {"calib_images": recipe["calib_images"], "val_images": recipe["val_images"], "finetune_images": 0}
     settings = {"the study's (baseline)": study_settings,
                 **{name: {**study_settings, **VARIANTS[name]} for name in args.variants}}
     # class-balanced subsets are nested, so the first calibration images are the study's at any size

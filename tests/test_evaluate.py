@@ -186,6 +186,20 @@ def test_finetuned_trains_the_extracted_candidate_with_its_own_bn_statistics(spa
     assert estimator(other) == OneShotEstimator(space, load_supernet(run_dir, space), data, **SIZES)(other)
 
 
+def test_finetune_images_scores_the_fine_tuned_candidate_and_keeps_the_one_shot_values(space, data, supernet,
+                                                                                      run_dir) -> None:
+    candidate = candidates(space)[2]
+    plain = OneShotEstimator(space, supernet, data, **SIZES)(candidate)
+    tuned = OneShotEstimator(space, load_supernet(run_dir, space), data, finetune_images=96, **SIZES)(candidate)
+    reference = OneShotEstimator(space, load_supernet(run_dir, space), data, **SIZES).finetuned(
+        candidate, train=torch.utils.data.Subset(data.train, range(96)), seed=space.seed)
+    assert tuned == {**plain, "oneshot_accuracy": plain["accuracy"], "oneshot_loss": plain["loss"],
+                     "accuracy": reference["accuracy"], "loss": reference["loss"]}
+    assert tuned["accuracy"] != plain["accuracy"]
+    with pytest.raises(ValueError, match="finetune_images must be >= 0"):
+        OneShotEstimator(space, supernet, data, finetune_images=-1, **SIZES)
+
+
 def test_estimates_run_on_one_torch_thread_unless_told_otherwise(space, data, supernet) -> None:
     seen = []
     supernet.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))

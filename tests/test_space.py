@@ -275,6 +275,8 @@ def set_path(data: dict, path: str, value) -> dict:
         ("training", {"lr": "fast"}, "training.lr: expected a number, got str 'fast'"),
         ("search", {"trails": 5}, "search.trails: unknown key; did you mean 'trials'?"),
         ("search", {"eval_size": 9000}, "search.eval_size: 9000 exceeds dataset.val_size (5000)"),
+        ("search", {"finetune_images": -1}, "search.finetune_images: expected a value >= 0, got -1"),
+        ("search", {"finetune_images": 512}, None),
         ("seed", -1, "seed: expected a value >= 0"),
         ("network.head.channels", True, "network.head.channels: expected an integer, got bool True"),
     ],
