@@ -91,7 +91,7 @@ class OneShotEstimator:
             shared weights on the first ``finetune_images`` training images (one epoch, :meth:`finetuned`), and the
             one-shot values are kept as ``oneshot_accuracy`` and ``oneshot_loss``. ``None``: the space's
             ``search.finetune_images``. Four steps of 128 images doubled the fidelity study's Kendall tau (0.25 to
-            0.46) for about 1.2x the time of a one-shot estimate.
+            0.46) for 1.2-2.1x the time of a one-shot estimate (two runs on a shared 2-core machine).
         threads: torch intra-op threads while an estimate runs (the caller's count is restored afterwards);
             ``None`` uses whatever torch is set to. The default of one thread is the fastest way to share
             cores between processes (see :data:`ESTIMATOR_THREADS`); raise it for one process on an idle machine.
