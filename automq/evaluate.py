@@ -5,6 +5,8 @@ it on a fixed calibration subset of the training split (the running statistics g
 every sampled candidate and are wrong for any single one), and measures accuracy and loss on the first images
 of the validation split. The test split is never touched: it is for final reporting only. The stand-alone path
 trains a candidate alone with the same recipe; comparing the two measures how far the estimate can be trusted.
+Between the two, ``finetune_images`` scores each candidate after a short fine-tune from the shared weights, which
+ranks candidates better than the plain estimate for a little more time.
 """
 
 from __future__ import annotations
