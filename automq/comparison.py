@@ -225,19 +225,21 @@ def key_findings(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> 
     cost = "bitops" if any(_finite(t.metrics.get("bitops")) for _, t in feasible) else None
     if cost is None:
         return findings
-    uniform_ids = {b.trial.candidate.id for b in baselines}  # a strategy may pick a baseline's candidate too
-    mixed = [(r, t) for r, t in feasible
-             if uniform_format(t, t.strategy or r.strategy) is None and t.candidate.id not in uniform_ids]
+    # searched: neither a baseline's candidate (a strategy may pick one too) nor one format everywhere; on a space
+    # with architecture choices such a candidate may differ from the baselines in its architecture, not its formats
+    uniform_ids = {b.trial.candidate.id for b in baselines}
+    searched = [(r, t) for r, t in feasible
+                if uniform_format(t, t.strategy or r.strategy) is None and t.candidate.id not in uniform_ids]
     for name, reference in uniform_front(baselines, cost):
         budget = reference.metrics[cost]
-        within = [(r, t) for r, t in mixed if t.metrics.get(cost, math.inf) <= budget * (1 + 1e-9)]
+        within = [(r, t) for r, t in searched if t.metrics.get(cost, math.inf) <= budget * (1 + 1e-9)]
         head = f"At ≤ {_g(budget)} BitOps (best uniform format: {name}, {_pct(reference.metrics['accuracy'])})"
         if not within:
-            findings.append(f"{head}, no mixed-precision candidate was found.")
+            findings.append(f"{head}, no searched candidate was found.")
             continue
         r, t = max(within, key=lambda rt: rt[1].metrics["accuracy"])
         gain = 100 * (t.metrics["accuracy"] - reference.metrics["accuracy"])
-        findings.append(f"{head}, the best mixed-precision candidate reaches {_pct(t.metrics['accuracy'])} "
+        findings.append(f"{head}, the best searched candidate reaches {_pct(t.metrics['accuracy'])} "
                         f"({gain:+.2f} points; {r.label} trial #{t.number}, {_g(t.metrics[cost])} BitOps).")
     if not baselines:
         findings += _budget_ladder(feasible, cost)
@@ -302,7 +304,7 @@ def _best_per_format(baselines: Sequence[Baseline], cost: str) -> list[tuple[str
 
 def uniform_front(baselines: Sequence[Baseline], cost: str) -> list[tuple[str, Trial]]:
     """The uniform formats that are the most accurate uniform choice within their own cost, cheapest first: a
-    format that a cheaper one matches or beats is not what a user would deploy, so mixed precision is compared
+    format that a cheaper one matches or beats is not what a user would deploy, so searched candidates are compared
     with the best uniform format within each budget rather than with every format."""
     front, best = [], -math.inf
     by_cost = sorted(_best_per_format(baselines, cost), key=lambda item: (item[1].metrics[cost],

@@ -78,8 +78,8 @@ def test_findings_compare_mixed_precision_with_the_best_uniform_format_within_ea
     findings = key_findings([run("uniform", [int2, int4, int8, fp8]), mixed], baselines)
     comparisons = [f for f in findings if f.startswith("At ≤")]
     assert comparisons == [
-        "At ≤ 25 BitOps (best uniform format: int2, 82.00%), the best mixed-precision candidate reaches 81.00% "
+        "At ≤ 25 BitOps (best uniform format: int2, 82.00%), the best searched candidate reaches 81.00% "
         "(-1.00 points; limpq trial #0, 24 BitOps).",
-        "At ≤ 100 BitOps (best uniform format: int8, 85.00%), the best mixed-precision candidate reaches 86.00% "
+        "At ≤ 100 BitOps (best uniform format: int8, 85.00%), the best searched candidate reaches 86.00% "
         "(+1.00 points; limpq trial #1, 70 BitOps).",
     ]
