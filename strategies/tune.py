@@ -161,7 +161,7 @@ def seed_candidates(space: SearchSpace, limit: int) -> list[Candidate]:
     feasible = sorted(unique.values(), key=lambda c: costs[c.id]["bitops"])
     if len(feasible) <= limit:
         return feasible
-    return [feasible[i] for i in sorted({round(k) for k in np.linspace(0, len(feasible) - 1, max(limit, 1))})]
+    return [feasible[i] for i in sorted({round(k) for k in np.linspace(0, len(feasible) - 1, limit)})]
 
 
 class Proposals:
@@ -297,7 +297,7 @@ class TuneStrategy(Strategy):
         suggest = SuggestCandidate(space)
         total = len(history) + budget.evaluations
         sampler = create_sampler(self.sampler, seed=seed, trials=total)
-        seeds = seed_candidates(space, int(self.seed_fraction * total)) if self.seed_fraction else []
+        seeds = seed_candidates(space, int(self.seed_fraction * total))
         with _quiet_optuna():
             if self.workers == 0:
                 self._run_local(suggest, sampler, evaluator, budget, history, record, seeds)

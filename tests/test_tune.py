@@ -251,7 +251,7 @@ def test_seeds_are_the_feasible_uniform_points_and_the_smallest_spread_over_bito
     assert 3 < len(feasible) < len(pool)  # the budget rules some uniform points out
     assert seed_candidates(budgeted, 100) == feasible
     assert seed_candidates(budgeted, 3) == [feasible[0], feasible[round((len(feasible) - 1) / 2)], feasible[-1]]
-    assert seed_candidates(budgeted, 0) == [feasible[0]]
+    assert seed_candidates(budgeted, 1) == [feasible[0]] and seed_candidates(budgeted, 0) == []
 
 
 def test_a_search_scores_its_seeds_first_and_a_resumed_one_not_again(space, tmp_path):
