@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from automq.data import DataSplits, fixed_batches, load_dataset, make_loader
 from automq.errors import CheckpointError, SpaceError, TrainingDivergedError
-from automq.io import append_jsonl, atomic_torch_save, atomic_write_json, safe_torch_load
+from automq.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, safe_torch_load
 from automq.quant import Quantizer
 from automq.space import SearchSpace, TrainingSpec
 from automq.supernet import Supernet, recalibrate_bn
@@ -491,12 +491,7 @@ def training_summary(run_dir: str | Path) -> dict[str, Any]:
     per epoch, training wall time and the last validation accuracies of the largest and smallest candidates
     (empty where ``metrics.jsonl`` is missing or holds no finished epoch)."""
     run_dir = Path(run_dir)
-    try:
-        epochs = [json.loads(line) for line in (run_dir / METRICS).read_text(encoding="utf-8").splitlines()
-                  if line.strip()]
-    except (OSError, json.JSONDecodeError):
-        return {}
-    epochs = [record for record in epochs if "epoch" in record]
+    epochs = [record for record in read_jsonl(run_dir / METRICS) if "epoch" in record]
     if not epochs:
         return {}
     last, training = epochs[-1], _read_json(run_dir / RUN_INFO).get("config", {}).get("training", {})
