@@ -109,7 +109,8 @@ class TrainingSpec:
     weight_decay: float = field(default=4e-5, metadata={"min": 0.0})
     warmup_epochs: int = field(default=0, metadata={"min": 0})
     train_size: int | None = field(default=None, metadata={"min": 1})
-    num_random: int = field(default=2, metadata={"min": 0})
+    num_random: int = field(default=3, metadata={"min": 0})
+    smallest: bool = False
 
 
 @dataclass(frozen=True)

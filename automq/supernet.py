@@ -56,7 +56,7 @@ MODEL_FORMAT_VERSION = 1
 _MODEL_KIND = "automq-model"
 # Constructor argument order of each block type is the layer order of space.BLOCK_LAYERS.
 _BLOCKS = {"ds": ElasticDepthwiseSeparable, "ir": ElasticInvertedResidual}
-# Validated specs of recent candidates: the sandwich rule re-activates the largest and smallest every step.
+# Validated specs of recent candidates: training re-activates the largest (and maybe the smallest) every step.
 _SPEC_CACHE_SIZE = 16
 
 

@@ -1,9 +1,12 @@
 """One-shot training of the quantization-aware supernet: sandwich rule, in-place distillation, checkpoints.
 
-Every step trains the largest candidate (most-bit formats) on the labels, then the smallest and ``num_random``
-sampled candidates (formats sampled too) on the largest one's detached soft targets, accumulates the gradients
-and takes one optimizer step (Yu & Huang, "Universally Slimmable Networks", ICCV 2019; Cai et al.,
-"Once-for-All", ICLR 2020). Each layer keeps one learned scale per format, so candidates that share a weight
+Every step trains the largest candidate (most-bit formats) on the labels, then ``num_random`` sampled candidates
+(formats sampled too) on the largest one's detached soft targets, accumulates the gradients and takes one optimizer
+step (Yu & Huang, "Universally Slimmable Networks", ICCV 2019; Cai et al., "Once-for-All", ICLR 2020). The
+sandwich rule's smallest candidate is trained only with ``training.smallest: true``: in a joint architecture x
+format space, training that one corner every step made it the only well-served low-cost point, and candidates
+between the corners scored below it one-shot (on the default space, half-max/half-min architectures with int8
+formats scored below the all-minimum one), which wrecked the estimator's ranking. Each layer keeps one learned scale per format, so candidates that share a weight
 tensor do not fight over its quantizer scale; BN statistics, which differ per candidate, are recomputed for
 each candidate at evaluation time (:func:`automq.supernet.recalibrate_bn`).
 
@@ -74,6 +77,8 @@ EVAL_BATCH_SIZE = 500  # validation batches: only speed depends on it
 # Measured on mbv2_fmnist (SGD, lr 0.05): a factor of 1e-2 or more sends per-channel weight scales negative
 # within two steps and the loss stalls at 2.5; 3e-4 trains as well as frozen scales while letting them adapt.
 WEIGHT_SCALE_LR_FACTOR = 3e-4
+# What a run recorded before an option existed did: runs from before `smallest` trained the smallest every step.
+_OLD_RUN_TRAINING = {"smallest": True}
 
 StepFn = Callable[[Tensor, Tensor], Sequence[float]]
 
@@ -293,14 +298,15 @@ class SupernetTrainer:
         self.scheduler = build_scheduler(self.optimizer, spec, self.steps_per_epoch)
         self.rng = np.random.default_rng(seed)
         self.epoch = 0
-        self.ends = {"largest": space.largest(), "smallest": space.smallest()}
+        self.ends = {"largest": space.largest(), "smallest": space.smallest()}  # both are validated every epoch
+        self.fixed = [self.ends["largest"], *([self.ends["smallest"]] if spec.smallest else [])]
         # the search's calibration and validation images, so the logged accuracies are the estimator's
         self.calib = fixed_batches(data.train, space.search.calib_size, spec.batch_size)
         self.val = fixed_batches(data.val, space.search.eval_size or len(data.val), EVAL_BATCH_SIZE)
 
     def _step(self, images: Tensor, labels: Tensor) -> list[float]:
         sampled = [self.space.sample(self.rng) for _ in range(self.spec.num_random)]
-        return sandwich_step(self.supernet, images, labels, [*self.ends.values(), *sampled])
+        return sandwich_step(self.supernet, images, labels, [*self.fixed, *sampled])
 
     def train_epoch(self, *, diverged_hint: str = "", progress: Progress | None = None) -> dict[str, float]:
         """Train one epoch and advance :attr:`epoch`; returns the mean label and distillation losses."""
@@ -452,7 +458,7 @@ def _load_checkpoint(path: Path, space: SearchSpace) -> dict[str, Any]:
 def _resumed_config(path: Path, config: dict[str, Any], **given: int | None) -> tuple[TrainingSpec, int]:
     """The run's saved configuration; an explicitly given value that differs from it is an error, because
     the learning-rate schedule and the data order depend on it."""
-    spec, seed = TrainingSpec(**config["training"]), config["seed"]
+    spec, seed = TrainingSpec(**{**_OLD_RUN_TRAINING, **config["training"]}), config["seed"]
     saved = {"epochs": spec.epochs, "train_subset": spec.train_size, "seed": seed}
     for name, value in given.items():
         if value is not None and value != saved[name]:
@@ -488,14 +494,17 @@ def _record_run(out: Path, space: SearchSpace, spec: TrainingSpec, seed: int, da
 
 def training_summary(run_dir: str | Path) -> dict[str, Any]:
     """What a training run folder holds, for the records of experiments that use it: epochs done, training images
-    per epoch, training wall time and the last validation accuracies of the largest and smallest candidates
-    (empty where ``metrics.jsonl`` is missing or holds no finished epoch)."""
+    per epoch, the candidates trained per step (``num_random``, ``smallest``), training wall time and the last
+    validation accuracies of the largest and smallest candidates (empty where ``metrics.jsonl`` is missing or
+    holds no finished epoch)."""
     run_dir = Path(run_dir)
     epochs = [record for record in read_jsonl(run_dir / METRICS) if "epoch" in record]
     if not epochs:
         return {}
-    last, training = epochs[-1], _read_json(run_dir / RUN_INFO).get("config", {}).get("training", {})
+    last = epochs[-1]
+    training = {**_OLD_RUN_TRAINING, **_read_json(run_dir / RUN_INFO).get("config", {}).get("training", {})}
     return {"epochs": last["epoch"], "train_images": training.get("train_size"),
+            "num_random": training.get("num_random"), "smallest": training["smallest"],
             "training_wall_s": sum(e.get("wall_s", 0.0) for e in epochs),
             "val_acc_largest": last.get("val_acc_largest"), "val_acc_smallest": last.get("val_acc_smallest")}
 

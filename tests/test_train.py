@@ -116,7 +116,7 @@ def test_training_writes_a_complete_run_folder(space: SearchSpace, tmp_path: Pat
     supernet = load_supernet(out, space)
     for name, tensor in supernet.state_dict().items():
         assert torch.equal(tensor, checkpoint["model"][name])
-    assert training_summary(out) == {"epochs": 2, "train_images": 96,
+    assert training_summary(out) == {"epochs": 2, "train_images": 96, "num_random": 1, "smallest": False,
                                      "training_wall_s": pytest.approx(sum(r["wall_s"] for r in records)),
                                      "val_acc_largest": records[-1]["val_acc_largest"],
                                      "val_acc_smallest": records[-1]["val_acc_smallest"]}
@@ -151,6 +151,46 @@ def test_resume_after_a_kill_repeats_the_uninterrupted_run_bit_for_bit(
     a, b = (list(read_jsonl(tmp_path / run / "metrics.jsonl")) for run in ("straight", "resumed"))
     assert [{k: v for k, v in r.items() if k not in timing} for r in a] == [
         {k: v for k, v in r.items() if k not in timing} for r in b]
+
+
+def record_steps(monkeypatch: pytest.MonkeyPatch) -> list[list]:
+    """The candidate list of every sandwich step from now on (the steps still run)."""
+    steps: list[list] = []
+    real_step = train.sandwich_step
+
+    def recording(supernet, images, labels, candidates):
+        steps.append(list(candidates))
+        return real_step(supernet, images, labels, candidates)
+
+    monkeypatch.setattr(train, "sandwich_step", recording)
+    return steps
+
+
+@pytest.mark.parametrize("smallest", [False, True])
+def test_each_step_trains_the_largest_then_the_smallest_only_when_asked_then_random_ones(
+    tiny_space: SpaceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smallest: bool
+) -> None:
+    space = tiny_space(SPACE_CHANGES, folder=tmp_path, training={"num_random": 2, "smallest": smallest})
+    steps = record_steps(monkeypatch)
+    train_supernet(space, tmp_path / "run", epochs=1, progress=False)
+    fixed = [space.largest(), space.smallest()][: 1 + smallest]
+    assert len(steps) == 3 and all(step[: len(fixed)] == fixed and len(step) == len(fixed) + 2 for step in steps)
+    sampled = [c for step in steps for c in step[len(fixed):]]
+    assert len(set(sampled)) == 6 and not {space.largest(), space.smallest()} & set(sampled)
+
+
+def test_a_run_from_before_the_smallest_option_resumes_training_the_smallest(
+    space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    train_supernet(space, out, epochs=2, progress=False)
+    checkpoint = safe_torch_load(out / CHECKPOINT)
+    del checkpoint["config"]["training"]["smallest"]
+    checkpoint["epoch"] = 1  # as if killed after the first epoch
+    torch.save(checkpoint, out / CHECKPOINT)
+    steps = record_steps(monkeypatch)
+    train_supernet(space, out, resume=True, progress=False)
+    assert len(steps) == 3 and all(step[1] == space.smallest() for step in steps)
 
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
