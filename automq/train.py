@@ -62,6 +62,7 @@ __all__ = [
     "SupernetTrainer",
     "train_supernet",
     "training_summary",
+    "training_text",
     "validate",
 ]
 
@@ -507,6 +508,17 @@ def training_summary(run_dir: str | Path) -> dict[str, Any]:
             "num_random": training.get("num_random"), "smallest": training["smallest"],
             "training_wall_s": sum(e.get("wall_s", 0.0) for e in epochs),
             "val_acc_largest": last.get("val_acc_largest"), "val_acc_smallest": last.get("val_acc_smallest")}
+
+
+def training_text(summary: dict[str, Any]) -> str:
+    """:func:`training_summary` in words, for experiment records."""
+    if "epochs" not in summary:
+        return "training record not found"
+    fixed = "the largest and the smallest" if summary.get("smallest", True) else "the largest"
+    return (f"{summary['epochs']} epochs on {summary.get('train_images') or 'all'} train images, {fixed} + "
+            f"{summary.get('num_random', '?')} random candidates per step, "
+            f"{summary.get('training_wall_s', 0) / 60:.0f} min; val accuracy largest "
+            f"{summary['val_acc_largest']:.3f}, smallest {summary['val_acc_smallest']:.3f}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

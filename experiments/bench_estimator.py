@@ -33,7 +33,7 @@ from automq.evaluate import ESTIMATOR_THREADS, OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text
 from automq.space import SearchSpace
 from automq.supernet import Supernet
-from automq.train import load_space_data, load_supernet, training_summary
+from automq.train import load_space_data, load_supernet, training_summary, training_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PER_MINUTE = 20.0
@@ -73,9 +73,7 @@ def supernet_note(run: str | None) -> str:
     """Which supernet was timed: a run folder with its final validation accuracies, or an untrained one."""
     if run is None:
         return "untrained (timing does not depend on the weights)"
-    summary = training_summary(run)
-    return (f"{run}, trained {summary['epochs']} epochs (val acc largest {summary['val_acc_largest']:.3f}, "
-            f"smallest {summary['val_acc_smallest']:.3f})")
+    return f"{run} ({training_text(training_summary(run))})"
 
 
 def build_estimator(args: argparse.Namespace, threads: int) -> OneShotEstimator:

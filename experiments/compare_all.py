@@ -46,7 +46,7 @@ from automq.results import PARETO_FILE, RUN_FILE, SPACE_FILE, TRIALS_FILE
 from automq.search import run_search
 from automq.space import SearchSpace
 from automq.strategy import create_strategy, strategy_names
-from automq.train import SUPERNET, train_supernet, training_summary
+from automq.train import SUPERNET, train_supernet, training_summary, training_text
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs"
@@ -201,9 +201,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
         f"- machine: {host['platform']}, {host['cpu_count']} CPUs, torch {host['torch']} with {host['torch_threads']} "
         f"threads{', GPU ' + host['cuda'] if host['cuda'] else ', no GPU'}; 1-min load average "
         f"{summary['load_before'][0]:.1f} at the start, {summary['load_after'][0]:.1f} at the end",
-        f"- total wall time: {summary['wall_s'] / 60:.1f} min (supernet training "
-        f"{supernet.get('training_wall_s', 0) / 60:.1f} min: {supernet.get('epochs')} epochs, val accuracy largest "
-        f"{supernet.get('val_acc_largest')}, smallest {supernet.get('val_acc_smallest')})",
+        f"- total wall time: {summary['wall_s'] / 60:.1f} min (supernet training: {training_text(supernet)})",
         "", "| strategy | registered name | status | trials (ok/infeasible/failed) | wall time (s) |",
         "|---|---|---|---|---:|",
     ]

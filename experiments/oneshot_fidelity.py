@@ -11,7 +11,8 @@ Spearman >= 0.9.
 A study writes ``oneshot_fidelity_<scale>.{json,md,png}`` under ``--out``, rewritten atomically after every
 candidate, so a stopped run leaves partial results. ``--reuse-standalone FILE`` instead re-scores only the
 one-shot side of a finished study with estimator variants (calibration size and batch, validation size)
-against that study's stand-alone scores, and writes ``<FILE stem>_variants.{json,md,png}``.
+against that study's stand-alone scores (and, with ``--compare-oneshot``, ranks other supernets' one-shot scores of
+the same candidates against them), and writes ``<FILE stem>_variants[_<tag>].{json,md,png}``.
 
     PYTHONPATH=. .venv/bin/python experiments/oneshot_fidelity.py --scale medium --supernet runs/fidelity_supernet
     PYTHONPATH=. .venv/bin/python experiments/oneshot_fidelity.py --supernet runs/fidelity_supernet \\
@@ -41,7 +42,8 @@ from automq.candidate import Candidate
 from automq.evaluate import OneShotEstimator, train_standalone
 from automq.io import atomic_write_json, atomic_write_text
 from automq.space import SearchSpace
-from automq.train import SUPERNET, load_space_data, load_supernet, train_supernet, training_summary
+from automq.train import (SUPERNET, load_space_data, load_supernet, train_supernet, training_summary,
+                          training_text)
 
 ROOT = Path(__file__).resolve().parent
 UNIFORM = ("int8", "int4", "fp8_e4m3")
@@ -107,17 +109,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--seed", type=int, default=0, help="candidate sampling seed")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--tag", help="appended to the output names (oneshot_fidelity_<scale>_<tag>), e.g. to keep "
-                        "a study of another supernet beside the default one")
+    parser.add_argument("--tag", help="appended to the output names (oneshot_fidelity_<scale>_<tag>, "
+                        "<FILE stem>_variants_<tag>), e.g. to keep a study of another supernet beside the default one")
     parser.add_argument("--reuse-standalone", metavar="FILE", type=Path,
                         help="a finished study's JSON: re-score only the one-shot side with --variants against "
                         "its stand-alone scores (the supernet must be the one that study used)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME",
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME",
                         help="estimator variants for --reuse-standalone, besides the study's own settings "
                         f"(default: all of {list(VARIANTS)})")
     parser.add_argument("--compare-standalone", metavar="FILE", type=Path, nargs="*", default=[],
                         help="with --reuse-standalone: other studies of the same candidates whose (shorter) "
                         "stand-alone scores are ranked against FILE's as fine-tuning estimators")
+    parser.add_argument("--compare-oneshot", metavar="FILE", type=Path, nargs="*", default=[],
+                        help="with --reuse-standalone: other studies of the same candidates (other supernets) whose "
+                        "one-shot scores are ranked against FILE's stand-alone scores, so a supernet is also "
+                        "judged by a ground truth that was not fine-tuned from its own weights")
     return parser.parse_args(argv)
 
 
@@ -281,14 +287,6 @@ def plot(rows: list[dict[str, Any]], figures: dict[str, float], path: Path) -> N
     fig.savefig(path, dpi=120)
 
 
-def supernet_text(trained: dict[str, Any]) -> str:
-    if not trained:
-        return "training record not found"
-    return (f"{trained['epochs']} epochs on {trained['train_images']} train images in "
-            f"{trained['training_wall_s'] / 60:.0f} min; val accuracy largest {trained['val_acc_largest']:.3f}, "
-            f"smallest {trained['val_acc_smallest']:.3f}")
-
-
 def verdict(tau: float, rho: float) -> str:
     return ("MEETS the target" if tau >= TARGET_TAU else
             "misses tau >= 0.93 but meets Spearman >= 0.9" if rho >= TARGET_SPEARMAN else "MISSES the target")
@@ -304,7 +302,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"wall time {result['wall_s'] / 60:.1f} min on {result['threads']} torch thread; 1-min load average "
         f"{result['load_start']:.1f} at the start and {result['load_end']:.1f} at the end on {os.cpu_count()} "
         "CPUs (other jobs share the machine)",
-        f"- supernet: {result['supernet']} ({supernet_text(result.get('supernet_training') or {})}); space "
+        f"- supernet: {result['supernet']} ({training_text(result.get('supernet_training') or {})}); space "
         f"`{result['space']}`",
         f"- scale `{result['scale_name']}` ({s['purpose']}): {s['candidates']} BitOps-stratified candidates + "
         f"uniform {', '.join(UNIFORM)} (largest architecture) + the smallest; one-shot = BN recalibration on "
@@ -493,9 +491,10 @@ def load_study(path: Path) -> dict[str, Any]:
     return {**result, "candidates": rows}
 
 
-def standalone_by_id(path: Path) -> dict[str, float]:
+def scores_by_id(path: Path, key: str) -> dict[str, float]:
+    """One score (``standalone_accuracy``, ``oneshot_accuracy``) of every candidate of another study, by id."""
     result = json.loads(path.read_text())
-    return {r["id"]: r["standalone_accuracy"] for r in result["candidates"] if r.get("standalone_accuracy")}
+    return {r["id"]: r[key] for r in result["candidates"] if r.get(key) is not None}
 
 
 def variants(args: argparse.Namespace, space: SearchSpace, out: Path, start: float) -> dict[str, Any]:
@@ -523,11 +522,13 @@ def variants(args: argparse.Namespace, space: SearchSpace, out: Path, start: flo
     if scores["the study's (baseline)"] != [r["oneshot_accuracy"] for r in rows]:
         raise SystemExit(f"the study's own estimator settings do not reproduce its one-shot scores: is "
                          f"{args.supernet or source['supernet']} the supernet that {args.reuse_standalone} used?")
-    for path in args.compare_standalone:
-        other = standalone_by_id(path)
-        if missing := [r["id"] for r in rows if r["id"] not in other]:
-            raise SystemExit(f"{path}: has no stand-alone score for candidates {missing}")
-        scores[f"stand-alone of {path.name}"] = [other[r["id"]] for r in rows]
+    for key, label, paths in (("standalone_accuracy", "stand-alone", args.compare_standalone),
+                              ("oneshot_accuracy", "one-shot", args.compare_oneshot)):
+        for path in paths:
+            other = scores_by_id(path, key)
+            if missing := [r["id"] for r in rows if r["id"] not in other]:
+                raise SystemExit(f"{path}: has no {label} score for candidates {missing}")
+            scores[f"{label} of {path.name}"] = [other[r["id"]] for r in rows]
     scores["BitOps alone (no network evaluated)"] = [r["bitops"] for r in rows]
     baseline = scores["the study's (baseline)"]
     random_only = [i for i, r in enumerate(rows) if r["label"] == "random"]
@@ -546,7 +547,7 @@ def variants(args: argparse.Namespace, space: SearchSpace, out: Path, start: flo
               "noise_floor": source.get("noise_floor", {}), "variants": table,
               "scores": {"ids": [r["id"] for r in rows], "standalone": truth, **scores}}
     result["reading"] = variants_reading(result)
-    name = f"{args.reuse_standalone.stem}_variants"
+    name = "_".join(filter(None, [args.reuse_standalone.stem, "variants", args.tag]))
     atomic_write_json(out / f"{name}.json", result)
     variants_plot(result, out / f"{name}.png")
     atomic_write_text(out / f"{name}.md", variants_markdown(result))

@@ -28,6 +28,7 @@ from automq.train import (
     sandwich_step,
     train_supernet,
     training_summary,
+    training_text,
 )
 
 from _spaces import SpaceFactory
@@ -121,6 +122,9 @@ def test_training_writes_a_complete_run_folder(space: SearchSpace, tmp_path: Pat
                                      "val_acc_largest": records[-1]["val_acc_largest"],
                                      "val_acc_smallest": records[-1]["val_acc_smallest"]}
     assert training_summary(tmp_path / "no_run") == {}
+    assert training_text(training_summary(out)).startswith(
+        "2 epochs on 96 train images, the largest + 1 random candidates per step, 0 min; val accuracy largest 0.")
+    assert training_text({}) == "training record not found"
 
 
 def test_resume_after_a_kill_repeats_the_uninterrupted_run_bit_for_bit(
