@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent
 UNIFORM = ("int8", "int4", "fp8_e4m3")
 NAME = "oneshot_fidelity"
 TARGET_TAU, TARGET_SPEARMAN = 0.93, 0.9
+CEILING_MARGIN = 0.02  # a tau this close to the simulated noise ceiling is at it (the simulation has its own error)
 BOOTSTRAP = 2000
 
 
@@ -358,10 +359,27 @@ def capacity_trend(rows: list[dict[str, Any]]) -> dict[str, float]:
     adds to the one-shot accuracy on average: BitOps is a free ranking that any estimator has to beat."""
     sampled = [r for r in rows if r["label"] == "random" and r.get("standalone_accuracy") is not None]
     bitops = [r["bitops"] for r in sampled]
-    return {"bitops_vs_standalone_tau": correlations(bitops, column(sampled, "standalone_accuracy"))["kendall_tau"],
-            "bitops_vs_oneshot_tau": correlations(bitops, column(sampled, "oneshot_accuracy"))["kendall_tau"],
-            "mean_standalone_gain": float(np.mean([r["standalone_accuracy"] - r["oneshot_accuracy"]
-                                                   for r in sampled])) if sampled else math.nan}
+    oneshot, standalone = column(sampled, "oneshot_accuracy"), column(sampled, "standalone_accuracy")
+    return {"bitops_vs_standalone_tau": correlations(bitops, standalone)["kendall_tau"],
+            "bitops_vs_oneshot_tau": correlations(bitops, oneshot)["kendall_tau"],
+            "beyond_bitops_spearman": beyond_bitops(bitops, oneshot, standalone),
+            "mean_standalone_gain": float(np.mean([a - b for a, b in zip(standalone, oneshot)])) if sampled
+            else math.nan}
+
+
+def beyond_bitops(bitops: Sequence[float], oneshot: Sequence[float], standalone: Sequence[float]) -> dict[str, float]:
+    """Spearman rho (and its p-value) of the two scores after removing from each its linear trend in log BitOps: does
+    the estimate rank candidates of similar cost, which is what a Pareto search needs and what BitOps cannot do?"""
+    if len(bitops) < 4:
+        return {"rho": math.nan, "p": math.nan}
+    design = np.column_stack([np.log10(bitops), np.ones(len(bitops))])
+
+    def residual(values: Sequence[float]) -> np.ndarray:
+        y = np.asarray(values, float)
+        return y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+
+    rho, p = stats.spearmanr(residual(oneshot), residual(standalone))
+    return {"rho": float(rho), "p": float(p)}
 
 
 def reading(result: dict[str, Any]) -> str:
@@ -374,14 +392,22 @@ def reading(result: dict[str, Any]) -> str:
             f"candidates and {rnd['kendall_tau']:.3f} among the random samples alone"
             + ("; the uniform points of the largest architecture stand above every random sample in both scores, "
                "which carries much of the overall figure." if apart else ".")]
+    # BitOps is an estimator too: ranking above the simulated ceiling means the few seed repeats overstate the noise
+    doubtful = bool(nf) and trend["bitops_vs_standalone_tau"] > nf["ceiling_tau_random_only"] + CEILING_MARGIN
+    at_ceiling = bool(nf) and not doubtful and tau >= nf["ceiling_tau"] - CEILING_MARGIN
     if nf:
         ceiling = nf["ceiling_tau"]
         text.append(f"A noise-free estimator would reach tau ~{ceiling:.2f} (random samples: "
                     f"~{nf['ceiling_tau_random_only']:.2f}) against this ground truth, whose seed noise "
                     f"({nf['seed_std']:.4f}) is compared with the spread of the random samples "
-                    f"({nf['random_spread_std']:.4f}): the estimator is {ceiling - tau:.2f} below that ceiling"
+                    f"({nf['random_spread_std']:.4f}): the estimator is "
+                    + ("at that ceiling" if tau >= ceiling - CEILING_MARGIN else f"{ceiling - tau:.2f} below it")
                     + ("; the 0.93 target is out of reach of this ground truth whatever the estimator."
-                       if ceiling < TARGET_TAU else "."))
+                       if ceiling < TARGET_TAU and not doubtful else "."))
+        if doubtful:
+            text.append(f"That ceiling is too low, though: BitOps alone ranks the random samples at tau "
+                        f"{trend['bitops_vs_standalone_tau']:.2f}, above their simulated ceiling, so the seed noise "
+                        f"measured on {len(nf['candidates'])} candidates overstates the noise of the others.")
     text.append(f"Stand-alone training adds {100 * trend['mean_standalone_gain']:.1f} points to the one-shot "
                 f"accuracy of the random samples on average, and their stand-alone accuracy follows BitOps at tau "
                 f"{trend['bitops_vs_standalone_tau']:.2f} while their one-shot accuracy does at "
@@ -389,15 +415,25 @@ def reading(result: dict[str, Any]) -> str:
                 + (": BitOps alone ranks them better than the estimator. The shared weights do not yet show the "
                    "advantage of the larger candidates, which their own training brings out."
                    if trend["bitops_vs_standalone_tau"] > rnd["kendall_tau"] else "."))
-    if tau < TARGET_TAU:
+    beyond = trend.get("beyond_bitops_spearman")
+    if beyond:
+        text.append(f"With each score's linear trend in log BitOps removed, the random samples' one-shot and "
+                    f"stand-alone accuracies still agree at Spearman {beyond['rho']:.2f} (p = {beyond['p']:.2f}): "
+                    + ("the estimate ranks candidates of similar cost, which BitOps cannot." if beyond["p"] < 0.05
+                       else "no measurable information beyond cost with this many candidates."))
+    if tau < TARGET_TAU and at_ceiling:
+        text.append("What limits the figure is the ground truth, not the estimator: a better estimator cannot be "
+                    "told from this one until the stand-alone recipe is longer and repeated over more seeds "
+                    "(`--scale long`, `--scale full` on a GPU).")
+    elif tau < TARGET_TAU:
         trained = result.get("supernet_training") or {}
         text.append(f"What limits it: the supernet is trained for {trained.get('epochs', '?')} epochs on "
-                    f"{trained.get('train_images', '?')} images with one BN (affine) set shared by all formats and "
-                    "widths, so its shared weights are far from each candidate's own "
-                    "optimum; init `supernet` makes the ground truth a fine-tune of those same weights, so a short "
-                    "stand-alone recipe flatters the estimator. What the literature credits: a longer-trained "
-                    "supernet, per-format or conditional BN in the supernet, longer BN calibration (measured by "
-                    "`--reuse-standalone`), and `--scale full` on a GPU.")
+                    f"{trained.get('train_images', '?')} images, so its shared weights are far from each "
+                    "candidate's own optimum; init `supernet` makes the ground truth a fine-tune of those same "
+                    "weights, so a short stand-alone recipe flatters the estimator. Measured elsewhere: which "
+                    "candidates the supernet trains each step (`supernet_recipes.md`) and estimator settings such "
+                    "as a short fine-tune per candidate (`--reuse-standalone`); beyond that, a far longer-trained "
+                    "supernet and `--scale full` on a GPU.")
     return " ".join(text)
 
 
