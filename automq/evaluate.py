@@ -92,8 +92,9 @@ class OneShotEstimator:
         finetune_images: when above 0, ``accuracy`` and ``loss`` are those of the candidate fine-tuned from the
             shared weights on the first ``finetune_images`` training images (one epoch, :meth:`finetuned`), and the
             one-shot values are kept as ``oneshot_accuracy`` and ``oneshot_loss``. ``None``: the space's
-            ``search.finetune_images``. Four steps of 128 images doubled the fidelity study's Kendall tau (0.25 to
-            0.46) for 1.2-2.1x the time of a one-shot estimate (two runs on a shared 2-core machine).
+            ``search.finetune_images``. Four steps of 128 images lifted the fidelity study's Kendall tau from 0.25
+            to 0.46 with a supernet trained by the sandwich rule, but not with the default recipe's supernet (0.69
+            against 0.76), for 2x the time of a one-shot estimate.
         threads: torch intra-op threads while an estimate runs (the caller's count is restored afterwards);
             ``None`` uses whatever torch is set to. The default of one thread is the fastest way to share
             cores between processes (see :data:`ESTIMATOR_THREADS`); raise it for one process on an idle machine.
@@ -169,8 +170,10 @@ class OneShotEstimator:
         and quantizer scales, fine-tuned for ``epochs`` on ``train`` (default: the whole train split) with the
         space's recipe (:func:`train_standalone`), and scored on this estimator's validation images.
 
-        Slower than :meth:`estimate` by the training, and it ranks candidates closer to their trained accuracy
-        (``experiments/results/oneshot_fidelity_medium_supernet8ep_variants.md``): for re-ranking a Pareto set."""
+        Slower than :meth:`estimate` by the training. A few steps ranked candidates closer to their trained accuracy
+        on a supernet whose shared weights served the mid-size candidates poorly, not on a well-served one
+        (``experiments/results/oneshot_fidelity_medium_supernet8ep{,_nosmallest}_variants.md``); longer fine-tunes
+        are the stand-alone ground truth itself."""
         self.space.validate_candidate(candidate)
         data = dataclasses.replace(self.data, train=self.data.train if train is None else train)
         with torch_threads(self.threads), scales_restored(self.supernet):
