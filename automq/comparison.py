@@ -230,6 +230,8 @@ def key_findings(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> 
     uniform_ids = {b.trial.candidate.id for b in baselines}
     searched = [(r, t) for r, t in feasible
                 if uniform_format(t, t.strategy or r.strategy) is None and t.candidate.id not in uniform_ids]
+    best: tuple[RunAnalysis, Trial] | None = None
+    unchanged: list[Trial] = []  # uniform references of higher budgets that add no searched candidate
     for name, reference in uniform_front(baselines, cost):
         budget = reference.metrics[cost]
         within = [(r, t) for r, t in searched if t.metrics.get(cost, math.inf) <= budget * (1 + 1e-9)]
@@ -238,12 +240,32 @@ def key_findings(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> 
             findings.append(f"{head}, no searched candidate was found.")
             continue
         r, t = max(within, key=lambda rt: rt[1].metrics["accuracy"])
+        if best is not None and t is best[1]:
+            unchanged.append(reference)
+            continue
+        findings += _unchanged_finding(best, unchanged, cost)
+        best, unchanged = (r, t), []
         gain = 100 * (t.metrics["accuracy"] - reference.metrics["accuracy"])
         findings.append(f"{head}, the best searched candidate reaches {_pct(t.metrics['accuracy'])} "
                         f"({gain:+.2f} points; {r.label} trial #{t.number}, {_g(t.metrics[cost])} BitOps).")
+    findings += _unchanged_finding(best, unchanged, cost)
     if not baselines:
         findings += _budget_ladder(feasible, cost)
     return findings
+
+
+def _unchanged_finding(best: tuple[RunAnalysis, Trial] | None, references: Sequence[Trial], cost: str) -> list[str]:
+    """One sentence for a run of uniform budgets under which the searches found nothing better than ``best``, the
+    best searched candidate of the budget below them (rather than one repeated sentence per budget)."""
+    if best is None or not references:
+        return []
+    (r, t), accs = best, [ref.metrics["accuracy"] for ref in references]
+    low, high = references[0].metrics[cost], references[-1].metrics[cost]
+    head = (f"At ≤ {_g(low)} BitOps (best uniform {_pct(accs[0])})" if len(references) == 1 else
+            f"At the {len(references)} budgets from {_g(low)} to {_g(high)} BitOps (best uniform "
+            f"{_pct(min(accs))}-{_pct(max(accs))})")
+    return [f"{head}, the best searched candidate is still {r.label} trial #{t.number} "
+            f"({_pct(t.metrics['accuracy'])}), from the budget below."]
 
 
 @dataclass(frozen=True)

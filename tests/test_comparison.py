@@ -58,6 +58,23 @@ def test_without_baselines_three_log_spaced_budgets_span_the_trials(candidate) -
     assert budget_rows([run("random", [])], []) == []
 
 
+def test_budgets_that_add_no_searched_candidate_share_one_finding(candidate) -> None:
+    int2, int4, int8 = (trial(candidate, 0, 0.82, 25.0), trial(candidate, 1, 0.84, 50.0),
+                        trial(candidate, 2, 0.86, 100.0))
+    baselines = [Baseline("int2", "uniform", int2), Baseline("int4", "uniform", int4),
+                 Baseline("int8", "uniform", int8)]
+    (first, w_fmt, a_fmt), *rest = candidate.formats
+    mixed = dataclasses.replace(candidate, formats=((first, "int4" if w_fmt != "int4" else "int8", a_fmt), *rest))
+    findings = key_findings([run("uniform", [int2, int4, int8]), run("limpq", [trial(mixed, 0, 0.83, 20.0)])],
+                            baselines)
+    assert [f for f in findings if f.startswith("At ")] == [
+        "At ≤ 25 BitOps (best uniform format: int2, 82.00%), the best searched candidate reaches 83.00% "
+        "(+1.00 points; limpq trial #0, 20 BitOps).",
+        "At the 2 budgets from 50 to 100 BitOps (best uniform 84.00%-86.00%), the best searched candidate is still "
+        "limpq trial #0 (83.00%), from the budget below.",
+    ]
+
+
 def test_findings_compare_mixed_precision_with_the_best_uniform_format_within_each_budget(candidate) -> None:
     # int4 is dominated by the cheaper int2 (more accurate for less), fp8 by int8 at the same cost, so no finding
     # is measured against either
