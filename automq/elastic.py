@@ -137,9 +137,14 @@ class ElasticBatchNormAct2d(nn.BatchNorm2d):
         if self.training:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        x = F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
-                         self.training, factor, self.eps)
+        weight, bias = self.gain_and_bias()
+        x = F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight[:c], bias[:c], self.training, factor,
+                         self.eps)
         return F.relu6(x) if self.apply_act else x
+
+    def gain_and_bias(self) -> tuple[Tensor, Tensor]:
+        """The gain and bias in use (at the maximal width); a hook for conditional-BN experiments."""
+        return self.weight, self.bias
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, apply_act={self.apply_act}"

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from automq import elastic, supernet as supernet_module
 from automq.candidate import Candidate
+from automq.data import DataSplits
 from automq.evaluate import OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text
 from automq.space import SearchSpace
@@ -97,19 +97,11 @@ def _add_kernel_transforms(supernet: supernet_module.Supernet) -> None:
             layer.kernel_transforms = nn.ParameterDict({"3": nn.Parameter(torch.eye(9))})
 
 
-def _format_bn_forward(self: elastic.ElasticBatchNormAct2d, x: Tensor) -> Tensor:
-    c = x.shape[1]
-    factor = 0.0
-    if self.training:
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-    weight, bias = self.weight, self.bias
-    if hasattr(self, "conv_before"):
-        fmt = self.conv_before[0].w_fmt
-        weight, bias = self.format_weight[fmt], self.format_bias[fmt]
-    x = F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight[:c], bias[:c], self.training, factor,
-                     self.eps)
-    return F.relu6(x) if self.apply_act else x
+def _format_bn_affine(self: elastic.ElasticBatchNormAct2d) -> tuple[Tensor, Tensor]:
+    if not hasattr(self, "conv_before"):
+        return self.weight, self.bias
+    fmt = self.conv_before[0].w_fmt
+    return self.format_weight[fmt], self.format_bias[fmt]
 
 
 def _add_format_bn(supernet: supernet_module.Supernet) -> None:
@@ -147,8 +139,8 @@ def prototype(name: str | None) -> Iterator[None]:
         saved.append((elastic.ElasticQuantConv2d, "weight_of", elastic.ElasticQuantConv2d.weight_of))
         elastic.ElasticQuantConv2d.weight_of = _kernel_weight_of(elastic.ElasticQuantConv2d.weight_of)
     else:
-        saved.append((elastic.ElasticBatchNormAct2d, "forward", elastic.ElasticBatchNormAct2d.forward))
-        elastic.ElasticBatchNormAct2d.forward = _format_bn_forward
+        saved.append((elastic.ElasticBatchNormAct2d, "gain_and_bias", elastic.ElasticBatchNormAct2d.gain_and_bias))
+        elastic.ElasticBatchNormAct2d.gain_and_bias = _format_bn_affine
     try:
         yield
     finally:
@@ -191,11 +183,11 @@ def probes(space: SearchSpace) -> dict[str, Candidate]:
     return found
 
 
-def score(args: argparse.Namespace, space: SearchSpace, name: str, candidates: list[Candidate]) -> list[float]:
+def score(args: argparse.Namespace, space: SearchSpace, data: DataSplits, name: str,
+          candidates: list[Candidate]) -> list[float]:
     """One-shot accuracy of each candidate with the fidelity study's estimator settings."""
     with prototype(RECIPES[name].get("prototype")):
         supernet = load_supernet(folder_of(args, name), recipe_space(space, name))
-        data = load_space_data(space, train_subset=args.train_images)
         estimator = OneShotEstimator(space, supernet, data, calib_images=512, val_images=5000, threads=args.threads,
                                      finetune_images=0)
         return [estimator.estimate(c)["accuracy"] for c in candidates]
@@ -211,9 +203,10 @@ def evaluate(args: argparse.Namespace, space: SearchSpace, start: float) -> dict
     candidates = [Candidate.from_dict(r["candidate"]) for r in first]
     random_only = [i for i, r in enumerate(first) if r["label"] == "random"]
     probe = probes(space)
+    data = load_space_data(space, train_subset=args.train_images)
     scores, probe_scores = {}, {}
     for name in args.recipes:
-        values = score(args, space, name, [*candidates, *probe.values()])
+        values = score(args, space, data, name, [*candidates, *probe.values()])
         scores[name], probe_scores[name] = values[: len(candidates)], dict(zip(probe, values[len(candidates):]))
     baseline = scores.get(DEFAULT)
     rows = []
@@ -228,7 +221,8 @@ def evaluate(args: argparse.Namespace, space: SearchSpace, start: float) -> dict
         rows.append({"recipe": name, **RECIPES[name], "supernet": training_summary(folder_of(args, name)),
                      "figures": figures, "probes": probe_scores[name],
                      "random_mean": sum(values[i] for i in random_only) / len(random_only)})
-        print(f"{RECIPES[name]['label']}: " + ", ".join(f"{s}: tau {f['all']['kendall_tau']:.3f}" for s, f in figures.items()),
+        print(f"{RECIPES[name]['label']}: "
+              + ", ".join(f"{s}: tau {f['all']['kendall_tau']:.3f}" for s, f in figures.items()),
               flush=True)
     return {"command": shlex.join([sys.executable, *sys.argv]), "space": args.space, "epochs": args.epochs,
             "train_images": args.train_images, "threads": args.threads, "load_end": os.getloadavg()[0],
@@ -246,7 +240,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"- scoring wall time {result['wall_s'] / 60:.1f} min (training not included: see each supernet)",
              "- ground truths: the stand-alone accuracies of " + " and ".join(f"`{s}`" for s in studies)
              + " (each fine-tuned 2 epochs from its own study's supernet)",
-             f"- gain: Kendall tau minus that of `{RECIPES[DEFAULT]['label']}` on the same bootstrap resample (paired, 2000 resamples)",
+             f"- gain: Kendall tau minus that of `{RECIPES[DEFAULT]['label']}` on the same bootstrap resample "
+             "(paired, 2000 resamples)",
              "", "| recipe | supernet | " + " | ".join(f"tau all [95% CI] / gain vs default, {s}" for s in studies)
              + " | " + " | ".join(f"tau random only, {s}" for s in studies) + " |",
              "|---|---|" + "---:|" * (2 * len(studies))]
