@@ -375,14 +375,22 @@ def load_fidelity(paths: Sequence[Path], notes: list[str]) -> list[dict[str, Any
 
 
 def fidelity_stats(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Rank agreement of one-shot estimates with stand-alone accuracy (Kendall tau, Spearman rho)."""
-    oneshot = [float(r["oneshot_accuracy"]) for r in records]
+    """Rank agreement of one-shot estimates with stand-alone accuracy (Kendall tau, Spearman rho); when every
+    record also has its ``oneshot_loss``, the same for the loss (lower ranks higher) under ``loss_*`` keys: the
+    fidelity study found the loss ranks candidates closer to their stand-alone accuracy than the accuracy does."""
     standalone = [float(r["standalone_accuracy"]) for r in records]
-    if len(records) < 2:
-        return {"n": len(records), "kendall_tau": None, "kendall_p": None, "spearman_rho": None, "spearman_p": None}
-    tau = stats.kendalltau(oneshot, standalone)
-    rho = stats.spearmanr(oneshot, standalone)
-    return {"n": len(records), "kendall_tau": _or_none(tau.statistic), "kendall_p": _or_none(tau.pvalue),
+    result = {"n": len(records), **_rank_agreement([float(r["oneshot_accuracy"]) for r in records], standalone)}
+    if records and all(_finite(r.get("oneshot_loss")) for r in records):
+        loss = _rank_agreement([-float(r["oneshot_loss"]) for r in records], standalone)
+        result |= {f"loss_{key}": value for key, value in loss.items()}
+    return result
+
+
+def _rank_agreement(scores: Sequence[float], truth: Sequence[float]) -> dict[str, float | None]:
+    if len(scores) < 2:
+        return {"kendall_tau": None, "kendall_p": None, "spearman_rho": None, "spearman_p": None}
+    tau, rho = stats.kendalltau(scores, truth), stats.spearmanr(scores, truth)
+    return {"kendall_tau": _or_none(tau.statistic), "kendall_p": _or_none(tau.pvalue),
             "spearman_rho": _or_none(rho.statistic), "spearman_p": _or_none(rho.pvalue)}
 
 

@@ -363,6 +363,9 @@ def fidelity_section(records: Sequence[dict[str, Any]]) -> tuple[list[Block], di
     result = fidelity_stats(records)
     text = (f"Kendall tau = {_num(result['kendall_tau'])} (p = {_num(result['kendall_p'])}), Spearman rho = "
             f"{_num(result['spearman_rho'])} (p = {_num(result['spearman_p'])}), n = {result['n']} candidates.")
+    if result.get("loss_kendall_tau") is not None:
+        text += (f" Ranked by one-shot loss instead (lower ranks higher): Kendall tau = "
+                 f"{_num(result['loss_kendall_tau'])}, Spearman rho = {_num(result['loss_spearman_rho'])}.")
     blocks.append(Paragraph("How well the one-shot estimator ranks candidates: " + text))
     if result["n"] >= 2:
         bitops = [r.get("bitops") for r in records]

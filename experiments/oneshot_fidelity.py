@@ -3,15 +3,17 @@
 Samples candidates of ``spaces/mbv2_fmnist.yaml`` stratified by BitOps (many random samples, binned by
 log BitOps, one per bin) plus the uniform int8/int4/fp8 points of the largest architecture, scores each with
 the one-shot estimator (shared weights, BN recalibrated) and with stand-alone training (the same recipe for
-every candidate), and reports Kendall tau, Spearman and Pearson between the two, with bootstrap intervals.
+every candidate), and reports Kendall tau, Spearman and Pearson between the two, with bootstrap intervals, for
+both one-shot scores: accuracy, and cross-entropy loss (lower ranks higher).
 A few candidates are also trained with extra seeds to measure the noise of the stand-alone accuracy, hence the
 best rank correlation the data allow. Target (One-Shot MPQ, CVPR 2023): Kendall tau >= 0.93; at least
 Spearman >= 0.9.
 
 A study writes ``oneshot_fidelity_<scale>.{json,md,png}`` under ``--out``, rewritten atomically after every
 candidate, so a stopped run leaves partial results. ``--reuse-standalone FILE`` instead re-scores only the
-one-shot side of a finished study with estimator variants (calibration size and batch, validation size)
-against that study's stand-alone scores (and, with ``--compare-oneshot``, ranks other supernets' one-shot scores of
+one-shot side of a finished study with estimator variants (calibration size and batch, validation size; the
+study's own settings ranked by loss, which also serves studies written before the loss was recorded) against that
+study's stand-alone scores (and, with ``--compare-oneshot``, ranks other supernets' one-shot scores of
 the same candidates against them), and writes ``<FILE stem>_variants[_<tag>].{json,md,png}``.
 
     PYTHONPATH=. .venv/bin/python experiments/oneshot_fidelity.py --scale medium --supernet runs/fidelity_supernet
@@ -96,6 +98,8 @@ VARIANTS: dict[str, dict[str, int]] = {
     "fine-tune 512 images (4 steps)": {"finetune_images": 512},
     "fine-tune 1024 images (8 steps)": {"finetune_images": 1024},
 }
+BASELINE = "the study's (baseline)"
+BY_LOSS = "the study's, ranked by one-shot loss (lower ranks higher)"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -123,8 +127,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "stand-alone scores are ranked against FILE's as fine-tuning estimators")
     parser.add_argument("--compare-oneshot", metavar="FILE", type=Path, nargs="*", default=[],
                         help="with --reuse-standalone: other studies of the same candidates (other supernets) whose "
-                        "one-shot scores are ranked against FILE's stand-alone scores, so a supernet is also "
-                        "judged by a ground truth that was not fine-tuned from its own weights")
+                        "one-shot scores (accuracy, and loss where recorded) are ranked against FILE's stand-alone "
+                        "scores, so a supernet is also judged by a ground truth not fine-tuned from its own weights")
     return parser.parse_args(argv)
 
 
@@ -234,21 +238,36 @@ def noise_floor(rows: list[dict[str, Any]], val_images: int) -> dict[str, Any]:
             "candidates": [{"id": r["id"], "accuracies": r["seed_accuracies"]} for r in repeats]}
 
 
-def estimator_jitter(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """How much the one-shot estimate moves when only the floating-point summation order changes (another torch
-    thread count): the estimate's own noise. Kendall tau between the two estimates of the random samples is the
-    best agreement with any ground truth that this noise allows."""
-    pairs = [r for r in rows if "oneshot_accuracy_rethreaded" in r]
+def estimator_jitter(rows: list[dict[str, Any]], score: str = "accuracy") -> dict[str, float]:
+    """How much one one-shot score (``accuracy`` or ``loss``) moves when only the floating-point summation order
+    changes (another torch thread count): the estimate's own noise. Kendall tau between the two estimates of the
+    random samples is the best agreement with any ground truth that this noise allows."""
+    key = f"oneshot_{score}"
+    pairs = [r for r in rows if f"{key}_rethreaded" in r]
     if not pairs:
         return {}
-    differences = np.array([r["oneshot_accuracy"] - r["oneshot_accuracy_rethreaded"] for r in pairs])
+    differences = np.array([r[key] - r[f"{key}_rethreaded"] for r in pairs])
     sampled = [r for r in pairs if r["label"] == "random"]
     return {"difference_std": float(differences.std(ddof=1)) if len(pairs) > 1 else math.nan,
             "max_abs_difference": float(np.abs(differences).max()),
-            "self_tau_random_only": correlations(column(sampled, "oneshot_accuracy"),
-                                                 column(sampled, "oneshot_accuracy_rethreaded"))["kendall_tau"],
-            "oneshot_spread_random_only": float(np.std(column(sampled, "oneshot_accuracy"), ddof=1))
+            "self_tau_random_only": correlations(column(sampled, key),
+                                                 column(sampled, f"{key}_rethreaded"))["kendall_tau"],
+            "oneshot_spread_random_only": float(np.std(column(sampled, key), ddof=1))
             if len(sampled) > 1 else math.nan}
+
+
+def loss_ranking(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rank figures of the one-shot loss (lower ranks higher) against the stand-alone accuracy, over all
+    candidates and the random samples, with the paired tau gain over ranking by one-shot accuracy; empty for
+    studies written before the loss was recorded."""
+    if not done or "oneshot_loss" not in done[0]:
+        return {}
+
+    def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return rank_figures([-r["oneshot_loss"] for r in rows], column(rows, "standalone_accuracy"),
+                            column(rows, "oneshot_accuracy"))
+
+    return {**figures(done), "random_only": figures([r for r in done if r["label"] == "random"])}
 
 
 def column(rows: Sequence[dict[str, Any]], key: str) -> list[Any]:
@@ -268,24 +287,37 @@ def fmt_ci(figures: dict[str, Any], key: str) -> str:
 # --- the study -----------------------------------------------------------------------------------------------------
 
 
-def plot(rows: list[dict[str, Any]], figures: dict[str, float], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], result: dict[str, Any], path: Path) -> None:
+    """Stand-alone accuracy against each recorded one-shot score (accuracy; loss when the study has it)."""
     done = [r for r in rows if r.get("standalone_accuracy") is not None]
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
-    points = ax.scatter([r["oneshot_accuracy"] for r in done], [r["standalone_accuracy"] for r in done],
-                        c=np.log10([r["bitops"] for r in done]), cmap="viridis")
-    for r in done:
-        if r["label"] != "random":
-            ax.annotate(r["label"], (r["oneshot_accuracy"], r["standalone_accuracy"]), fontsize=8,
-                        textcoords="offset points", xytext=(-5, 4), ha="right")
-    fig.colorbar(points, ax=ax, label="log10 BitOps")
-    ax.set_xlabel("one-shot accuracy (shared weights, BN recalibrated)")
-    ax.set_ylabel("stand-alone accuracy")
-    ax.set_title(f"n={len(done)}  tau={figures['kendall_tau']:.3f}  rho={figures['spearman']:.3f}  "
-                 f"r={figures['pearson']:.3f}", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    panels = [("oneshot_accuracy", "one-shot accuracy (shared weights, BN recalibrated)", result)]
+    if result.get("by_loss"):
+        panels.append(("oneshot_loss", "one-shot loss (lower ranks higher; tau of -loss)", result["by_loss"]))
+    fig = Figure(figsize=(6 * len(panels), 5), layout="constrained")
+    for n, (key, label, figures) in enumerate(panels, 1):
+        ax = fig.add_subplot(1, len(panels), n)
+        points = ax.scatter(column(done, key), column(done, "standalone_accuracy"),
+                            c=np.log10(column(done, "bitops")), cmap="viridis")
+        for r in done:
+            if r["label"] != "random":
+                ax.annotate(r["label"], (r[key], r["standalone_accuracy"]), fontsize=8,
+                            textcoords="offset points", xytext=(-5, 4), ha="right")
+        ax.set_xlabel(label)
+        ax.set_ylabel("stand-alone accuracy")
+        ax.set_title(f"n={len(done)}  tau={figures['kendall_tau']:.3f}  rho={figures['spearman']:.3f}  "
+                     f"r={figures['pearson']:.3f}", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.colorbar(points, ax=fig.axes, label="log10 BitOps")
     fig.savefig(path, dpi=120)
+
+
+def correlation_rows(score: str, figures: dict[str, Any], candidates: str) -> list[str]:
+    """One row of the study's correlation table; the target verdict only for rows over all candidates."""
+    gain = (f"{figures['tau_gain_over_baseline']:+.3f} [{figures['tau_gain_ci95'][0]:+.2f}, "
+            f"{figures['tau_gain_ci95'][1]:+.2f}]" if "tau_gain_ci95" in figures else "")
+    target = f"**{verdict(figures['kendall_tau'], figures['spearman'])}**" if candidates.startswith("all") else ""
+    return [f"| {score} | {candidates} | {fmt_ci(figures, 'kendall_tau')} | {fmt_ci(figures, 'spearman')} | "
+            f"{figures['pearson']:.3f} | {gain} | {target} |"]
 
 
 def verdict(tau: float, rho: float) -> str:
@@ -312,13 +344,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"scored on the same {s['val_images']} val images (the space's validation split holds {result['val_size']}; "
         "more would take images the supernet was trained on)",
         "",
-        "| candidates | Kendall tau [95% CI] | Spearman [95% CI] | Pearson | target |", "|---|---:|---:|---:|---|",
-        f"| all {len(done)} | {fmt_ci(result, 'kendall_tau')} | {fmt_ci(result, 'spearman')} | "
-        f"{result['pearson']:.3f} | tau >= {TARGET_TAU} (One-Shot MPQ), at least Spearman >= {TARGET_SPEARMAN}: "
-        f"**{verdict(result['kendall_tau'], result['spearman'])}** |",
-        f"| random samples only | {fmt_ci(result['random_only'], 'kendall_tau')} | "
-        f"{fmt_ci(result['random_only'], 'spearman')} | {result['random_only']['pearson']:.3f} | |", "",
-        "Intervals: percentile bootstrap over candidates (2000 resamples).", "",
+        "| one-shot score | candidates | Kendall tau [95% CI] | Spearman [95% CI] | Pearson | "
+        f"tau gain over accuracy [95% CI] | target: tau >= {TARGET_TAU} (One-Shot MPQ), at least Spearman >= "
+        f"{TARGET_SPEARMAN} |", "|---|---|---:|---:|---:|---:|---|",
+        *correlation_rows("accuracy", result, f"all {len(done)}"),
+        *correlation_rows("accuracy", result["random_only"], "random samples only"),
+        *(correlation_rows("loss (lower ranks higher)", result["by_loss"], f"all {len(done)}")
+          + correlation_rows("loss (lower ranks higher)", result["by_loss"]["random_only"], "random samples only")
+          if result.get("by_loss") else []), "",
+        "Intervals: percentile bootstrap over candidates (2000 resamples); the gain is paired (the same resamples).",
+        "",
     ]
     if nf:
         lines += [
@@ -334,21 +369,28 @@ def markdown(result: dict[str, Any]) -> str:
             f"candidates: {nf['seed1_vs_seed2_tau']:.3f}",
             "- with init `supernet` a seed only changes the order of the training images; both scores use the "
             "same validation images, so their sampling error is shared and is not part of this ceiling", ""]
-    jitter = result.get("estimator_jitter")
+    jitter, loss_jitter = result.get("estimator_jitter"), result.get("estimator_jitter_loss")
     if jitter:
         lines += [
             "## Noise of the one-shot estimate", "",
             f"- every candidate scored again with another torch thread count (the same computation, summed in "
-            f"another order): the two estimates differ by {jitter['difference_std']:.4f} (std), at most "
+            f"another order): the two accuracies differ by {jitter['difference_std']:.4f} (std), at most "
             f"{jitter['max_abs_difference']:.4f}, against a one-shot spread of "
             f"{jitter['oneshot_spread_random_only']:.4f} over the random samples",
-            f"- the two one-shot rankings of the random samples agree at tau {jitter['self_tau_random_only']:.3f}: "
-            "low-bit rounding turns last-bit differences into different predictions, so estimates closer than this "
-            "noise are ties", ""]
-    lines += ["## Candidates", "", "| id | label | BitOps | one-shot acc | stand-alone acc | seeds |",
-              "|---|---|---:|---:|---:|---|"]
+            f"- the two one-shot accuracy rankings of the random samples agree at tau "
+            f"{jitter['self_tau_random_only']:.3f}: low-bit rounding turns last-bit differences into different "
+            "predictions, so accuracies closer than this noise are ties"]
+        if loss_jitter:
+            lines.append(f"- the loss moves by {loss_jitter['difference_std']:.5f} (std) against a spread of "
+                         f"{loss_jitter['oneshot_spread_random_only']:.5f}; its two rankings of the random samples "
+                         f"agree at tau {loss_jitter['self_tau_random_only']:.3f}")
+        lines.append("")
+    has_loss = "oneshot_loss" in result["candidates"][0]
+    lines += ["## Candidates", "", "| id | label | BitOps | one-shot acc |" + (" one-shot loss |" if has_loss else "")
+              + " stand-alone acc | seeds |", "|---|---|---:|---:|" + ("---:|" if has_loss else "") + "---:|---|"]
     lines += [f"| `{r['id'][:12]}` | {r['label']} | {r['bitops']:.3e} | {r['oneshot_accuracy']:.4f} | "
-              f"{'-' if r.get('standalone_accuracy') is None else format(r['standalone_accuracy'], '.4f')} | "
+              + (f"{r['oneshot_loss']:.4f} | " if has_loss else "")
+              + f"{'-' if r.get('standalone_accuracy') is None else format(r['standalone_accuracy'], '.4f')} | "
               f"{', '.join(f'{a:.4f}' for a in r.get('seed_accuracies', []))} |" for r in result["candidates"]]
     lines += ["", "## Reading", "", result["reading"], ""]
     return "\n".join(lines)
@@ -392,6 +434,15 @@ def reading(result: dict[str, Any]) -> str:
             f"candidates and {rnd['kendall_tau']:.3f} among the random samples alone"
             + ("; the uniform points of the largest architecture stand above every random sample in both scores, "
                "which carries much of the overall figure." if apart else ".")]
+    if "tau_gain_ci95" in (by_loss := result.get("by_loss", {})):  # from 3 candidates on
+        low, high = by_loss["tau_gain_ci95"]
+        text.append(f"Ranked by its one-shot loss instead of its accuracy, the estimate agrees at tau "
+                    f"{by_loss['kendall_tau']:.3f} (Spearman {by_loss['spearman']:.3f}; random samples: tau "
+                    f"{by_loss['random_only']['kendall_tau']:.3f}), a paired gain of "
+                    f"{by_loss['tau_gain_over_baseline']:+.3f} [{low:+.2f}, {high:+.2f}]"
+                    + (": accuracy only counts the images whose prediction flips, while the loss also weighs how "
+                       "confidently every image is classified, so it tells apart candidates whose accuracies tie."
+                       if low > 0 else "; the difference is not measurable with this many candidates."))
     # BitOps is an estimator too: ranking above the simulated ceiling means the few seed repeats overstate the noise
     doubtful = bool(nf) and trend["bitops_vs_standalone_tau"] > nf["ceiling_tau_random_only"] + CEILING_MARGIN
     at_ceiling = bool(nf) and not doubtful and tau >= nf["ceiling_tau"] - CEILING_MARGIN
@@ -445,8 +496,9 @@ def summarize(rows: list[dict[str, Any]], meta: dict[str, Any], wall_s: float, o
     scores = ("oneshot_accuracy", "standalone_accuracy")
     result = {"candidates": rows, **rank_figures(*(column(done, k) for k in scores)),
               "random_only": rank_figures(*(column(sampled, k) for k in scores)),
-              "noise_floor": noise_floor(rows, meta["scale"]["val_images"]),
-              "estimator_jitter": estimator_jitter(rows), **meta, "status": status,
+              "by_loss": loss_ranking(done), "noise_floor": noise_floor(rows, meta["scale"]["val_images"]),
+              "estimator_jitter": estimator_jitter(rows), "estimator_jitter_loss": estimator_jitter(rows, "loss"),
+              **meta, "status": status,
               "capacity": capacity_trend(rows), "wall_s": wall_s, "load_end": os.getloadavg()[0]}
     result["reading"] = reading(result)
     name = "_".join([NAME, meta["scale_name"], *([meta["tag"]] if meta.get("tag") else [])])
@@ -466,6 +518,11 @@ def supernet_run(args: argparse.Namespace, space: SearchSpace, scale: Scale, out
         train_supernet(space, run, epochs=scale.supernet_epochs, train_subset=scale.supernet_images,
                        data_root=args.data, resume=(run / "checkpoint.pt").exists())
     return run
+
+
+def oneshot_scores(estimate: dict[str, float], suffix: str = "") -> dict[str, float]:
+    """The two one-shot scores a row keeps: accuracy and cross-entropy loss on the validation images."""
+    return {f"oneshot_accuracy{suffix}": estimate["accuracy"], f"oneshot_loss{suffix}": estimate["loss"]}
 
 
 def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float) -> dict[str, Any]:
@@ -490,8 +547,8 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
                                   val_images=scale.val_images, threads=2 if args.threads == 1 else 1,
                                   finetune_images=0)
     rows = [{"id": c.id, "label": label, "candidate": c.to_dict(), "bitops": bitops(c),
-             "oneshot_accuracy": estimator.estimate(c)["accuracy"],
-             "oneshot_accuracy_rethreaded": rethreaded.estimate(c)["accuracy"], "standalone_accuracy": None}
+             **oneshot_scores(estimator.estimate(c)), **oneshot_scores(rethreaded.estimate(c), "_rethreaded"),
+             "standalone_accuracy": None}
             for label, c in picked]
     summarize(rows, meta, time.perf_counter() - start, out, "running")
     noisy = set(noise_indices(scale.candidates, scale.noise_candidates))
@@ -542,7 +599,7 @@ def variants(args: argparse.Namespace, space: SearchSpace, out: Path, start: flo
     candidates = [Candidate.from_dict(r["candidate"]) for r in rows]
     supernet = load_supernet(args.supernet or source["supernet"], space)
     study_settings = {"calib_images": recipe["calib_images"], "val_images": recipe["val_images"], "finetune_images": 0}
-    settings = {"the study's (baseline)": study_settings,
+    settings = {BASELINE: study_settings,
                 **{name: {**study_settings, **VARIANTS[name]} for name in args.variants}}
     # class-balanced subsets are nested, so the first calibration images are the study's at any size
     calib = max(recipe["train_images"], *(s["calib_images"] for s in settings.values()))
@@ -552,10 +609,14 @@ def variants(args: argparse.Namespace, space: SearchSpace, out: Path, start: flo
     for name, kwargs in settings.items():
         began = time.perf_counter()
         estimator = OneShotEstimator(space, supernet, data, threads=args.threads, **kwargs)
-        scores[name] = [estimator.estimate(c)["accuracy"] for c in candidates]
+        estimates = [estimator.estimate(c) for c in candidates]
+        scores[name] = [e["accuracy"] for e in estimates]
         seconds[name] = (time.perf_counter() - began) / len(candidates)
         print(f"{name}: tau={correlations(scores[name], truth)['kendall_tau']:.3f}", flush=True)
-    if scores["the study's (baseline)"] != [r["oneshot_accuracy"] for r in rows]:
+        if name == BASELINE:
+            scores[BY_LOSS] = [-e["loss"] for e in estimates]
+            seconds[BY_LOSS] = seconds[name]
+    if scores[BASELINE] != [r["oneshot_accuracy"] for r in rows]:
         raise SystemExit(f"the study's own estimator settings do not reproduce its one-shot scores: is "
                          f"{args.supernet or source['supernet']} the supernet that {args.reuse_standalone} used?")
     for key, label, paths in (("standalone_accuracy", "stand-alone", args.compare_standalone),
@@ -565,8 +626,11 @@ def variants(args: argparse.Namespace, space: SearchSpace, out: Path, start: flo
             if missing := [r["id"] for r in rows if r["id"] not in other]:
                 raise SystemExit(f"{path}: has no {label} score for candidates {missing}")
             scores[f"{label} of {path.name}"] = [other[r["id"]] for r in rows]
+    for path in args.compare_oneshot:  # studies that recorded the loss are ranked by it too
+        if all(r["id"] in (loss := scores_by_id(path, "oneshot_loss")) for r in rows):
+            scores[f"one-shot loss of {path.name}"] = [-loss[r["id"]] for r in rows]
     scores["BitOps alone (no network evaluated)"] = [r["bitops"] for r in rows]
-    baseline = scores["the study's (baseline)"]
+    baseline = scores[BASELINE]
     random_only = [i for i, r in enumerate(rows) if r["label"] == "random"]
 
     def pick(values: list[float]) -> list[float]:

@@ -116,9 +116,10 @@ def runs(space):
 def report(tmp_path_factory, space, runs):
     root = tmp_path_factory.mktemp("searches")
     dirs = [write_search_dir(root / name, space, name, trials) for name, trials in runs.items()]
-    fidelity = {"candidates": [{"id": str(i), "oneshot_accuracy": o, "standalone_accuracy": s, "bitops": b}
-                               for i, (o, s, b) in enumerate(zip([0.1, 0.2, 0.3, 0.4], [0.1, 0.3, 0.2, 0.4],
-                                                                 [1e6, 2e6, 3e6, 4e6]))]}
+    fidelity = {"candidates": [{"id": str(i), "oneshot_accuracy": o, "oneshot_loss": loss, "standalone_accuracy": s,
+                                "bitops": b}
+                               for i, (o, loss, s, b) in enumerate(zip([0.1, 0.2, 0.3, 0.4], [0.9, 0.8, 0.6, 0.7],
+                                                                       [0.1, 0.3, 0.2, 0.4], [1e6, 2e6, 3e6, 4e6]))]}
     (dirs[1] / "fidelity.json").write_text(json.dumps(fidelity))
     out = root / "report"
     summary = build_report(dirs, out)
@@ -237,11 +238,17 @@ def test_findings_compare_mixed_precision_with_uniform_baselines(report, runs):
 
 
 def test_fidelity_rank_correlations_by_hand(report):
-    _, summary = report
+    out, summary = report
     # one swapped pair out of 6: tau = (5 - 1) / 6; squared rank differences 1 + 1: rho = 1 - 6 * 2 / (4 * 15)
     assert summary["fidelity"]["n"] == 4
     assert summary["fidelity"]["kendall_tau"] == pytest.approx(4 / 6)
     assert summary["fidelity"]["spearman_rho"] == pytest.approx(0.8)
+    # ranked by loss (lower first) 1, 2, 4, 3 against 1, 3, 2, 4: pairs (2,3) and (3,4) swapped, tau = (4 - 2) / 6;
+    # squared rank differences 0 + 1 + 4 + 1: rho = 1 - 6 * 6 / (4 * 15)
+    assert summary["fidelity"]["loss_kendall_tau"] == pytest.approx(2 / 6)
+    assert summary["fidelity"]["loss_spearman_rho"] == pytest.approx(0.4)
+    assert "Ranked by one-shot loss instead (lower ranks higher): Kendall tau = 0.333, Spearman rho = 0.4." in (
+        out / "report.md").read_text()
 
 
 def test_fidelity_argument_skips_incomplete_entries(tmp_path, space):
@@ -252,6 +259,7 @@ def test_fidelity_argument_skips_incomplete_entries(tmp_path, space):
         {"id": "c", "oneshot_accuracy": 0.6}]}))
     summary = build_report([path], tmp_path / "out", fidelity=tmp_path / "f.json")
     assert summary["fidelity"]["n"] == 2 and summary["fidelity"]["kendall_tau"] == pytest.approx(1.0)
+    assert "loss_kendall_tau" not in summary["fidelity"]  # no record has a loss
     assert any("1 of 3 candidates lack" in n for n in summary["notes"])
 
 
