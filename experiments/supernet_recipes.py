@@ -43,7 +43,7 @@ from automq.evaluate import OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text
 from automq.space import SearchSpace
 from automq.train import SUPERNET, load_space_data, load_supernet, train_supernet, training_summary, training_text
-from oneshot_fidelity import fmt_ci, load_study, rank_figures
+from fidelity_stats import fmt_ci, load_study, rank_figures
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STUDIES = [RESULTS / "oneshot_fidelity_medium_supernet8ep.json",
