@@ -10,7 +10,8 @@ best rank correlation the data allow. Target (One-Shot MPQ, CVPR 2023): Kendall 
 Spearman >= 0.9.
 
 A study writes ``oneshot_fidelity_<scale>.{json,md,png}`` under ``--out``, rewritten atomically after every
-candidate, so a stopped run leaves partial results. ``--reuse-standalone FILE`` instead re-scores only the
+candidate, so a stopped run leaves partial results, and ``--resume`` continues it without retraining a finished
+candidate. ``--reuse-standalone FILE`` instead re-scores only the
 one-shot side of a finished study with estimator variants (calibration size and batch, validation size; the
 study's own settings ranked by loss, which also serves studies written before the loss was recorded) against that
 study's stand-alone scores (and, with ``--compare-oneshot``, ranks other supernets' one-shot scores of
@@ -24,6 +25,7 @@ the same candidates against them), and writes ``<FILE stem>_variants[_<tag>].{js
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -99,6 +101,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--seed", type=int, default=0, help="candidate sampling seed")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the study whose outputs are in --out (same scale, tag, supernet and init): "
+                        "candidates it already trained stand-alone are kept, not trained again")
     parser.add_argument("--tag", help="appended to the output names (oneshot_fidelity_<scale>_<tag>, "
                         "<FILE stem>_variants_<tag>), e.g. to keep a study of another supernet beside the default one")
     parser.add_argument("--reuse-standalone", metavar="FILE", type=Path,
@@ -425,6 +430,33 @@ def reading(result: dict[str, Any]) -> str:
     return " ".join(text)
 
 
+def study_name(meta: dict[str, Any]) -> str:
+    """The outputs' file stem: oneshot_fidelity_<scale>[_<tag>]."""
+    return "_".join([NAME, meta["scale_name"], *([meta["tag"]] if meta.get("tag") else [])])
+
+
+def resumed(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], float]:
+    """The stand-alone scores that an earlier run of the same study (``path``) finished, by candidate id, and its
+    wall time; refused unless that run scored the same candidates with the same supernet, scale and init."""
+    try:
+        earlier = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, 0.0
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--resume: cannot read {path} ({exc}); move it away to start the study afresh") from None
+    same = {"scale": earlier.get("scale") == meta["scale"], "init": earlier.get("init") == meta["init"],
+            "supernet": earlier.get("supernet") == meta["supernet"],
+            "candidates and one-shot scores": [(r.get("id"), r.get("oneshot_accuracy"))
+                                               for r in earlier.get("candidates", [])]
+            == [(r["id"], r["oneshot_accuracy"]) for r in rows]}
+    if differing := [what for what, equal in same.items() if not equal]:
+        raise SystemExit(f"--resume: {path} is another study (these differ: {', '.join(differing)}); drop --resume or "
+                         "choose another --tag")
+    done = {r["id"]: {k: r[k] for k in ("standalone_accuracy", "seed_accuracies") if k in r}
+            for r in earlier["candidates"] if r.get("standalone_accuracy") is not None}
+    return done, float(earlier.get("wall_s", 0.0))
+
+
 def summarize(rows: list[dict[str, Any]], meta: dict[str, Any], wall_s: float, out: Path,
               status: str) -> dict[str, Any]:
     """Recompute the figures from the rows so far and rewrite the three outputs atomically."""
@@ -438,7 +470,7 @@ def summarize(rows: list[dict[str, Any]], meta: dict[str, Any], wall_s: float, o
               **meta, "status": status,
               "capacity": capacity_trend(rows), "wall_s": wall_s, "load_end": os.getloadavg()[0]}
     result["reading"] = reading(result)
-    name = "_".join([NAME, meta["scale_name"], *([meta["tag"]] if meta.get("tag") else [])])
+    name = study_name(meta)
     atomic_write_json(out / f"{name}.json", result)
     if done:
         plot(rows, result, out / f"{name}.png")
@@ -487,9 +519,15 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
              **oneshot_scores(estimator.estimate(c)), **oneshot_scores(rethreaded.estimate(c), "_rethreaded"),
              "standalone_accuracy": None}
             for label, c in picked]
+    done, earlier_s = resumed(out / f"{study_name(meta)}.json", rows, meta) if args.resume else ({}, 0.0)
+    start -= earlier_s  # the wall time counts the earlier run's too
+    for row in rows:
+        row.update(done.get(row["id"], {}))
     summarize(rows, meta, time.perf_counter() - start, out, "running")
     noisy = set(noise_indices(scale.candidates, scale.noise_candidates))
     for i, (row, (_, candidate)) in enumerate(zip(rows, picked)):
+        if row["id"] in done:
+            continue
         seeds = range(scale.noise_seeds if i in noisy else 1)
         if args.init == "supernet":
             accs = [estimator.finetuned(candidate, epochs=scale.epochs, seed=seed)["accuracy"] for seed in seeds]
