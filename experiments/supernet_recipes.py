@@ -10,7 +10,9 @@ against ground truths that were not fine-tuned from its weights as well. Recipes
 - OFA kernel transformation matrices (Cai et al., ICLR 2020): a depthwise conv's 3x3 kernel is the centre of its
   5x5 kernel times a learned 9x9 matrix (identity at the start), instead of the bare centre;
 - per-format BN affine parameters ("switchable" BN, Yu et al.; Jin et al., AdaBits): every BN keeps one gain and
-  bias per weight format of the conv before it, so a format's scale shift is not averaged with the others'.
+  bias per weight format of the conv before it, so a format's scale shift is not averaged with the others';
+
+and one ablation: without in-place distillation (every candidate fits the labels, as the largest does).
 
 Results go to ``experiments/results/supernet_recipes.{json,md}``. Run folders under ``--work`` are reused (a
 finished one is scored as it is, a stopped one resumes), so recipes can be trained by two processes at once
@@ -33,10 +35,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from automq import elastic, supernet as supernet_module
+from automq import elastic, supernet as supernet_module, train as train_module
 from automq.candidate import Candidate
 from automq.data import DataSplits
 from automq.evaluate import OneShotEstimator
@@ -47,7 +51,9 @@ from fidelity_stats import fmt_ci, load_study, rank_figures
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STUDIES = [RESULTS / "oneshot_fidelity_medium_supernet8ep.json",
-           RESULTS / "oneshot_fidelity_medium_supernet8ep_nosmallest.json"]
+           RESULTS / "oneshot_fidelity_medium_supernet8ep_nosmallest.json",
+           RESULTS / "oneshot_fidelity_long_supernet8ep_nosmallest.json",
+           RESULTS / "oneshot_fidelity_medium_supernet8ep40k.json"]
 DEFAULT = "default"
 # key (run folder and --recipes name): what it trains each step, as the space's training options, and a prototype
 RECIPES: dict[str, dict[str, Any]] = {
@@ -60,6 +66,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                           "training": {"smallest": False, "num_random": 3}, "prototype": "kernel"},
     "format_bn": {"label": "default + per-format BN affine (prototype)",
                   "training": {"smallest": False, "num_random": 3}, "prototype": "format_bn"},
+    "no_distill": {"label": "default without in-place distillation (every candidate learns from the labels)",
+                   "training": {"smallest": False, "num_random": 3}, "prototype": "no_distill"},
 }
 
 
@@ -120,11 +128,32 @@ def _add_format_bn(supernet: supernet_module.Supernet) -> None:
             object.__setattr__(bn, "conv_before", (conv,))  # a tuple, so not a registered submodule
 
 
+def _labels_only_step(supernet: supernet_module.Supernet, images: Tensor, labels: Tensor,
+                      candidates: Sequence[Any]) -> list[float]:
+    """A training step in which every candidate fits the labels (no teacher): the ablation of in-place
+    distillation."""
+    losses = []
+    for candidate in candidates:
+        supernet.set_active(candidate)
+        loss = F.cross_entropy(supernet(images), labels)
+        loss.backward()
+        losses.append(loss.item())
+    return losses
+
+
 @contextmanager
 def prototype(name: str | None) -> Iterator[None]:
-    """Patch the supernet classes with a prototype for the duration of the block (training and scoring)."""
+    """Patch the supernet classes (or, for ``no_distill``, the training step) with a prototype for the duration of
+    the block (training and scoring)."""
     if name is None:
         yield
+        return
+    if name == "no_distill":
+        original_step, train_module.sandwich_step = train_module.sandwich_step, _labels_only_step
+        try:
+            yield
+        finally:
+            train_module.sandwich_step = original_step
         return
     saved = [(supernet_module.Supernet, "__init__", supernet_module.Supernet.__init__)]
     add = {"kernel": _add_kernel_transforms, "format_bn": _add_format_bn}[name]
@@ -238,13 +267,13 @@ def markdown(result: dict[str, Any]) -> str:
              f"train images (run folders under `runs/supernet_recipes`); one-shot = the fidelity study's estimator "
              f"(BN recalibrated on 512 train images, 5,000 val images, {result['threads']} thread)",
              f"- scoring wall time {result['wall_s'] / 60:.1f} min (training not included: see each supernet)",
-             "- ground truths: the stand-alone accuracies of " + " and ".join(f"`{s}`" for s in studies)
-             + " (each fine-tuned 2 epochs from its own study's supernet)",
+             "- ground truths (each fine-tuned 2 epochs from its own study's supernet): "
+             + "; ".join(f"GT{i} = `{s}`" for i, s in enumerate(studies, 1)),
              f"- gain: Kendall tau minus that of `{RECIPES[DEFAULT]['label']}` on the same bootstrap resample "
              "(paired, 2000 resamples)",
-             "", "| recipe | supernet | " + " | ".join(f"tau all [95% CI] / gain vs default, {s}" for s in studies)
-             + " | " + " | ".join(f"tau random only, {s}" for s in studies) + " |",
-             "|---|---|" + "---:|" * (2 * len(studies))]
+             "", "| recipe | " + " | ".join(f"tau all [95% CI] / gain vs default, GT{i}" for i in range(1, len(studies) + 1))
+             + " | mean tau all | " + " | ".join(f"tau random only, GT{i}" for i in range(1, len(studies) + 1)) + " |",
+             "|---|" + "---:|" * (2 * len(studies) + 1)]
     for row in result["recipes"]:
         cells = []
         for s in studies:
@@ -252,8 +281,10 @@ def markdown(result: dict[str, Any]) -> str:
             gain = f.get("tau_gain_ci95")
             cells.append(fmt_ci(f, "kendall_tau") + ("" if gain is None else
                          f" / {f['tau_gain_over_baseline']:+.3f} [{gain[0]:+.2f}, {gain[1]:+.2f}]"))
+        cells.append(f"{np.mean([row['figures'][s]['all']['kendall_tau'] for s in studies]):.3f}")
         cells += [fmt_ci(row["figures"][s]["random_only"], "kendall_tau") for s in studies]
-        lines.append(f"| {row['label']} | {training_text(row['supernet'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "Supernets:", ""] + [f"- {row['label']}: {training_text(row['supernet'])}" for row in result["recipes"]]
     lines += ["", "A gain whose interval holds 0 is not measurable with these 24 candidates.", "",
               "## One-shot accuracy of corners and edges of the space", "",
               "The mean over the study's 20 random samples, and probes: the largest architecture with one kind of "
