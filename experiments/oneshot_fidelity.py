@@ -253,13 +253,17 @@ def plot(rows: list[dict[str, Any]], result: dict[str, Any], path: Path) -> None
     fig.savefig(path, dpi=120)
 
 
-def correlation_rows(score: str, figures: dict[str, Any], candidates: str) -> list[str]:
-    """One row of the study's correlation table; the target verdict only for rows over all candidates."""
-    gain = (f"{figures['tau_gain_over_baseline']:+.3f} [{figures['tau_gain_ci95'][0]:+.2f}, "
-            f"{figures['tau_gain_ci95'][1]:+.2f}]" if "tau_gain_ci95" in figures else "")
-    target = f"**{verdict(figures['kendall_tau'], figures['spearman'])}**" if candidates.startswith("all") else ""
-    return [f"| {score} | {candidates} | {fmt_ci(figures, 'kendall_tau')} | {fmt_ci(figures, 'spearman')} | "
-            f"{figures['pearson']:.3f} | {gain} | {target} |"]
+def score_rows(score: str, figures: dict[str, Any], candidates: int) -> list[str]:
+    """The study table's two rows of one one-shot score: all candidates (with the target verdict) and the random
+    samples alone (``figures["random_only"]``)."""
+    def row(f: dict[str, Any], who: str, target: str) -> str:
+        gain = (f"{f['tau_gain_over_baseline']:+.3f} [{f['tau_gain_ci95'][0]:+.2f}, {f['tau_gain_ci95'][1]:+.2f}]"
+                if "tau_gain_ci95" in f else "")
+        return (f"| {score} | {who} | {fmt_ci(f, 'kendall_tau')} | {fmt_ci(f, 'spearman')} | {f['pearson']:.3f} | "
+                f"{gain} | {target} |")
+
+    return [row(figures, f"all {candidates}", f"**{verdict(figures['kendall_tau'], figures['spearman'])}**"),
+            row(figures["random_only"], "random samples only", "")]
 
 
 def verdict(tau: float, rho: float) -> str:
@@ -289,11 +293,8 @@ def markdown(result: dict[str, Any]) -> str:
         "| one-shot score | candidates | Kendall tau [95% CI] | Spearman [95% CI] | Pearson | "
         f"tau gain over accuracy [95% CI] | target: tau >= {TARGET_TAU} (One-Shot MPQ), at least Spearman >= "
         f"{TARGET_SPEARMAN} |", "|---|---|---:|---:|---:|---:|---|",
-        *correlation_rows("accuracy", result, f"all {len(done)}"),
-        *correlation_rows("accuracy", result["random_only"], "random samples only"),
-        *(correlation_rows("loss (lower ranks higher)", result["by_loss"], f"all {len(done)}")
-          + correlation_rows("loss (lower ranks higher)", result["by_loss"]["random_only"], "random samples only")
-          if result.get("by_loss") else []), "",
+        *score_rows("accuracy", result, len(done)),
+        *(score_rows("loss (lower ranks higher)", result["by_loss"], len(done)) if result.get("by_loss") else []), "",
         "Intervals: percentile bootstrap over candidates (2000 resamples); the gain is paired (the same resamples).",
         "",
     ]
