@@ -20,8 +20,8 @@ import yaml
 from automq.errors import AutomqError
 
 if TYPE_CHECKING:
-    from automq.candidate import Candidate
-    from automq.space import SearchSpace
+    from automq.space.candidate import Candidate
+    from automq.space.space import SearchSpace
 
 Command = Callable[[argparse.Namespace], int | None]
 TUNE_SHORTCUTS = ("sampler", "workers", "address")  # `automq search --sampler ...`: options of the tune strategy
@@ -44,7 +44,7 @@ _OptionLoader.add_implicit_resolver(
 
 
 def _cmd_formats(args: argparse.Namespace) -> None:
-    from automq.formats import format_table
+    from automq.numerics.formats import format_table
 
     rows = format_table()
     header = ("name", "family", "bits", "bits/elem", "max", "min>0", "note")
@@ -65,18 +65,25 @@ def _cmd_formats(args: argparse.Namespace) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
 
 
-def _cmd_space_validate(args: argparse.Namespace) -> None:
-    from automq.space import SearchSpace
+def _read_space(path: str) -> SearchSpace:
+    """A user's space file, validated in full: its structure, then whether any candidate meets its budgets."""
+    from automq.cost import check_budgets
+    from automq.space.space import SearchSpace
 
-    space = SearchSpace.from_file(args.file)
+    space = SearchSpace.from_file(path)
+    check_budgets(space)
+    return space
+
+
+def _cmd_space_validate(args: argparse.Namespace) -> None:
+    space = _read_space(args.file)
     print(f"{args.file}: valid search space '{space.name}'")
 
 
 def _cmd_space_info(args: argparse.Namespace) -> None:
     from automq.cost import cost_range
-    from automq.space import SearchSpace
 
-    space = SearchSpace.from_file(args.file)
+    space = _read_space(args.file)
     count = space.count()
     print(f"space:       {space.name} ({args.file})")
     print(f"dataset:     {space.dataset.name}, {space.dataset.input_size}x{space.dataset.input_size}")
@@ -91,10 +98,9 @@ def _cmd_space_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from automq.space import SearchSpace
-    from automq.train import train_supernet
+    from automq.oneshot.train import train_supernet
 
-    space = SearchSpace.from_file(args.space)
+    space = _read_space(args.space)
     path = train_supernet(space, args.out, epochs=args.epochs, resume=args.resume, train_subset=args.subset,
                           data_root=args.data, seed=args.seed)
     print(f"supernet written to {path}")
@@ -104,9 +110,9 @@ def _load_candidate(text: str, space: SearchSpace) -> Candidate:
     """A candidate from ``largest``/``smallest``, a JSON file, inline JSON, or ``SEARCH_DIR:TRIAL_NUMBER``."""
     from pathlib import Path
 
-    from automq.candidate import Candidate
     from automq.errors import CandidateError
-    from automq.results import load_trials
+    from automq.search.results import load_trials
+    from automq.space.candidate import Candidate
 
     if text in ("largest", "smallest"):
         return getattr(space, text)()
@@ -127,7 +133,7 @@ def _load_candidate(text: str, space: SearchSpace) -> Candidate:
 def _cmd_estimate(args: argparse.Namespace) -> None:
     import json
 
-    from automq.evaluate import OneShotEstimator
+    from automq.oneshot.evaluate import OneShotEstimator
 
     if args.finetune_images is not None and args.finetune_images < 0:
         raise AutomqError(f"--finetune-images must be at least 0 (0: one-shot only), got {args.finetune_images}")
@@ -138,9 +144,9 @@ def _cmd_estimate(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from automq.space import SearchSpace
-    from automq.supernet import recalibrate_bn, save_model
-    from automq.train import load_space_data, load_supernet
+    from automq.model.supernet import recalibrate_bn, save_model
+    from automq.oneshot.train import load_space_data, load_supernet
+    from automq.space.space import SearchSpace
 
     space = SearchSpace.from_file(f"{args.supernet}/space.yaml")
     candidate = _load_candidate(args.candidate, space)
@@ -175,7 +181,7 @@ def parse_option(text: str) -> tuple[str, Any]:
 def _search_options(args: argparse.Namespace) -> dict[str, Any]:
     """The strategy's keyword arguments: each ``--option``, and the ``tune`` shortcuts that were given.
 
-    Options a strategy does not take are reported by :func:`automq.search.run_search`, which creates it.
+    Options a strategy does not take are reported by :func:`automq.search.driver.run_search`, which creates it.
     """
     shortcuts = {name: getattr(args, name) for name in TUNE_SHORTCUTS if getattr(args, name) is not None}
     if shortcuts and args.strategy != "tune":
@@ -190,7 +196,7 @@ def _search_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
-    from automq.search import run_search
+    from automq.search.driver import run_search
 
     log = run_search(args.space, out=args.out, supernet=args.supernet, strategy=args.strategy, trials=args.trials,
                      seed=args.seed, resume=args.resume, options=_search_options(args), data_root=args.data)
@@ -201,12 +207,11 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     """Train the supernet (or resume it), search with Ray Tune + NSGA-II, add the uniform baselines, report."""
     from pathlib import Path
 
-    from automq.report import build_report
-    from automq.search import run_search
-    from automq.space import SearchSpace
-    from automq.train import train_supernet
+    from automq.oneshot.train import train_supernet
+    from automq.report.report import build_report
+    from automq.search.driver import run_search
 
-    space = SearchSpace.from_file(args.space)
+    space = _read_space(args.space)
     out = Path(args.out)
     supernet = out / "supernet"
     if not (supernet / "supernet.pt").is_file():
@@ -224,7 +229,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from automq.report import build_report
+    from automq.report.report import build_report
 
     summary = build_report(args.search_dirs, args.out, fidelity=args.fidelity)
     for note in summary.get("notes", []):

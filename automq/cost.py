@@ -1,7 +1,7 @@
 """Analytic costs of a candidate: MACs, parameters, BitOps, weight bytes, peak activation bytes, energy, latency.
 
 Every number is a sum (or, for activations, a maximum) over the quantized layers of
-:func:`automq.arch.layer_specs`, one image at a time. The rules:
+:func:`automq.model.arch.layer_specs`, one image at a time. The rules:
 
 * **macs**: conv ``out_hw^2 * out_ch * in_ch / groups * k^2``; linear ``in * out``.
 * **params**: conv and linear weights plus the classifier bias. BatchNorm is not counted: at deployment it
@@ -33,16 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from automq.arch import LayerSpec, layer_specs
 from automq.errors import SpaceError
-from automq.formats import FixedPointElement, FloatElement, NumericFormat, get_format
+from automq.model.arch import LayerSpec, layer_specs
+from automq.numerics.formats import FixedPointElement, FloatElement, NumericFormat, get_format
+from automq.space.schema import space_error
 
 if TYPE_CHECKING:
-    from automq.candidate import Candidate
-    from automq.space import SearchSpace
+    from automq.space.candidate import Candidate
+    from automq.space.space import SearchSpace
 
-__all__ = ["HOROWITZ_45NM", "METRIC_KEYS", "CostModel", "EnergyTable", "LayerCost", "cost_range", "format_bits",
-           "latency_key", "load_latency_table"]
+__all__ = ["HOROWITZ_45NM", "METRIC_KEYS", "CostModel", "EnergyTable", "LayerCost", "check_budgets", "cost_range",
+           "format_bits", "latency_key", "load_latency_table"]
 
 SCALE_BITS = 16  # one fp16 scale per output channel for learned-scale weight formats
 BIAS_BITS = 32  # one int32 (or fp32) bias per output channel
@@ -249,6 +250,24 @@ def cost_range(space: SearchSpace, model: CostModel | None = None) -> dict[str, 
     low = _extreme(model, space.smallest(), min)
     high = _extreme(model, space.largest(), max)
     return {metric: (low[key], high[key]) for metric, key in METRIC_KEYS.items() if key in low}
+
+
+def check_budgets(space: SearchSpace) -> None:
+    """Refuse a space whose hard budgets no candidate can meet (:class:`SpaceError` naming ``budgets.<metric>``).
+
+    This is the one check of a space file that needs costs, so it lives here rather than in
+    :mod:`automq.space.space` (costs sit above spaces); every entry point that reads a user's space file
+    (the CLI, :func:`automq.search.driver.run_search`) calls it after :meth:`SearchSpace.from_file`.
+    """
+    if not space.budgets:
+        return
+    lowest = cost_range(space)
+    for metric, limit in space.budgets.items():
+        if metric in lowest and limit < lowest[metric][0]:
+            space_error(space.source, f"budgets.{metric}",
+                        f"{limit:g} is below the smallest candidate's {metric} ({lowest[metric][0]:g}); no "
+                        f"candidate is feasible. Raise the budget to at least {lowest[metric][0]:g} or add "
+                        "smaller choices to the space")
 
 
 def _extreme(model: CostModel, arch: Candidate, choose: Callable) -> dict[str, float]:

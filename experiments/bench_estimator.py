@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from automq.evaluate import ESTIMATOR_THREADS, OneShotEstimator
+from automq.oneshot.evaluate import ESTIMATOR_THREADS, OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text
-from automq.space import SearchSpace
-from automq.supernet import Supernet
-from automq.train import load_space_data, load_supernet, training_summary, training_text
+from automq.space.space import SearchSpace
+from automq.model.supernet import Supernet
+from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PER_MINUTE = 20.0

@@ -26,9 +26,9 @@ import timm
 import torch
 from torch import nn
 
-from automq.formats import get_format
+from automq.numerics.formats import get_format
 from automq.io import atomic_write_json, atomic_write_text
-from automq.quant import quantize_modules_
+from automq.numerics.quant import quantize_modules_
 
 FORMATS = ("int8", "int4", "fp8_e4m3", "fp4_e2m1", "mxfp4_e2m1")
 TARGETS = {"int": 1.5, "float": 1.5, "mx": 2.5}  # max allowed step-time ratio per format family

@@ -6,7 +6,7 @@
 3. Run each sampler (nsga2, tpe, gp, random) for ``max(--checkpoints)`` trials with several seeds through the
    in-process path of the ``tune`` strategy, with the cached table as the evaluator (so the samplers cost
    nothing), and report the hypervolume of the front found after 25, 50 and 100 trials divided by the
-   exhaustive front's hypervolume (same normalisation as every report: :mod:`automq.pareto`).
+   exhaustive front's hypervolume (same normalisation as every report: :mod:`automq.search.pareto`).
 
     python experiments/bench_search_quality.py [--run RUN_DIR] [--seeds 5] [--out experiments/results]
 """
@@ -23,14 +23,15 @@ from pathlib import Path
 
 import torch
 
-from automq.candidate import Candidate
+from automq.space.candidate import Candidate
 from automq.cost import CostModel
-from automq.evaluate import OneShotEstimator
-from automq.results import hypervolume_scales, pareto_trials, space_objectives
-from automq.space import SearchSpace
+from automq.oneshot.evaluate import OneShotEstimator
+from automq.search.results import hypervolume_scales, pareto_trials, space_objectives
+from automq.space.space import SearchSpace
 from automq.strategies.tune import TuneStrategy
-from automq.strategy import Budget, Trial
-from automq.train import SUPERNET, train_supernet
+from automq.search.strategy import Budget
+from automq.search.trial import Trial
+from automq.oneshot.train import SUPERNET, train_supernet
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from automq.evaluate import OneShotEstimator
-from automq.results import SearchLog
-from automq.space import SearchSpace
+from automq.oneshot.evaluate import OneShotEstimator
+from automq.search.results import SearchLog
+from automq.space.space import SearchSpace
 from automq.strategies.tune import TuneStrategy
-from automq.strategy import Budget, Trial
-from automq.supernet import Supernet
-from automq.train import load_space_data
+from automq.search.strategy import Budget
+from automq.search.trial import Trial
+from automq.model.supernet import Supernet
+from automq.oneshot.train import load_space_data
 
 
 class TimedLog(SearchLog):

@@ -6,12 +6,12 @@ with their options. The script
 
 1. trains the one-shot supernet of the space into ``<work>/supernet`` (or uses ``--supernet``; a stopped training
    resumes from its checkpoint);
-2. runs each strategy with :func:`automq.search.run_search` into ``<work>/searches/<label>``, each with a fresh
+2. runs each strategy with :func:`automq.search.driver.run_search` into ``<work>/searches/<label>``, each with a fresh
    one-shot estimator of that supernet (so no strategy profits from another's cache) and ``evaluations`` trials;
    per-level strategies (``ssps``, ``dnas``, ``fliqs``) get the config's ``levels`` (fractions of the largest
    candidate's BitOps) as their budget levels. A finished search is kept and skipped on a rerun, an interrupted
    one is resumed, and a strategy that fails is recorded with its error while the others go on;
-3. writes the report (:func:`automq.report.build_report`) and ``compare_all.json`` / ``compare_all.md`` (command,
+3. writes the report (:func:`automq.report.report.build_report`) and ``compare_all.json`` / ``compare_all.md`` (command,
    machine, load, wall time per stage, status per strategy) into ``--results``, with a copy of every search
    directory's ``trials.jsonl``/``run.json``/``pareto.json`` so the report can be rebuilt from the results alone.
 
@@ -41,12 +41,12 @@ from automq.cli import show_info_logs
 from automq.cost import cost_range
 from automq.errors import AutomqError
 from automq.io import atomic_write_json, atomic_write_text
-from automq.report import build_report
-from automq.results import PARETO_FILE, RUN_FILE, SPACE_FILE, TRIALS_FILE
-from automq.search import run_search
-from automq.space import SearchSpace
-from automq.strategy import create_strategy, strategy_names
-from automq.train import SUPERNET, train_supernet, training_summary, training_text
+from automq.report.report import build_report
+from automq.search.results import PARETO_FILE, RUN_FILE, SPACE_FILE, TRIALS_FILE
+from automq.search.driver import run_search
+from automq.space.space import SearchSpace
+from automq.search.strategy import create_strategy, strategy_names
+from automq.oneshot.train import SUPERNET, train_supernet, training_summary, training_text
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs"

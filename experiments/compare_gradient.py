@@ -1,6 +1,6 @@
 """Gradient strategies on the default space: fronts, search cost, and the memory of one search step.
 
-1. Use the trained supernet in ``--run`` (train a short one there with ``automq.train.train_supernet`` when it
+1. Use the trained supernet in ``--run`` (train a short one there with ``automq.oneshot.train.train_supernet`` when it
    is missing: ``--train-epochs`` epochs on ``--train-subset`` images).
 2. Search ``--space`` with the same budget levels on BitOps for every strategy, each into its own search
    directory under ``<out>/compare_gradient/`` (the format ``automq report`` reads):
@@ -37,17 +37,17 @@ import torch.nn.functional as F
 
 import automq.strategies.differentiable  # noqa: F401  (registers dnas, differentiable)
 import automq.strategies.ssps  # noqa: F401  (registers ssps)
-from automq import plots
+from automq.report import plots
 from automq.cost import cost_range
-from automq.evaluate import OneShotEstimator
+from automq.oneshot.evaluate import OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text
-from automq.results import hypervolume_scales, load_search_dir, pareto_trials, space_objectives
-from automq.search import run_search
-from automq.space import SearchSpace
+from automq.search.results import hypervolume_scales, load_search_dir, pareto_trials, space_objectives
+from automq.search.driver import run_search
+from automq.space.space import SearchSpace
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies._relaxed import FORMAT_KINDS, RelaxedSupernet
-from automq.strategy import Trial
-from automq.train import SUPERNET, load_supernet, train_supernet
+from automq.search.trial import Trial
+from automq.oneshot.train import SUPERNET, load_supernet, train_supernet
 
 RESULTS = Path(__file__).parent / "results"
 MEMORY_MODES = ("subnet", "single_path", "multi_branch")

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from automq.candidate import Candidate
-from automq.evaluate import OneShotEstimator
+from automq.space.candidate import Candidate
+from automq.oneshot.evaluate import OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text
-from automq.space import SearchSpace
-from automq.train import load_space_data, load_supernet
+from automq.space.space import SearchSpace
+from automq.oneshot.train import load_space_data, load_supernet
 from fidelity_stats import TARGET_TAU, correlations, fmt_ci, load_study, rank_figures, scores_by_id
 
 # one-shot estimator settings re-scored by --reuse-standalone: OneShotEstimator keyword arguments that replace the

@@ -36,16 +36,17 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from automq import plots
+from automq.report import plots
 from automq.cost import CostModel
-from automq.evaluate import OneShotEstimator
+from automq.oneshot.evaluate import OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text, read_jsonl
-from automq.results import SearchLog, load_search_dir
-from automq.space import SearchSpace
+from automq.search.results import SearchLog, load_search_dir
+from automq.space.space import SearchSpace
 from automq.strategies.fliqs import FLIQS, POLICY_LOG
-from automq.strategy import Budget, Trial, evaluate_candidate
-from automq.train import METRICS as TRAIN_METRICS
-from automq.train import SUPERNET, load_space_data, load_supernet, train_supernet
+from automq.search.strategy import Budget, evaluate_candidate
+from automq.search.trial import Trial
+from automq.oneshot.train import METRICS as TRAIN_METRICS
+from automq.oneshot.train import SUPERNET, load_space_data, load_supernet, train_supernet
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs"

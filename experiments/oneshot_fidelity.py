@@ -41,11 +41,11 @@ import torch
 from matplotlib.figure import Figure
 from scipy import stats
 
-from automq.candidate import Candidate
-from automq.evaluate import OneShotEstimator, train_standalone
+from automq.space.candidate import Candidate
+from automq.oneshot.evaluate import OneShotEstimator, train_standalone
 from automq.io import atomic_write_json, atomic_write_text
-from automq.space import SearchSpace
-from automq.train import (SUPERNET, load_space_data, load_supernet, train_supernet, training_summary,
+from automq.space.space import SearchSpace
+from automq.oneshot.train import (SUPERNET, load_space_data, load_supernet, train_supernet, training_summary,
                           training_text)
 from fidelity_stats import TARGET_SPEARMAN, TARGET_TAU, column, correlations, fmt_ci, rank_figures
 from fidelity_variants import VARIANTS, variants

@@ -40,13 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from automq import elastic, supernet as supernet_module, train as train_module
-from automq.candidate import Candidate
+from automq.model import elastic, supernet as supernet_module
+from automq.oneshot import train as train_module
+from automq.space.candidate import Candidate
 from automq.data import DataSplits
-from automq.evaluate import OneShotEstimator
+from automq.oneshot.evaluate import OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text
-from automq.space import SearchSpace
-from automq.train import SUPERNET, load_space_data, load_supernet, train_supernet, training_summary, training_text
+from automq.space.space import SearchSpace
+from automq.oneshot.train import SUPERNET, load_space_data, load_supernet, train_supernet, training_summary, training_text
 from fidelity_stats import fmt_ci, load_study, rank_figures
 
 RESULTS = Path(__file__).resolve().parent / "results"

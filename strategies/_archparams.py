@@ -2,7 +2,7 @@
 
 Every gradient or policy strategy (differentiable search, SSPS, REINFORCE-style controllers) describes its belief
 about the best candidate the same way: logits over the choices of each decision of
-:meth:`~automq.space.SearchSpace.decisions` (``width_mult``, ``stages.{i}.depth``, ``blocks.{i}.{j}.kernel_size``,
+:meth:`~automq.space.space.SearchSpace.decisions` (``width_mult``, ``stages.{i}.depth``, ``blocks.{i}.{j}.kernel_size``,
 ``blocks.{i}.{j}.expand_ratio``, ``{layer}.w_fmt``, ``{layer}.a_fmt``), independent across decisions.
 
 * :class:`DecisionTable` lays the decisions out as rows of a padded ``[rows, width]`` table and converts between
@@ -32,15 +32,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from automq.arch import layer_specs
+from automq.model.arch import layer_specs
 from automq.cost import METRIC_KEYS, CostModel
 from automq.errors import BudgetError
 from automq.strategies._assign import ADDITIVE_METRICS
 
 if TYPE_CHECKING:
-    from automq.arch import LayerSpec
-    from automq.candidate import Candidate
-    from automq.space import Decision, SearchSpace
+    from automq.model.arch import LayerSpec
+    from automq.space.candidate import Candidate
+    from automq.space.space import Decision, SearchSpace
 
 _BLOCK_LAYER = re.compile(r"blocks\.(\d+)\.(\d+)\.\w+")
 

@@ -18,18 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from automq.arch import layer_specs
-from automq.candidate import Candidate
+from automq.model.arch import layer_specs
+from automq.space.candidate import Candidate
 from automq.cost import METRIC_KEYS, CostModel, LayerCost
 from automq.errors import BudgetError, SpaceError
-from automq.formats import get_format
+from automq.numerics.formats import get_format
 from automq.strategies._solvers import AssignmentProblem, Solution, check_budgets
-from automq.strategy import Budget, Evaluator, Strategy, Trial, evaluate_candidate
+from automq.search.strategy import Budget, Evaluator, Strategy, evaluate_candidate
+from automq.search.trial import Trial
 
 if TYPE_CHECKING:
     from automq.data import DataSplits
-    from automq.space import SearchSpace
-    from automq.supernet import Supernet
+    from automq.space.space import SearchSpace
+    from automq.model.supernet import Supernet
 
 # ------------------------------------------------------------------------------ formats of a fixed architecture
 # Space metrics whose whole-model value is a sum over layers (peak_act is a maximum: handled by filtering options).
@@ -198,7 +199,7 @@ def supernet_and_data(evaluator: Evaluator, strategy: str) -> tuple[Supernet, Da
     supernet, data = getattr(evaluator, "supernet", None), getattr(evaluator, "data", None)
     if supernet is None or data is None:
         raise TypeError(f"{strategy} measures the supernet itself and needs an evaluator with .supernet and .data "
-                        f"(automq.evaluate.OneShotEstimator); got {type(evaluator).__name__}")
+                        f"(automq.oneshot.evaluate.OneShotEstimator); got {type(evaluator).__name__}")
     return supernet, data
 
 

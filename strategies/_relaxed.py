@@ -41,13 +41,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from automq.space import BLOCK_LAYERS
+from automq.space.space import BLOCK_LAYERS
 
 if TYPE_CHECKING:
-    from automq.arch import LayerSpec
-    from automq.elastic import ElasticQuantLayer
+    from automq.model.arch import LayerSpec
+    from automq.model.elastic import ElasticQuantLayer
     from automq.strategies._archparams import DecisionTable, LayerVariants
-    from automq.supernet import Supernet
+    from automq.model.supernet import Supernet
 
 RELAXATIONS = ("single_path", "multi_branch")
 FORMAT_KINDS = ("w_fmt", "a_fmt")

@@ -7,7 +7,7 @@
 * :func:`evaluate_batch` is the trainable. The evaluator (for the one-shot estimator: the supernet weights and
   the calibration and validation images) is put in the object store once; every worker process deserializes it
   on its first trial and keeps it (:class:`Resident`), and Tune reuses the worker actors across trials.
-* :class:`RecordTrials` turns the candidates the trainable reports into :class:`~automq.strategy.Trial` records
+* :class:`RecordTrials` turns the candidates the trainable reports into :class:`~automq.search.strategy.Trial` records
   as they finish. A failed evaluation makes the Tune trial raise at the end of its batch, so Ray retries it
   (``FailureConfig(max_failures)``); a retry evaluates the batch again, but candidates already recorded are not
   recorded twice, and a failure is recorded, with its error, only when the retries run out.
@@ -38,9 +38,10 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from automq.candidate import Candidate
+from automq.space.candidate import Candidate
 from automq.strategies.tune import Proposals, SuggestCandidate, objective_values, retell
-from automq.strategy import Budget, Evaluator, Trial, evaluate_candidate
+from automq.search.strategy import Budget, Evaluator, evaluate_candidate
+from automq.search.trial import Trial
 
 if TYPE_CHECKING:
     from automq.strategies.tune import TuneStrategy

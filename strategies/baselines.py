@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from automq.formats import get_format
-from automq.strategy import Budget, Evaluator, Strategy, Trial, budget_violations, evaluate_candidate, register_strategy
+from automq.numerics.formats import get_format
+from automq.search.strategy import Budget, Evaluator, Strategy, budget_violations, evaluate_candidate, register_strategy
+from automq.search.trial import Trial
 
 if TYPE_CHECKING:
-    from automq.candidate import Candidate
-    from automq.space import SearchSpace
+    from automq.space.candidate import Candidate
+    from automq.space.space import SearchSpace
 
 ARCHS = ("largest", "smallest")
 

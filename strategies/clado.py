@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from automq.data import fixed_batches
-from automq.elastic import ElasticQuantLayer
+from automq.model.elastic import ElasticQuantLayer
 from automq.strategies._assign import (
     FormatAssignmentStrategy,
     FormatProblem,
@@ -61,11 +61,11 @@ from automq.strategies._assign import (
     supernet_and_data,
 )
 from automq.strategies._solvers import MAX_PAIR_VARIABLES, Solution, solve_linear, solve_quadratic
-from automq.strategy import Evaluator, register_strategy
-from automq.supernet import recalibrate_bn
+from automq.search.strategy import Evaluator, register_strategy
+from automq.model.supernet import recalibrate_bn
 
 if TYPE_CHECKING:
-    from automq.supernet import Supernet
+    from automq.model.supernet import Supernet
 
 logger = logging.getLogger(__name__)
 

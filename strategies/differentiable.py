@@ -19,7 +19,7 @@ multi-branch format mixing, the DNAS reference (see :mod:`strategies._relaxed`).
 
 The argmax of a distribution can break a budget that its expectation met, so every decoded candidate is repaired
 greedily (:func:`repair`) and its achieved cost is recorded beside its target in ``Trial.info``. Candidates are
-scored by :func:`~automq.strategy.evaluate_candidate` with the shared estimator, like every other strategy.
+scored by :func:`~automq.search.strategy.evaluate_candidate` with the shared estimator, like every other strategy.
 """
 
 from __future__ import annotations
@@ -37,18 +37,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from automq.arch import layer_specs
+from automq.model.arch import layer_specs
 from automq.cost import METRIC_KEYS, CostModel, cost_range
 from automq.errors import BudgetError
 from automq.strategies._archparams import ArchParams, DecisionTable, EtaLogits, ExpectedCost
 from automq.strategies._assign import ADDITIVE_METRICS, supernet_and_data, sweep_metric
 from automq.strategies._relaxed import FORMAT_KINDS, RELAXATIONS, RelaxedSupernet
-from automq.strategy import Budget, Evaluator, Strategy, Trial, evaluate_candidate, register_strategy
-from automq.train import GRAD_CLIP_NORM, endless_batches
+from automq.search.strategy import Budget, Evaluator, Strategy, evaluate_candidate, register_strategy
+from automq.search.trial import Trial
+from automq.oneshot.train import GRAD_CLIP_NORM, endless_batches
 
 if TYPE_CHECKING:
-    from automq.candidate import Candidate
-    from automq.space import SearchSpace
+    from automq.space.candidate import Candidate
+    from automq.space.space import SearchSpace
 
 Objective = Callable[[Tensor, ArchParams, "float | None"], Tensor]  # (cross-entropy, arch, eta) -> arch loss
 PENALTY_FORMS = ("ratio", "hinge")

@@ -26,7 +26,7 @@ TuNAS (Bender et al., CVPR 2020):
 
 The result of a run is the policy's argmax candidate. It is scored twice: as it stands (the FLIQS-trained weights,
 BN recalibrated; ``Trial.info["in_place"]``) and by the shared estimator through
-:func:`~automq.strategy.evaluate_candidate` (``Trial.metrics``), so it compares with every other strategy. One run
+:func:`~automq.search.evaluate_candidate` (``Trial.metrics``), so it compares with every other strategy. One run
 per cost target gives the front. The policy's entropy and choice probabilities per decision over time are written
 as JSON lines to ``out_dir/fliqs_policy.jsonl``.
 """
@@ -50,18 +50,19 @@ from torch import Tensor
 
 from automq.cost import CostModel, cost_range
 from automq.errors import BudgetError, SpaceError
-from automq.evaluate import OneShotEstimator
+from automq.oneshot.evaluate import OneShotEstimator
 from automq.io import append_jsonl
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies._assign import supernet_and_data, sweep_metric
 from automq.strategies.differentiable import split_train
-from automq.strategy import Budget, Evaluator, Strategy, Trial, evaluate_candidate, register_strategy
-from automq.supernet import Supernet
-from automq.train import Progress, build_optimizer, build_scheduler, deterministic, endless_batches, run_epoch
+from automq.search.strategy import Budget, Evaluator, Strategy, evaluate_candidate, register_strategy
+from automq.search.trial import Trial
+from automq.model.supernet import Supernet
+from automq.oneshot.train import Progress, build_optimizer, build_scheduler, deterministic, endless_batches, run_epoch
 
 if TYPE_CHECKING:
-    from automq.candidate import Candidate
-    from automq.space import SearchSpace
+    from automq.space.candidate import Candidate
+    from automq.space.space import SearchSpace
 
 REWARDS = ("absolute", "one_sided", "soft_exponential")
 DEFAULT_BETA = {"absolute": 1.0, "one_sided": 1.0, "soft_exponential": -0.07}  # MnasNet's -0.07
@@ -264,7 +265,7 @@ class FliqsSearch:
 
     Args:
         space: the searched space (its candidates must also be candidates of the evaluator's supernet space).
-        evaluator: an estimator with ``.supernet`` and ``.data`` (:class:`~automq.evaluate.OneShotEstimator`).
+        evaluator: an estimator with ``.supernet`` and ``.data`` (:class:`~automq.oneshot.evaluate.OneShotEstimator`).
         config: the run's hyper-parameters.
         metric: the cost metric of the reward; ``target`` its target value ``C_T``.
         seed: seeds the data split, the batch order and the policy samples.

@@ -50,21 +50,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from automq.arch import layer_specs
-from automq.formats import get_format
-from automq.quant import Quantizer
+from automq.model.arch import layer_specs
+from automq.numerics.formats import get_format
+from automq.numerics.quant import Quantizer
 from automq.strategies._assign import FormatAssignmentStrategy, FormatProblem, Solver, supernet_and_data
 from automq.strategies._solvers import Solution, solve_linear
-from automq.strategy import Evaluator, register_strategy
-from automq.train import GRAD_CLIP_NORM, endless_batches
+from automq.search.strategy import Evaluator, register_strategy
+from automq.oneshot.train import GRAD_CLIP_NORM, endless_batches
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from automq.candidate import Candidate
-    from automq.elastic import ElasticQuantLayer
-    from automq.space import SearchSpace
-    from automq.supernet import Supernet
+    from automq.space.candidate import Candidate
+    from automq.model.elastic import ElasticQuantLayer
+    from automq.space.space import SearchSpace
+    from automq.model.supernet import Supernet
 
 logger = logging.getLogger(__name__)
 

@@ -43,10 +43,11 @@ from automq.strategies.differentiable import (
     decode,
     score,
 )
-from automq.strategy import Budget, Evaluator, Trial, register_strategy
+from automq.search.strategy import Budget, Evaluator, register_strategy
+from automq.search.trial import Trial
 
 if TYPE_CHECKING:
-    from automq.space import SearchSpace
+    from automq.space.space import SearchSpace
 
 DECISIONS_FILE = "ssps_decisions.json"
 

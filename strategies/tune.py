@@ -40,14 +40,15 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from automq.candidate import Candidate
+from automq.space.candidate import Candidate
 from automq.cost import CostModel
 from automq.strategies.baselines import uniform_pairs
-from automq.strategy import Budget, Evaluator, Strategy, Trial, evaluate_candidate, register_strategy
+from automq.search.strategy import Budget, Evaluator, Strategy, evaluate_candidate, register_strategy
+from automq.search.trial import Trial
 
 if TYPE_CHECKING:
-    from automq.results import SearchLog
-    from automq.space import SearchSpace
+    from automq.search.results import SearchLog
+    from automq.space.space import SearchSpace
 
 CANDIDATE_KEY = "candidate"  # define-by-run result: the candidate's canonical JSON
 MAX_POPULATION = 50

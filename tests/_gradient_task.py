@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from automq.data import DataSplits, make_loader
-from automq.evaluate import OneShotEstimator
-from automq.space import SearchSpace
-from automq.supernet import Supernet
-from automq.train import load_space_data
+from automq.oneshot.evaluate import OneShotEstimator
+from automq.space.space import SearchSpace
+from automq.model.supernet import Supernet
+from automq.oneshot.train import load_space_data
 
 from _spaces import DS_STAGE, IR_STAGE, tiny_space
 

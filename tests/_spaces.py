@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from automq.space import SearchSpace
+from automq.space.space import SearchSpace
 
 DS_STAGE = {"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]}
 IR_STAGE = {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel_size": [3, 5], "expand_ratio": [2, 3]}

@@ -5,10 +5,10 @@ from timm.layers import make_divisible as timm_make_divisible
 from timm.models._efficientnet_builder import round_channels as timm_round_channels
 from torch import nn
 
-from automq.arch import arch_def, build_timm_model, head_channels, layer_specs, make_divisible, round_channels
-from automq.candidate import Candidate
+from automq.model.arch import arch_def, build_timm_model, head_channels, layer_specs, make_divisible, round_channels
+from automq.space.candidate import Candidate
 from automq.errors import CandidateError
-from automq.space import SearchSpace
+from automq.space.space import SearchSpace
 
 TIMM_MBV2_DEPTHS = (1, 2, 3, 4, 3, 3, 1)
 

@@ -9,7 +9,7 @@ import torch
 
 from automq.cost import CostModel
 from automq.errors import BudgetError
-from automq.space import SearchSpace
+from automq.space.space import SearchSpace
 from automq.strategies._archparams import ArchParams, DecisionTable, EtaLogits, ExpectedCost
 
 from _spaces import EVERY_DECISION, IR_STAGE, SpaceFactory

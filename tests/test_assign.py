@@ -8,7 +8,7 @@ import pytest
 
 from automq.cost import CostModel
 from automq.errors import BudgetError
-from automq.space import SearchSpace
+from automq.space.space import SearchSpace
 from automq.strategies._assign import FormatProblem, sweep_levels
 from automq.strategies._solvers import AssignmentProblem
 

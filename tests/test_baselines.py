@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from automq.candidate import Candidate
+from automq.space.candidate import Candidate
 from automq.cost import CostModel
-from automq.space import SearchSpace
+from automq.space.space import SearchSpace
 from automq.strategies.baselines import RandomSearch, Uniform, uniform_pairs
-from automq.strategy import Budget, create_strategy
+from automq.search.strategy import Budget, create_strategy
 
 from _spaces import SpaceFactory
 

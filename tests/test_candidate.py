@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from automq.candidate import BlockChoice, Candidate
+from automq.space.candidate import BlockChoice, Candidate
 from automq.errors import CandidateError
 
 FIXED = Candidate(

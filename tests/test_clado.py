@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches
-from automq.evaluate import OneShotEstimator
-from automq.space import SearchSpace
+from automq.oneshot.evaluate import OneShotEstimator
+from automq.space.space import SearchSpace
 from automq.strategies._assign import FormatProblem
 from automq.strategies._solvers import AssignmentProblem, solve_quadratic
 from automq.strategies.clado import (
@@ -24,9 +24,9 @@ from automq.strategies.clado import (
     network_units,
     reference_choice,
 )
-from automq.strategy import Budget, create_strategy
-from automq.supernet import Supernet, recalibrate_bn
-from automq.train import load_space_data
+from automq.search.strategy import Budget, create_strategy
+from automq.model.supernet import Supernet, recalibrate_bn
+from automq.oneshot.train import load_space_data
 
 from _spaces import DS_STAGE, IR_STAGE, SpaceFactory
 

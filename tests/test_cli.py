@@ -14,12 +14,12 @@ import yaml
 
 from automq.cli import main, parse_option
 from automq.data import fixed_batches
-from automq.evaluate import OneShotEstimator
-from automq.formats import format_names, get_format
-from automq.results import load_trials
-from automq.space import SearchSpace
-from automq.supernet import load_model, recalibrate_bn
-from automq.train import load_space_data, load_supernet
+from automq.oneshot.evaluate import OneShotEstimator
+from automq.numerics.formats import format_names, get_format
+from automq.search.results import load_trials
+from automq.space.space import SearchSpace
+from automq.model.supernet import load_model, recalibrate_bn
+from automq.oneshot.train import load_space_data, load_supernet
 
 from _spaces import SpaceFactory, tiny_space_data
 

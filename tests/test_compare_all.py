@@ -15,7 +15,7 @@ import yaml
 
 from automq.cost import cost_range
 from automq.errors import AutomqError
-from automq.results import load_trials
+from automq.search.results import load_trials
 
 from _spaces import SpaceFactory
 

@@ -1,4 +1,4 @@
-"""automq.comparison.budget_rows and key_findings: the most accurate trial of every run within each uniform
+"""automq.report.comparison.budget_rows and key_findings: the most accurate trial of every run within each uniform
 baseline's BitOps, and mixed precision against the best uniform format, checked against hand-worked small cases."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from automq.comparison import DEFAULT_OBJECTIVES, Baseline, RunAnalysis, budget_rows, key_findings
-from automq.results import SearchResult
-from automq.strategy import Trial
+from automq.report.comparison import DEFAULT_OBJECTIVES, Baseline, RunAnalysis, budget_rows, key_findings
+from automq.search.results import SearchResult
+from automq.search.trial import Trial
 
 from _spaces import SpaceFactory
 

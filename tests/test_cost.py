@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from automq.arch import LayerSpec, build_timm_model, layer_specs
+from automq.model.arch import LayerSpec, build_timm_model, layer_specs
 from automq.cost import HOROWITZ_45NM, METRIC_KEYS, CostModel, cost_range, format_bits, latency_key
 from automq.errors import SpaceError
-from automq.space import SearchSpace
+from automq.space.space import SearchSpace
 
 # The smallest possible network: 8x8x1 input, stem 8 (stride 2 -> 4x4), one ds block, head 16, 10 classes.
 MINIMAL = {

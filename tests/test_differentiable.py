@@ -11,7 +11,7 @@ from automq.cost import CostModel, cost_range
 from automq.errors import BudgetError
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies.differentiable import DNAS, Differentiable, repair
-from automq.strategy import Budget
+from automq.search.strategy import Budget
 
 from _gradient_task import BROKEN_FORMAT, BROKEN_LAYER, GOOD_FORMAT, task_estimator, task_space
 from _spaces import EVERY_DECISION, SpaceFactory

@@ -15,10 +15,10 @@ from torch.utils.data import Dataset
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches
 from automq.errors import CandidateError, CheckpointError
-from automq.evaluate import OneShotEstimator, train_standalone
-from automq.space import SearchSpace
-from automq.supernet import Supernet, recalibrate_bn
-from automq.train import load_space_data, load_supernet, train_supernet
+from automq.oneshot.evaluate import OneShotEstimator, train_standalone
+from automq.space.space import SearchSpace
+from automq.model.supernet import Supernet, recalibrate_bn
+from automq.oneshot.train import load_space_data, load_supernet, train_supernet
 
 from _spaces import SpaceFactory
 

@@ -15,7 +15,7 @@ from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies.fliqs import (
     FLIQS, POLICY_LOG, ClampedPolicy, FLIQSConfig, FormatTie, MovingAverageBaseline, entropy_weight, reward,
 )
-from automq.strategy import Budget
+from automq.search.strategy import Budget
 
 from _gradient_task import BROKEN_LAYER, GOOD_FORMAT, TASK, task_estimator, task_space
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from automq.formats import (
+from automq.numerics.formats import (
     FloatFormat,
     IntFormat,
     MXFormat,

@@ -13,14 +13,14 @@ import torch
 from automq.cost import CostModel
 from automq.data import DataSplits
 from automq.errors import BudgetError
-from automq.evaluate import OneShotEstimator
-from automq.quant import Quantizer
-from automq.space import SearchSpace
+from automq.oneshot.evaluate import OneShotEstimator
+from automq.numerics.quant import Quantizer
+from automq.space.space import SearchSpace
 from automq.strategies._assign import FormatProblem
 from automq.strategies.limpq import LIMPQ, Indicators, _step, learn_indicators
-from automq.strategy import Budget, create_strategy
-from automq.supernet import Supernet
-from automq.train import load_space_data
+from automq.search.strategy import Budget, create_strategy
+from automq.model.supernet import Supernet
+from automq.oneshot.train import load_space_data
 
 from _spaces import DS_STAGE, IR_STAGE, SpaceFactory
 

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from automq.pareto import Objective, front_hypervolume, hypervolume, loss_vectors, pareto_mask, reference_point
+from automq.search.pareto import Objective, front_hypervolume, hypervolume, loss_vectors, pareto_mask, reference_point
 
 ACC_BITOPS = [Objective("accuracy", "max"), Objective("bitops", "min")]
 

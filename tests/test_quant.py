@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from automq.formats import get_format
-from automq.quant import QuantConv2d, QuantLinear, Quantizer, quantize_modules_, scales_restored
+from automq.numerics.formats import get_format
+from automq.numerics.quant import QuantConv2d, QuantLinear, Quantizer, quantize_modules_, scales_restored
 
 
 def _gen(seed: int = 0) -> torch.Generator:

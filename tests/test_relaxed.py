@@ -7,7 +7,7 @@ import torch
 
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies._relaxed import RelaxedSupernet
-from automq.supernet import Supernet
+from automq.model.supernet import Supernet
 
 from _gradient_task import task_space
 

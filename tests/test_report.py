@@ -8,15 +8,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from automq.candidate import Candidate
-from automq.comparison import uniform_format
+from automq.space.candidate import Candidate
+from automq.report.comparison import uniform_format
 from automq.cost import CostModel
 from automq.errors import AutomqError
 from automq.io import append_jsonl
-from automq.pareto import Objective, hypervolume, loss_vectors, reference_point
-from automq.report import architecture_grid, build_report, format_grid
-from automq.results import SearchLog, hypervolume_scales
-from automq.strategy import Trial
+from automq.search.pareto import Objective, hypervolume, loss_vectors, reference_point
+from automq.report.report import architecture_grid, build_report, format_grid
+from automq.search.results import SearchLog, hypervolume_scales
+from automq.search.trial import Trial
 
 from _spaces import DS_STAGE, IR_STAGE
 
@@ -68,7 +68,7 @@ def uniform_trials(space):
 
 
 def write_search_dir(path, space, strategy, trials, *, run_json=True, pareto_json=True):
-    """A search directory as automq.results lays it out, written by hand to test the format contract."""
+    """A search directory as automq.search.results lays it out, written by hand to test the format contract."""
     path.mkdir(parents=True)
     shutil.copyfile(space.path, path / "space.yaml")
     for trial in trials:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from automq.cost import CostModel
-from automq.pareto import front_hypervolume
-from automq.results import SearchLog, hypervolume_scales, load_search_dir, load_trials, space_objectives
-from automq.strategy import Trial
+from automq.search.pareto import front_hypervolume
+from automq.search.results import SearchLog, hypervolume_scales, load_search_dir, load_trials, space_objectives
+from automq.search.trial import Trial
 
 
 @pytest.fixture(scope="module")

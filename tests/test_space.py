@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import yaml
 
-from automq.candidate import BlockChoice, Candidate
-from automq.cost import CostModel
+from automq.space.candidate import BlockChoice, Candidate
+from automq.cost import CostModel, check_budgets
 from automq.errors import CandidateError, SpaceError
-from automq.formats import format_names, get_format
-from automq.space import SHIPPED_SPACES, Decision, SearchSpace
+from automq.numerics.formats import format_names, get_format
+from automq.space.space import SHIPPED_SPACES, Decision, SearchSpace
 
 from _spaces import DS_STAGE, IR_STAGE, tiny_space_data
 
@@ -221,6 +221,13 @@ def test_validate_candidate_names_the_field(edit, message):
         space.validate_candidate(edit(space.smallest()))
 
 
+def read_in_full(data: dict) -> SearchSpace:
+    """What ``automq space validate`` checks: the file's structure, then (in the cost model) its budgets."""
+    space = SearchSpace.from_dict(data, source="tiny.yaml")
+    check_budgets(space)
+    return space
+
+
 def set_path(data: dict, path: str, value) -> dict:
     """Copy of ``data`` with ``value`` at a dotted path (integers index lists); ``...`` deletes the key."""
     data = copy.deepcopy(data)
@@ -284,10 +291,10 @@ def set_path(data: dict, path: str, value) -> dict:
 def test_validation_errors_name_file_field_and_expectation(path, value, message):
     data = set_path(TINY, path, value)
     if message is None:
-        SearchSpace.from_dict(data, source="tiny.yaml")
+        read_in_full(data)
         return
     with pytest.raises(SpaceError) as info:
-        SearchSpace.from_dict(data, source="tiny.yaml")
+        read_in_full(data)
     assert str(info.value).startswith("tiny.yaml: ")
     assert message in str(info.value)
 

@@ -10,7 +10,7 @@ import torch
 from automq.cost import cost_range
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies.ssps import DECISIONS_FILE, SSPS, SequentialFixer
-from automq.strategy import Budget
+from automq.search.strategy import Budget
 
 from _gradient_task import BROKEN_FORMAT, BROKEN_LAYER, GOOD_FORMAT, task_estimator, task_space
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from automq.cost import CostModel
-from automq.strategy import Budget, Trial, budget_violations, create_strategy, evaluate_candidate
+from automq.search.strategy import Budget, budget_violations, create_strategy, evaluate_candidate
+from automq.search.trial import Trial
 
 from _spaces import DS_STAGE, IR_STAGE
 

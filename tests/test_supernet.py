@@ -1,4 +1,4 @@
-"""Tests for automq.supernet and automq.elastic: shapes against arch.layer_specs, exact equality with the exported
+"""Tests for automq.model.supernet and automq.model.elastic: shapes against arch.layer_specs, exact equality with the exported
 timm model, in-place switching, per-format scales, model files, BN recalibration and channel sorting."""
 
 import dataclasses
@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from automq.arch import layer_specs
-from automq.candidate import BlockChoice, Candidate
-from automq.elastic import ElasticInvertedResidual
+from automq.model.arch import layer_specs
+from automq.space.candidate import BlockChoice, Candidate
+from automq.model.elastic import ElasticInvertedResidual
 from automq.errors import CandidateError, CheckpointError, DataError
 from automq.io import atomic_torch_save, safe_torch_load
-from automq.quant import QuantConv2d, QuantLinear
-from automq.supernet import (
+from automq.numerics.quant import QuantConv2d, QuantLinear
+from automq.model.supernet import (
     MODEL_FORMAT_VERSION,
     Supernet,
     load_model,

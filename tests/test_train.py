@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from automq import train
+from automq.oneshot import train
 from automq.errors import CheckpointError, TrainingDivergedError
 from automq.io import read_jsonl, safe_torch_load
-from automq.space import SearchSpace, TrainingSpec
-from automq.supernet import Supernet
-from automq.train import (
+from automq.space.space import SearchSpace, TrainingSpec
+from automq.model.supernet import Supernet
+from automq.oneshot.train import (
     CHECKPOINT,
     SUPERNET,
     build_optimizer,

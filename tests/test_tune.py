@@ -14,10 +14,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from automq.candidate import Candidate
+from automq.space.candidate import Candidate
 from automq.cost import CostModel, cost_range
-from automq.results import SearchLog, load_trials
-from automq.space import SearchSpace
+from automq.search.results import SearchLog, load_trials
+from automq.space.space import SearchSpace
 from automq.strategies.tune import (
     MAX_REPEATS,
     SAMPLERS,
@@ -31,7 +31,7 @@ from automq.strategies.tune import (
     tell,
 )
 from automq.strategies.baselines import uniform_pairs
-from automq.strategy import Budget, evaluate_candidate
+from automq.search.strategy import Budget, evaluate_candidate
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -382,8 +382,8 @@ import sys
 sys.path.insert(0, {tests!r})
 from test_tune import ProxyEvaluator
 import automq.strategies.tune
-from automq.search import run_search
-from automq.space import SearchSpace
+from automq.search.driver import run_search
+from automq.space.space import SearchSpace
 
 space = SearchSpace.from_file({space!r})
 run_search(space, out={out!r}, strategy="tune", trials=16, resume="--resume" in sys.argv, progress=False,

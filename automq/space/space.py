@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from automq.candidate import BlockChoice, Candidate
+from automq.space.candidate import BlockChoice, Candidate
 from automq.errors import CandidateError, SpaceError
-from automq.formats import format_names, get_format
-from automq.space_schema import (
+from automq.numerics.formats import format_names, get_format
+from automq.space.schema import (
     BLOCK_LAYERS, COST_METRICS, METRICS, DatasetSpec, FormatRule, NetworkSpec, Objective, SearchSpec, StageSpec,
     TrainingSpec, did_you_mean, parse_space, space_error,
 )
@@ -108,7 +108,6 @@ class SearchSpace:
         """Validate a parsed space file; ``source`` names it in error messages and anchors relative paths."""
         space = cls(**parse_space(data, source))
         space._check_overrides()
-        space._check_budgets()
         return space
 
     def _check_overrides(self) -> None:
@@ -118,20 +117,6 @@ class SearchSpace:
                 space_error(self.source, f"formats.overrides[{n}].layers",
                             f"'{rule.pattern}' matches no layer (it must match a whole name); layer names look "
                             f"like {', '.join(names[:4])}, ..., {names[-1]}")
-
-    def _check_budgets(self) -> None:
-        # cost sits above space in the layering; the check needs the validated structure, so import late.
-        from automq.cost import cost_range
-
-        if not self.budgets:
-            return
-        lowest = cost_range(self)
-        for metric, limit in self.budgets.items():
-            if metric in lowest and limit < lowest[metric][0]:
-                space_error(self.source, f"budgets.{metric}",
-                            f"{limit:g} is below the smallest candidate's {metric} ({lowest[metric][0]:g}); no "
-                            f"candidate is feasible. Raise the budget to at least {lowest[metric][0]:g} or add "
-                            "smaller choices to the space")
 
     @property
     def path(self) -> Path | None:

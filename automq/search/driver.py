@@ -1,8 +1,8 @@
 """Running a search: the driver behind ``automq search``.
 
 :func:`run_search` loads the space, builds the evaluator (the one-shot estimator of a trained supernet run),
-opens the search directory (:class:`~automq.results.SearchLog`), runs a registered strategy for the trials that
-are still missing (:meth:`Strategy.stream <automq.strategy.Strategy.stream>`), and shows a live progress line.
+opens the search directory (:class:`~automq.search.results.SearchLog`), runs a registered strategy for the trials that
+are still missing (:meth:`Strategy.stream <automq.search.strategy.Strategy.stream>`), and shows a live progress line.
 ``resume=True`` continues an interrupted search in the same directory: its finished trials are kept and, for
 strategies that continue from logged trials (the ``tune`` strategy), told to the sampler instead of being
 evaluated again; other strategies run the remaining trials afresh, with a seed derived from the number already
@@ -17,10 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from automq.cost import check_budgets
 from automq.errors import AutomqError, SpaceError
-from automq.results import SPACE_FILE, SearchLog, pareto_trials
-from automq.space import SearchSpace
-from automq.strategy import Budget, Evaluator, Strategy, Trial, create_strategy
+from automq.search.results import SPACE_FILE, SearchLog, pareto_trials
+from automq.search.strategy import Budget, Evaluator, Strategy, create_strategy
+from automq.search.trial import Trial
+from automq.space.space import SearchSpace
 
 
 class ProgressLog(SearchLog):
@@ -93,6 +95,7 @@ def run_search(
     Returns the search log, whose ``trials`` are all the trials of the search.
     """
     space = space if isinstance(space, SearchSpace) else SearchSpace.from_file(space)
+    check_budgets(space)
     total = space.search.trials if trials is None else trials
     seed = space.seed if seed is None else seed
     options = dict(options or {})
@@ -129,7 +132,7 @@ def _one_shot_estimator(space: SearchSpace, supernet: str | Path | None, data_ro
     if supernet is None:
         raise AutomqError("--supernet is required: give the folder of a trained supernet "
                           "(the --out folder of `automq train-supernet`)")
-    from automq.evaluate import OneShotEstimator
+    from automq.oneshot.evaluate import OneShotEstimator
 
     return OneShotEstimator.from_run(supernet, space=space, data_root=data_root)
 

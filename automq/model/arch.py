@@ -22,8 +22,8 @@ from automq.errors import CandidateError
 if TYPE_CHECKING:
     from timm.models.efficientnet import EfficientNet
 
-    from automq.candidate import BlockChoice, Candidate
-    from automq.space import SearchSpace
+    from automq.space.candidate import BlockChoice, Candidate
+    from automq.space.space import SearchSpace
 
 __all__ = ["LayerSpec", "arch_def", "build_timm_model", "head_channels", "layer_specs", "make_divisible",
            "round_channels", "timm_kwargs"]

@@ -3,11 +3,11 @@
 :class:`Supernet` holds one network at the space's maxima, named as timm names MobileNetV2 (``conv_stem``/``bn1``,
 ``blocks.{i}.{j}``, ``conv_head``/``bn2``, ``classifier``). A candidate selects, in place and without allocating,
 the first ``depth`` blocks of every stage, the centre of each largest depthwise kernel, the leading expanded and
-stage channels, and one numeric format per layer and operand (see :mod:`automq.elastic`). All shapes come from
-:func:`automq.arch.layer_specs`, the single source of truth that the cost model and the timm export also use.
+stage channels, and one numeric format per layer and operand (see :mod:`automq.model.elastic`). All shapes come from
+:func:`automq.model.arch.layer_specs`, the single source of truth that the cost model and the timm export also use.
 
 :meth:`Supernet.extract` copies a candidate out as a ``timm.models.efficientnet.EfficientNet`` whose convs and
-classifier are :class:`~automq.quant.QuantConv2d`/:class:`~automq.quant.QuantLinear` with single-format
+classifier are :class:`~automq.numerics.QuantConv2d`/:class:`~automq.numerics.QuantLinear` with single-format
 quantizers: the deployed artifact holds no elastic code and computes exactly what the supernet computes.
 """
 
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from automq.arch import LayerSpec, build_timm_model, layer_specs
-from automq.candidate import Candidate
-from automq.elastic import (
+from automq.model.arch import LayerSpec, build_timm_model, layer_specs
+from automq.space.candidate import Candidate
+from automq.model.elastic import (
     ElasticBatchNormAct2d,
     ElasticDepthwiseSeparable,
     ElasticInvertedResidual,
@@ -36,8 +36,8 @@ from automq.elastic import (
 )
 from automq.errors import AutomqError, CheckpointError, DataError
 from automq.io import atomic_torch_save, safe_torch_load
-from automq.quant import QuantConv2d, QuantLinear
-from automq.space import BLOCK_LAYERS, SearchSpace
+from automq.numerics.quant import QuantConv2d, QuantLinear
+from automq.space.space import BLOCK_LAYERS, SearchSpace
 
 if TYPE_CHECKING:
     from timm.models.efficientnet import EfficientNet

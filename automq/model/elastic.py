@@ -1,11 +1,12 @@
 """Elastic ("max weight + slice") quantization-aware layers and blocks of the weight-sharing supernet.
 
-Every layer allocates its largest shape once. The active sub-layer is described by an :class:`automq.arch.LayerSpec`
-(the one place that knows candidate shapes): its leading output and input channels, and the centre
+Every layer allocates its largest shape once. The active sub-layer is described by an
+:class:`automq.model.arch.LayerSpec` (the one place that knows candidate shapes): its leading output and input
+channels, and the centre
 ``k x k`` window of the largest kernel, as in Once-for-All. Switching candidates only stores a new spec on each
 layer; no tensor is (re)allocated, and ``forward`` never mutates a module.
 
-Each quantized layer owns a weight :class:`~automq.quant.Quantizer` over its weight-format menu (per-channel at
+Each quantized layer owns a weight :class:`~automq.numerics.quant.Quantizer` over its weight-format menu (per-channel at
 the maximum channel count, sliced to the leading channels in use) and an activation quantizer over its
 activation menu, so every candidate that uses a layer in a given format shares that format's learned scale.
 Batch norms slice their affine parameters and running statistics the same way; the slices are views, so
@@ -19,8 +20,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from automq.arch import LayerSpec
-from automq.quant import Quantizer
+from automq.model.arch import LayerSpec
+from automq.numerics.quant import Quantizer
 
 __all__ = [
     "ElasticBatchNormAct2d",

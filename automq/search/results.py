@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from automq.errors import AutomqError
 from automq.io import append_jsonl, atomic_write_json, read_jsonl
-from automq.pareto import Objective, loss_vectors, pareto_mask, reference_point, hypervolume
-from automq.strategy import Trial
+from automq.search.pareto import Objective, loss_vectors, pareto_mask, reference_point, hypervolume
+from automq.search.trial import Trial
 
 if TYPE_CHECKING:
-    from automq.space import SearchSpace
+    from automq.space.space import SearchSpace
 
 TRIALS_FILE = "trials.jsonl"
 PARETO_FILE = "pareto.json"
@@ -36,12 +36,12 @@ SPACE_FILE = "space.yaml"
 
 
 def space_objectives(space: SearchSpace) -> list[Objective]:
-    """The space file's objectives as :class:`~automq.pareto.Objective` values."""
+    """The space file's objectives as :class:`~automq.search.pareto.Objective` values."""
     return [Objective(o.metric, o.mode) for o in space.objectives]
 
 
 def hypervolume_scales(space: SearchSpace) -> dict[str, float]:
-    """Per-metric normalisers for hypervolume: the largest candidate's cost (see :mod:`automq.pareto`)."""
+    """Per-metric normalisers for hypervolume: the largest candidate's cost (see :mod:`automq.search.pareto`)."""
     from automq.cost import cost_range
 
     return {metric: high for metric, (_, high) in cost_range(space).items() if high > 0}

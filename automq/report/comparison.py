@@ -1,7 +1,7 @@
 """Comparing search runs: Pareto sets, hypervolume histories, uniform-precision baselines, key findings and the
-one-shot fidelity check, computed from loaded search directories (:mod:`automq.results`).
+one-shot fidelity check, computed from loaded search directories (:mod:`automq.search.results`).
 
-Hypervolume is :mod:`automq.pareto`'s, with each run's own normalisation scales (from its ``pareto.json``, else
+Hypervolume is :mod:`automq.search.pareto`'s, with each run's own normalisation scales (from its ``pareto.json``, else
 recomputed from its ``space.yaml``), so the numbers match what the search itself reported. Nothing here raises on
 damaged input: problems are appended to a ``notes`` list that the report shows at the top.
 """
@@ -19,11 +19,11 @@ import numpy as np
 from scipy import stats
 
 from automq.errors import AutomqError
-from automq.pareto import Objective, hypervolume, loss_vectors, pareto_mask, reference_point
-from automq.results import (PARETO_FILE, SPACE_FILE, SearchResult, hypervolume_scales, pareto_trials,
+from automq.search.pareto import Objective, hypervolume, loss_vectors, pareto_mask, reference_point
+from automq.search.results import (PARETO_FILE, SPACE_FILE, SearchResult, hypervolume_scales, pareto_trials,
                             space_objectives)
-from automq.space import SearchSpace
-from automq.strategy import Trial
+from automq.space.space import SearchSpace
+from automq.search.trial import Trial
 
 DEFAULT_OBJECTIVES = (Objective("accuracy", "max"), Objective("bitops", "min"))
 

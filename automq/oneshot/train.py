@@ -8,7 +8,7 @@ space, training that one corner every step made it the only well-served cheap po
 3x3 kernels then scored below the all-minimum one, and the estimator's ranking fell from Kendall tau 0.76 to 0.25
 (``experiments/results/supernet_recipes.md``). Each layer keeps one learned scale per format, so candidates that
 share a weight tensor do not fight over its quantizer scale; BN statistics, which differ per candidate, are
-recomputed for each candidate at evaluation time (:func:`automq.supernet.recalibrate_bn`).
+recomputed for each candidate at evaluation time (:func:`automq.model.supernet.recalibrate_bn`).
 
 A run directory holds ``space.yaml`` (the space it was trained on), ``run.json`` (command, config, versions),
 ``metrics.jsonl`` (one record per epoch), ``checkpoint.pt`` (everything needed to resume exactly, written
@@ -40,12 +40,12 @@ from torch.utils.data import Dataset
 from automq.data import DataSplits, fixed_batches, load_dataset, make_loader
 from automq.errors import CheckpointError, SpaceError, TrainingDivergedError
 from automq.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, safe_torch_load
-from automq.quant import Quantizer
-from automq.space import SearchSpace, TrainingSpec
-from automq.supernet import Supernet, recalibrate_bn
+from automq.numerics.quant import Quantizer
+from automq.space.space import SearchSpace, TrainingSpec
+from automq.model.supernet import Supernet, recalibrate_bn
 
 if TYPE_CHECKING:
-    from automq.candidate import Candidate
+    from automq.space.candidate import Candidate
 
 __all__ = [
     "CHECKPOINT",

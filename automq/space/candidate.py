@@ -1,6 +1,6 @@
 """A candidate: one point of a search space (architecture + per-layer formats) as a frozen, hashable value.
 
-A :class:`Candidate` knows nothing about its space: :meth:`automq.space.SearchSpace.validate_candidate` checks
+A :class:`Candidate` knows nothing about its space: :meth:`automq.space.space.SearchSpace.validate_candidate` checks
 membership. Its canonical JSON (sorted keys, no spaces) is stable across runs and machines, so
 :attr:`Candidate.id` can name result folders and de-duplicate trials.
 """

@@ -3,7 +3,7 @@
 Figures are built on :class:`matplotlib.figure.Figure` objects, which render through the Agg canvas without
 touching pyplot's global state: no backend switch, no figure left open, safe in a headless process. Functions
 take plain numbers and labels (no trials, no search directories), so they can be tested and reused on their own;
-:mod:`automq.report` decides what to plot.
+:mod:`automq.report.report` decides what to plot.
 """
 
 from __future__ import annotations

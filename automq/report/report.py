@@ -1,6 +1,6 @@
 """The Pareto report a user reads: ``automq report SEARCH_DIR [SEARCH_DIR ...] --out REPORT_DIR``.
 
-:func:`build_report` compares any number of search directories (the format of :mod:`automq.results`) and writes
+:func:`build_report` compares any number of search directories (the format of :mod:`automq.search.results`) and writes
 into ``REPORT_DIR``:
 
 * ``report.html`` — self-contained: figures as base64 PNG, inline CSS, no script, font or network reference;
@@ -10,7 +10,7 @@ into ``REPORT_DIR``:
 
 The page is assembled once as a list of blocks (:class:`Heading`, :class:`Table`, :class:`Figure`, ...) that
 render themselves to HTML and to Markdown, so the two reports cannot drift apart. The numbers come from
-:mod:`automq.comparison` and the figures from :mod:`automq.plots`.
+:mod:`automq.report.comparison` and the figures from :mod:`automq.report.plots`.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from automq import plots
-from automq.candidate import Candidate
-from automq.comparison import (Baseline, RunAnalysis, analyse_runs, budget_rows, fidelity_stats, find_baselines,
+from automq.report import plots
+from automq.space.candidate import Candidate
+from automq.report.comparison import (Baseline, RunAnalysis, analyse_runs, budget_rows, fidelity_stats, find_baselines,
                                front_2d, key_findings, load_fidelity, usable)
 from automq.errors import AutomqError, SpaceError
-from automq.formats import format_names, get_format
+from automq.numerics.formats import format_names, get_format
 from automq.io import atomic_write_json, atomic_write_text
-from automq.pareto import reference_point
-from automq.results import SPACE_FILE, SearchResult, load_search_dir
-from automq.space import SearchSpace
-from automq.space_schema import METRICS
-from automq.strategy import Trial
+from automq.search.pareto import reference_point
+from automq.search.results import SPACE_FILE, SearchResult, load_search_dir
+from automq.space.space import SearchSpace
+from automq.space.schema import METRICS
+from automq.search.trial import Trial
 
 FIDELITY_FILE = "fidelity.json"
 ACCURACY = plots.Axis("accuracy", "Top-1 accuracy", "%", divisor=0.01)
@@ -299,7 +299,7 @@ def hypervolume_section(runs: Sequence[RunAnalysis], colors: dict[str, str]) -> 
     """Hypervolume per run with its reference point stated, and the hypervolume-vs-evaluations curve."""
     blocks: list[Block] = [
         Heading("Hypervolume"),
-        Paragraph("Hypervolume is computed in the normalised loss space of automq.pareto: accuracy becomes "
+        Paragraph("Hypervolume is computed in the normalised loss space of automq.search.pareto: accuracy becomes "
                   "1 - accuracy with reference 1.0; each cost is divided by its scale (the cost of the largest "
                   "candidate in the space) with reference 1.1. Larger is better; 0 means no feasible trial."),
         Table(["run", "strategy", "hypervolume", "front size", "objectives", "scales", "reference point"],

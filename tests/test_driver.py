@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 from test_tune import ProxyEvaluator
 
-import automq.search
+import automq.search.driver
 from automq.cost import CostModel
 from automq.errors import AutomqError, SpaceError
-from automq.results import load_trials
-from automq.search import ProgressLog, run_search
-from automq.space import SearchSpace
-from automq.strategy import Strategy, Trial, evaluate_candidate
+from automq.search.results import load_trials
+from automq.search.driver import ProgressLog, run_search
+from automq.space.space import SearchSpace
+from automq.search.strategy import Strategy, evaluate_candidate
+from automq.search.trial import Trial
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_NSGA2 = {"sampler": "nsga2", "workers": 0}
@@ -126,7 +127,7 @@ class FixedStrategy(Strategy):
 
 def test_strategies_that_do_not_stream_are_recorded_when_they_return(tiny, tmp_path, monkeypatch):
     strategy = FixedStrategy()
-    monkeypatch.setattr(automq.search, "create_strategy", lambda name, **options: strategy)
+    monkeypatch.setattr(automq.search.driver, "create_strategy", lambda name, **options: strategy)
     run_search(tiny, out=tmp_path, strategy="fixed", trials=3, seed=7, evaluator=ProxyEvaluator(tiny), progress=False)
     run_search(tiny, out=tmp_path, strategy="fixed", trials=5, seed=7, resume=True, evaluator=ProxyEvaluator(tiny),
                progress=False)

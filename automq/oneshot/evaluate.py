@@ -25,10 +25,10 @@ from torch.utils.data import Dataset
 
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches, head, make_loader
-from automq.quant import scales_restored
-from automq.space import SearchSpace
-from automq.supernet import Supernet, recalibrate_bn
-from automq.train import (
+from automq.numerics.quant import scales_restored
+from automq.space.space import SearchSpace
+from automq.model.supernet import Supernet, recalibrate_bn
+from automq.oneshot.train import (
     EVAL_BATCH_SIZE,
     SPACE_FILE,
     build_optimizer,
@@ -42,7 +42,7 @@ from automq.train import (
 )
 
 if TYPE_CHECKING:
-    from automq.candidate import Candidate
+    from automq.space.candidate import Candidate
 
 __all__ = ["ESTIMATOR_THREADS", "OneShotEstimator", "torch_threads", "train_standalone"]
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import Tensor, nn
 
-from automq.formats import NumericFormat, get_format
+from automq.numerics.formats import NumericFormat, get_format
 
 __all__ = ["QuantConv2d", "QuantLinear", "Quantizer", "quantize_modules_", "scales_restored"]
 

@@ -2,9 +2,9 @@
 
 Every reader raises :class:`SpaceError` naming the file, the field path (``network.stages[2].kernel_size``),
 what was expected and, for misspelt keys or names, the closest valid one. :func:`parse_space` returns the
-fields of a :class:`~automq.space.SearchSpace`; checks that need the assembled space (override patterns that
-match no layer, budgets below the smallest candidate) live in :mod:`automq.space`. The file reference is
-``docs/space-files.md``.
+fields of a :class:`~automq.space.SearchSpace`; the check that needs the assembled space (override patterns that
+match no layer) lives in :mod:`automq.space.space`, and the one that needs costs (budgets below the smallest
+candidate) in :func:`automq.cost.check_budgets`. The file reference is ``docs/space-files.md``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from automq.data import dataset_names
 from automq.errors import SpaceError
-from automq.formats import format_names
+from automq.numerics.formats import format_names
 
 __all__ = [
     "BLOCK_LAYERS", "COST_METRICS", "DATASET_SHAPES", "METRICS", "DatasetSpec", "FormatRule", "NetworkSpec",

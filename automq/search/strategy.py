@@ -1,4 +1,4 @@
-"""The strategy interface every search method implements, and the trial record they all produce.
+"""The strategy interface every search method implements.
 
 A strategy explores a :class:`~automq.space.SearchSpace` with an evaluator (usually the one-shot estimator) under
 a :class:`Budget`, and returns :class:`Trial` records. Strategies live in ``automq.strategies`` and register
@@ -9,21 +9,19 @@ analytic costs first and records an infeasible candidate with its reason instead
 
 from __future__ import annotations
 
-import socket
 import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from automq.candidate import Candidate
+from automq.search.trial import Trial
+from automq.space.candidate import Candidate
 
 if TYPE_CHECKING:
-    from automq.results import SearchLog
-    from automq.space import SearchSpace
-
-STATUSES = ("ok", "infeasible", "failed")
+    from automq.search.results import SearchLog
+    from automq.space.space import SearchSpace
 
 class Evaluator(Protocol):
     """Scores a candidate: returns accuracy/loss and the cost metrics, keyed by metric name."""
@@ -44,40 +42,6 @@ class Budget:
     def __post_init__(self) -> None:
         if self.evaluations < 1:
             raise ValueError(f"Budget.evaluations must be >= 1, got {self.evaluations}")
-
-@dataclass
-class Trial:
-    """One evaluated (or rejected, or failed) candidate, as written to ``trials.jsonl``."""
-
-    number: int
-    candidate: Candidate
-    metrics: dict[str, float]
-    status: str = "ok"
-    error: str | None = None
-    strategy: str = ""
-    wall_s: float = 0.0
-    worker: str = field(default_factory=socket.gethostname)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"Trial.status must be one of {STATUSES}, got {self.status!r}")
-
-    @property
-    def feasible(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        record = asdict(self)
-        record["candidate"] = self.candidate.to_dict()
-        record["candidate_id"] = self.candidate.id
-        return record
-
-    @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> Trial:
-        fields = {k: v for k, v in record.items() if k != "candidate_id"}
-        fields["candidate"] = Candidate.from_dict(record["candidate"])
-        return cls(**fields)
 
 def budget_violations(space: SearchSpace, metrics: Mapping[str, float]) -> list[str]:
     """Human-readable reasons why ``metrics`` break the space's hard budgets (empty when feasible)."""
@@ -116,7 +80,7 @@ class Strategy(ABC):
     their hyper-parameters, so a strategy is fully described by its name and constructor arguments.
 
     ``automq search`` drives a strategy through :meth:`stream`, which records its trials in the search directory's
-    :class:`~automq.results.SearchLog`; the default records what :meth:`run` returns, and a strategy that can
+    :class:`~automq.search.results.SearchLog`; the default records what :meth:`run` returns, and a strategy that can
     record each trial as it finishes, or continue a resumed search from the logged trials, overrides it.
     """
 
