@@ -7,7 +7,8 @@ Layout of ``SEARCH_DIR``::
     trials.jsonl   one line per finished trial, appended and fsynced as each one ends (never rewritten)
     pareto.json    the feasible Pareto set with hypervolume (rewritten atomically after each trial)
 
-A crash loses no finished trial: ``trials.jsonl`` is append-only and a torn last line is skipped on reading.
+A crash loses no finished trial: ``trials.jsonl`` is append-only, and a torn last line is skipped on reading and
+cut off before a resumed search appends (:func:`automq.io.append_jsonl`).
 """
 
 from __future__ import annotations
