@@ -3,6 +3,7 @@ bit, a diverged run stops cleanly, and checkpoints are written atomically and re
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -39,6 +40,7 @@ SPACE_CHANGES = {
     "search": {"eval_size": 64, "calib_size": 64},
 }
 RUN_FILES = {"checkpoint.pt", "supernet.pt", "space.yaml", "run.json", "metrics.jsonl"}
+METRICS = "metrics.jsonl"
 
 
 @pytest.fixture()
@@ -155,6 +157,35 @@ def test_resume_after_a_kill_repeats_the_uninterrupted_run_bit_for_bit(
     a, b = (list(read_jsonl(tmp_path / run / "metrics.jsonl")) for run in ("straight", "resumed"))
     assert [{k: v for k, v in r.items() if k not in timing} for r in a] == [
         {k: v for k, v in r.items() if k not in timing} for r in b]
+
+
+@pytest.mark.parametrize("written_before_kill", [0, 20], ids=["before_the_line", "in_the_line"])
+def test_a_kill_between_checkpoint_and_metrics_line_loses_no_line(
+    space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written_before_kill: int
+) -> None:
+    train_supernet(space, tmp_path / "straight", progress=False)
+    out = tmp_path / "resumed"
+    real_append = train.append_jsonl
+
+    def killed_writing_the_last_line(path: Path, record: dict) -> None:
+        if record["epoch"] < 2:
+            return real_append(path, record)
+        with open(path, "a") as handle:  # the first bytes of the line reach the disk, then the process dies
+            handle.write(json.dumps(record)[:written_before_kill])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "append_jsonl", killed_writing_the_last_line)
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(space, out, progress=False)
+    assert safe_torch_load(out / CHECKPOINT)["epoch"] == 2 and [r["epoch"] for r in read_jsonl(out / METRICS)] == [1]
+    monkeypatch.setattr(train, "append_jsonl", real_append)
+    train_supernet(space, out, resume=True, progress=False)
+
+    straight, resumed = (list(read_jsonl(tmp_path / run / METRICS)) for run in ("straight", "resumed"))
+    assert len((out / METRICS).read_text().splitlines()) == 2  # a torn fragment was cut off, not kept as a line
+    timing = {"wall_s", "images_per_s"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in timing} for r in straight]
 
 
 def record_steps(monkeypatch: pytest.MonkeyPatch) -> list[list]:

@@ -12,7 +12,9 @@ recomputed for each candidate at evaluation time (:func:`automq.model.supernet.r
 
 A run directory holds ``space.yaml`` (the space it was trained on), ``run.json`` (command, config, versions),
 ``metrics.jsonl`` (one record per epoch), ``checkpoint.pt`` (everything needed to resume exactly, written
-atomically at the end of every epoch) and, when training finishes, ``supernet.pt`` (the weights).
+atomically at the end of every epoch) and, when training finishes, ``supernet.pt`` (the weights). The checkpoint
+also carries its epoch's metrics record, which is appended after it: a run killed between the two gets the
+line back on resume, so the metrics always cover the epochs the checkpoint has done.
 """
 
 from __future__ import annotations
@@ -388,6 +390,7 @@ def train_supernet(
         trainer = SupernetTrainer(space, data, spec, seed=seed)
         if resume:
             trainer.load_state_dict(state)
+            _restore_metrics_line(out, state)
         _record_run(out, space, spec, seed, data_root, resumed_at=trainer.epoch if resume else None)
         _fit(trainer, out, progress)
     return out / SUPERNET
@@ -406,7 +409,7 @@ def _fit(trainer: SupernetTrainer, out: Path, show_progress: bool) -> None:
         record.update(trainer.evaluate())
         record.update(step=trainer.epoch * trainer.steps_per_epoch, lr=lr,
                       images_per_s=len(trainer.data.train) / train_s, wall_s=time.perf_counter() - start)
-        atomic_torch_save(trainer.state_dict(), out / CHECKPOINT)
+        atomic_torch_save({**trainer.state_dict(), "metrics": record}, out / CHECKPOINT)
         append_jsonl(out / METRICS, record)
         if bar is not None:
             bar.end_epoch(f"loss {record['train_loss']:.4f}  val acc largest {record['val_acc_largest']:.4f}  "
@@ -454,6 +457,14 @@ def _load_checkpoint(path: Path, space: SearchSpace) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not an automq training checkpoint; delete it or choose another --out")
     _check_space(path, state, space)
     return state
+
+
+def _restore_metrics_line(out: Path, state: dict[str, Any]) -> None:
+    """Append the checkpoint's metrics record when ``metrics.jsonl`` lacks it: the run was killed after saving
+    the checkpoint but before (or while) appending its line. Checkpoints from before they carried it have none."""
+    record = state.get("metrics")
+    if record is not None and all(logged.get("epoch") != record["epoch"] for logged in read_jsonl(out / METRICS)):
+        append_jsonl(out / METRICS, record)
 
 
 def _resumed_config(path: Path, config: dict[str, Any], **given: int | None) -> tuple[TrainingSpec, int]:
