@@ -1,0 +1,184 @@
+"""The statistics behind README's fidelity claims (experiments/fidelity_stats.py, the noise ceiling and the
+detrended Spearman of experiments/oneshot_fidelity.py, automq.report.comparison.fidelity_stats), checked against
+hand-computed values, closed forms and scipy.stats.bootstrap."""
+
+from __future__ import annotations
+
+import math
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from automq.report.comparison import fidelity_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
+from fidelity_stats import ci95, correlations, rank_figures  # noqa: E402
+from oneshot_fidelity import beyond_bitops, noise_floor, simulated_taus  # noqa: E402
+
+EPS64 = np.finfo(np.float64).eps
+# a handful of float64 roundings on values of order 1 (a correlation is a quotient of short sums)
+TOLERANCE = 64 * EPS64
+
+
+# ------------------------------------------------------------------------------------- rank correlations
+def test_correlations_by_hand() -> None:
+    # pairs (i, j) of [1, 2, 3, 4] vs [1, 3, 2, 4]: only (2, 3) is discordant, so tau = (5 - 1) / 6;
+    # rank differences 0, 1, -1, 0 give rho = 1 - 6 * 2 / (4 * 15); the values are their own ranks: r = rho
+    figures = correlations([1, 2, 3, 4], [1, 3, 2, 4])
+    assert figures["kendall_tau"] == pytest.approx(4 / 6, abs=TOLERANCE)
+    assert figures["spearman"] == pytest.approx(0.8, abs=TOLERANCE)
+    assert figures["pearson"] == pytest.approx(0.8, abs=TOLERANCE)
+
+
+def test_correlations_with_ties_are_tau_b_and_average_ranks() -> None:
+    # x = [1, 2, 2, 3] vs y = [1, 2, 3, 4]: 5 concordant pairs, 1 tied in x only. Tau-b divides by
+    # sqrt((6 - 1) * (6 - 0)), not by 6 (tau-a would be 5 / 6). Average ranks of x: 1, 2.5, 2.5, 4; their
+    # deviations -1.5, 0, 0, 1.5 against -1.5, -0.5, 0.5, 1.5 give rho = 4.5 / sqrt(4.5 * 5) = sqrt(0.9); the
+    # raw x has deviations -1, 0, 0, 1: r = 3 / sqrt(2 * 5)
+    figures = correlations([1, 2, 2, 3], [1, 2, 3, 4])
+    assert figures["kendall_tau"] == pytest.approx(5 / math.sqrt(30), abs=TOLERANCE)
+    assert figures["spearman"] == pytest.approx(math.sqrt(0.9), abs=TOLERANCE)
+    assert figures["pearson"] == pytest.approx(3 / math.sqrt(10), abs=TOLERANCE)
+
+
+def test_correlations_of_fewer_than_three_pairs_are_nan() -> None:
+    assert all(math.isnan(v) for v in correlations([1, 2], [2, 1]).values())
+
+
+def test_ci95_is_the_linearly_interpolated_percentile_ignoring_nan() -> None:
+    # 41 values 0..40: the 2.5th percentile sits at position 0.025 * 40 = 1, the 97.5th at 39
+    assert ci95([*range(41), math.nan]) == pytest.approx([1.0, 39.0], abs=40 * TOLERANCE)
+    # 5 values: position 0.025 * 4 = 0.1 lies a tenth of the way from 10 to 20
+    assert ci95([50, 10, 40, 20, 30]) == pytest.approx([11.0, 49.0], abs=50 * TOLERANCE)
+
+
+# --------------------------------------------------------------------------------------------- bootstrap
+def test_bootstrap_intervals_of_a_perfect_ranking_are_exact() -> None:
+    # Every resample of a strictly increasing y = x with two or more distinct candidates ranks them perfectly
+    # (tied duplicates are tied in both), so tau = rho = 1 on all of them; the reversed baseline has tau = -1,
+    # a gain of exactly 2. Resamples of a single candidate have no correlation and must be left out.
+    x = np.arange(8.0)
+    figures = rank_figures(x, x, baseline=-x, seed=3)
+    for key in ("kendall_tau_ci95", "spearman_ci95"):
+        assert figures[key] == pytest.approx([1.0, 1.0], abs=TOLERANCE)
+    assert figures["tau_gain_over_baseline"] == pytest.approx(2.0, abs=TOLERANCE)
+    assert figures["tau_gain_ci95"] == pytest.approx([2.0, 2.0], abs=TOLERANCE)
+
+
+def test_rank_figures_of_too_few_candidates_have_no_intervals() -> None:
+    figures = rank_figures([1, 2], [1, 2], baseline=[2, 1])
+    assert set(figures) == {"kendall_tau", "spearman", "pearson"}
+
+
+def test_bootstrap_interval_of_tau_matches_scipy_bootstrap() -> None:
+    """A percentile bootstrap over candidates (pairs resampled together) at 95%, checked against
+    scipy.stats.bootstrap's percentile interval over an independent set of resamples."""
+    rng = np.random.default_rng(7)
+    truth = rng.normal(size=25)
+    estimate = truth + rng.normal(scale=0.8, size=25)
+    low, high = rank_figures(estimate, truth, seed=0)["kendall_tau_ci95"]
+    reference = stats.bootstrap((estimate, truth), lambda a, b: stats.kendalltau(a, b).statistic, paired=True,
+                                vectorized=False, method="percentile", n_resamples=4000,
+                                rng=np.random.default_rng(1)).bootstrap_distribution
+    # The 2.5th percentile of 2000 resamples lies, but for a chance below 1e-6, between the quantiles
+    # 0.025 -+ 5 standard errors of a binomial proportion; the reference's own 4000 resamples add theirs.
+    spread = 5 * math.sqrt(0.025 * 0.975 * (1 / 2000 + 1 / 4000))
+    for value, q in ((low, 0.025), (high, 0.975)):
+        band = np.percentile(reference, [100 * (q - spread), 100 * (q + spread)])
+        assert band[0] <= value <= band[1], (value, q, band)
+
+
+# ------------------------------------------------------------------------------------------ noise ceiling
+def expected_taus(truth: np.ndarray, sigma: float) -> tuple[float, float]:
+    """Closed forms of the mean Kendall tau of ``truth`` against ``truth + noise``, and of two such noisy runs,
+    with Gaussian noise ``sigma``: a pair ``gap`` apart keeps its order with probability
+    ``p = Phi(gap / (sigma sqrt 2))``, so it adds ``2p - 1 = erf(gap / (2 sigma))`` to the first and
+    ``p^2 + (1 - p)^2 - 2p(1 - p) = erf(...)^2`` to the second (no ties: the noise is continuous)."""
+    agreement = np.array([math.erf(abs(a - b) / (2 * sigma)) for a, b in combinations(truth, 2)])
+    return float(agreement.mean()), float((agreement**2).mean())
+
+
+def test_noise_ceiling_matches_its_closed_form() -> None:
+    # 100 evenly spaced measured accuracies; sigma^2 is 36% of their variance, so the truth is their spread
+    # shrunk by sqrt(1 - 0.36) = 0.8 about the mean
+    n, step = 100, 0.001
+    measured = 0.8 + step * np.arange(n)
+    sigma = math.sqrt(0.36 * step**2 * n * (n + 1) / 12)  # variance (ddof 1) of an arithmetic sequence
+    truth = measured.mean() + 0.8 * (measured - measured.mean())
+    ceiling, seed_to_seed = expected_taus(truth, sigma)
+    simulated = simulated_taus(measured, sigma)
+    # Changing one of the n noise values moves tau by at most 2 (n - 1) / (n (n - 1) / 2) = 4 / n, so by
+    # Efron-Stein one simulated tau has variance <= m / 2 * (4 / n)^2 over its m noise values (m = n, and 2n for
+    # two runs); the mean of 2000 simulations is then within 4 of its standard errors.
+    for value, exact, noise_values in ((simulated["ceiling_tau"], ceiling, n),
+                                       (simulated["seed_to_seed_tau"], seed_to_seed, 2 * n)):
+        standard_error = math.sqrt(noise_values / 2 * (4 / n) ** 2 / 2000)
+        assert value == pytest.approx(exact, abs=4 * standard_error)
+
+
+def test_noise_ceiling_without_noise_is_perfect_and_needs_three_candidates() -> None:
+    noiseless = simulated_taus(np.array([0.7, 0.9, 0.8, 0.6]), 0.0)
+    assert noiseless == pytest.approx({"ceiling_tau": 1.0, "seed_to_seed_tau": 1.0}, abs=TOLERANCE)
+    assert all(math.isnan(v) for v in simulated_taus(np.array([0.7, 0.9]), 0.01).values())
+
+
+def test_noise_floor_by_hand() -> None:
+    rows = [{"id": "a", "label": "random", "standalone_accuracy": 0.81, "seed_accuracies": [0.80, 0.82]},
+            {"id": "b", "label": "random", "standalone_accuracy": 0.72, "seed_accuracies": [0.70, 0.74]},
+            {"id": "c", "label": "random", "standalone_accuracy": 0.90, "seed_accuracies": [0.91, 0.89]},
+            {"id": "d", "label": "uniform", "standalone_accuracy": 0.65}]
+    floor = noise_floor(rows, val_images=1000)
+    # seed variances (ddof 1): 0.0002, 0.0008, 0.0002; sigma is the root of their mean. The accuracies' float64
+    # representation errors (eps/2 of ~0.9) are amplified by their 0.02 differences: 0.9 / 0.02 eps each.
+    assert floor["seed_std"] == pytest.approx(math.sqrt(0.0004), rel=4 * 0.9 / 0.02 * EPS64)
+    # mean accuracy (0.81 + 0.72 + 0.90 + 0.65) / 4 = 0.77: binomial standard error on 1000 images
+    assert floor["val_standard_error"] == pytest.approx(math.sqrt(0.77 * 0.23 / 1000), rel=TOLERANCE)
+    # first seeds 0.80, 0.70, 0.91 against second seeds 0.82, 0.74, 0.89: the same order, tau = 1
+    assert floor["seed1_vs_seed2_tau"] == pytest.approx(1.0, abs=TOLERANCE)
+    assert [c["id"] for c in floor["candidates"]] == ["a", "b", "c"]
+    assert noise_floor(rows[3:], val_images=1000) == {}
+
+
+# ------------------------------------------------------------------------------------- detrended Spearman
+def test_spearman_beyond_bitops_ranks_the_residuals_of_the_log_bitops_trend() -> None:
+    # log10 BitOps 1..5; residual patterns orthogonal to the constant and to the centred log BitOps
+    # (-2, -1, 0, 1, 2): the quadratic (2, -1, -2, -1, 2) and cubic (-1, 2, 0, -2, 1) contrasts. A fit removes
+    # the trend exactly, leaving these patterns, whose ranks are (4, 3, 1, 2, 5) and (5, 2, 1, 3, 4): rank
+    # differences -1, 1, 0, -1, 1 give rho = 1 - 6 * 4 / (5 * 24) = 0.8. Undetrended, both scores rise with
+    # BitOps and rank alike (rho 1).
+    log_bitops = np.arange(1.0, 6.0)
+    quadratic, cubic = np.array([2.0, -1, -2, -1, 2]), np.array([-1.0, 2, 0, -2, 1])
+    oneshot = 0.5 + 0.1 * log_bitops + 0.01 * (quadratic + 0.1 * cubic)
+    standalone = 0.6 + 0.05 * log_bitops + 0.01 * (quadratic - 0.3 * cubic)
+    result = beyond_bitops(10**log_bitops, oneshot, standalone)
+    assert result["rho"] == pytest.approx(0.8, abs=TOLERANCE)
+    # scipy's p-value for n = 5 is the two-sided t test of rho with n - 2 degrees of freedom
+    t = 0.8 * math.sqrt(3 / (1 - 0.8**2))
+    assert result["p"] == pytest.approx(2 * stats.t.sf(t, 3), rel=1e-9)
+    assert stats.spearmanr(oneshot, standalone).statistic == pytest.approx(1.0, abs=TOLERANCE)
+
+
+def test_spearman_beyond_bitops_needs_four_candidates() -> None:
+    result = beyond_bitops([10, 100, 1000], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+    assert math.isnan(result["rho"]) and math.isnan(result["p"])
+
+
+# -------------------------------------------------------------------------------- report's fidelity_stats
+def test_report_fidelity_stats_ranks_loss_lower_is_better_with_tau_b() -> None:
+    # accuracy scores tie like x = [1, 2, 2, 3] against [1, 2, 3, 4] (tau-b 5 / sqrt(30), rho sqrt(0.9));
+    # the losses 0.4 > 0.3 > 0.2 > 0.1 rank the candidates in the order of their accuracy: tau = rho = 1
+    records = [{"oneshot_accuracy": o, "oneshot_loss": loss, "standalone_accuracy": s}
+               for o, loss, s in ((0.1, 0.4, 0.5), (0.2, 0.3, 0.6), (0.2, 0.2, 0.7), (0.3, 0.1, 0.8))]
+    result = fidelity_stats(records)
+    assert result["n"] == 4
+    assert result["kendall_tau"] == pytest.approx(5 / math.sqrt(30), abs=TOLERANCE)
+    assert result["spearman_rho"] == pytest.approx(math.sqrt(0.9), abs=TOLERANCE)
+    assert result["loss_kendall_tau"] == pytest.approx(1.0, abs=TOLERANCE)
+    assert result["loss_spearman_rho"] == pytest.approx(1.0, abs=TOLERANCE)
+    records[0]["oneshot_loss"] = math.nan  # the loss is ranked only when every record has a finite one
+    assert "loss_kendall_tau" not in fidelity_stats(records)
+    assert fidelity_stats(records[:1])["kendall_tau"] is None
