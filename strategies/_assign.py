@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,10 +23,11 @@ from automq.cost import METRIC_KEYS, CostModel, LayerCost
 from automq.errors import BudgetError, SpaceError
 from automq.numerics.formats import get_format
 from automq.strategies._solvers import AssignmentProblem, Solution, check_budgets
-from automq.search.strategy import Budget, Evaluator, Strategy, evaluate_candidate
-from automq.search.trial import Trial
+from automq.search.strategy import Evaluator, Strategy, TrialRecorder
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from automq.data import DataSplits
     from automq.space.space import SearchSpace
     from automq.model.supernet import Supernet
@@ -133,9 +133,10 @@ class FormatAssignmentStrategy(Strategy):
     """Base of the sensitivity-based strategies: per-layer formats of one fixed architecture.
 
     :meth:`prepare` measures what the objective needs, once per run; then one integer program is solved per
-    budget level, sweeping ``metric`` (default: the space's first minimised additive objective) over
-    ``budget.evaluations`` levels from its smallest to its largest reachable value, with the space's hard
-    budgets on every solve. Each distinct solution is scored with :func:`evaluate_candidate`.
+    budget level, sweeping ``metric`` (default: the space's first minimised additive objective) over as many
+    levels as the search has trials, from its smallest to its largest reachable value, with the space's hard
+    budgets on every solve. Each distinct solution is scored and recorded as soon as it is solved; a resumed
+    search skips the solutions it has logged.
 
     Args:
         arch: the architecture whose formats are assigned: ``"largest"``, ``"smallest"`` or a candidate of
@@ -155,12 +156,13 @@ class FormatAssignmentStrategy(Strategy):
         self.arch, self.metric, self.time_limit = arch, metric, time_limit
 
     @abstractmethod
-    def prepare(self, formats: FormatProblem, evaluator: Evaluator, *, seed: int) -> tuple[Solver, dict[str, Any]]:
+    def prepare(self, formats: FormatProblem, evaluator: Evaluator, *, seed: int,
+                state_dir: Path | None = None) -> tuple[Solver, dict[str, Any]]:
         """Measure the objective's inputs; return the solver of one ``{metric: limit}`` budget and a JSON
-        summary of what the measurement cost (recorded in every trial's ``info``)."""
+        summary of what the measurement cost (recorded in every trial's ``info``). With ``state_dir`` (the
+        search directory), checkpoint the measurement there and continue it from the checkpoint found there."""
 
-    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
-        start = time.perf_counter()
+    def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
         formats = FormatProblem.build(space, self._arch(space), options=self.options,
                                       peak_act=space.budgets.get("peak_act"))
         hard = {m: v for m, v in space.budgets.items() if m in ADDITIVE_METRICS}
@@ -169,22 +171,20 @@ class FormatAssignmentStrategy(Strategy):
         if metric not in formats.problem.costs:
             raise SpaceError(f"{space.source}: {self.name} sweeps {metric}, which needs a latency_table in the "
                              "space file; add one or choose another metric")
-        levels = sweep_levels(formats.problem, metric, budget.evaluations, hard.get(metric))
-        solve, summary = self.prepare(formats, evaluator, seed=seed)
-        trials: list[Trial] = []
-        seen: set[str] = set()
+        # the levels of the whole search, so that a resumed one solves the levels the interrupted one did
+        levels = sweep_levels(formats.problem, metric, recorder.total, hard.get(metric))
+        recorder.plan(len(levels))
+        solve, summary = self.prepare(formats, evaluator, seed=seed, state_dir=recorder.state_dir)
         for level in levels:
-            if budget.wall_s is not None and time.perf_counter() - start > budget.wall_s:
+            if recorder.exhausted():
                 break
             solution = solve({**hard, metric: float(level)})
             candidate = formats.candidate(solution.choice)
-            if candidate.id in seen:  # a neighbouring level gave the same assignment: nothing new to score
+            if recorder.seen(candidate):  # a neighbouring level gave the same assignment, or it was logged
                 continue
-            seen.add(candidate.id)
-            info = {**summary, "budget": {metric: float(level)}, "solver": solution.method,
-                    "solve_s": solution.seconds, "objective": solution.objective}
-            trials.append(evaluate_candidate(len(trials), candidate, evaluator, strategy=self.name, info=info))
-        return trials
+            recorder.evaluate(candidate, evaluator, info={
+                **summary, "budget": {metric: float(level)}, "solver": solution.method, "solve_s": solution.seconds,
+                "objective": solution.objective})
 
     def _arch(self, space: SearchSpace) -> Candidate:
         if isinstance(self.arch, Candidate):

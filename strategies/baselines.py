@@ -2,23 +2,24 @@
 
 * ``uniform``: every ``(w_fmt, a_fmt)`` pair of the space's default menus applied to every layer (layers whose
   menu lacks a format get the nearest one it has, see :meth:`SearchSpace.uniform`), on the largest architecture
-  and optionally the smallest. Each trial's ``info`` names the format pair and the layers that were clamped.
+  and optionally the smallest. Each trial's ``info`` names the format pair and the layers that were clamped; a
+  resumed search evaluates the pairs it has not logged.
 * ``random``: ``budget.evaluations`` candidates drawn uniformly from the whole space with the run's seed; draws
   that break a hard budget are redrawn (their analytic cost is free to check), so every evaluation is spent on a
-  feasible candidate when one can be found.
+  feasible candidate when one can be found. A resumed search continues the seeded sequence after the logged
+  trials, so it makes the trials an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import itertools
-import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from automq.errors import AutomqError
 from automq.numerics.formats import get_format
-from automq.search.strategy import Budget, Evaluator, Strategy, budget_violations, evaluate_candidate, register_strategy
-from automq.search.trial import Trial
+from automq.search.strategy import Evaluator, Strategy, TrialRecorder, budget_violations, register_strategy
 
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
@@ -43,18 +44,25 @@ class Uniform(Strategy):
             raise ValueError(f"archs must be a non-empty subset of {ARCHS}, got {archs!r}")
         self.archs = tuple(archs)
 
-    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
-        start = time.perf_counter()
-        trials: list[Trial] = []
-        for arch, (w_fmt, a_fmt) in itertools.product(self.archs, uniform_pairs(space)):
-            if len(trials) == budget.evaluations or _out_of_time(budget, start):
+    def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
+        planned = self.candidates(space)
+        recorder.plan(len(planned))
+        for candidate, info in planned:
+            if recorder.exhausted():
                 break
+            if not recorder.seen(candidate):  # a resumed search skips the pairs it has logged
+                recorder.evaluate(candidate, evaluator, info=info)
+
+    def candidates(self, space: SearchSpace) -> list[tuple[Candidate, dict[str, Any]]]:
+        """The distinct uniform candidates in trial order, each with its ``info``: format pair, clamped layers."""
+        planned: dict[str, tuple[Candidate, dict[str, Any]]] = {}
+        for arch, (w_fmt, a_fmt) in itertools.product(self.archs, uniform_pairs(space)):
             candidate = space.uniform(w_fmt, a_fmt, arch, clamp=True)
             clamped = [name for name, w, a in candidate.formats if (w, a) != (w_fmt, a_fmt)]
             info = {"format": f"{w_fmt}/{a_fmt}", "w_fmt": w_fmt, "a_fmt": a_fmt, "arch": arch,
                     "clamped_layers": clamped}
-            trials.append(evaluate_candidate(len(trials), candidate, evaluator, strategy=self.name, info=info))
-        return trials
+            planned.setdefault(candidate.id, (candidate, info))
+        return list(planned.values())
 
 
 def uniform_pairs(space: SearchSpace) -> list[tuple[str, str]]:
@@ -79,17 +87,23 @@ class RandomSearch(Strategy):
             raise ValueError(f"max_draws must be >= 1, got {max_draws}")
         self.max_draws = max_draws
 
-    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
-        start = time.perf_counter()
+    def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
         rng = np.random.default_rng(seed)
-        trials: list[Trial] = []
         seen: set[str] = set()
-        while len(trials) < budget.evaluations and not _out_of_time(budget, start):
+        # A resumed search draws the logged trials' candidates again (their costs are analytic, so this is cheap)
+        # to continue the seeded sequence where the interrupted one stopped.
+        for logged in recorder.history:
+            candidate, _ = self._draw(space, evaluator, rng, seen)
+            if candidate.id != logged.candidate.id:
+                raise AutomqError(
+                    f"cannot resume: trial {logged.number} of the search is not the candidate random search draws "
+                    f"there with seed {seed} and max_draws {self.max_draws}; resume with the seed, strategy and "
+                    "options the search was started with (see its run.json), or search into a new --out folder")
+            seen.add(candidate.id)
+        while not recorder.exhausted():
             candidate, draws = self._draw(space, evaluator, rng, seen)
             seen.add(candidate.id)
-            trials.append(evaluate_candidate(len(trials), candidate, evaluator, strategy=self.name,
-                                             info={"draws": draws}))
-        return trials
+            recorder.evaluate(candidate, evaluator, info={"draws": draws})
 
     def _draw(self, space: SearchSpace, evaluator: Evaluator, rng: np.random.Generator,
               seen: set[str]) -> tuple[Candidate, int]:
@@ -100,6 +114,3 @@ class RandomSearch(Strategy):
                 return candidate, draws
         return candidate, self.max_draws
 
-
-def _out_of_time(budget: Budget, start: float) -> bool:
-    return budget.wall_s is not None and time.perf_counter() - start > budget.wall_s

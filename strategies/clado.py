@@ -65,6 +65,8 @@ from automq.search.strategy import Evaluator, register_strategy
 from automq.model.supernet import recalibrate_bn
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from automq.model.supernet import Supernet
 
 logger = logging.getLogger(__name__)
@@ -252,7 +254,8 @@ class CLADO(FormatAssignmentStrategy):
         self.calib_images, self.batch_size = calib_images, batch_size
         self.options, self.max_pair_variables = options, max_pair_variables
 
-    def prepare(self, formats: FormatProblem, evaluator: Evaluator, *, seed: int) -> tuple[Solver, dict[str, Any]]:
+    def prepare(self, formats: FormatProblem, evaluator: Evaluator, *, seed: int,
+                state_dir: Path | None = None) -> tuple[Solver, dict[str, Any]]:
         supernet, data = supernet_and_data(evaluator, self.name)
         batches = fixed_batches(data.train, self.calib_images, self.batch_size)
         sensitivities = measure_sensitivities(supernet, formats, batches, pairs=self.cross_layer)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,8 +44,7 @@ from automq.errors import BudgetError
 from automq.strategies._archparams import ArchParams, DecisionTable, EtaLogits, ExpectedCost
 from automq.strategies._assign import ADDITIVE_METRICS, supernet_and_data, sweep_metric
 from automq.strategies._relaxed import FORMAT_KINDS, RELAXATIONS, RelaxedSupernet
-from automq.search.strategy import Budget, Evaluator, Strategy, evaluate_candidate, register_strategy
-from automq.search.trial import Trial
+from automq.search.strategy import Evaluator, Strategy, TrialRecorder, register_strategy
 from automq.oneshot.train import GRAD_CLIP_NORM, endless_batches
 
 if TYPE_CHECKING:
@@ -277,19 +277,11 @@ def decode(arch: ArchParams, limits: Mapping[str, float], *, eta: float | None =
                        "repair": moves}
 
 
-def score(candidates: Sequence[tuple[Candidate, dict[str, Any]]], evaluator: Evaluator, budget: Budget, *,
-          strategy: str, start: float) -> list[Trial]:
-    """Score distinct candidates with the shared estimator, within the evaluation and wall-clock budget."""
-    trials: list[Trial] = []
-    seen: set[str] = set()
-    for candidate, info in candidates:
-        if candidate.id in seen:
-            continue
-        if len(trials) >= budget.evaluations or (budget.wall_s and time.perf_counter() - start > budget.wall_s):
-            break
-        seen.add(candidate.id)
-        trials.append(evaluate_candidate(len(trials), candidate, evaluator, strategy=strategy, info=info))
-    return trials
+def score(candidate: Candidate, info: Mapping[str, Any], evaluator: Evaluator, recorder: TrialRecorder) -> None:
+    """Score and record a decoded candidate with the shared estimator, unless the search already has it (another
+    search or ``eta`` decoded it, or it was logged before a resume)."""
+    if not recorder.seen(candidate):
+        recorder.evaluate(candidate, evaluator, info=info)
 
 
 class GradientStrategy(Strategy):
@@ -305,9 +297,6 @@ class GradientStrategy(Strategy):
         table = DecisionTable(space)
         metric = self.metric or sweep_metric(space)
         return table, metric, ExpectedCost(table, metric), cost_range(space)[metric][1]
-
-    def deadline(self, start: float, budget: Budget) -> float | None:
-        return None if budget.wall_s is None else start + budget.wall_s
 
 
 @register_strategy
@@ -335,28 +324,25 @@ class DNAS(GradientStrategy):
             raise ValueError(f"lambdas must be a non-empty list of weights >= 0, got {list(lambdas)}")
         self.lambdas, self.levels, self.penalty = tuple(lambdas), levels, penalty
 
-    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
-        start = time.perf_counter()
+    def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
         table, metric, expected, reference = self.setup(space)
         levels = list(self.levels) if self.levels else [space.budgets.get(metric)]
         if self.penalty == "hinge" and None in levels:
             raise BudgetError(f"{space.source}: the hinge penalty needs a budget on {metric}: add budgets.{metric} "
                               "to the space file, pass levels=[...], or use penalty='ratio'")
-        decoded = []
-        for level in levels:
+        recorder.plan(len(levels) * len(self.lambdas))
+        for level, lam in itertools.product(levels, self.lambdas):
+            if recorder.exhausted():
+                break
             limits = additive_limits(space, None if level is None else {metric: level})
-            for lam in self.lambdas[: budget.evaluations - len(decoded)]:
-                if budget.wall_s is not None and time.perf_counter() - start > budget.wall_s:
-                    break
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    arch = ArchParams(table)
-                    search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
-                    summary = search.run(cost_objective(expected, level or reference, lam, self.penalty),
-                                         deadline=self.deadline(start, budget))
-                candidate, info = decode(arch, limits)
-                decoded.append((candidate, {"lambda": lam, "level": level, **summary, **info}))
-        return score(decoded, evaluator, budget, strategy=self.name, start=start)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                arch = ArchParams(table)
+                search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
+                summary = search.run(cost_objective(expected, level or reference, lam, self.penalty),
+                                     deadline=recorder.deadline)
+            candidate, info = decode(arch, limits)
+            score(candidate, {"lambda": lam, "level": level, **summary, **info}, evaluator, recorder)
 
 
 @register_strategy
@@ -383,8 +369,7 @@ class Differentiable(GradientStrategy):
             raise ValueError(f"need sweep >= 1 and entropy_weight >= 0, got {sweep} and {entropy_weight}")
         self.eta_range, self.sweep, self.entropy_weight, self.hidden = tuple(eta_range), sweep, entropy_weight, hidden
 
-    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
-        start = time.perf_counter()
+    def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
         table, metric, expected, reference = self.setup(space)
         limits = additive_limits(space)
         rng = np.random.default_rng(seed)
@@ -403,11 +388,15 @@ class Differentiable(GradientStrategy):
             arch = ArchParams(table, EtaLogits(table.shape, self.eta_range, hidden=self.hidden))
             search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
             summary = search.run(objective, eta=lambda: float(np.exp(rng.uniform(log_low, log_high))),
-                                 deadline=self.deadline(start, budget))
+                                 deadline=recorder.deadline)
         decoded = []
         with torch.no_grad():
             for eta in np.geomspace(*self.eta_range, self.sweep):
                 candidate, info = decode(arch, limits, eta=float(eta))
                 expected_cost = float(expected(arch.probs(float(eta))))
                 decoded.append((candidate, {"eta": float(eta), f"expected_{metric}": expected_cost, **summary, **info}))
-        return score(decoded, evaluator, budget, strategy=self.name, start=start)
+        recorder.plan(len({candidate.id for candidate, _ in decoded}))
+        for candidate, info in decoded:
+            if recorder.exhausted():
+                break
+            score(candidate, info, evaluator, recorder)

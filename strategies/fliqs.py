@@ -54,9 +54,8 @@ from automq.oneshot.evaluate import OneShotEstimator
 from automq.io import append_jsonl
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies._assign import supernet_and_data, sweep_metric
-from automq.strategies.differentiable import split_train
-from automq.search.strategy import Budget, Evaluator, Strategy, evaluate_candidate, register_strategy
-from automq.search.trial import Trial
+from automq.strategies.differentiable import score, split_train
+from automq.search.strategy import Evaluator, Strategy, TrialRecorder, register_strategy
 from automq.model.supernet import Supernet
 from automq.oneshot.train import Progress, build_optimizer, build_scheduler, deterministic, endless_batches, run_epoch
 
@@ -377,9 +376,10 @@ class FLIQS(Strategy):
 
     Args:
         targets: cost targets ``C_T`` on ``metric``, one run (and one trial) each; default: the space's budget on
-            ``metric``, else ``min(3, budget.evaluations)`` levels evenly inside the space's cost range.
+            ``metric``, else ``min(3, trials of the search)`` levels evenly inside the space's cost range.
         metric: the cost of the reward (default: the space's first minimised additive objective, else BitOps).
-        out_dir: where to write the policy log :data:`POLICY_LOG` (optional; rewritten by every run).
+        out_dir: where to write the policy log :data:`POLICY_LOG` (optional; rewritten by every search, continued by a
+            resumed one).
         progress: show a progress line per run on stderr.
         config: :class:`FLIQSConfig` fields (steps, warmup, reward, beta, entropy_weight, init, ...).
     """
@@ -394,33 +394,30 @@ class FLIQS(Strategy):
         self.targets, self.metric, self.progress = targets, metric, progress
         self.out_dir = None if out_dir is None else Path(out_dir)
 
-    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
-        start = time.perf_counter()
+    def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
         metric = self.metric or sweep_metric(space)
-        targets = self.cost_targets(space, metric, budget)
+        targets = self.cost_targets(space, metric, recorder.total)
+        recorder.plan(len(targets))
         log_path = None if self.out_dir is None else self.out_dir / POLICY_LOG
-        if log_path is not None:
+        if log_path is not None and not recorder.history:  # a resumed search keeps the runs it logged
             log_path.unlink(missing_ok=True)
-        deadline = None if budget.wall_s is None else start + budget.wall_s
-        trials: list[Trial] = []
-        for number, target in enumerate(targets[: budget.evaluations]):
-            if deadline is not None and time.perf_counter() > deadline:
+        for target in targets:
+            if recorder.exhausted():
                 break
             with torch.random.fork_rng(devices=[]), deterministic():
                 torch.manual_seed(seed)
                 search = FliqsSearch(space, evaluator, self.config, metric=metric, target=target, seed=seed,
                                      log_path=log_path)
-                summary = search.run(deadline=deadline, progress=self.progress)
+                summary = search.run(deadline=recorder.deadline, progress=self.progress)
                 candidate = search.candidate()
                 in_place = search.evaluate_in_place(candidate)
             achieved = search.cost_model.metrics(candidate)[metric]
             info = {"target": {metric: target}, "achieved": {metric: achieved}, "cost_ratio": achieved / target,
                     "reward": self.config.reward, "beta": self.config.cost_weight, "init": self.config.init,
                     "in_place": in_place, **summary}
-            trials.append(evaluate_candidate(number, candidate, evaluator, strategy=self.name, info=info))
-        return trials
+            score(candidate, info, evaluator, recorder)
 
-    def cost_targets(self, space: SearchSpace, metric: str, budget: Budget) -> list[float]:
+    def cost_targets(self, space: SearchSpace, metric: str, trials: int) -> list[float]:
         """The targets of the runs: given, the space's budget on ``metric``, or levels inside its cost range."""
         ranges = cost_range(space)
         if metric not in ranges:
@@ -431,4 +428,4 @@ class FLIQS(Strategy):
         if metric in space.budgets:
             return [float(space.budgets[metric])]
         low, high = ranges[metric]
-        return [float(t) for t in np.linspace(low, high, min(3, budget.evaluations) + 2)[1:-1]]
+        return [float(t) for t in np.linspace(low, high, min(3, trials) + 2)[1:-1]]

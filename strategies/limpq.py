@@ -54,11 +54,14 @@ from automq.model.arch import layer_specs
 from automq.numerics.formats import get_format
 from automq.numerics.quant import Quantizer
 from automq.strategies._assign import FormatAssignmentStrategy, FormatProblem, Solver, supernet_and_data
+from automq.strategies._checkpoint import PhaseCheckpoint
 from automq.strategies._solvers import Solution, solve_linear
 from automq.search.strategy import Evaluator, register_strategy
 from automq.oneshot.train import GRAD_CLIP_NORM, endless_batches
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch.utils.data import Dataset
 
     from automq.space.candidate import Candidate
@@ -67,6 +70,8 @@ if TYPE_CHECKING:
     from automq.model.supernet import Supernet
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "limpq_indicators"  # in the search directory: the indicator run's state, then its result
 
 
 @dataclass(frozen=True)
@@ -93,9 +98,15 @@ def learn_indicators(
     batch_size: int = 128,
     lr: float = 0.01,
     seed: int = 0,
+    checkpoint: PhaseCheckpoint | None = None,
 ) -> Indicators:
     """The joint indicator-training run on a copy of ``supernet`` (the original is left untouched): ``steps``
-    SGD steps of cross-entropy on ``train``, every layer of ``arch`` drawing its formats at every step."""
+    SGD steps of cross-entropy on ``train``, every layer of ``arch`` drawing its formats at every step. With
+    ``checkpoint``, the run saves its state there at intervals, and the indicators when it ends, and continues
+    from what it finds there."""
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None and "indicators" in saved:
+        return Indicators(**saved["indicators"])
     net = copy.deepcopy(supernet)
     net.set_active(arch)
     specs = {spec.name: spec for spec in layer_specs(space, arch)}
@@ -105,8 +116,19 @@ def learn_indicators(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    step = 0
+    if saved is not None:
+        net.load_state_dict(saved["net"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["rng"]
+        step = saved["step"]
+
+    def state() -> dict[str, Any]:
+        return {"step": step, "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": rng.bit_generator.state}
+
     net.train()
-    for images, labels in itertools.islice(endless_batches(train, batch_size, seed), steps):
+    for images, labels in itertools.islice(endless_batches(train, batch_size, seed), step, steps):
         for name, layer in layers.items():
             w_menu, a_menu = menus[name]
             layer.set_active(dataclasses.replace(specs[name], w_fmt=str(rng.choice(w_menu)),
@@ -115,17 +137,29 @@ def learn_indicators(
         F.cross_entropy(net(images.to(device)), labels.to(device)).backward()
         nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_NORM)
         optimizer.step()
+        step += 1
+        if checkpoint is not None:
+            checkpoint.save_due(state)
     for name, layer in layers.items():
         layer.set_active(specs[name])
-    inputs = _layer_inputs(net, layers, next(endless_batches(train, batch_size, seed + 1))[0].to(device))
+    indicators = _measure_indicators(net, layers, menus, next(endless_batches(train, batch_size, seed + 1))[0])
+    if checkpoint is not None:
+        checkpoint.save({"indicators": dataclasses.asdict(indicators)})
+    return indicators
+
+
+@torch.no_grad()
+def _measure_indicators(net: nn.Module, layers: dict[str, ElasticQuantLayer],
+                        menus: dict[str, tuple[tuple[str, ...], tuple[str, ...]]], images: Tensor) -> Indicators:
+    """The normalised steps of every layer's formats, on its active weight and its inputs of ``images``."""
+    inputs = _layer_inputs(net, layers, images.to(next(net.parameters()).device))
     weights, activations = {}, {}
-    with torch.no_grad():
-        for name, layer in layers.items():
-            w_menu, a_menu = menus[name]
-            weight = layer.weight_of(specs[name])
-            w_rms, a_rms = max(_rms(weight), 1e-12), max(_rms(inputs[name]), 1e-12)  # an all-zero tensor: raw steps
-            weights[name] = {f: _step(layer.w_quant, f, weight) / w_rms for f in w_menu}
-            activations[name] = {f: _step(layer.a_quant, f, inputs[name]) / a_rms for f in a_menu}
+    for name, layer in layers.items():
+        w_menu, a_menu = menus[name]
+        weight = layer.weight_of(layer.active)
+        w_rms, a_rms = max(_rms(weight), 1e-12), max(_rms(inputs[name]), 1e-12)  # an all-zero tensor: raw steps
+        weights[name] = {f: _step(layer.w_quant, f, weight) / w_rms for f in w_menu}
+        activations[name] = {f: _step(layer.a_quant, f, inputs[name]) / a_rms for f in a_menu}
     return Indicators(weights, activations)
 
 
@@ -182,11 +216,14 @@ class LIMPQ(FormatAssignmentStrategy):
             raise ValueError(f"LIMPQ needs alpha >= 0 and steps >= 1, got alpha={alpha}, steps={steps}")
         self.alpha, self.steps, self.batch_size, self.lr = alpha, steps, batch_size, lr
 
-    def prepare(self, formats: FormatProblem, evaluator: Evaluator, *, seed: int) -> tuple[Solver, dict[str, Any]]:
+    def prepare(self, formats: FormatProblem, evaluator: Evaluator, *, seed: int,
+                state_dir: Path | None = None) -> tuple[Solver, dict[str, Any]]:
         supernet, data = supernet_and_data(evaluator, self.name)
         start = time.perf_counter()
+        checkpoint = PhaseCheckpoint(state_dir, CHECKPOINT_NAME, {
+            "arch": formats.arch.id, "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "seed": seed})
         indicators = learn_indicators(supernet, evaluator.space, formats.arch, data.train, steps=self.steps,
-                                      batch_size=self.batch_size, lr=self.lr, seed=seed)
+                                      batch_size=self.batch_size, lr=self.lr, seed=seed, checkpoint=checkpoint)
         seconds = time.perf_counter() - start
         logger.info("LIMPQ indicator training: %d steps in %.1f s", self.steps, seconds)
         objective = indicators.objective(formats, self.alpha)

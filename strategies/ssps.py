@@ -24,7 +24,6 @@ One search runs per budget level; each gives one candidate, repaired into its bu
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,8 +42,7 @@ from automq.strategies.differentiable import (
     decode,
     score,
 )
-from automq.search.strategy import Budget, Evaluator, register_strategy
-from automq.search.trial import Trial
+from automq.search.strategy import Evaluator, TrialRecorder, register_strategy
 
 if TYPE_CHECKING:
     from automq.space.space import SearchSpace
@@ -144,13 +142,13 @@ class SSPS(GradientStrategy):
         self.fixings, self.threshold = fixings, threshold
         self.out_dir = None if out_dir is None else Path(out_dir)
 
-    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
-        start = time.perf_counter()
+    def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
         table, metric, expected, _ = self.setup(space)
         levels = list(self.levels) if self.levels else [space.budgets.get(metric)]
-        decoded, logs = [], {}
-        for level in levels[: budget.evaluations]:
-            if budget.wall_s is not None and time.perf_counter() - start > budget.wall_s:
+        recorder.plan(len(levels))
+        logs = {}
+        for level in levels:
+            if recorder.exhausted():
                 break
             limits = additive_limits(space, None if level is None else {metric: level})
             costs = {m: expected if m == metric else ExpectedCost(table, m) for m in limits}
@@ -159,16 +157,14 @@ class SSPS(GradientStrategy):
                 arch = ArchParams(table)
                 search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
                 fixer = self._fixer(arch)
-                summary = search.run(self._objective(costs, limits), after_step=fixer,
-                                     deadline=self.deadline(start, budget))
+                summary = search.run(self._objective(costs, limits), after_step=fixer, deadline=recorder.deadline)
                 fixer.fix_remaining(search.step_count)
             candidate, info = decode(arch, limits)
-            decoded.append((candidate, {"level": level, **summary, **info, "decisions": fixer.log}))
             logs[str(level)] = fixer.log
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out_dir / DECISIONS_FILE, {"metric": metric, "levels": logs})
-        return score(decoded, evaluator, budget, strategy=self.name, start=start)
+            if self.out_dir is not None:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(self.out_dir / DECISIONS_FILE, {"metric": metric, "levels": logs})
+            score(candidate, {"level": level, **summary, **info, "decisions": fixer.log}, evaluator, recorder)
 
     def _fixer(self, arch: ArchParams) -> SequentialFixer:
         steps = self.config.steps

@@ -32,7 +32,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,11 +42,10 @@ from optuna.trial import TrialState
 from automq.space.candidate import Candidate
 from automq.cost import CostModel
 from automq.strategies.baselines import uniform_pairs
-from automq.search.strategy import Budget, Evaluator, Strategy, evaluate_candidate, register_strategy
+from automq.search.strategy import Budget, Evaluator, Strategy, TrialRecorder, evaluate_candidate, register_strategy
 from automq.search.trial import Trial
 
 if TYPE_CHECKING:
-    from automq.search.results import SearchLog
     from automq.space.space import SearchSpace
 
 CANDIDATE_KEY = "candidate"  # define-by-run result: the candidate's canonical JSON
@@ -275,39 +273,24 @@ class TuneStrategy(Strategy):
     def label(self) -> str:
         return f"{self.name}-{self.sampler}"
 
-    def stream(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, log: SearchLog, *,
-               seed: int = 0) -> None:
-        """Tell the sampler the trials already in ``log`` instead of evaluating them again, then append each new
-        trial to ``log`` as it finishes."""
-        self.run(space, evaluator, budget, seed=seed, log=log)
-
-    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0,
-            log: SearchLog | None = None) -> list[Trial]:
-        """Run ``budget.evaluations`` new trials; with ``log``, as :meth:`stream` (and return the new trials)."""
-        history = list(log.trials) if log is not None else []
-        made: list[Trial] = []
-
-        def record(trial: Trial) -> None:
-            trial = replace(trial, number=len(history) + len(made))
-            made.append(trial)
-            if log is not None:
-                log.append(trial)
-
+    def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
+        """Tell the sampler the logged trials instead of evaluating them again, then record each new trial as it
+        finishes."""
+        history = recorder.history
         # a resumed run draws fresh random numbers: replaying the seed would re-suggest the logged candidates
         seed = int(np.random.SeedSequence([seed, len(history)]).generate_state(1)[0]) if history else seed
         suggest = SuggestCandidate(space)
-        total = len(history) + budget.evaluations
-        sampler = create_sampler(self.sampler, seed=seed, trials=total)
-        seeds = seed_candidates(space, int(self.seed_fraction * total))
+        sampler = create_sampler(self.sampler, seed=seed, trials=recorder.total)
+        seeds = seed_candidates(space, int(self.seed_fraction * recorder.total))
         with _quiet_optuna():
             if self.workers == 0:
-                self._run_local(suggest, sampler, evaluator, budget, history, record, seeds)
+                self._run_local(suggest, sampler, evaluator, recorder.budget, history, recorder.record, seeds)
             else:
                 from automq.strategies._tune_ray import run_tune
 
-                run_tune(self, suggest, sampler, evaluator, budget, history, record, seeds,
-                         work_dir=log.dir / "ray" if log is not None else None)
-        return made
+                work_dir = recorder.state_dir / "ray" if recorder.state_dir is not None else None
+                run_tune(self, suggest, sampler, evaluator, recorder.budget, history, recorder.record, seeds,
+                         work_dir=work_dir)
 
     def _run_local(self, suggest: SuggestCandidate, sampler: optuna.samplers.BaseSampler, evaluator: Evaluator,
                    budget: Budget, history: Sequence[Trial], record: Callable[[Trial], None],

@@ -5,14 +5,12 @@ from pathlib import Path
 import pytest
 from test_tune import ProxyEvaluator
 
-import automq.search.driver
 from automq.cost import CostModel
 from automq.errors import AutomqError, SpaceError
 from automq.search.results import load_trials
 from automq.search.driver import ProgressLog, run_search
 from automq.space.space import SearchSpace
-from automq.search.strategy import Strategy, evaluate_candidate
-from automq.search.trial import Trial
+from automq.search.strategy import evaluate_candidate
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_NSGA2 = {"sampler": "nsga2", "workers": 0}
@@ -111,28 +109,72 @@ def test_user_mistakes_raise_automq_errors(tiny, tmp_path, kwargs, message):
     assert not (tmp_path / "trials.jsonl").exists()
 
 
-class FixedStrategy(Strategy):
-    """A strategy with the default :meth:`Strategy.stream`: it returns its trials when it ends."""
+class InterruptingEvaluator(ProxyEvaluator):
+    """Stops the process, as Ctrl-C does, when asked to score its ``stop_at``-th candidate."""
 
-    name = "fixed"
+    def __init__(self, space, stop_at):
+        super().__init__(space)
+        self.stop_at = stop_at
 
-    def __init__(self):
-        self.seeds = []
-
-    def run(self, space, evaluator, budget, *, seed=0):
-        self.seeds.append(seed)
-        return [evaluate_candidate(0, space.sample(seed + n), evaluator, strategy=self.name)
-                for n in range(budget.evaluations)]
+    def __call__(self, candidate):
+        if len(self.calls) + 1 == self.stop_at:
+            raise KeyboardInterrupt
+        return super().__call__(candidate)
 
 
-def test_strategies_that_do_not_stream_are_recorded_when_they_return(tiny, tmp_path, monkeypatch):
-    strategy = FixedStrategy()
-    monkeypatch.setattr(automq.search.driver, "create_strategy", lambda name, **options: strategy)
-    run_search(tiny, out=tmp_path, strategy="fixed", trials=3, seed=7, evaluator=ProxyEvaluator(tiny), progress=False)
-    run_search(tiny, out=tmp_path, strategy="fixed", trials=5, seed=7, resume=True, evaluator=ProxyEvaluator(tiny),
+STREAMED = [("random", {}), ("uniform", {"archs": ("largest", "smallest")}), ("tune", LOCAL_NSGA2)]
+
+
+@pytest.mark.parametrize("strategy, options", STREAMED)
+def test_every_trial_is_in_the_log_before_the_next_one_starts(tiny_space, tmp_path, strategy, options):
+    space = tiny_space()
+    with pytest.raises(KeyboardInterrupt):
+        run_search(space, out=tmp_path, strategy=strategy, trials=6, options=options,
+                   evaluator=InterruptingEvaluator(space, stop_at=4), progress=False)
+    assert [t.number for t in load_trials(tmp_path)] == [0, 1, 2]  # the interrupted search kept what it made
+
+
+@pytest.mark.parametrize("strategy, options", STREAMED)
+def test_a_resumed_search_makes_the_trials_of_an_uninterrupted_one(tiny_space, tmp_path, strategy, options):
+    space = tiny_space()
+    run_search(space, out=tmp_path / "whole", strategy=strategy, trials=7, options=options,
+               evaluator=ProxyEvaluator(space), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(space, out=tmp_path / "cut", strategy=strategy, trials=7, options=options,
+                   evaluator=InterruptingEvaluator(space, stop_at=4), progress=False)
+    evaluator = ProxyEvaluator(space)
+    run_search(space, out=tmp_path / "cut", strategy=strategy, trials=7, options=options, evaluator=evaluator,
+               resume=True, progress=False)
+    whole, resumed = load_trials(tmp_path / "whole"), load_trials(tmp_path / "cut")
+    assert [t.number for t in resumed] == list(range(len(whole)))
+    assert len(evaluator.calls) == len(whole) - 3  # the logged trials are not scored again
+    if strategy != "tune":  # tune's sampler continues from the logged trials with fresh random numbers
+        assert [t.candidate.id for t in resumed] == [t.candidate.id for t in whole]
+
+
+def test_random_refuses_to_resume_a_search_made_with_another_seed(tiny, tmp_path):
+    run_search(tiny, out=tmp_path, strategy="random", trials=3, seed=1, evaluator=ProxyEvaluator(tiny),
                progress=False)
-    saved = load_trials(tmp_path)
-    assert [t.number for t in saved] == list(range(5))
-    assert strategy.seeds == [7, 10]  # a resumed run is seeded past the trials already made
-    assert all(isinstance(t, Trial) and t.strategy == "fixed" for t in saved)
-    assert json.loads((tmp_path / "run.json").read_text())["label"] == "fixed"  # the default label: the name
+    with pytest.raises(AutomqError, match="trial 0 of the search is not the candidate random search draws there "
+                                          "with seed 2"):
+        run_search(tiny, out=tmp_path, strategy="random", trials=5, seed=2, resume=True,
+                   evaluator=ProxyEvaluator(tiny), progress=False)
+
+
+def test_progress_shows_the_total_the_strategy_plans(tiny_space, tmp_path, capsys):
+    space = tiny_space()  # weight menu int4, int8 and activation menu int8, fp8_e4m3: 4 pairs, on 2 architectures
+    run_search(space, out=tmp_path, strategy="uniform", trials=100, options={"archs": ("largest", "smallest")},
+               evaluator=ProxyEvaluator(space))
+    assert capsys.readouterr().err.splitlines()[-1].startswith("uniform: 8/8 trials (0 infeasible, 0 failed)")
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["trials_planned"] == 8 and run["trials_requested"] == 100
+
+
+def test_eta_is_the_pace_of_this_run_times_the_trials_left(tiny, tmp_path):
+    evaluator = ProxyEvaluator(tiny)
+    run_search(tiny, out=tmp_path, strategy="random", trials=2, evaluator=evaluator, progress=False)
+    log = ProgressLog(tmp_path, tiny, strategy="random", total=10, stream=io.StringIO(), resume=True)
+    for number in range(2, 6):
+        log.append(evaluate_candidate(number, tiny.sample(number), evaluator, strategy="random"))
+    log.started -= 40.0  # 4 trials in 40 s: 10 s each, and 4 of the 10 are still missing
+    assert log.status().endswith(" | 0:00:40 | ETA 0:00:40")

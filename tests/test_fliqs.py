@@ -106,13 +106,13 @@ def test_tied_formats_make_activations_follow_weights() -> None:
 def test_default_targets_lie_inside_the_cost_range_or_at_the_budget() -> None:
     space = task_space()
     low, high = cost_range(space)["bitops"]
-    targets = FLIQS().cost_targets(space, "bitops", Budget(5))
+    targets = FLIQS().cost_targets(space, "bitops", 5)
     assert targets == pytest.approx([low + (high - low) * k / 4 for k in (1, 2, 3)])
-    assert FLIQS().cost_targets(space, "bitops", Budget(1)) == pytest.approx([(low + high) / 2])
+    assert FLIQS().cost_targets(space, "bitops", 1) == pytest.approx([(low + high) / 2])
     budgeted = task_space(budgets={"bitops": 3e6})
-    assert FLIQS().cost_targets(budgeted, "bitops", Budget(5)) == [3e6]
+    assert FLIQS().cost_targets(budgeted, "bitops", 5) == [3e6]
     with pytest.raises(BudgetError, match="latency table"):
-        FLIQS().cost_targets(space, "latency", Budget(5))
+        FLIQS().cost_targets(space, "latency", 5)
 
 
 # ------------------------------------------------------------------------------------------------ searches

@@ -4,24 +4,31 @@ of valid candidates within the space's budgets."""
 
 from __future__ import annotations
 
+import functools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import automq.strategies._checkpoint
 from automq.cost import CostModel
 from automq.data import DataSplits
 from automq.errors import BudgetError
 from automq.oneshot.evaluate import OneShotEstimator
+from automq.io import safe_torch_load
 from automq.numerics.quant import Quantizer
 from automq.space.space import SearchSpace
+from automq.strategies import limpq
 from automq.strategies._assign import FormatProblem
+from automq.strategies._checkpoint import PhaseCheckpoint
 from automq.strategies.limpq import LIMPQ, Indicators, _step, learn_indicators
 from automq.search.strategy import Budget, create_strategy
 from automq.model.supernet import Supernet
 from automq.oneshot.train import load_space_data
 
+from _interrupt import interrupted_after
 from _spaces import DS_STAGE, IR_STAGE, SpaceFactory
 
 SPACE_CHANGES = {
@@ -88,6 +95,28 @@ def test_the_joint_run_learns_the_scales_and_leaves_the_supernet_alone(
     assert learned == indicators
     longer = learn_indicators(supernet, space, space.largest(), data.train, steps=STEPS + 1, batch_size=32, seed=0)
     assert longer.weights["blocks.1.0.conv_pw"]["int4"] != learned.weights["blocks.1.0.conv_pw"]["int4"]
+
+
+def test_an_interrupted_indicator_run_resumes_to_the_uninterrupted_indicators(
+    space: SearchSpace, supernet: Supernet, data: DataSplits, indicators: Indicators, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(automq.strategies._checkpoint, "CHECKPOINT_EVERY_S", 0.0)  # save after every step
+    config = {"steps": STEPS, "seed": 0}
+    learn = functools.partial(learn_indicators, supernet, space, space.largest(), data.train, steps=STEPS,
+                              batch_size=32, seed=0)
+    with monkeypatch.context() as patch:
+        patch.setattr(limpq, "endless_batches", interrupted_after(4, limpq.endless_batches))
+        with pytest.raises(KeyboardInterrupt):
+            learn(checkpoint=PhaseCheckpoint(tmp_path, "indicators", config))
+    assert safe_torch_load(tmp_path / "indicators.pt")["state"]["step"] == 4
+    assert learn(checkpoint=PhaseCheckpoint(tmp_path, "indicators", config)) == indicators
+    # The finished run's checkpoint holds the indicators: a search resumed after it trains no more.
+    with monkeypatch.context() as patch:
+        patch.setattr(limpq, "endless_batches", interrupted_after(0, limpq.endless_batches))
+        assert learn(checkpoint=PhaseCheckpoint(tmp_path, "indicators", config)) == indicators
+        with pytest.raises(KeyboardInterrupt):  # another configuration's checkpoint is not used
+            learn(checkpoint=PhaseCheckpoint(tmp_path, "indicators", {**config, "seed": 1}))
 
 
 def test_step_is_the_learned_range_per_level_or_the_error_equivalent_step() -> None:

@@ -2,11 +2,11 @@
 
 :func:`run_search` loads the space, builds the evaluator (the one-shot estimator of a trained supernet run),
 opens the search directory (:class:`~automq.search.results.SearchLog`), runs a registered strategy for the trials that
-are still missing (:meth:`Strategy.stream <automq.search.strategy.Strategy.stream>`), and shows a live progress line.
-``resume=True`` continues an interrupted search in the same directory: its finished trials are kept and, for
-strategies that continue from logged trials (the ``tune`` strategy), told to the sampler instead of being
-evaluated again; other strategies run the remaining trials afresh, with a seed derived from the number already
-done.
+are still missing (:meth:`Strategy.run <automq.search.strategy.Strategy.run>` with the log, to which every strategy
+appends each trial as it is made), and shows a live progress line. ``resume=True`` continues an interrupted search
+in the same directory: its finished trials are kept and the strategy continues from them (``tune`` tells them to its
+sampler, ``random`` continues its seeded sequence after them, the others skip the candidates already logged and
+resume their training phase from its checkpoint in the directory).
 """
 
 from __future__ import annotations
@@ -26,39 +26,58 @@ from automq.space.space import SearchSpace
 
 
 class ProgressLog(SearchLog):
-    """A :class:`SearchLog` that also shows trials done, feasible front size and hypervolume on ``stream``.
+    """A :class:`SearchLog` that also shows trials done, feasible front size, hypervolume, elapsed time and the
+    estimated time left on ``stream``.
 
-    On a terminal the line is rewritten in place (``\\r``) after every trial; otherwise (a log file) a line is
-    written at most once a minute, so logs stay short but show that the search is alive.
+    The total is the trials requested, or fewer when the strategy plans fewer (:meth:`plan`). On a terminal the line
+    is rewritten in place (``\\r``) after every trial; otherwise (a log file) a line is written at most once a
+    minute, so logs stay short but show that the search is alive.
     """
 
     def __init__(self, *args: Any, total: int, stream: TextIO | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.total, self.stream = total, stream or sys.stderr
         self.live = self.stream.isatty()
+        self.resumed = len(self.trials)
         self._last_line = -float("inf")
+
+    def plan(self, total: int) -> None:
+        super().plan(total)
+        self.total = min(self.total, total)
 
     def append(self, trial: Trial) -> None:
         super().append(trial)
-        if self.live or time.monotonic() - self._last_line >= 60.0 or len(self.trials) == self.total:
+        if self.live or time.monotonic() - self._last_line >= 60.0 or len(self.trials) >= self.total:
             self._last_line = time.monotonic()
             self.stream.write(("\r" if self.live else "") + self.status() + ("\033[K" if self.live else "\n"))
             self.stream.flush()
 
     def status(self) -> str:
-        """``37/100 trials (2 infeasible, 0 failed) | front 5 | HV 0.6123 | 0:01:12``."""
+        """``37/100 trials (2 infeasible, 0 failed) | front 5 | HV 0.6123 | 0:01:12 | ETA 0:02:03``."""
         front, volume = pareto_trials(self.trials, self.objectives, self.scales)
         counts = {s: sum(t.status == s for t in self.trials) for s in ("infeasible", "failed")}
-        elapsed = int(time.time() - self.started)
+        elapsed = time.time() - self.started
         return (f"{self.run_info.get('label', self.run_info['strategy'])}: {len(self.trials)}/{self.total} trials "
                 f"({counts['infeasible']} infeasible, {counts['failed']} failed) | front {len(front)} | "
-                f"HV {volume:.4f} | {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}")
+                f"HV {volume:.4f} | {_clock(elapsed)} | ETA {_clock(self.seconds_left(elapsed))}")
+
+    def seconds_left(self, elapsed: float) -> float:
+        """The time the trials still missing take at this run's pace so far (a strategy that trains before it
+        samples counts its training in that pace, so its first estimates are high)."""
+        made = len(self.trials) - self.resumed
+        return elapsed / made * max(0, self.total - len(self.trials)) if made else 0.0
 
     def close(self) -> None:
         """End the live line."""
         if self.live:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    """``h:mm:ss``."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def run_search(
@@ -111,7 +130,7 @@ def run_search(
     remaining = total - len(log.trials)
     if remaining > 0:
         try:
-            method.stream(space, evaluator, Budget(remaining), log, seed=seed)
+            method.run(space, evaluator, Budget(remaining), seed=seed, log=log)
         finally:
             if isinstance(log, ProgressLog):
                 log.close()

@@ -107,6 +107,12 @@ class SearchLog:
         self.trials.append(trial)
         self.write_pareto()
 
+    def plan(self, total: int) -> None:
+        """Record in ``run.json`` how many trials the search will have in all, when its strategy knows it is fewer
+        than requested (``uniform``: one per format pair)."""
+        self.run_info["trials_planned"] = total
+        self._write_run()
+
     def write_pareto(self) -> float:
         front, volume = pareto_trials(self.trials, self.objectives, self.scales)
         atomic_write_json(

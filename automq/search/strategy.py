@@ -4,7 +4,9 @@ A strategy explores a :class:`~automq.space.SearchSpace` with an evaluator (usua
 a :class:`Budget`, and returns :class:`Trial` records. Strategies live in ``automq.strategies`` and register
 themselves by name with :func:`register_strategy`, so the CLI, the experiments and the shared test-suite can
 iterate over all of them. Budgets from the space file are hard constraints: :func:`evaluate_candidate` checks the
-analytic costs first and records an infeasible candidate with its reason instead of scoring it.
+analytic costs first and records an infeasible candidate with its reason instead of scoring it. A strategy records
+each trial through a :class:`TrialRecorder` the moment it is made, so that ``automq search`` streams it to
+``trials.jsonl`` and a killed search keeps every finished trial.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from automq.search.trial import Trial
@@ -75,13 +78,74 @@ def evaluate_candidate(
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
         return Trial(number, candidate, {}, "failed", error, strategy, time.perf_counter() - start, info=info)
 
+class TrialRecorder:
+    """What a strategy records its trials through, as each one is made, and the budget of the run.
+
+    With a search log (``automq search``), each trial is appended to ``trials.jsonl`` the moment it is recorded, so
+    a killed search loses none of them; ``history`` holds the trials the log had before this run, which a resumed
+    strategy continues from, and ``state_dir`` the search directory, where a strategy that trains before it
+    samples keeps the checkpoints of that training. Without a log (``Strategy.run`` in a script) the trials are
+    only collected in ``made``.
+    """
+
+    def __init__(self, budget: Budget, *, strategy: str, log: SearchLog | None = None) -> None:
+        self.budget, self.strategy, self.log = budget, strategy, log
+        self.history: list[Trial] = list(log.trials) if log is not None else []
+        self.made: list[Trial] = []
+        self.started = time.perf_counter()
+        self._ids = {trial.candidate.id for trial in self.history}
+
+    @property
+    def state_dir(self) -> Path | None:
+        """The search directory, for checkpoints of a training phase (``None`` without a log)."""
+        return self.log.dir if self.log is not None else None
+
+    @property
+    def total(self) -> int:
+        """Trials of the whole search, the logged ones included: what an uninterrupted search was given."""
+        return len(self.history) + self.budget.evaluations
+
+    @property
+    def deadline(self) -> float | None:
+        """The ``time.perf_counter()`` at which the wall-clock budget runs out (``None``: no limit)."""
+        return None if self.budget.wall_s is None else self.started + self.budget.wall_s
+
+    def exhausted(self) -> bool:
+        """Whether this run has made all its trials or spent its wall-clock time."""
+        out_of_time = self.deadline is not None and time.perf_counter() > self.deadline
+        return len(self.made) >= self.budget.evaluations or out_of_time
+
+    def seen(self, candidate: Candidate) -> bool:
+        """Whether ``candidate`` is already a trial of this search (logged before, or made by this run)."""
+        return candidate.id in self._ids
+
+    def plan(self, count: int) -> None:
+        """Declare how many trials the whole search will have when the strategy knows it is fewer than the budget
+        (``uniform``: one per format pair), so that progress shows the true total."""
+        if self.log is not None:
+            self.log.plan(min(count, self.total))
+
+    def evaluate(self, candidate: Candidate, evaluator: Evaluator, *, info: Mapping[str, Any] | None = None) -> Trial:
+        """Score ``candidate`` (:func:`evaluate_candidate`) and record the trial."""
+        return self.record(evaluate_candidate(-1, candidate, evaluator, strategy=self.strategy, info=info))
+
+    def record(self, trial: Trial) -> Trial:
+        """Number ``trial`` after the search's trials and record it (appended to the log at once)."""
+        trial = replace(trial, number=len(self.history) + len(self.made))
+        self.made.append(trial)
+        self._ids.add(trial.candidate.id)
+        if self.log is not None:
+            self.log.append(trial)
+        return trial
+
+
 class Strategy(ABC):
-    """A search method. Subclasses set ``name`` and implement :meth:`run`; keyword-only constructors hold
+    """A search method. Subclasses set ``name`` and implement :meth:`search`; keyword-only constructors hold
     their hyper-parameters, so a strategy is fully described by its name and constructor arguments.
 
-    ``automq search`` drives a strategy through :meth:`stream`, which records its trials in the search directory's
-    :class:`~automq.search.results.SearchLog`; the default records what :meth:`run` returns, and a strategy that can
-    record each trial as it finishes, or continue a resumed search from the logged trials, overrides it.
+    :meth:`search` records every trial through a :class:`TrialRecorder` as soon as it is made; :meth:`run`
+    builds the recorder, on the search directory's :class:`~automq.search.results.SearchLog` when given one
+    (``automq search``, which also resumes through it).
     """
 
     name: ClassVar[str]
@@ -92,20 +156,18 @@ class Strategy(ABC):
         return self.name
 
     @abstractmethod
-    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0) -> list[Trial]:
-        """Explore ``space`` within ``budget`` and return every trial made, in order."""
+    def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
+        """Explore ``space`` until ``recorder.exhausted()``, recording each trial with ``recorder`` as it is made;
+        a resumed search (``recorder.history`` not empty) continues after the logged trials."""
 
-    def stream(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, log: SearchLog, *,
-               seed: int = 0) -> None:
-        """Make ``budget.evaluations`` more trials and append them to ``log``, numbered after its trials.
+    def run(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, *, seed: int = 0,
+            log: SearchLog | None = None) -> list[Trial]:
+        """Make up to ``budget.evaluations`` new trials and return them, in order; with ``log``, append each to
+        it as it is made, numbered after the trials it already holds, and continue the search they began."""
+        recorder = TrialRecorder(budget, strategy=self.name, log=log)
+        self.search(space, evaluator, recorder, seed=seed)
+        return recorder.made
 
-        The default appends the trials of :meth:`run` when it returns, seeded past the trials already in ``log``
-        so that a resumed search does not draw its first candidates again.
-        """
-        done = len(log.trials)
-        for number, trial in enumerate(self.run(space, evaluator, budget, seed=seed + done), start=done):
-            trial.number = number
-            log.append(trial)
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
