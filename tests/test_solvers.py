@@ -12,7 +12,9 @@ import pytest
 
 from automq.errors import BudgetError
 from automq.strategies import _solvers
-from automq.strategies._solvers import AssignmentProblem, local_search, quadratic_value, solve_linear, solve_quadratic
+from automq.strategies._solvers import AssignmentProblem, local_search, solve_linear, solve_quadratic
+
+EPS64 = np.finfo(np.float64).eps
 
 
 def random_problem(rng: np.random.Generator) -> AssignmentProblem:
@@ -40,6 +42,19 @@ def brute_force(problem: AssignmentProblem, value, budgets: dict[str, float]) ->
     return best
 
 
+def one_hot_quadratic(problem: AssignmentProblem, gram: np.ndarray, choice) -> float:
+    """``x^T G x`` with ``x`` the one-hot vector of ``choice`` written out (the solvers' objective)."""
+    x = np.zeros(problem.size)
+    x[problem.flat(choice)] = 1.0
+    return float(x @ gram @ x)
+
+
+def sum_tolerance(terms: np.ndarray, roundings: int = 1) -> float:
+    """Float64 error bound of a sum of some of ``terms`` in any order: ``roundings`` of eps/2 per term (the
+    additions, and any scaling of each term), relative to the largest sum of magnitudes, with a factor 2."""
+    return roundings * EPS64 * float(np.abs(terms).sum())
+
+
 def assert_within(costs: dict[str, float], budgets: dict[str, float]) -> None:
     assert all(costs[m] <= limit for m, limit in budgets.items()), (costs, budgets)
 
@@ -56,7 +71,7 @@ def test_ilp_equals_brute_force(seed: int) -> None:
             solve_linear(problem, objective, budgets)
         return
     solution = solve_linear(problem, objective, budgets)
-    assert solution.objective == pytest.approx(expected, abs=1e-9)
+    assert solution.objective == pytest.approx(expected, abs=sum_tolerance(objective))
     assert solution.costs == problem.cost(solution.choice)
     assert_within(solution.costs, budgets)
 
@@ -69,13 +84,16 @@ def test_iqp_equals_brute_force(seed: int, psd: bool) -> None:
     budgets = {"bitops": random_budgets(problem, rng)["bitops"]}
     a = rng.normal(size=(problem.size, problem.size))
     gram = a @ a.T if psd else a  # a non-symmetric G counts as its symmetric part
-    expected = brute_force(problem, lambda c: quadratic_value(problem, (gram + gram.T) / 2, c), budgets)
+    symmetric = (gram + gram.T) / 2
+    expected = brute_force(problem, lambda c: one_hot_quadratic(problem, symmetric, c), budgets)
+    # the MILP scales G to unit magnitude and back: two more roundings per term
+    tolerance = sum_tolerance(symmetric, roundings=3)
     solution = solve_quadratic(problem, gram, budgets)
-    assert solution.objective == pytest.approx(expected, abs=1e-7)
+    assert solution.objective == pytest.approx(expected, abs=tolerance)
     assert_within(solution.costs, budgets)
     heuristic = local_search(problem, gram, budgets)
     assert_within(heuristic.costs, budgets)
-    assert heuristic.objective >= expected - 1e-9
+    assert heuristic.objective >= expected - tolerance
 
 
 def test_iqp_above_the_size_limit_uses_local_search() -> None:
@@ -86,7 +104,9 @@ def test_iqp_above_the_size_limit_uses_local_search() -> None:
     solution = solve_quadratic(problem, gram, budgets, max_pair_variables=0)
     assert solution.method == "local search"
     assert_within(solution.costs, budgets)
-    assert solution.objective == pytest.approx(quadratic_value(problem, (gram + gram.T) / 2, solution.choice))
+    symmetric = (gram + gram.T) / 2
+    expected = one_hot_quadratic(problem, symmetric, solution.choice)
+    assert solution.objective == pytest.approx(expected, abs=sum_tolerance(symmetric))
 
 
 def test_a_milp_timeout_falls_back_to_local_search_and_counts_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
