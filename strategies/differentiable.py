@@ -43,6 +43,7 @@ from automq.cost import METRIC_KEYS, CostModel, cost_range
 from automq.errors import BudgetError
 from automq.strategies._archparams import ArchParams, DecisionTable, EtaLogits, ExpectedCost
 from automq.strategies._assign import ADDITIVE_METRICS, supernet_and_data, sweep_metric
+from automq.strategies._checkpoint import PhaseCheckpoint
 from automq.strategies._relaxed import FORMAT_KINDS, RELAXATIONS, RelaxedSupernet
 from automq.search.strategy import Evaluator, Strategy, TrialRecorder, register_strategy
 from automq.oneshot.train import GRAD_CLIP_NORM, endless_batches
@@ -108,24 +109,59 @@ class BilevelSearch:
     """Alternating weight and architecture steps on a private copy of the evaluator's supernet.
 
     The evaluator's own supernet is left untouched, so every candidate is scored with the same weights as the
-    candidates of every other strategy.
+    candidates of every other strategy. With a ``checkpoint``, the search starts from the state saved there (if
+    any) and saves its state there at intervals and when it stops, so that a killed search continues to the result
+    of an uninterrupted one. ``rng`` (the caller's own draws, e.g. ``eta``) and ``extra`` (JSON-able records of
+    the caller, e.g. SSPS's fixings) are saved with it.
     """
 
     def __init__(self, evaluator: Evaluator, arch: ArchParams, config: GradientConfig, *, seed: int,
-                 strategy: str) -> None:
+                 strategy: str, checkpoint: PhaseCheckpoint | None = None) -> None:
         supernet, data = supernet_and_data(evaluator, strategy)
         self.supernet = copy.deepcopy(supernet).train()
-        self.arch, self.config = arch, config
+        self.arch, self.config, self.seed, self.checkpoint = arch, config, seed, checkpoint
         self.model = RelaxedSupernet(self.supernet, arch.table, relaxation=config.relaxation)
-        weight_part, arch_part = split_train(data.train, config.arch_fraction, seed)
-        self.weight_batches = endless_batches(weight_part, config.batch_size, seed)
-        self.arch_batches = endless_batches(arch_part, config.batch_size, seed + 1)
+        self.parts = split_train(data.train, config.arch_fraction, seed)
         self.weight_opt = torch.optim.SGD(self.supernet.parameters(), lr=config.weight_lr, momentum=0.9,
                                           nesterov=True) if config.weight_lr > 0 else None
         self.arch_opt = torch.optim.Adam(arch.parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
         self.generator = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.extra: dict[str, Any] = {}
+        self.last: dict[str, float] = {}
         self.device = next(self.supernet.parameters()).device
         self.step_count = 0
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            self.load_state_dict(saved)
+        self._batches_from(self.step_count)
+
+    def _batches_from(self, step: int) -> None:
+        """The weight and architecture batch streams, positioned after ``step`` steps."""
+        weight_part, arch_part = self.parts
+        weight_steps = step if self.weight_opt is not None else 0
+        self.weight_batches = itertools.islice(endless_batches(weight_part, self.config.batch_size, self.seed),
+                                               weight_steps, None)
+        self.arch_batches = itertools.islice(endless_batches(arch_part, self.config.batch_size, self.seed + 1),
+                                             step, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed search needs to continue exactly: weights, architecture parameters, optimizers,
+        generators, step and the caller's ``extra``."""
+        return {"step": self.step_count, "supernet": self.supernet.state_dict(), "arch": self.arch.state_dict(),
+                "weight_opt": None if self.weight_opt is None else self.weight_opt.state_dict(),
+                "arch_opt": self.arch_opt.state_dict(), "generator": self.generator.get_state(),
+                "rng": self.rng.bit_generator.state, "extra": self.extra, "last": self.last}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.supernet.load_state_dict(state["supernet"])
+        self.arch.load_state_dict(state["arch"])
+        if self.weight_opt is not None:
+            self.weight_opt.load_state_dict(state["weight_opt"])
+        self.arch_opt.load_state_dict(state["arch_opt"])
+        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["rng"]
+        self.extra, self.last, self.step_count = dict(state["extra"]), dict(state["last"]), state["step"]
 
     def temperature(self) -> float:
         first, last = self.config.temperature
@@ -166,16 +202,20 @@ class BilevelSearch:
             after_step: Callable[[int], None] | None = None, deadline: float | None = None) -> dict[str, Any]:
         """All ``config.steps`` steps (fewer when ``deadline``, a ``perf_counter`` time, passes); ``eta`` draws
         each step's cost weight and ``after_step(step)`` runs after each. Returns a JSON summary."""
-        start, last = time.perf_counter(), {}
+        start = time.perf_counter()
         while self.step_count < self.config.steps:
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            last = self.step(objective, eta() if eta is not None else None)
+            self.last = self.step(objective, eta() if eta is not None else None)
             if after_step is not None:
                 after_step(self.step_count)
+            if self.checkpoint is not None:
+                self.checkpoint.save_due(self.state_dict)
+        if self.checkpoint is not None:
+            self.checkpoint.save(self.state_dict())
         return {"search_steps": self.step_count, "search_s": time.perf_counter() - start,
                 "stopped_early": self.step_count < self.config.steps,
-                **{f"final_{k}": v for k, v in last.items()}}
+                **{f"final_{k}": v for k, v in self.last.items()}}
 
 
 def cost_objective(expected: ExpectedCost, target: float, weight: float, form: str) -> Objective:
@@ -298,6 +338,12 @@ class GradientStrategy(Strategy):
         metric = self.metric or sweep_metric(space)
         return table, metric, ExpectedCost(table, metric), cost_range(space)[metric][1]
 
+    def checkpoint(self, recorder: TrialRecorder, search: str, *, seed: int, **settings: Any) -> PhaseCheckpoint:
+        """The checkpoint of one of this strategy's searches (``search`` names it) in the search directory; its
+        configuration is the search settings, the seed and ``settings``."""
+        config = {"search": dataclasses.asdict(self.config), "metric": self.metric, "seed": seed, **settings}
+        return PhaseCheckpoint(recorder.state_dir, f"{self.name}_{search}", config)
+
 
 @register_strategy
 class DNAS(GradientStrategy):
@@ -331,14 +377,17 @@ class DNAS(GradientStrategy):
             raise BudgetError(f"{space.source}: the hinge penalty needs a budget on {metric}: add budgets.{metric} "
                               "to the space file, pass levels=[...], or use penalty='ratio'")
         recorder.plan(len(levels) * len(self.lambdas))
-        for level, lam in itertools.product(levels, self.lambdas):
+        for index, (level, lam) in enumerate(itertools.product(levels, self.lambdas)):
             if recorder.exhausted():
                 break
             limits = additive_limits(space, None if level is None else {metric: level})
+            checkpoint = self.checkpoint(recorder, f"search_{index}", seed=seed, level=level, lam=lam,
+                                         penalty=self.penalty)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 arch = ArchParams(table)
-                search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
+                search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name,
+                                       checkpoint=checkpoint)
                 summary = search.run(cost_objective(expected, level or reference, lam, self.penalty),
                                      deadline=recorder.deadline)
             candidate, info = decode(arch, limits)
@@ -372,7 +421,6 @@ class Differentiable(GradientStrategy):
     def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
         table, metric, expected, reference = self.setup(space)
         limits = additive_limits(space)
-        rng = np.random.default_rng(seed)
         log_low, log_high = np.log(self.eta_range)
 
         def objective(ce: Tensor, arch: ArchParams, eta: float | None) -> Tensor:
@@ -386,8 +434,10 @@ class Differentiable(GradientStrategy):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             arch = ArchParams(table, EtaLogits(table.shape, self.eta_range, hidden=self.hidden))
-            search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
-            summary = search.run(objective, eta=lambda: float(np.exp(rng.uniform(log_low, log_high))),
+            checkpoint = self.checkpoint(recorder, "search", seed=seed, eta_range=self.eta_range, hidden=self.hidden,
+                                         entropy_weight=self.entropy_weight)
+            search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name, checkpoint=checkpoint)
+            summary = search.run(objective, eta=lambda: float(np.exp(search.rng.uniform(log_low, log_high))),
                                  deadline=recorder.deadline)
         decoded = []
         with torch.no_grad():

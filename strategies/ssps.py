@@ -59,11 +59,13 @@ class SequentialFixer:
         warmup: steps before the first fixing.
         interval: steps between fixings.
         threshold: least certainty for a decision to be fixed before the end.
+        log: the record of the fixings made so far, which this fixer appends to (default: a new one).
     """
 
-    def __init__(self, arch: ArchParams, *, steps: int, warmup: int, interval: int, threshold: float) -> None:
+    def __init__(self, arch: ArchParams, *, steps: int, warmup: int, interval: int, threshold: float,
+                 log: list[dict[str, Any]] | None = None) -> None:
         self.arch, self.steps, self.warmup, self.interval, self.threshold = arch, steps, warmup, interval, threshold
-        self.log: list[dict[str, Any]] = []
+        self.log: list[dict[str, Any]] = [] if log is None else log
 
     def __call__(self, step: int) -> None:
         """After ``step`` steps: at a fixing point, fix this interval's share of the undecided decisions."""
@@ -147,16 +149,21 @@ class SSPS(GradientStrategy):
         levels = list(self.levels) if self.levels else [space.budgets.get(metric)]
         recorder.plan(len(levels))
         logs = {}
-        for level in levels:
+        for index, level in enumerate(levels):
             if recorder.exhausted():
                 break
             limits = additive_limits(space, None if level is None else {metric: level})
             costs = {m: expected if m == metric else ExpectedCost(table, m) for m in limits}
+            checkpoint = self.checkpoint(recorder, f"search_{index}", seed=seed, level=level,
+                                         penalty_weight=self.penalty_weight, warmup=self.warmup, fixings=self.fixings,
+                                         threshold=self.threshold)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 arch = ArchParams(table)
-                search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name)
-                fixer = self._fixer(arch)
+                search = BilevelSearch(evaluator, arch, self.config, seed=seed, strategy=self.name,
+                                       checkpoint=checkpoint)
+                # the fixings so far live in the search's saved state, so that a resumed search continues them
+                fixer = self._fixer(arch, log=search.extra.setdefault("decisions", []))
                 summary = search.run(self._objective(costs, limits), after_step=fixer, deadline=recorder.deadline)
                 fixer.fix_remaining(search.step_count)
             candidate, info = decode(arch, limits)
@@ -166,11 +173,12 @@ class SSPS(GradientStrategy):
                 atomic_write_json(self.out_dir / DECISIONS_FILE, {"metric": metric, "levels": logs})
             score(candidate, {"level": level, **summary, **info, "decisions": fixer.log}, evaluator, recorder)
 
-    def _fixer(self, arch: ArchParams) -> SequentialFixer:
+    def _fixer(self, arch: ArchParams, *, log: list[dict[str, Any]]) -> SequentialFixer:
         steps = self.config.steps
         warmup = min(steps - 1, round(self.warmup * steps))
         interval = max(1, (steps - warmup) // self.fixings)
-        return SequentialFixer(arch, steps=steps, warmup=max(1, warmup), interval=interval, threshold=self.threshold)
+        return SequentialFixer(arch, steps=steps, warmup=max(1, warmup), interval=interval, threshold=self.threshold,
+                               log=log)
 
     def _objective(self, costs: dict[str, ExpectedCost], limits: dict[str, float]) -> Objective:
         """Cross-entropy plus a hinge per constrained metric."""

@@ -10,10 +10,12 @@ import torch
 from automq.cost import CostModel, cost_range
 from automq.errors import BudgetError
 from automq.strategies._archparams import ArchParams, DecisionTable
-from automq.strategies.differentiable import DNAS, Differentiable, repair
+from automq.strategies import differentiable
+from automq.strategies.differentiable import DNAS, BilevelSearch, Differentiable, repair
 from automq.search.strategy import Budget
 
 from _gradient_task import BROKEN_FORMAT, BROKEN_LAYER, GOOD_FORMAT, task_estimator, task_space
+from _interrupt import interrupted_and_resumed, outcome
 from _spaces import EVERY_DECISION, SpaceFactory
 
 SEARCH = {"steps": 50, "batch_size": 32}
@@ -107,6 +109,21 @@ def test_search_leaves_the_shared_supernet_alone_and_repeats_under_a_seed(estima
     assert first[0].info["final_arch_ce"] == second[0].info["final_arch_ce"]
     after = dict(estimator.supernet.named_parameters())
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("make, batches, steps_left", [
+    # two searches of 8 steps, two batches per step, stopped in the 4th step of the second: the first search
+    # resumes from its finished state, the second from its 3rd step
+    (lambda: DNAS(lambdas=(0.0, 1.0), steps=8, batch_size=32), 2 * 8 + 2 * 3 + 1, 8 - 3),
+    # one run of 10 steps, stopped in the 5th, whose eta draws continue from the saved generator
+    (lambda: Differentiable(sweep=6, steps=10, batch_size=32), 2 * 4 + 1, 10 - 4),
+])
+def test_an_interrupted_search_resumes_to_the_uninterrupted_trials(estimator, make, batches, steps_left, tmp_path,
+                                                                 monkeypatch) -> None:
+    whole, resumed, steps = interrupted_and_resumed(make, estimator, 6, differentiable, batches, tmp_path,
+                                                    monkeypatch, step=(BilevelSearch, "step"))
+    assert len(whole) >= 2 and [outcome(t) for t in resumed] == [outcome(t) for t in whole]
+    assert steps == steps_left  # continued, not started over
 
 
 def test_budgets_the_loss_cannot_express_are_user_errors(estimator) -> None:

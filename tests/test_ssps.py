@@ -9,10 +9,13 @@ import torch
 
 from automq.cost import cost_range
 from automq.strategies._archparams import ArchParams, DecisionTable
+from automq.strategies import differentiable
+from automq.strategies.differentiable import BilevelSearch
 from automq.strategies.ssps import DECISIONS_FILE, SSPS, SequentialFixer
 from automq.search.strategy import Budget
 
 from _gradient_task import BROKEN_FORMAT, BROKEN_LAYER, GOOD_FORMAT, task_estimator, task_space
+from _interrupt import interrupted_and_resumed, outcome
 
 STEPS = 50
 
@@ -71,6 +74,16 @@ def test_every_decision_is_fixed_once_in_logged_order(estimator, run, levels) ->
     written = json.loads((out / DECISIONS_FILE).read_text())
     assert written["metric"] == "bitops"
     assert [written["levels"][str(level)] for level in levels] == [t.info["decisions"] for t in trials]
+
+
+def test_an_interrupted_search_resumes_its_training_and_fixings(estimator, levels, tmp_path, monkeypatch) -> None:
+    # 20 steps of BilevelSearch, two batches each, fixings after steps 4, 7, 10, ...; stopped in the 13th step
+    make = lambda: SSPS(levels=levels[:1], fixings=5, steps=20, batch_size=32)  # noqa: E731
+    whole, resumed, steps = interrupted_and_resumed(make, estimator, 1, differentiable, 2 * 12 + 1, tmp_path, monkeypatch,
+                                                    step=(BilevelSearch, "step"))
+    fixed_at = {entry["step"] for entry in whole[0].info["decisions"]}
+    assert min(fixed_at) < 12 < max(fixed_at)  # fixings before the stop, and after it
+    assert [outcome(t) for t in resumed] == [outcome(t) for t in whole] and steps == 20 - 12
 
 
 def test_removed_choices_never_come_back() -> None:
