@@ -4,6 +4,7 @@ computing the same thing, ``search --option`` reaches the strategy's constructor
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -13,12 +14,12 @@ import torch
 import yaml
 
 from automq.cli import main, parse_option
-from automq.data import fixed_batches
+from automq.cost import CostModel
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.numerics.formats import format_names, get_format
 from automq.search.results import load_trials
 from automq.space.space import SearchSpace
-from automq.model.supernet import load_model, recalibrate_bn
+from automq.model.supernet import load_model
 from automq.oneshot.train import load_space_data, load_supernet
 
 from _spaces import SpaceFactory, tiny_space_data
@@ -30,6 +31,7 @@ SPACE_CHANGES = {
     "search": {"eval_size": 64, "calib_size": 32, "trials": 4},
 }
 UNIFORM_PAIRS = 4  # weights {int4, int8} x activations {int8, fp8_e4m3}
+EPS32 = torch.finfo(torch.float32).eps
 
 
 def run_cli(*argv: str | Path) -> int:
@@ -74,6 +76,38 @@ def limpq_search(space_file: Path, run_dir: Path, tmp_path_factory: pytest.TempP
 
 def run_options(search_dir: Path) -> dict:
     return json.loads((search_dir / "run.json").read_text())["options"]
+
+
+def bn_inputs(model: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """The float64 input of every batch norm of a copy of ``model`` in train mode on ``images``: what each BN
+    sees when its statistics are computed from ``images`` as one batch."""
+    model = copy.deepcopy(model).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    seen: list[torch.Tensor] = []
+    for bn in norms:
+        bn.register_forward_pre_hook(lambda module, args: seen.append(args[0].double()))
+    with torch.no_grad():
+        model(images)
+    return seen
+
+
+def one_shot_by_hand(run_dir: Path, space: SearchSpace, candidate) -> dict[str, float]:
+    """Accuracy and mean float64 cross-entropy of ``candidate`` extracted from the run's supernet (a static timm
+    model, not the supernet's elastic path), every BN's statistics taken by torch from the space's first
+    ``calib_size`` training images as one batch, scored on the first ``eval_size`` validation images: what the
+    one-shot estimate means. (Statistics computed here in float64 would differ from torch's float32 ones in the
+    last bit, which a fake-quantizer downstream can turn into a whole quantization step.)"""
+    data = load_space_data(space)
+    model = load_supernet(run_dir, space).extract(candidate)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: one batch gives exactly its statistics
+    images, labels = (t[: space.search.eval_size] for t in data.val.tensors)
+    with torch.no_grad():
+        model.train()(data.train.tensors[0][: space.search.calib_size])
+        logits = model.eval()(images).double()
+    return {"accuracy": (logits.argmax(1) == labels).double().mean().item(),
+            "loss": torch.nn.functional.cross_entropy(logits, labels).item()}
 
 
 # ------------------------------------------------------------------------------------------ formats, space
@@ -128,10 +162,15 @@ def test_estimate_prints_the_one_shot_estimate_of_each_candidate_form(run_dir, r
     trial = load_trials(random_search)[1]
     assert run_cli("estimate", run_dir, "largest", space.smallest().to_json(), f"{random_search}:1") == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    estimator = OneShotEstimator.from_run(run_dir)
-    expected = [{"candidate_id": c.id, **estimator.estimate(c)}
-                for c in (space.largest(), space.smallest(), trial.candidate)]
-    assert printed == expected
+    candidates = (space.largest(), space.smallest(), trial.candidate)
+    assert [p["candidate_id"] for p in printed] == [c.id for c in candidates]
+    for line, candidate in zip(printed, candidates):
+        expected = one_shot_by_hand(run_dir, space, candidate)
+        assert line["accuracy"] == expected["accuracy"]
+        # float32 cross-entropies (a log-sum-exp: a few eps of the logits' magnitude) summed over eval_size
+        # images, one rounding each, against float64 here
+        assert line["loss"] == pytest.approx(expected["loss"], rel=4 * space.search.eval_size * EPS32)
+        assert {k: line[k] for k in CostModel(space).metrics(candidate)} == CostModel(space).metrics(candidate)
     assert printed[2]["accuracy"] == trial.metrics["accuracy"]  # the search scored it with the same estimator
 
 
@@ -140,7 +179,8 @@ def test_estimate_can_fine_tune_each_candidate_first(run_dir, capsys) -> None:
     printed = json.loads(capsys.readouterr().out)
     estimator = OneShotEstimator.from_run(run_dir, finetune_images=64)
     assert printed == {"candidate_id": estimator.space.smallest().id, **estimator.estimate(estimator.space.smallest())}
-    assert set(printed) >= {"accuracy", "oneshot_accuracy"}
+    by_hand = one_shot_by_hand(run_dir, estimator.space, estimator.space.smallest())
+    assert printed["oneshot_accuracy"] == by_hand["accuracy"]
     assert run_cli("estimate", run_dir, "smallest", "--finetune-images", -1) == 2
     assert "--finetune-images must be at least 0 (0: one-shot only), got -1" in single_error_line(capsys)
 
@@ -156,12 +196,20 @@ def test_export_writes_the_extracted_candidate_with_recalibrated_bn(run_dir, tmp
     model, candidate = load_model(path)
     space = SearchSpace.from_file(run_dir / "space.yaml")
     assert candidate == space.smallest()
-    data = load_space_data(space)
-    reference = load_supernet(run_dir, space).extract(candidate)
-    recalibrate_bn(reference, fixed_batches(data.train, 64, 128))
-    images = torch.cat([x for x, _ in fixed_batches(data.val, 16, 16)])
-    with torch.no_grad():
-        torch.testing.assert_close(model(images), reference.eval()(images), rtol=0, atol=0)
+    # the weights are the supernet's for this candidate (extract itself is checked against timm in test_supernet)
+    weights = {k: v for k, v in load_supernet(run_dir, space).extract(candidate).state_dict().items()
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    # every BN holds the mean and unbiased variance of its input over the first 64 training images
+    calib = load_space_data(space).train.tensors[0][:64]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn, seen in zip(norms, bn_inputs(model, calib), strict=True):
+        mean, var = seen.mean(dim=(0, 2, 3)), seen.var(dim=(0, 2, 3), unbiased=True)
+        # torch accumulates the statistics in float64 on the CPU and stores them in float32 (eps/2 relative);
+        # the mean's rounding is relative to the spread it sits in, not to the mean, which may be near 0
+        torch.testing.assert_close(bn.running_var.double(), var, rtol=EPS32, atol=0)
+        spread = float((mean.abs() + var.sqrt()).max())
+        torch.testing.assert_close(bn.running_mean.double(), mean, rtol=0, atol=EPS32 * spread)
 
 
 # ---------------------------------------------------------------------------------------- search, report
