@@ -167,9 +167,9 @@ def test_limpq_traces_a_front_within_the_budget(space: SearchSpace, supernet: Su
         assert trial.metrics["bitops"] <= trial.info["budget"]["bitops"]
         assert trial.info["solver"] == "milp" and trial.info["solve_s"] < 1.0
     # the lowest level is the cheapest assignment there is
-    cheapest = FormatProblem.build(space, space.largest()).problem
+    assignment = FormatProblem.build(space, space.largest()).problem
     # per-layer BitOps summed in two orders: one float64 rounding per layer at most
-    assert bitops[0] == pytest.approx(cheapest.extreme_cost("bitops"), rel=len(cheapest.layers) * EPS64)
+    assert bitops[0] == pytest.approx(assignment.extreme_cost("bitops"), rel=len(assignment.layers) * EPS64)
 
 
 def test_infeasible_budget_fails_before_training(space: SearchSpace, supernet: Supernet, data: DataSplits,
