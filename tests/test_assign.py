@@ -44,8 +44,8 @@ def test_format_problem_costs_add_up_to_the_cost_model(space: SearchSpace, optio
         space.validate_candidate(candidate)
         assert candidate.blocks == arch.blocks and candidate.width_mult == arch.width_mult
         totals = model.metrics(candidate)
-        for metric, value in problem.cost(choice).items():
-            assert value == pytest.approx(totals[metric], rel=1e-12)
+        for metric, value in problem.cost(choice).items():  # per-layer sums in two orders: a rounding per layer
+            assert value == pytest.approx(totals[metric], rel=len(candidate.formats) * np.finfo(np.float64).eps)
     # highest precision first; "weights" keeps the activations at the menu's highest precision (int8: 8 bits,
     # first of the menu on the tie with fp8_e4m3)
     assert all(o[0] == ("int8", "int8") for o in problem.options)
