@@ -60,6 +60,7 @@ from automq.strategies._assign import (
     highest_precision,
     supernet_and_data,
 )
+from automq.strategies._checkpoint import PhaseCheckpoint
 from automq.strategies._solvers import MAX_PAIR_VARIABLES, Solution, solve_linear, solve_quadratic
 from automq.search.strategy import Evaluator, register_strategy
 from automq.model.supernet import recalibrate_bn
@@ -155,14 +156,39 @@ class _Runner:
         return x
 
 
+@dataclass
+class _Tally:
+    """The loss sums of a measurement in progress, and how far it got: ``batches`` finished, and in the batch
+    after them ``rows`` pair rows done (``-1``: its clean pass and singles not done yet)."""
+
+    single: np.ndarray
+    pair: np.ndarray
+    loss0: float = 0.0
+    images: int = 0
+    forwards: int = 0
+    batches: int = 0
+    rows: int = -1
+
+    def state(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "single": torch.from_numpy(self.single),
+                "pair": torch.from_numpy(self.pair)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _Tally:
+        return cls(**{**state, "single": state["single"].numpy(), "pair": state["pair"].numpy()})
+
+
 @torch.inference_mode()
 def measure_sensitivities(
-    supernet: Supernet, formats: FormatProblem, batches: Sequence[tuple[Tensor, Tensor]], *, pairs: bool = True
+    supernet: Supernet, formats: FormatProblem, batches: Sequence[tuple[Tensor, Tensor]], *, pairs: bool = True,
+    checkpoint: PhaseCheckpoint | None = None,
 ) -> Sensitivities:
     """``dL`` of every single option and (with ``pairs``) of every option pair of two layers, on ``batches``.
 
     Works on a copy of ``supernet`` at the reference assignment, with its BN statistics recomputed on ``batches``
-    and in eval mode, so that only the formats differ between evaluations.
+    and in eval mode, so that only the formats differ between evaluations. With ``checkpoint``, the loss sums (and
+    the quantizer scales the measurement initialised) are saved there at intervals, and the measurement continues
+    from the pair row it finds there.
     """
     start = time.perf_counter()
     problem = formats.problem
@@ -183,43 +209,75 @@ def measure_sensitivities(
 
     measured = [(a, b) for k, (a, name, *_) in enumerate(variants) for b, other, *_ in variants[k + 1:]
                 if pairs and other != name]
-    loss0, single, pair = 0.0, np.zeros(problem.size), np.zeros((problem.size, problem.size))
-    images = 0
-    for x, y in batches:
+    saved = checkpoint.load() if checkpoint is not None else None
+    tally = _Tally(np.zeros(problem.size), np.zeros((problem.size, problem.size)))
+    if saved is not None:
+        net.load_state_dict(saved["net"])
+        tally = _Tally.from_state(saved["tally"])
+        runner.forwards = tally.forwards
+
+    def save_due() -> None:
+        if checkpoint is not None:
+            tally.forwards = runner.forwards
+            checkpoint.save_due(lambda: {"net": net.state_dict(), "tally": tally.state()})
+
+    for x, y in batches[tally.batches:]:
         x, y = x.to(device), y.to(device)
         clean = runner.boundaries(x, 0)
-        loss0 += _loss_sum(clean[-1], y)
-        # Singles first, so that a quantizer scale the supernet never initialised is initialised from clean
-        # inputs, whatever the order of the pairs.
-        for a, name, w_fmt, a_fmt in variants:
-            use(name, w_fmt, a_fmt)
-            single[a] += _loss_sum(runner.logits(clean[unit_of[name]], unit_of[name]), y)
-            layers[name].set_active(base[name])
-        for k, (a, name, w_fmt, a_fmt) in enumerate(variants if pairs else ()):
-            use(name, w_fmt, a_fmt)
-            u = unit_of[name]
-            shifted = runner.boundaries(clean[u], u)  # the unit inputs downstream of layer `name` change
-            for b, other, w2, a2 in variants[k + 1:]:
-                if other == name:
-                    continue
-                use(other, w2, a2)
-                v = unit_of[other]
-                logits = runner.logits(clean[u], u) if v == u else runner.logits(shifted[v], v)
-                pair[a, b] += _loss_sum(logits, y)
-                layers[other].set_active(base[other])
-            layers[name].set_active(base[name])
-        images += len(y)
+        if tally.rows < 0:
+            tally.loss0 += _loss_sum(clean[-1], y)
+            # Singles first, so that a quantizer scale the supernet never initialised is initialised from clean
+            # inputs, whatever the order of the pairs.
+            for a, name, w_fmt, a_fmt in variants:
+                use(name, w_fmt, a_fmt)
+                tally.single[a] += _loss_sum(runner.logits(clean[unit_of[name]], unit_of[name]), y)
+                layers[name].set_active(base[name])
+            tally.rows = 0
+        else:  # resumed inside this batch: its clean pass is counted in the saved tally already
+            runner.forwards = tally.forwards
+        save_due()
+        for k in range(tally.rows, len(variants) if pairs else 0):
+            _pair_row(k, variants, x=clean[unit_of[variants[k][1]]], y=y, runner=runner, unit_of=unit_of, use=use,
+                      reset=lambda name: layers[name].set_active(base[name]), pair=tally.pair)
+            tally.rows = k + 1
+            save_due()
+        tally.images, tally.batches, tally.rows = tally.images + len(y), tally.batches + 1, -1
+        save_due()
+    if checkpoint is not None:
+        tally.forwards = runner.forwards
+        checkpoint.save({"net": net.state_dict(), "tally": tally.state()})
     index = np.array([a for a, *_ in variants], dtype=np.int64)
     d_single = np.zeros(problem.size)
-    d_single[index] = (single[index] - loss0) / images
-    interaction = np.zeros_like(pair)
+    d_single[index] = (tally.single[index] - tally.loss0) / tally.images
+    interaction = np.zeros_like(tally.pair)
     for a, b in measured:
-        interaction[a, b] = interaction[b, a] = (pair[a, b] - loss0) / images - d_single[a] - d_single[b]
+        d_pair = (tally.pair[a, b] - tally.loss0) / tally.images
+        interaction[a, b] = interaction[b, a] = d_pair - d_single[a] - d_single[b]
     seconds = time.perf_counter() - start
     evaluations = len(variants) + len(measured)
     logger.info("CLADO: %d loss evaluations on %d images in %.1f s (%d unit forwards of %d units)",
-                evaluations, images, seconds, runner.forwards, len(units))
-    return Sensitivities(d_single, interaction, evaluations, runner.forwards, len(units), images, seconds)
+                evaluations, tally.images, seconds, runner.forwards, len(units))
+    return Sensitivities(d_single, interaction, evaluations, runner.forwards, len(units), tally.images, seconds)
+
+
+def _pair_row(k: int, variants: Sequence[tuple[int, str, str, str]], *, x: Tensor, y: Tensor, runner: _Runner,
+              unit_of: Mapping[str, int], use: Callable[[str, str, str], None], reset: Callable[[str], None],
+              pair: np.ndarray) -> None:
+    """Add the loss sums of variant ``k`` paired with every later variant of another layer to ``pair``; ``x`` is
+    the clean input of variant ``k``'s unit."""
+    a, name, w_fmt, a_fmt = variants[k]
+    use(name, w_fmt, a_fmt)
+    u = unit_of[name]
+    shifted = runner.boundaries(x, u)  # the unit inputs downstream of layer `name` change
+    for b, other, w2, a2 in variants[k + 1:]:
+        if other == name:
+            continue
+        use(other, w2, a2)
+        v = unit_of[other]
+        logits = runner.logits(x, u) if v == u else runner.logits(shifted[v], v)
+        pair[a, b] += _loss_sum(logits, y)
+        reset(other)
+    reset(name)
 
 
 def _flat_options(formats: FormatProblem) -> list[tuple[str, tuple[str, str]]]:
@@ -258,7 +316,10 @@ class CLADO(FormatAssignmentStrategy):
                 state_dir: Path | None = None) -> tuple[Solver, dict[str, Any]]:
         supernet, data = supernet_and_data(evaluator, self.name)
         batches = fixed_batches(data.train, self.calib_images, self.batch_size)
-        sensitivities = measure_sensitivities(supernet, formats, batches, pairs=self.cross_layer)
+        checkpoint = PhaseCheckpoint(state_dir, f"{self.name}_sensitivities", {
+            "arch": formats.arch.id, "options": self.options, "calib_images": self.calib_images,
+            "batch_size": self.batch_size})
+        sensitivities = measure_sensitivities(supernet, formats, batches, pairs=self.cross_layer, checkpoint=checkpoint)
         gram = nearest_psd(sensitivities.matrix())
         problem = formats.problem
 

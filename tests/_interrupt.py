@@ -35,6 +35,20 @@ def interrupted_after(batches: int, source: Callable[..., Iterator[Any]]) -> Cal
     return interrupted
 
 
+class Calls:
+    """``function`` that counts its calls (``count``) and, with ``stop``, raises ``KeyboardInterrupt`` instead of
+    making call number ``stop + 1``."""
+
+    def __init__(self, function: Callable[..., Any], stop: int | None = None) -> None:
+        self.function, self.stop, self.count = function, stop, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.count == self.stop:
+            raise KeyboardInterrupt
+        self.count += 1
+        return self.function(*args, **kwargs)
+
+
 def interrupted_and_resumed(make: Callable[[], Strategy], evaluator: Evaluator, trials: int, module: ModuleType,
                             batches: int, folder: Path, monkeypatch: pytest.MonkeyPatch, *,
                             step: tuple[type, str]) -> tuple[list[Trial], list[Trial], int]:
@@ -55,16 +69,11 @@ def interrupted_and_resumed(make: Callable[[], Strategy], evaluator: Evaluator, 
         with pytest.raises(KeyboardInterrupt):
             search("resumed")
     owner, name = step
-    original, calls = getattr(owner, name), itertools.count()
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        next(calls)
-        return original(*args, **kwargs)
-
+    calls = Calls(getattr(owner, name))
     with monkeypatch.context() as patch:
-        patch.setattr(owner, name, counted)
+        patch.setattr(owner, name, lambda *args, **kwargs: calls(*args, **kwargs))  # a method: bind self
         search("resumed", resume=True)
-    return load_trials(folder / "whole"), load_trials(folder / "resumed"), next(calls)
+    return load_trials(folder / "whole"), load_trials(folder / "resumed"), calls.count
 
 
 def outcome(trial: Trial) -> tuple[Any, ...]:

@@ -4,16 +4,21 @@ the authors' code fails), and both variants trace fronts of valid candidates wit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import automq.strategies._checkpoint
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.space.space import SearchSpace
+from automq.strategies import clado
 from automq.strategies._assign import FormatProblem
+from automq.strategies._checkpoint import PhaseCheckpoint
 from automq.strategies._solvers import AssignmentProblem, solve_quadratic
 from automq.strategies.clado import (
     CLADO,
@@ -28,6 +33,7 @@ from automq.search.strategy import Budget, create_strategy
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.train import load_space_data
 
+from _interrupt import Calls
 from _spaces import DS_STAGE, IR_STAGE, SpaceFactory
 
 SPACE_CHANGES = {
@@ -147,6 +153,37 @@ def test_cached_measurement_equals_full_forward_passes(
     same_layer = sum((len(o) - 1) * (len(o) - 2) // 2 for o in problem.options)
     assert measured.evaluations == n + n * (n - 1) // 2 - same_layer
     assert measured.unit_forwards < measured.evaluations * measured.units  # the caching saves work
+
+
+@pytest.mark.parametrize("stop", [0.3, 0.5, 0.6, 0.9])  # share of the loss evaluations made before the stop
+def test_an_interrupted_measurement_resumes_to_the_uninterrupted_sensitivities(
+    supernet: Supernet, data: DataSplits, joint: tuple[FormatProblem, Sensitivities], stop: float, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    formats, whole = joint
+    batches = fixed_batches(data.train, CALIB, 32)
+    per_batch = 1 + whole.evaluations  # loss sums of a batch: its clean loss, then every single and pair
+    total, variants = len(batches) * per_batch, problem_variants(formats)
+    monkeypatch.setattr(automq.strategies._checkpoint, "CHECKPOINT_EVERY_S", 0.0)
+    checkpoint = PhaseCheckpoint(tmp_path, "clado", {})
+    stopped = Calls(clado._loss_sum, stop=round(stop * total))
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(clado, "_loss_sum", stopped)
+        measure_sensitivities(supernet, formats, batches, checkpoint=checkpoint)
+    resumed_calls = Calls(clado._loss_sum)
+    with monkeypatch.context() as patch:
+        patch.setattr(clado, "_loss_sum", resumed_calls)
+        resumed = measure_sensitivities(supernet, formats, batches, checkpoint=PhaseCheckpoint(tmp_path, "clado", {}))
+    np.testing.assert_array_equal(resumed.single, whole.single)  # the same sums in the same order: exact
+    np.testing.assert_array_equal(resumed.interaction, whole.interaction)
+    assert {**resumed.summary(), "measure_s": 0} == {**whole.summary(), "measure_s": 0}
+    # continued from the last finished pair row (or batch, when stopped in its singles), not started over
+    assert resumed_calls.count <= total - stopped.count + 1 + variants
+
+
+def problem_variants(formats: FormatProblem) -> int:
+    """The non-reference options: the singles of one batch."""
+    return formats.problem.size - len(formats.problem.layers)
 
 
 def test_no_budget_keeps_the_highest_precision(joint: tuple[FormatProblem, Sensitivities]) -> None:

@@ -2,6 +2,7 @@
 decision exactly once and never revives a removed choice, and logs the order of its decisions."""
 
 import dataclasses
+import functools
 import json
 
 import pytest
@@ -77,10 +78,10 @@ def test_every_decision_is_fixed_once_in_logged_order(estimator, run, levels) ->
 
 
 def test_an_interrupted_search_resumes_its_training_and_fixings(estimator, levels, tmp_path, monkeypatch) -> None:
-    # 20 steps of BilevelSearch, two batches each, fixings after steps 4, 7, 10, ...; stopped in the 13th step
-    make = lambda: SSPS(levels=levels[:1], fixings=5, steps=20, batch_size=32)  # noqa: E731
-    whole, resumed, steps = interrupted_and_resumed(make, estimator, 1, differentiable, 2 * 12 + 1, tmp_path, monkeypatch,
-                                                    step=(BilevelSearch, "step"))
+    # 20 steps of BilevelSearch, two batches each, fixing points after steps 4, 7, 10, ...; stopped in the 13th step
+    make = functools.partial(SSPS, levels=levels[:1], fixings=5, steps=20, batch_size=32)
+    whole, resumed, steps = interrupted_and_resumed(make, estimator, 1, differentiable, 2 * 12 + 1, tmp_path,
+                                                    monkeypatch, step=(BilevelSearch, "step"))
     fixed_at = {entry["step"] for entry in whole[0].info["decisions"]}
     assert min(fixed_at) < 12 < max(fixed_at)  # fixings before the stop, and after it
     assert [outcome(t) for t in resumed] == [outcome(t) for t in whole] and steps == 20 - 12
