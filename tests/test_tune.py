@@ -2,7 +2,10 @@ import hashlib
 import json
 import math
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -323,11 +326,159 @@ def test_local_failures_are_retried_then_recorded(tiny, tmp_path):
     assert_failures_recorded(trials, max_failures=2)
 
 
+# ------------------------------------------------------------------------------------- an existing cluster
+# What README's "On a Ray cluster" section tells a user to do, run as written: `ray start` processes and the
+# `automq search --address` command, with the one-shot estimator of a tiny trained supernet.
+CLUSTER_SPACE_CHANGES = {
+    "dataset": {"input_size": 64, "val_size": 512},
+    "training": {"epochs": 1, "batch_size": 32, "num_random": 1, "train_size": 64},
+    "search": {"eval_size": 512, "calib_size": 32},
+}
+RAY_ENV_SETTINGS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_TMPDIR")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def automq_command(*argv, env, timeout):
+    """Run the `automq` command in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "automq.cli", *map(str, argv)], env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def supernet_run(tiny_space, tmp_path_factory):
+    """(space file, train-supernet run folder) of a tiny supernet trained for one epoch."""
+    from automq.cli import main
+
+    folder = tmp_path_factory.mktemp("supernet")
+    space_file = Path(tiny_space(CLUSTER_SPACE_CHANGES, folder=folder).source)
+    assert main(["train-supernet", str(space_file), "--out", str(folder / "run")]) == 0
+    return space_file, folder / "run"
+
+
+def ray_command(*argv):
+    return [Path(sys.executable).parent / "ray", *argv]
+
+
+@pytest.fixture
+def user_env(tmp_path):
+    """The environment of a user who has set no Ray variable and made a token with `ray get-auth-token
+    --generate`, in a temporary HOME (so the real ~/.ray is untouched)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in RAY_ENV_SETTINGS}
+    env = {**env, "HOME": str(home), "OMP_NUM_THREADS": "1"}
+    subprocess.run(ray_command("get-auth-token", "--generate"), env=env, check=True, capture_output=True)
+    assert (home / ".ray" / "auth_token").is_file()
+    return env
+
+
+def start_ray_node(arguments, env, log):
+    """`ray start ... --block` of one node, in its own session so that its PID names all its processes."""
+    return subprocess.Popen(ray_command("start", *arguments, "--num-cpus", "1", "--disable-usage-stats", "--block"),
+                            env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_until_running(process, log):
+    deadline = time.monotonic() + 120
+    while "Ray runtime started" not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def stop_ray_node(process):
+    """SIGTERM to the `ray start --block` process stops its node's processes; SIGKILL whatever of its process
+    group is left after a minute."""
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the whole group is gone
+    process.wait()
+
+
+@pytest.fixture
+def started_cluster(user_env, tmp_path):
+    """A head started with `ray start --head --port PORT` and a second node joining it as README says, one CPU
+    each, in a short temp dir (Ray's unix sockets need short paths); yields the address. Both nodes are stopped
+    by their PIDs, and the temp dir removed, whether the test passes or not."""
+    temp_dir = tempfile.mkdtemp(prefix="amq-ray-")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    head_log, node_log = tmp_path / "head.log", tmp_path / "node.log"
+    nodes = []
+    try:
+        nodes.append(start_ray_node(["--head", "--port", str(port), "--temp-dir", temp_dir, "--include-dashboard",
+                                     "false"], user_env, head_log))
+        wait_until_running(nodes[-1], head_log)
+        assert "Token authentication is enabled" in head_log.read_text()  # it found the user's token
+        # Ray 2.60's `ray start --address` joins with authentication off unless told
+        nodes.append(start_ray_node(["--address", address, "--temp-dir", temp_dir],
+                                    {**user_env, "RAY_AUTH_MODE": "token"}, node_log))
+        wait_until_running(nodes[-1], node_log)
+        yield address
+    finally:
+        for node in reversed(nodes):
+            stop_ray_node(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_search_on_a_cluster_started_as_the_readme_says(started_cluster, supernet_run, user_env, tmp_path):
+    space_file, run = supernet_run
+    out = tmp_path / "search"
+    finished = automq_command("search", space_file, "--supernet", run, "--strategy", "tune", "--address",
+                              started_cluster, "--workers", 2, "--option", "batch_size=2", "--trials", 12,
+                              "--out", out, env=user_env, timeout=400)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    trials = load_trials(out)
+    assert [t.status for t in trials] == ["ok"] * 12
+    assert all(0 <= t.metrics["accuracy"] <= 1 for t in trials)  # measured by the one-shot estimator
+    placement = [(t.worker, t.info["tune_trial"], t.wall_s) for t in trials]
+    assert len({t.info["node_id"] for t in trials}) == 2, placement  # the head and the second node evaluated
+
+    # the same head refuses a wrong token: one line that says where the token belongs, no traceback
+    wrong = automq_command("search", space_file, "--supernet", run, "--strategy", "tune", "--address",
+                           started_cluster, "--trials", 1, "--out", tmp_path / "refused",
+                           env={**user_env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}, timeout=120)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    last_line = wrong.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"automq: error: the Ray cluster at {started_cluster} rejected this machine's "
+                                "authentication token: put the head node's ~/.ray/auth_token"), wrong.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("address", "message"), [
+    ("127.0.0.1:{port}", "cannot reach a Ray cluster at 127.0.0.1:{port} (Connection refused): check that "
+                         "`ray start --head --port {port}` runs on 127.0.0.1"),
+    ("{port}", "--address '{port}': expected auto, HOST:PORT or ray://HOST:PORT"),
+])
+def test_a_cluster_that_cannot_be_reached_is_one_error_line_at_once(address, message, supernet_run, user_env,
+                                                                     tmp_path):
+    port = free_port()  # nobody listens there
+    space_file, run = supernet_run
+    start = time.monotonic()
+    finished = automq_command("search", space_file, "--supernet", run, "--strategy", "tune", "--address",
+                              address.format(port=port), "--trials", 1, "--out", tmp_path / "search", env=user_env,
+                              timeout=120)
+    assert time.monotonic() - start < 60  # Ray alone retries an unreachable head for minutes
+    assert finished.returncode == 2
+    assert finished.stderr.startswith("automq: error: ") and finished.stderr.count("\n") == 1, finished.stderr
+    assert message.format(port=port) in finished.stderr
+
+
 # ------------------------------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """A two-node Ray cluster of one CPU each on this machine; its files stay in a pytest folder."""
-    ray = pytest.importorskip("ray")
+    import ray
     from ray.cluster_utils import Cluster
 
     folder = tmp_path_factory.mktemp("ray")
