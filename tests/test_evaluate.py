@@ -1,5 +1,6 @@
 """The one-shot estimator equals an independent computation on the extracted model, recalibrates BN on train
-images, scores on val images only, is deterministic and cached; the stand-alone path trains reproducibly."""
+images, scores on val images only, is deterministic, cached and the same for any torch thread count; every accuracy
+carries the per-image correctness behind it and its standard errors; the stand-alone path trains reproducibly."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches
-from automq.errors import CandidateError, CheckpointError
-from automq.oneshot.evaluate import OneShotEstimator, train_standalone
+from automq.errors import CandidateError, CheckpointError, DataError
+from automq.oneshot.evaluate import CALIBRATION_THREADS, ESTIMATOR_THREADS, OneShotEstimator, train_standalone
 from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.train import load_space_data, load_supernet, train_supernet
@@ -194,27 +196,96 @@ def test_finetune_images_scores_the_fine_tuned_candidate_and_keeps_the_one_shot_
     reference = OneShotEstimator(space, load_supernet(run_dir, space), data, **SIZES).finetuned(
         candidate, train=torch.utils.data.Subset(data.train, range(96)), seed=space.seed)
     assert tuned == {**plain, "oneshot_accuracy": plain["accuracy"], "oneshot_loss": plain["loss"],
-                     "accuracy": reference["accuracy"], "loss": reference["loss"]}
+                     "accuracy": reference["accuracy"], "accuracy_se": reference["accuracy_se"],
+                     "loss": reference["loss"]}
     assert tuned["accuracy"] != plain["accuracy"]
     with pytest.raises(ValueError, match="finetune_images must be >= 0"):
         OneShotEstimator(space, supernet, data, finetune_images=-1, **SIZES)
 
 
-def test_estimates_run_on_one_torch_thread_unless_told_otherwise(space, data, supernet) -> None:
-    seen = []
-    supernet.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+def test_validation_runs_on_the_estimators_threads_and_recalibration_on_one(space, data, supernet) -> None:
+    seen = []  # (train mode?, torch threads) of every forward
+    supernet.register_forward_hook(lambda module, *_: seen.append((module.training, torch.get_num_threads())))
     caller = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        OneShotEstimator(space, supernet, data, **SIZES)(space.smallest())
-        assert set(seen) == {1} and torch.get_num_threads() == 2  # pinned while estimating, then restored
-        seen.clear()
-        OneShotEstimator(space, supernet, data, threads=None, **SIZES)(space.smallest())
-        assert set(seen) == {2}
-        seen.clear()
-        OneShotEstimator(space, supernet, data, threads=3, **SIZES)(space.smallest())
-        assert set(seen) == {3} and torch.get_num_threads() == 2
+        for threads, validation in ((ESTIMATOR_THREADS, 1), (None, 2), (3, 3)):
+            seen.clear()
+            OneShotEstimator(space, supernet, data, threads=threads, **SIZES)(space.smallest())
+            assert set(seen) == {(True, CALIBRATION_THREADS), (False, validation)}
+            assert torch.get_num_threads() == 2  # the caller's count is restored
     finally:
         torch.set_num_threads(caller)
     with pytest.raises(ValueError, match="threads must be at least 1"):
         OneShotEstimator(space, supernet, data, threads=0, **SIZES)
+
+
+def test_an_estimate_is_identical_under_one_and_two_torch_threads(space, data, run_dir) -> None:
+    # threads=None: the caller's count reaches the estimate. Fashion-MNIST's padded images have channels-last
+    # strides (channel stride 1), so the convolutions return channels-last tensors, whose BN batch statistics
+    # torch sums in a thread-dependent order (issue 16: 0.4 points). The images here get that layout; batches of
+    # 512 put every batch norm's input above torch's grain size of 32768 elements.
+    data = dataclasses.replace(data, train=_fashion_layout(data.train), val=_fashion_layout(data.val))
+    sizes = {**SIZES, "calib_images": 512, "batch_size": 512}
+    caller = torch.get_num_threads()
+    rng = np.random.default_rng(11)
+    chosen = [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(4))]
+    scores = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            estimator = OneShotEstimator(space, load_supernet(run_dir, space), data, threads=None, **sizes)
+            scores[count] = [(estimator(c), estimator.correctness(c), _bn_buffers(estimator.supernet))
+                             for c in chosen]
+    finally:
+        torch.set_num_threads(caller)
+    for one, two in zip(scores[1], scores[2]):
+        assert one[0] == two[0] and one[1] == two[1]
+        assert all(torch.equal(a, b) for a, b in zip(one[2], two[2]))
+
+
+def _fashion_layout(dataset: TensorDataset) -> TensorDataset:
+    images, labels = dataset.tensors
+    height, width = images.shape[-2:]
+    return TensorDataset(torch.empty_strided(images.shape, (height * width, 1, width, 1)).copy_(images), labels)
+
+
+def _bn_buffers(supernet: Supernet) -> list[torch.Tensor]:
+    return [t.clone() for m in supernet.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for t in (m.running_mean, m.running_var)]
+
+
+def test_every_accuracy_carries_its_per_image_correctness_and_binomial_error(space, data, supernet) -> None:
+    estimator = OneShotEstimator(space, supernet, data, **SIZES)
+    a, b = candidates(space)[2:]
+    outcomes = {}
+    for candidate in (a, b):
+        model = supernet.extract(candidate)
+        recalibrate_bn(model, fixed_batches(data.train, 64, 32))
+        images, labels = data.val.tensors
+        with torch.no_grad():
+            outcomes[candidate.id] = (model.eval()(images).argmax(1) == labels).numpy()
+    for images in (120, 200, 37):  # the search's resolution, the whole split, any prefix
+        for candidate in (a, b):
+            right = outcomes[candidate.id][:images]
+            estimate = estimator.estimate(candidate, images=images)
+            p = right.mean()
+            assert estimate["accuracy"] == p and estimate["accuracy_images"] == images
+            assert abs(estimate["accuracy_se"] - np.sqrt(p * (1 - p) / images)) < 1e-12
+            np.testing.assert_array_equal(estimator.correctness(candidate, images=images).bools(), right)
+        difference = estimator.paired_difference(a, b, images=images)
+        per_image = outcomes[a.id][:images].astype(float) - outcomes[b.id][:images]
+        assert abs(difference.value - per_image.mean()) < 1e-12
+        assert abs(difference.se - stats.sem(per_image, ddof=0)) < 1e-12
+    assert estimator(a) == estimator.estimate(a, images=120)  # the default is the search's resolution
+    with pytest.raises(DataError, match="images=201 is out of range: the validation split holds 200"):
+        estimator.estimate(a, images=201)
+
+
+def test_from_run_refuses_a_space_that_holds_out_other_validation_images(run_dir, space, tiny_space,
+                                                                         tmp_path) -> None:
+    other = tiny_space(SPACE_CHANGES, {"dataset": {"val_size": 300}}, folder=tmp_path)
+    with pytest.raises(DataError, match="val_size=300 .* trained with val_size=200"):
+        OneShotEstimator.from_run(run_dir, space=other)
+    same_split = tiny_space(SPACE_CHANGES, {"search": {"eval_size": 60}}, folder=tmp_path)
+    assert OneShotEstimator.from_run(run_dir, space=same_split).val_images == 60

@@ -7,6 +7,19 @@ of the validation split. The test split is never touched: it is for final report
 trains a candidate alone with the same recipe; comparing the two measures how far the estimate can be trusted.
 Between the two, ``finetune_images`` scores each candidate after a short fine-tune from the shared weights, which
 ranks candidates better than the plain estimate for a little more time.
+
+Every score keeps which images were classified right (:class:`~automq.oneshot.paired.Correctness`), so an accuracy
+carries its binomial standard error (``accuracy_se``) and two candidates scored on the same images get the paired
+standard error of their difference (:meth:`OneShotEstimator.paired_difference`). A search scores on the first
+``search.eval_size`` images; ``estimate(candidate, images=N)`` re-scores on the first N (up to the whole split),
+which is how the search's front is refined (:mod:`automq.search.refine`).
+
+An estimate does not depend on the torch thread count. The one computation whose summation order changed with
+the thread count is the batch statistics of BN recalibration (the convolutions return channels-last tensors,
+whose per-channel sums torch splits between threads); a BN mean moved by 1e-4 flips the fake-quantized values
+that sit on a rounding boundary, and that moved accuracies by 0.2-0.4 points. Recalibration therefore always runs
+on :data:`CALIBRATION_THREADS`; the eval-mode forward, whose outputs are bit-identical for any thread count
+(measured, and checked by the tests), runs on ``threads``.
 """
 
 from __future__ import annotations
@@ -16,18 +29,21 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches, head, make_loader
+from automq.errors import DataError
 from automq.numerics.quant import scales_restored
 from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
+from automq.oneshot.paired import Correctness, Difference, paired_difference
 from automq.oneshot.train import (
     EVAL_BATCH_SIZE,
     SPACE_FILE,
@@ -38,13 +54,15 @@ from automq.oneshot.train import (
     load_space_data,
     load_supernet,
     run_epoch,
-    validate,
 )
 
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
 
-__all__ = ["ESTIMATOR_THREADS", "OneShotEstimator", "torch_threads", "train_standalone"]
+__all__ = [
+    "CALIBRATION_THREADS", "ESTIMATOR_THREADS", "OneShotEstimator", "Score", "score_model", "torch_threads",
+    "train_standalone",
+]  # fmt: skip
 
 CALIB_BATCH_SIZE = 256
 ESTIMATOR_THREADS = 1
@@ -53,6 +71,9 @@ a second thread made it 1.4x faster on an idle 2-core machine, but 40x slower ne
 and two 2-thread estimator processes scored 33x fewer candidates per minute than two 1-thread ones (OpenMP
 threads spin waiting for a core; ``experiments/results/bench_estimator.md``). Parallel searches run estimates in
 parallel processes instead (Ray Tune workers)."""
+CALIBRATION_THREADS = 1
+"""Torch threads of BN recalibration, whatever the estimator's ``threads``: the batch statistics are the one
+thread-count-dependent sum of an estimate (see the module docstring), so they are always summed in one order."""
 
 
 @contextmanager
@@ -76,28 +97,67 @@ def _check_threads(count: int | None) -> None:
         raise ValueError(f"threads must be at least 1 (or None to keep torch's setting), got {count}")
 
 
+class Score(NamedTuple):
+    """One scoring of a model: mean cross-entropy and which images it classified right."""
+
+    loss: float
+    correctness: Correctness
+
+    def metrics(self) -> dict[str, float]:
+        """``{accuracy, accuracy_se, accuracy_images, loss}``, as a trial records them."""
+        c = self.correctness
+        return {"accuracy": c.accuracy, "accuracy_se": c.se, "accuracy_images": c.images, "loss": self.loss}
+
+
+def score_model(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> Score:
+    """Per-image correctness and mean cross-entropy of ``model`` in eval mode over ``batches``.
+
+    Per-image losses are summed in float64 in image order, so the mean does not depend on how torch splits a
+    batch's reduction between threads.
+    """
+    was_training = model.training
+    model.eval()
+    correct, losses = [], []
+    try:
+        with torch.no_grad():
+            for images, labels in batches:
+                logits = model(images)
+                correct.append((logits.argmax(dim=1) == labels).numpy())
+                losses.append(F.cross_entropy(logits, labels, reduction="none").numpy().astype(np.float64))
+    finally:
+        model.train(was_training)
+    if not correct:
+        raise DataError("no validation images to score on: the validation split is empty")
+    per_image = np.concatenate(losses)
+    return Score(float(per_image.sum() / len(per_image)), Correctness.from_bools(np.concatenate(correct)))
+
+
 class OneShotEstimator:
-    """Accuracy, loss and analytic costs of candidates from one trained supernet, cached by candidate id.
+    """Accuracy (with its standard error), loss and analytic costs of candidates from one trained supernet.
+
+    Scores are cached by candidate id and image count, with the per-image correctness behind each accuracy.
 
     Args:
         space: the search space (candidates are validated against it; costs come from its :class:`CostModel`).
         supernet: the trained supernet of ``space``; the estimator changes its active candidate and BN buffers.
         data: the space's data splits; calibration uses ``data.train``, scoring ``data.val``.
         calib_images: BN-recalibration images, the first of the train split (default: ``search.calib_size``).
-        val_images: validation images, the first of the val split (default: ``search.eval_size``; ``None`` in
-            the space means all of them).
+        val_images: validation images of a search-time estimate, the first of the val split (default:
+            ``search.eval_size``; ``None`` in the space means all of them). ``estimate(images=...)`` uses more.
         batch_size: calibration batch size; larger batches give better per-batch BN estimates.
         eval_batch_size: validation batch size (only speed depends on it).
-        cache: remember results by candidate id (estimates are deterministic, so this only saves time).
+        cache: remember scores by candidate id and image count (estimates are deterministic, so this only saves
+            time, and it keeps the per-image correctness that :meth:`paired_difference` compares).
         finetune_images: when above 0, ``accuracy`` and ``loss`` are those of the candidate fine-tuned from the
             shared weights on the first ``finetune_images`` training images (one epoch, :meth:`finetuned`), and the
             one-shot values are kept as ``oneshot_accuracy`` and ``oneshot_loss``. ``None``: the space's
             ``search.finetune_images``. Four steps of 128 images lifted the fidelity study's Kendall tau from 0.25
             to 0.46 with a supernet trained by the sandwich rule, but not with the default recipe's supernet (0.69
             against 0.76), for 2x the time of a one-shot estimate.
-        threads: torch intra-op threads while an estimate runs (the caller's count is restored afterwards);
-            ``None`` uses whatever torch is set to. The default of one thread is the fastest way to share
-            cores between processes (see :data:`ESTIMATOR_THREADS`); raise it for one process on an idle machine.
+        threads: torch intra-op threads of the validation forward (the caller's count is restored afterwards);
+            ``None`` uses whatever torch is set to. Estimates are the same for any count (BN recalibration always
+            runs on :data:`CALIBRATION_THREADS`); the default of one thread is the fastest way to share cores
+            between processes (see :data:`ESTIMATOR_THREADS`); raise it for one process on an idle machine.
     """
 
     def __init__(
@@ -121,10 +181,13 @@ class OneShotEstimator:
         self.finetune_train = head(data.train, self.finetune_images)
         self.space, self.supernet, self.data, self.threads = space, supernet, data, threads
         self.cost_model = CostModel(space)
-        self.val_images = min(val_images or space.search.eval_size or len(data.val), len(data.val))
+        self.max_images = len(data.val)
+        self.val_images = min(val_images or space.search.eval_size or self.max_images, self.max_images)
+        self.eval_batch_size = eval_batch_size
         self.calib = fixed_batches(data.train, calib_images or space.search.calib_size, batch_size)
-        self.val = fixed_batches(data.val, self.val_images, eval_batch_size)
-        self._cache: dict[str, dict[str, float]] | None = {} if cache else None
+        self.val = self._batches(self.val_images)
+        self.cache = cache
+        self._scores: dict[tuple[str, int], tuple[dict[str, float], Correctness]] = {}
 
     @classmethod
     def from_run(
@@ -135,34 +198,70 @@ class OneShotEstimator:
         data_root: str | Path | None = None,
         **kwargs: Any,
     ) -> OneShotEstimator:
-        """The estimator of a training run folder: its ``supernet.pt`` and (unless given) its ``space.yaml``."""
+        """The estimator of a training run folder: its ``supernet.pt`` and (unless given) its ``space.yaml``.
+
+        A given ``space`` must hold out the same validation images as the run's (``dataset.val_size`` and
+        ``seed``); otherwise some validation images would be images the supernet was trained on.
+        """
         run_dir = Path(run_dir)
         space = space or SearchSpace.from_file(run_dir / SPACE_FILE)
         supernet = load_supernet(run_dir, space)
+        _check_same_split(run_dir / SPACE_FILE, space)
         return cls(space, supernet, load_space_data(space, root=data_root), **kwargs)
 
     def costs(self, candidate: Candidate) -> dict[str, float]:
         """The analytic costs of ``candidate``, keyed by the metric names of space files."""
         return self.cost_model.metrics(candidate)
 
-    def estimate(self, candidate: Candidate) -> dict[str, float]:
-        """``{accuracy, loss, <cost metrics>}`` of ``candidate`` with the supernet's shared weights."""
-        if self._cache is not None and candidate.id in self._cache:
-            return dict(self._cache[candidate.id])
-        self.space.validate_candidate(candidate)
-        with deterministic(), torch_threads(self.threads), scales_restored(self.supernet):
-            self.supernet.set_active(candidate)
-            recalibrate_bn(self.supernet, self.calib)
-            result = {**validate(self.supernet, self.val), **self.costs(candidate)}
-        if self.finetune_images:
-            tuned = self.finetuned(candidate, train=self.finetune_train, seed=self.space.seed)
-            result |= {"oneshot_accuracy": result["accuracy"], "oneshot_loss": result["loss"],
-                       "accuracy": tuned["accuracy"], "loss": tuned["loss"]}
-        if self._cache is not None:
-            self._cache[candidate.id] = result
-        return dict(result)
+    def estimate(self, candidate: Candidate, *, images: int | None = None) -> dict[str, float]:
+        """``{accuracy, accuracy_se, accuracy_images, loss, <cost metrics>}`` of ``candidate`` with the supernet's
+        shared weights, scored on the first ``images`` validation images (default: :attr:`val_images`)."""
+        return dict(self._score(candidate, images)[0])
 
     __call__ = estimate
+
+    def correctness(self, candidate: Candidate, *, images: int | None = None) -> Correctness:
+        """Which of the first ``images`` validation images ``candidate`` classifies right (scored if need be)."""
+        return self._score(candidate, images)[1]
+
+    def paired_difference(self, a: Candidate, b: Candidate, *, images: int | None = None) -> Difference:
+        """``accuracy(a) - accuracy(b)`` on the same images, with its paired standard error."""
+        return paired_difference(self.correctness(a, images=images), self.correctness(b, images=images))
+
+    def _score(self, candidate: Candidate, images: int | None) -> tuple[dict[str, float], Correctness]:
+        images = self._image_count(images)
+        key = (candidate.id, images)
+        if self.cache and key in self._scores:
+            return self._scores[key]
+        self.space.validate_candidate(candidate)
+        with deterministic(), scales_restored(self.supernet):
+            self.supernet.set_active(candidate)
+            with torch_threads(CALIBRATION_THREADS):
+                recalibrate_bn(self.supernet, self.calib)
+            batches = self.val if images == self.val_images else self._batches(images)
+            with torch_threads(self.threads):
+                score = score_model(self.supernet, batches)
+        metrics, correctness = score.metrics(), score.correctness
+        if self.finetune_images:
+            tuned, correctness = self._finetuned(candidate, self.finetune_train, epochs=1, seed=self.space.seed,
+                                                 images=images)
+            metrics = {**Score(tuned["loss"], correctness).metrics(), "oneshot_accuracy": metrics["accuracy"],
+                       "oneshot_loss": metrics["loss"]}
+        result = ({**metrics, **self.costs(candidate)}, correctness)
+        if self.cache:
+            self._scores[key] = result
+        return result
+
+    def _image_count(self, images: int | None) -> int:
+        if images is None:
+            return self.val_images
+        if not 1 <= images <= self.max_images:
+            raise DataError(f"images={images} is out of range: the validation split holds {self.max_images} "
+                            f"images; score on 1..{self.max_images}")
+        return images
+
+    def _batches(self, images: int) -> list[tuple[Tensor, Tensor]]:
+        return fixed_batches(self.data.val, images, self.eval_batch_size)
 
     def finetuned(self, candidate: Candidate, *, train: Dataset | None = None, epochs: int = 1,
                   seed: int = 0) -> dict[str, Any]:
@@ -173,23 +272,43 @@ class OneShotEstimator:
         Slower than :meth:`estimate` by the training. A few steps ranked candidates closer to their trained accuracy
         on a supernet whose shared weights served the mid-size candidates poorly, not on a well-served one
         (``experiments/results/oneshot_fidelity_medium_supernet8ep{,_nosmallest}_variants.md``); longer fine-tunes
-        are the stand-alone ground truth itself."""
+        are the stand-alone ground truth itself. Training sums depend on the thread count, so this does too."""
+        return self._finetuned(candidate, train, epochs=epochs, seed=seed, images=self.val_images)[0]
+
+    def _finetuned(self, candidate: Candidate, train: Dataset | None, *, epochs: int, seed: int,
+                   images: int) -> tuple[dict[str, Any], Correctness]:
         self.space.validate_candidate(candidate)
         data = dataclasses.replace(self.data, train=self.data.train if train is None else train)
-        with torch_threads(self.threads), scales_restored(self.supernet):
-            with deterministic():
+        with scales_restored(self.supernet):
+            with deterministic(), torch_threads(CALIBRATION_THREADS):
                 self.supernet.set_active(candidate)
                 recalibrate_bn(self.supernet, self.calib)  # the extracted start carries this candidate's statistics
-            return train_standalone(self.space, candidate, data, epochs=epochs, seed=seed, init="supernet",
-                                    supernet=self.supernet, val_images=self.val_images)
+            with torch_threads(self.threads):
+                return _train_and_score(self.space, candidate, data, epochs=epochs, seed=seed, init="supernet",
+                                        supernet=self.supernet, val_images=images)
 
     def evaluate_batch(self, candidates: Iterable[Candidate]) -> list[dict[str, float]]:
         """:meth:`estimate` for each candidate, in order."""
         return [self.estimate(candidate) for candidate in candidates]
 
     def clear_cache(self) -> None:
-        if self._cache is not None:
-            self._cache.clear()
+        self._scores.clear()
+
+
+def _check_same_split(run_space_file: Path, space: SearchSpace) -> None:
+    """Refuse a search space whose validation split differs from the one the supernet was trained beside."""
+    if not run_space_file.is_file():
+        return
+    run_space = SearchSpace.from_file(run_space_file)
+    trained = (run_space.dataset.name, run_space.dataset.val_size, run_space.seed)
+    searched = (space.dataset.name, space.dataset.val_size, space.seed)
+    if trained != searched:
+        raise DataError(
+            f"{space.source}: holds out dataset.val_size={space.dataset.val_size} images with seed {space.seed}, "
+            f"but the supernet in {run_space_file.parent} was trained with val_size={run_space.dataset.val_size} "
+            f"and seed {run_space.seed}: some validation images would be images it was trained on. Search with "
+            f"{run_space_file} (or a copy changing only objectives, budgets and search settings), or train a "
+            "supernet for this space")
 
 
 def train_standalone(
@@ -211,8 +330,26 @@ def train_standalone(
     ``init="scratch"`` starts from a fresh seeded initialisation, ``init="supernet"`` fine-tunes the weights
     and quantizer scales extracted from ``supernet``. The recipe is the space's ``training:`` section (SGD,
     warm-up and cosine schedule, gradient clipping) with ``epochs``, and ``lr``/``batch_size`` if given.
-    Returns ``{accuracy, loss, train_loss, epochs, seed, init, wall_s}``.
+    Returns ``{accuracy, accuracy_se, accuracy_images, loss, train_loss, epochs, seed, init, wall_s}``.
     """
+    return _train_and_score(space, candidate, data, epochs=epochs, seed=seed, init=init, supernet=supernet, lr=lr,
+                            batch_size=batch_size, val_images=val_images)[0]
+
+
+def _train_and_score(
+    space: SearchSpace,
+    candidate: Candidate,
+    data: DataSplits,
+    *,
+    epochs: int,
+    seed: int,
+    init: str = "scratch",
+    supernet: Supernet | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    val_images: int | None = None,
+) -> tuple[dict[str, Any], Correctness]:
+    """:func:`train_standalone`'s record, and the per-image correctness behind its accuracy."""
     if init not in ("scratch", "supernet"):
         raise ValueError(f"init must be 'scratch' or 'supernet', got {init!r}")
     if init == "supernet" and supernet is None:
@@ -239,6 +376,7 @@ def train_standalone(
             train_loss = run_epoch(model, loader, step, optimizer, scheduler, epoch=epoch,
                                    first_step=epoch * steps_per_epoch)["loss_0"]
         val_images = val_images or space.search.eval_size or len(data.val)
-        result = validate(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE))
-    return {**result, "train_loss": train_loss, "epochs": spec.epochs, "seed": seed, "init": init,
-            "wall_s": time.perf_counter() - start}
+        score = score_model(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE))
+    record = {**score.metrics(), "train_loss": train_loss, "epochs": spec.epochs, "seed": seed, "init": init,
+              "wall_s": time.perf_counter() - start}
+    return record, score.correctness
