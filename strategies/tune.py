@@ -212,11 +212,12 @@ def directions(space: SearchSpace) -> list[str]:
     return ["maximize" if o.mode == "max" else "minimize" for o in space.objectives]
 
 
-def evaluate_with_retries(candidate: Candidate, evaluator: Evaluator, *, retries: int, info: dict[str, Any]) -> Trial:
+def evaluate_with_retries(candidate: Candidate, evaluator: Evaluator, *, strategy: str, retries: int,
+                          info: dict[str, Any]) -> Trial:
     """:func:`evaluate_candidate`, tried again up to ``retries`` times while it fails (the in-process twin of
     Ray's ``FailureConfig(max_failures=...)``); the last failure is returned as a failed trial."""
     for attempt in range(retries + 1):
-        trial = evaluate_candidate(-1, candidate, evaluator, strategy=TuneStrategy.name,
+        trial = evaluate_candidate(-1, candidate, evaluator, strategy=strategy,
                                    info={**info, "attempts": attempt + 1})
         if trial.status != "failed":
             break
@@ -273,6 +274,14 @@ class TuneStrategy(Strategy):
     def label(self) -> str:
         return f"{self.name}-{self.sampler}"
 
+    def make_sampler(self, space: SearchSpace, *, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+        """The seeded Optuna sampler of a search of ``trials`` trials (the ``evolution`` strategy brings its own)."""
+        return create_sampler(self.sampler, seed=seed, trials=trials)
+
+    def seeds(self, space: SearchSpace, trials: int) -> list[Candidate]:
+        """The candidates a search of ``trials`` trials evaluates first (:func:`seed_candidates`)."""
+        return seed_candidates(space, int(self.seed_fraction * trials))
+
     def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
         """Tell the sampler the logged trials instead of evaluating them again, then record each new trial as it
         finishes."""
@@ -280,8 +289,8 @@ class TuneStrategy(Strategy):
         # a resumed run draws fresh random numbers: replaying the seed would re-suggest the logged candidates
         seed = int(np.random.SeedSequence([seed, len(history)]).generate_state(1)[0]) if history else seed
         suggest = SuggestCandidate(space)
-        sampler = create_sampler(self.sampler, seed=seed, trials=recorder.total)
-        seeds = seed_candidates(space, int(self.seed_fraction * recorder.total))
+        sampler = self.make_sampler(space, seed=seed, trials=recorder.total)
+        seeds = self.seeds(space, recorder.total)
         with _quiet_optuna():
             if self.workers == 0:
                 self._run_local(suggest, sampler, evaluator, recorder.budget, history, recorder.record, seeds)
@@ -304,7 +313,7 @@ class TuneStrategy(Strategy):
             if proposal is None or (budget.wall_s is not None and time.monotonic() - start > budget.wall_s):
                 break
             ot_trial, candidate = proposal
-            trial = evaluate_with_retries(candidate, evaluator, retries=self.max_failures,
+            trial = evaluate_with_retries(candidate, evaluator, strategy=self.name, retries=self.max_failures,
                                           info={"optuna_trial": ot_trial.number, "pid": os.getpid()})
             proposals.tell(ot_trial, trial)
             record(trial)
