@@ -3,4 +3,6 @@
 Importing this package registers every built-in strategy with :func:`automq.search.strategy.register_strategy`.
 """
 
-from automq.strategies import baselines, clado, differentiable, fliqs, limpq, ssps, tune  # noqa: F401  (registration)
+from automq.strategies import (  # noqa: F401  (registration)
+    baselines, clado, differentiable, evolution, fliqs, limpq, ssps, tune,
+)
