@@ -28,7 +28,8 @@ The result of a run is the policy's argmax candidate. It is scored twice: as it 
 BN recalibrated; ``Trial.info["in_place"]``) and by the shared estimator through
 :func:`~automq.search.evaluate_candidate` (``Trial.metrics``), so it compares with every other strategy. One run
 per cost target gives the front. The policy's entropy and choice probabilities per decision over time are written
-as JSON lines to ``out_dir/fliqs_policy.jsonl``.
+as JSON lines to ``out_dir/fliqs_policy.jsonl``. In a search directory every run checkpoints its state there
+(:mod:`strategies._checkpoint`), so a killed search resumes the run it was in and does not repeat finished ones.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import dataclasses
 import itertools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ from automq.oneshot.evaluate import OneShotEstimator
 from automq.io import append_jsonl
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies._assign import supernet_and_data, sweep_metric
+from automq.strategies._checkpoint import PhaseCheckpoint
 from automq.strategies.differentiable import score, split_train
 from automq.search.strategy import Evaluator, Strategy, TrialRecorder, register_strategy
 from automq.model.supernet import Supernet
@@ -268,11 +270,14 @@ class FliqsSearch:
         config: the run's hyper-parameters.
         metric: the cost metric of the reward; ``target`` its target value ``C_T``.
         seed: seeds the data split, the batch order and the policy samples.
-        log_path: JSON-lines file for the policy log (``None``: no log).
+        log_path: JSON-lines file for the policy log (``None``: no log); a resumed run appends to it, so the
+            records of the steps between its checkpoint and the stop appear twice.
+        checkpoint: where the run saves its state at intervals and when it ends, and starts from the state it finds.
     """
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, config: FLIQSConfig, *, metric: str,
-                 target: float, seed: int, log_path: Path | None = None) -> None:
+                 target: float, seed: int, log_path: Path | None = None,
+                 checkpoint: PhaseCheckpoint | None = None) -> None:
         shared, self.data = supernet_and_data(evaluator, FLIQS.name)
         self.supernet = copy.deepcopy(shared) if config.init == "supernet" else Supernet(shared.space)
         self.supernet.train()
@@ -283,26 +288,51 @@ class FliqsSearch:
         self.policy_opt = torch.optim.Adam(self.arch.parameters(), lr=config.policy_lr)
         self.baseline = MovingAverageBaseline(config.baseline_momentum)
         self.cost_model = CostModel(space)
-        weight_part, quality_part = split_train(self.data.train, config.quality_fraction, seed)
-        self.weight_batches = endless_batches(weight_part, config.batch_size, seed)
-        self.quality_batches = endless_batches(quality_part, config.quality_batch_size, seed + 1)
         spec = dataclasses.replace(shared.space.training, lr=config.weight_lr, epochs=1, warmup_epochs=0)
         self.optimizer = build_optimizer(self.supernet, spec)
         self.scheduler = build_scheduler(self.optimizer, spec, config.steps)
         self.generator = torch.Generator().manual_seed(seed)
-        self.step_count = 0
+        self.step_count, self.loss_sum, self.checkpoint = 0, 0.0, checkpoint
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            self.load_state_dict(saved)
+        # the batch streams continue after the steps done (quality batches are drawn from the warm-up's end on)
+        weight_part, quality_part = split_train(self.data.train, config.quality_fraction, seed)
+        self.weight_batches = itertools.islice(endless_batches(weight_part, config.batch_size, seed),
+                                               self.step_count, None)
+        self.quality_batches = itertools.islice(endless_batches(quality_part, config.quality_batch_size, seed + 1),
+                                                max(0, self.step_count - config.warmup_steps), None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly: weights, policy, optimizers, schedule, baseline,
+        generator, step and the sum of the training losses."""
+        return {"step": self.step_count, "loss_sum": self.loss_sum, "supernet": self.supernet.state_dict(),
+                "arch": self.arch.state_dict(), "policy_opt": self.policy_opt.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "baseline": self.baseline.value, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.supernet.load_state_dict(state["supernet"])
+        self.arch.load_state_dict(state["arch"])
+        self.policy_opt.load_state_dict(state["policy_opt"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.baseline.value, self.step_count, self.loss_sum = state["baseline"], state["step"], state["loss_sum"]
 
     def run(self, *, deadline: float | None = None, progress: bool = False) -> dict[str, Any]:
         """All ``config.steps`` steps (fewer when ``deadline``, a ``perf_counter`` time, passes); a JSON summary."""
         start = time.perf_counter()
-        batches = itertools.islice(_until(self.weight_batches, deadline), self.config.steps)
-        bar = Progress(self.config.steps) if progress else None
-        losses = run_epoch(self.supernet, batches, self._step, self.optimizer, self.scheduler, epoch=0,
-                           diverged_hint="Lower weight_lr.", progress=bar)
+        batches = itertools.islice(_until(self.weight_batches, deadline), self.config.steps - self.step_count)
+        bar = Progress(self.config.steps - self.step_count) if progress else None
+        run_epoch(self.supernet, batches, self._step, self.optimizer, self.scheduler, epoch=0,
+                  first_step=self.step_count, diverged_hint="Lower weight_lr.", progress=bar)
+        if self.checkpoint is not None:
+            self.checkpoint.save(self.state_dict())
         return {"steps": self.step_count, "warmup_steps": self.config.warmup_steps,
                 "stopped_early": self.step_count < self.config.steps, "search_s": time.perf_counter() - start,
-                "train_loss": losses.get("loss_0"), "baseline": self.baseline.value,
-                "final_entropy": self.mean_entropy()}
+                "train_loss": self.loss_sum / self.step_count if self.step_count else None,
+                "baseline": self.baseline.value, "final_entropy": self.mean_entropy()}
 
     @torch.no_grad()
     def mean_entropy(self) -> float:
@@ -321,11 +351,14 @@ class FliqsSearch:
 
     def _step(self, images: Tensor, labels: Tensor) -> list[float]:
         """Gradients of one weight step on a sampled candidate and, after warm-up, one policy step."""
+        if self.checkpoint is not None:  # here the steps before this one are complete, optimizer steps included
+            self.checkpoint.save_due(self.state_dict)
         raw = self.policy.sample(self.generator)
         candidate = self.arch.candidate(self.tie.apply(raw))
         self.supernet.set_active(candidate)
         loss = F.cross_entropy(self.supernet(images), labels)
         loss.backward()
+        self.loss_sum += loss.item()
         record: dict[str, Any] = {"step": self.step_count, "train_loss": loss.item()}
         if self.step_count >= self.config.warmup_steps:
             record.update(self._policy_step(raw, candidate))
@@ -401,13 +434,15 @@ class FLIQS(Strategy):
         log_path = None if self.out_dir is None else self.out_dir / POLICY_LOG
         if log_path is not None and not recorder.history:  # a resumed search keeps the runs it logged
             log_path.unlink(missing_ok=True)
-        for target in targets:
+        for index, target in enumerate(targets):
             if recorder.exhausted():
                 break
+            checkpoint = PhaseCheckpoint(recorder.state_dir, f"{self.name}_search_{index}", {
+                "config": dataclasses.asdict(self.config), "metric": metric, "target": target, "seed": seed})
             with torch.random.fork_rng(devices=[]), deterministic():
                 torch.manual_seed(seed)
                 search = FliqsSearch(space, evaluator, self.config, metric=metric, target=target, seed=seed,
-                                     log_path=log_path)
+                                     log_path=log_path, checkpoint=checkpoint)
                 summary = search.run(deadline=recorder.deadline, progress=self.progress)
                 candidate = search.candidate()
                 in_place = search.evaluate_in_place(candidate)

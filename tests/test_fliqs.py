@@ -3,6 +3,7 @@ hand-computed values; probability clamping and tied formats; and, on the tiny sy
 the format that keeps the signal at equal cost, meets a cost target that rules out the expensive choices, stays
 frozen during warm-up, and that the returned candidates lie in the space and are scored by the shared path."""
 
+import functools
 import math
 
 import pytest
@@ -11,13 +12,16 @@ import torch
 from automq.cost import CostModel, cost_range
 from automq.errors import BudgetError, SpaceError
 from automq.io import read_jsonl
+from automq.strategies import fliqs
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies.fliqs import (
-    FLIQS, POLICY_LOG, ClampedPolicy, FLIQSConfig, FormatTie, MovingAverageBaseline, entropy_weight, reward,
+    FLIQS, POLICY_LOG, ClampedPolicy, FLIQSConfig, FliqsSearch, FormatTie, MovingAverageBaseline, entropy_weight,
+    reward,
 )
 from automq.search.strategy import Budget
 
 from _gradient_task import BROKEN_LAYER, GOOD_FORMAT, TASK, task_estimator, task_space
+from _interrupt import interrupted_and_resumed, outcome
 
 # a few float64 operations on values of order 1, some of which cancel (1.2 - 1 keeps 52 - 3 bits): 16 eps
 TOLERANCE = 16 * torch.finfo(torch.float64).eps
@@ -192,6 +196,17 @@ def test_candidates_lie_in_the_space_and_are_scored_by_the_shared_estimator(esti
         assert trial.metrics["bitops"] == CostModel(estimator.space).metrics(trial.candidate)["bitops"]
         assert set(trial.info["in_place"]) == {"accuracy", "loss"}
         assert trial.info["steps"] == RUN["steps"] and not trial.info["stopped_early"]
+
+
+def test_an_interrupted_search_resumes_to_the_uninterrupted_trials(estimator, tmp_path, monkeypatch) -> None:
+    low, high = cost_range(estimator.space)["bitops"]
+    make = functools.partial(FLIQS, targets=[high, low], **{**RUN, "steps": 12, "warmup": 0.5})
+    # each run draws 12 weight batches and, after its 6 warm-up steps, a quality batch per step: the stop comes
+    # when the second run asks for the weight batch of its step 9, after its last checkpoint (before step 8)
+    whole, resumed, steps = interrupted_and_resumed(make, estimator, 2, fliqs, 18 + 6 + 2 * 3, tmp_path,
+                                                    monkeypatch, step=(FliqsSearch, "_step"))
+    assert len(whole) == 2 and [outcome(t) for t in resumed] == [outcome(t) for t in whole]
+    assert steps == 12 - 8  # the first run resumed finished, the second from its step 8
 
 
 def test_budget_caps_the_runs_and_a_seed_repeats_a_search(estimator) -> None:
