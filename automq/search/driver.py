@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from automq.cost import check_budgets
 from automq.errors import AutomqError, SpaceError
+from automq.search.refine import Refiner, refine_front
 from automq.search.results import SPACE_FILE, SearchLog, pareto_trials
 from automq.search.strategy import Budget, Evaluator, Strategy, create_strategy
 from automq.search.trial import Trial
@@ -93,6 +94,7 @@ def run_search(
     evaluator: Evaluator | None = None,
     data_root: str | Path | None = None,
     progress: bool = True,
+    refine: bool = True,
 ) -> SearchLog:
     """Run (or, with ``resume``, continue) a search of ``space`` into the search directory ``out``.
 
@@ -110,6 +112,8 @@ def run_search(
         evaluator: score candidates with this instead of a supernet (tests, benchmarks, cached tables).
         data_root: where the space's dataset lives, if not where the space file says.
         progress: show the progress line on stderr.
+        refine: at the end, re-score the trials that could be on the front on the whole validation split
+            (:func:`~automq.search.refine.refine_front`; evaluators that cannot, such as cached tables, are left).
 
     Returns the search log, whose ``trials`` are all the trials of the search.
     """
@@ -134,6 +138,8 @@ def run_search(
         finally:
             if isinstance(log, ProgressLog):
                 log.close()
+    if refine and isinstance(evaluator, Refiner):
+        refine_front(log, evaluator)
     log.finish()
     return log
 
