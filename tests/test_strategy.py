@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 
 from automq.cost import CostModel
-from automq.search.strategy import Budget, budget_violations, create_strategy, evaluate_candidate
+from automq.search.results import SearchLog, load_trials
+from automq.search.strategy import Budget, TrialRecorder, budget_violations, create_strategy, evaluate_candidate
 from automq.search.trial import Trial
 
 from _spaces import DS_STAGE, IR_STAGE
@@ -79,3 +82,28 @@ def test_invalid_status_and_budget_are_rejected(space):
 def test_unknown_strategy_lists_the_known_ones():
     with pytest.raises(KeyError, match="available"):
         create_strategy("no-such-strategy")
+
+
+def test_recorder_numbers_after_the_log_and_appends_each_trial_at_once(space, tmp_path):
+    evaluator = CountingEvaluator(space)
+    first = SearchLog(tmp_path, space, strategy="test")
+    first.append(evaluate_candidate(0, space.smallest(), evaluator, strategy="test"))
+    recorder = TrialRecorder(Budget(2), strategy="test", log=SearchLog(tmp_path, space, strategy="test", resume=True))
+    assert recorder.total == 3 and recorder.seen(space.smallest()) and not recorder.seen(space.largest())
+    trial = recorder.evaluate(space.largest(), evaluator, info={"k": 1})
+    assert trial.number == 1 and trial.strategy == "test" and trial.info == {"k": 1}
+    assert [t.number for t in load_trials(tmp_path)] == [0, 1]  # on disk before the strategy makes the next one
+    assert recorder.seen(space.largest()) and not recorder.exhausted()
+    recorder.record(evaluate_candidate(7, space.sample(np.random.default_rng(0)), evaluator, strategy="test"))
+    assert recorder.exhausted() and [t.number for t in recorder.made] == [1, 2]
+
+
+def test_recorder_plans_at_most_the_budget_and_stops_at_the_wall_clock(space, tmp_path):
+    recorder = TrialRecorder(Budget(5), strategy="test", log=SearchLog(tmp_path, space, strategy="test"))
+    recorder.plan(18)
+    recorder.plan(3)
+    assert json.loads((tmp_path / "run.json").read_text())["trials_planned"] == 3
+    recorder.plan(18)
+    assert json.loads((tmp_path / "run.json").read_text())["trials_planned"] == 5  # the budget caps the plan
+    assert not TrialRecorder(Budget(5, wall_s=3600.0), strategy="test").exhausted()
+    assert TrialRecorder(Budget(5, wall_s=0.0), strategy="test").exhausted()
