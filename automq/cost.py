@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from automq.errors import SpaceError
 from automq.model.arch import LayerSpec, layer_specs
 from automq.numerics.formats import FixedPointElement, FloatElement, NumericFormat, get_format
-from automq.space.schema import space_error
+from automq.space.schema import shown, space_error
 
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
@@ -134,23 +134,51 @@ def latency_key(spec: LayerSpec) -> str:
             f"hw{spec.in_hw}/{spec.w_fmt}/{spec.a_fmt}")
 
 
+MAX_LATENCY_TABLE_BYTES = 16 << 20  # 14x the table of every layer of spaces/mbv2_imagenet.yaml (24,034 keys, 1.2 MiB)
+
+
 def load_latency_table(path: str | Path) -> dict[str, float]:
-    """Read a ``{latency_key: milliseconds}`` JSON object; keys starting with ``_`` are comments/metadata."""
+    """Read a ``{latency_key: milliseconds}`` JSON object; keys starting with ``_`` are comments/metadata.
+
+    Like a space file it is read bounded: at most :data:`MAX_LATENCY_TABLE_BYTES`, duplicate keys refused (one
+    would silently replace the other), numbers parsed as floats (a 5000-digit integer would make ``int()`` raise)
+    and NaN or infinite entries refused."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpaceError(f"{path}: cannot read the latency table: {exc}") from exc
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_LATENCY_TABLE_BYTES + 1)  # one byte more tells a file at the limit from a longer one
+    except OSError as exc:
+        space_error(str(path), "", f"cannot read the latency table: {exc.strerror}; check the path")
+    if len(raw) > MAX_LATENCY_TABLE_BYTES:
+        space_error(str(path), "", f"larger than {MAX_LATENCY_TABLE_BYTES >> 20} MiB; check that this is the "
+                    "latency table")
+    try:
+        data = json.loads(raw, parse_int=float, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        space_error(str(path), "", f"not a JSON latency table: {exc}; fix the JSON syntax")
+    except RecursionError:  # json's decoder recurses per nesting level
+        data = None
     if not isinstance(data, dict):
-        raise SpaceError(f"{path}: a latency table is a JSON object {{layer key: milliseconds}}")
+        space_error(str(path), "", "a latency table is one flat JSON object {layer key: milliseconds}")
     table = {}
     for key, value in data.items():
         if key.startswith("_"):
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise SpaceError(f"{path}: entry '{key}': expected a non-negative number of milliseconds, got {value!r}")
-        table[key] = float(value)
+        if not isinstance(value, float) or not 0 <= value < math.inf:  # JSON true/false are bools, not floats
+            space_error(str(path), f"entry {shown(key)}", f"expected a non-negative number of "
+                        f"milliseconds, got {shown(value)}; measure the layer again or remove the entry")
+        table[key] = value
     return table
+
+
+def _unique_keys(pairs: list[tuple[str, object]], path: Path) -> dict[str, object]:
+    """The JSON object of ``pairs``, refusing a key given twice (``json`` would keep the last silently)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            space_error(str(path), f"entry {shown(key)}", "duplicate key; keep only one measurement per layer")
+        seen.add(key)
+    return dict(pairs)
 
 
 @dataclass(frozen=True)

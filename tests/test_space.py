@@ -1,5 +1,6 @@
 import copy
 import itertools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -257,7 +258,7 @@ def set_path(data: dict, path: str, value) -> dict:
         ("network.stages.1.type", "mb", "network.stages[1].type: expected 'ds' (depthwise-separable) or 'ir'"),
         ("network.stages.1.expand_ratio", ..., "network.stages[1].expand_ratio: missing required key"),
         ("network.stages.0.expand_ratio", [1, 2], "network.stages[0].expand_ratio: a 'ds' stage has no expansion"),
-        ("network.stages.1.depth", [1, 1], "network.stages[1].depth: duplicate choices"),
+        ("network.stages.1.depth", [1, 1], "network.stages[1].depth[1]: duplicate choice 1; list each choice once"),
         ("network.width_mult", 1.0, "network.width_mult: expected a list of a number choices"),
         ("network.stem", ..., "network.stem: missing required key"),
         ("objectives", [{"metric": "acuracy"}], "objectives[0].metric: unknown metric 'acuracy'; did you mean "
@@ -339,8 +340,199 @@ def test_latency_table_path_is_relative_to_the_space_file(tmp_path: Path):
     assert SearchSpace.from_file(space_file).latency_table == tmp_path / "lat.json"
     data["latency_table"] = "missing.json"
     space_file.write_text(yaml.safe_dump(data))
-    with pytest.raises(SpaceError, match="latency_table: .*missing.json: no such file"):
+    with pytest.raises(SpaceError, match="latency_table: .*missing.json': no such file"):
         SearchSpace.from_file(space_file)
+
+
+# --------------------------------------------------------------------------- hostile and oversized inputs
+BILLION = 10**9
+MILLION = 10**6
+MAX_MESSAGE_CHARS = 300  # file and field path, the fixed text, and at most 60 echoed characters
+
+
+def space_text(**extra_lines: str) -> str:
+    """The tiny space as YAML text without its name, then ``extra_lines`` (each a YAML top-level entry)."""
+    data = {key: value for key, value in TINY.items() if key != "name"}
+    return yaml.safe_dump(data) + "".join(extra_lines.values())
+
+
+def alias_bomb() -> str:
+    """'Billion laughs': anchor n lists anchor n-1 nine times, so ``name: *a8`` expands to 9**9 strings."""
+    lines = ["description:", "  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"  a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 9)]
+    return "\n".join(lines + ["name: *a8", ""])
+
+
+def line_of(text: str, line: str) -> int:
+    return text.splitlines().index(line) + 1
+
+
+def test_an_alias_bomb_is_refused_at_its_first_anchor_in_well_under_a_second(tmp_path: Path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(space_text(bomb=alias_bomb()))
+    start = time.perf_counter()
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_file(bomb)
+    assert time.perf_counter() - start < 0.5
+    first_anchor = line_of(bomb.read_text(), "  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]")
+    assert str(info.value) == (f"{bomb}: description.a0: YAML anchor '&a0' at line {first_anchor}; space files "
+                               "refuse anchors and aliases, write the value out in full")
+
+
+def test_an_expanded_alias_bomb_given_as_data_is_shown_in_bounded_time():
+    laughs = ["lol"] * 9
+    for _ in range(8):
+        laughs = [laughs] * 9  # 9**9 strings through shared references, as yaml.safe_load would build them
+    start = time.perf_counter()
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_dict({**TINY, "name": laughs}, source="tiny.yaml")
+    assert time.perf_counter() - start < 0.5
+    prefix = "tiny.yaml: name: expected a string, got list "
+    assert str(info.value).startswith(prefix + "[[")
+    assert len(str(info.value)) == len(prefix) + 60 and str(info.value).endswith("...")
+
+
+@pytest.mark.parametrize("duplicate, field, first", [
+    ("name: other\n", "name", "name: tiny"),  # yaml.safe_load would silently keep 'other'
+    ('"name": other\n', "name", "name: tiny"),  # quoting a key does not make it another key
+    ("training: {epochs: 1, epochs: 2}\n", "training.epochs", "training: {epochs: 1, epochs: 2}"),
+])
+def test_duplicate_keys_are_refused_naming_the_key_and_both_lines(duplicate, field, first, tmp_path: Path):
+    space_file = tmp_path / "dup.yaml"
+    text = yaml.safe_dump(TINY) + duplicate
+    space_file.write_text(text)
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_file(space_file)
+    last = text.count("\n")
+    assert str(info.value) == (f"{space_file}: {field}: duplicate key at line {last}; it is first given at line "
+                               f"{line_of(text, first)}; keep only one")
+
+
+@pytest.mark.parametrize("extra, message", [
+    # safe_load would merge the epochs silently; the recursion and the int() ValueError were tracebacks
+    ("training: {<<: {epochs: 1}, epochs: 2}\n", "training: YAML merge key (<<) at line {last}; space files refuse"),
+    ("seed: " + "9" * 5000 + "\n", "seed: an integer of 5000 characters at line {last}; at most 40 are allowed"),
+    ("description: " + "[" * 5000 + "]" * 5000 + "\n",
+     "description" + "[0]" * 15 + ": nested more than 16 levels deep at line {last}"),
+])
+def test_yaml_features_no_space_file_needs_are_refused(extra, message, tmp_path: Path):
+    space_file = tmp_path / "bad.yaml"
+    text = yaml.safe_dump(TINY) + extra
+    space_file.write_text(text)
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_file(space_file)
+    assert str(info.value).startswith(f"{space_file}: " + message.format(last=text.count("\n")))
+    assert len(str(info.value)) < MAX_MESSAGE_CHARS
+
+
+def test_a_flood_of_values_is_refused_at_the_10001st(tmp_path: Path):
+    flood = tmp_path / "flood.yaml"
+    flood.write_text("[" + "1, " * 200_000 + "1]\n")  # 600 KB, under the size limit; safe_load took 14 s
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_file(flood)
+    # value 1 is the list, item i is value i + 2: the 10001st is item 9999
+    assert str(info.value) == (f"{flood}: [9999]: more than 10000 values in one file at line 1; a space file has a "
+                               "few hundred, automq bounds every size (see Limits in docs/space-files.md)")
+
+
+def test_files_beyond_the_size_limits_are_refused_unread(tmp_path: Path):
+    space_file = tmp_path / "huge.yaml"
+    with space_file.open("wb") as stream:
+        stream.truncate(2 * 1024 * 1024)  # sparse: 2 MiB of zeros
+    with pytest.raises(SpaceError, match=r"huge.yaml: larger than 1024 KiB; a space file is a few KiB"):
+        SearchSpace.from_file(space_file)
+    table = tmp_path / "huge.json"
+    with table.open("wb") as stream:
+        stream.truncate(16 * 1024 * 1024 + 1)
+    with pytest.raises(SpaceError, match=r"huge.json: larger than 16 MiB"):
+        CostModel(latency_space(tmp_path, table.name))
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("network.stem.channels", BILLION, "network.stem.channels: expected a value <= 8192, got 1000000000; automq "
+                                       "bounds every size (see Limits in docs/space-files.md)"),
+    ("network.head.channels", BILLION, "network.head.channels: expected a value <= 8192, got 1000000000"),
+    ("network.stages.1.channels", BILLION, "network.stages[1].channels: expected a value <= 8192"),
+    ("network.stages.1.depth", [BILLION], "network.stages[1].depth[0]: expected a value <= 32, got 1000000000"),
+    ("network.stages.1.kernel_size", [BILLION + 1], "network.stages[1].kernel_size[0]: expected a value <= 31"),
+    ("network.stages.1.expand_ratio", [BILLION], "network.stages[1].expand_ratio[0]: expected a value <= 16"),
+    ("network.width_mult", [1e9], "network.width_mult[0]: expected a value <= 4.0, got 1000000000.0"),
+    ("network.stages.1.depth", list(range(1, MILLION + 1)),
+     "network.stages[1].depth: a list of 1000000 entries, at most 64 allowed"),
+    ("formats.weights", ["int8"] * MILLION, "formats.weights: a list of 1000000 entries, at most 64 allowed"),
+    ("network.stages", [DS_STAGE] * MILLION, "network.stages: a list of 1000000 entries"),
+    ("formats.overrides", [{"layers": "conv_stem", "weights": ["int8"]}] * MILLION,
+     "formats.overrides: a list of 1000000 entries"),
+    ("objectives", [{"metric": "accuracy"}] * MILLION, "objectives: a list of 1000000 entries"),
+    ("dataset.input_size", BILLION, "dataset.input_size: expected a value <= 2048"),
+    ("dataset.num_classes", BILLION, "dataset.num_classes: expected a value <= 100000"),
+    ("dataset.val_size", BILLION, "dataset.val_size: expected a value <= 10000000"),
+    ("training", {"batch_size": BILLION}, "training.batch_size: expected a value <= 65536"),
+    ("training", {"num_random": BILLION}, "training.num_random: expected a value <= 64"),
+    ("search", {"trials": BILLION}, "search.trials: expected a value <= 1000000"),
+    ("search", {"calib_size": BILLION}, "search.calib_size: expected a value <= 10000000"),
+    ("seed", 2**64, "seed: expected a value <= 4294967295"),
+    ("name", "x" * MILLION, "name: a string of 1000000 characters, at most 200 allowed; shorten it"),
+    ("description", "x" * MILLION, "description: a string of 1000000 characters, at most 10000 allowed"),
+    ("dataset.root", "x" * MILLION, "dataset.root: a string of 1000000 characters, at most 4096 allowed"),
+])
+def test_every_size_is_bounded_before_anything_is_allocated(path, value, message):
+    with pytest.raises(SpaceError) as info:
+        read_in_full(set_path(TINY, path, value))
+    assert str(info.value).startswith(f"tiny.yaml: {message}")
+    assert len(str(info.value)) < MAX_MESSAGE_CHARS
+
+
+LONG = "x" * 150  # under the 200-character limit of a name, so it reaches the message that echoes it
+
+
+@pytest.mark.parametrize("path, value, field", [
+    ("formats.weights", [LONG], "formats.weights[0]: unknown format 'xxx"),
+    ("dataset.name", LONG, "dataset.name: unknown dataset 'xxx"),
+    ("objectives", [{"metric": LONG}], "objectives[0].metric: unknown metric 'xxx"),
+    ("objectives", [{"metric": "bitops", "mode": LONG}], "objectives[0].mode: expected 'min' or 'max', got 'xxx"),
+    ("network.stages.1.type", LONG, "network.stages[1].type: expected 'ds' (depthwise-separable) or 'ir'"),
+    ("network.stages.1.stride", 10**400, "network.stages[1].stride: expected 1 or 2, got 1000"),
+    ("network.stages.1.depth", [10**5000], "network.stages[1].depth[0]: expected a value <= 32, got <int too"),
+    ("network.stages.1." + LONG, 1, "network.stages[1].xxx"),
+    ("formats.overrides.0.layers", "(" + LONG, "formats.overrides[0].layers: invalid regular expression '(xxx"),
+    ("formats.overrides.0.layers", LONG, "formats.overrides[0].layers: 'xxx"),  # matches no layer
+])
+def test_echoed_values_are_cut_to_60_characters(path, value, field):
+    with pytest.raises(SpaceError) as info:
+        read_in_full(set_path(TINY, path, value))
+    assert str(info.value).startswith(f"tiny.yaml: {field}")
+    assert "x" * 61 not in str(info.value) and len(str(info.value)) < MAX_MESSAGE_CHARS
+
+
+def latency_space(folder: Path, table: str) -> SearchSpace:
+    """The tiny space with a latency objective reading ``folder/table``, written to and read from a file."""
+    data = set_path(TINY, "objectives", [{"metric": "accuracy"}, {"metric": "latency"}])
+    space_file = folder / "space.yaml"
+    space_file.write_text(yaml.safe_dump({**data, "latency_table": table}))
+    return SearchSpace.from_file(space_file)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"k": 1, "k": 2}', "lat.json: entry 'k': duplicate key; keep only one measurement per layer"),
+    ('{"k": NaN}', "lat.json: entry 'k': expected a non-negative number of milliseconds, got nan"),
+    ('{"k": Infinity}', "lat.json: entry 'k': expected a non-negative number of milliseconds, got inf"),
+    ('{"k": ' + "9" * 5000 + "}", "lat.json: entry 'k': expected a non-negative number of milliseconds, "
+                                  "got inf"),  # 9...9 overflows a float; int() would raise past 4300 digits
+    ('{"k": ' + "[" * 100_000 + "]" * 100_000 + "}", "lat.json: a latency table is one flat JSON object"),
+    ('{"' + LONG + '": true}', "lat.json: entry 'xxx"),
+])
+def test_latency_tables_are_read_bounded(content, message, tmp_path: Path):
+    (tmp_path / "lat.json").write_text(content)
+    with pytest.raises(SpaceError) as info:
+        CostModel(latency_space(tmp_path, "lat.json"))
+    assert str(info.value).startswith(f"{tmp_path}/{message}")
+    assert "x" * 61 not in str(info.value) and len(str(info.value)) < MAX_MESSAGE_CHARS
+
+
+def test_a_latency_table_path_too_long_for_the_file_system_is_an_error(tmp_path: Path):
+    with pytest.raises(SpaceError, match=r"latency_table: cannot access '.*': File name too long; give the path"):
+        latency_space(tmp_path, "x" * 300)  # one path component beyond the 255 bytes Linux allows
 
 
 def test_decision_is_a_plain_record():

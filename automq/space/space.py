@@ -1,7 +1,8 @@
 """Search spaces: a validated YAML file describing elastic MobileNetV2 architectures and per-layer format menus.
 
-A :class:`SearchSpace` is parsed from data only (``yaml.safe_load``); every mistake raises :class:`SpaceError`
-naming the file, the field path (``network.stages[2].kernel_size``) and what was expected. The space exposes
+A :class:`SearchSpace` is parsed from data only (a bounded ``yaml.SafeLoader``, see
+:func:`automq.space.schema.read_space_file`); every mistake raises :class:`SpaceError` naming the file, the field
+path (``network.stages[2].kernel_size``) and what was expected. The space exposes
 its choices as flat categorical :class:`Decision` values (for Optuna, DNAS, REINFORCE, ...) and the sampling,
 mutation and crossover helpers that strategies share. All of them walk the network through one generic
 builder, :meth:`SearchSpace.build`, so conditional choices (blocks beyond the sampled depth) are handled once.
@@ -21,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from automq.space.candidate import BlockChoice, Candidate
 from automq.errors import CandidateError, SpaceError
 from automq.numerics.formats import format_names, get_format
 from automq.space.schema import (
     BLOCK_LAYERS, COST_METRICS, METRICS, DatasetSpec, FormatRule, NetworkSpec, Objective, SearchSpec, StageSpec,
-    TrainingSpec, did_you_mean, parse_space, space_error,
+    TrainingSpec, did_you_mean, parse_space, read_space_file, shown, space_error,
 )
 
 __all__ = [
@@ -90,18 +90,7 @@ class SearchSpace:
             available = sorted(p.stem for p in SHIPPED_SPACES.glob("*.yaml"))
             raise SpaceError(f"{path}: no such space file. Give a path to a YAML file, or one of the shipped "
                              f"spaces: {', '.join(available)}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            if isinstance(exc, yaml.constructor.ConstructorError):  # a !!python/... tag: refused, never run
-                problem = f"{problem}; space files hold plain data only"
-            raise SpaceError(f"{path}: YAML syntax error{where}: {problem}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpaceError(f"{path}: cannot read the space file: {exc}") from exc
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_space_file(path), source=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> SearchSpace:
@@ -115,7 +104,7 @@ class SearchSpace:
         for n, rule in enumerate(self.overrides):
             if not any(re.fullmatch(rule.pattern, name) for name in names):
                 space_error(self.source, f"formats.overrides[{n}].layers",
-                            f"'{rule.pattern}' matches no layer (it must match a whole name); layer names look "
+                            f"{shown(rule.pattern)} matches no layer (it must match a whole name); layer names look "
                             f"like {', '.join(names[:4])}, ..., {names[-1]}")
 
     @property
