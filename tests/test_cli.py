@@ -143,6 +143,17 @@ def test_space_validate_names_the_broken_field(change, field, tmp_path, capsys) 
     assert f"{broken}: {field}:" in single_error_line(capsys)
 
 
+def test_space_validate_refuses_an_alias_bomb_in_one_line(tmp_path, capsys) -> None:
+    # 'Billion laughs': `name: *a8` would expand to 9**9 strings; the loader refuses the first anchor instead.
+    space = {key: value for key, value in tiny_space_data().items() if key != "name"}
+    lines = ["description:", "  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"  a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 9)] + ["name: *a8", ""]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(yaml.safe_dump(space) + "\n".join(lines))
+    assert run_cli("space", "validate", bomb) == 2
+    assert f"{bomb}: description.a0: YAML anchor '&a0' at line" in single_error_line(capsys)
+
+
 def test_space_info_prints_the_exact_candidate_count(space_file, capsys) -> None:
     assert run_cli("space", "info", space_file) == 0
     count = re.search(r"^candidates:\s+(\d+) ", capsys.readouterr().out, re.MULTILINE)
