@@ -11,17 +11,28 @@ Every combination of torch threads per estimator and concurrent estimator proces
 its own spawned interpreter, all starting together after their warm-up): a search with parallel workers, or a
 search next to another job, is several processes sharing the cores, and that is where the thread count of
 each process matters most (OpenMP threads of oversubscribed processes wait for each other).
+
+``--study resolution`` (issue 16) measures instead, in one 1-thread process: candidates per minute and the binomial
+standard error at each ``--images`` count; whether scores change between 1 and 2 torch threads, with BN
+recalibration pinned to one thread and (as before) not; the neighbour path (uniform int4/int4, then one more
+layer's activation raised to int8 per step) with paired standard errors at the search's and the whole split's
+resolution; and a ``--search-trials`` random search with and without its refinement (time per trial, the front's
+errors). Results go to ``<name>_resolution.{json,md}``.
+
+    PYTHONPATH=. .venv/bin/python experiments/bench_estimator.py --study resolution --run RUN_DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import os
 import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +40,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from automq.oneshot.evaluate import ESTIMATOR_THREADS, OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text
-from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet
+from automq.oneshot import evaluate
+from automq.oneshot.evaluate import ESTIMATOR_THREADS, OneShotEstimator, torch_threads
+from automq.oneshot.paired import paired_difference
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
+from automq.search.driver import run_search
+from automq.search.refine import refine_front
+from automq.search.results import pareto_trials
+from automq.space.candidate import Candidate
+from automq.space.space import SearchSpace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PER_MINUTE = 20.0
@@ -41,6 +58,7 @@ TARGET_PER_MINUTE = 20.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", choices=["throughput", "resolution"], default="throughput")
     parser.add_argument("--space", default="spaces/mbv2_fmnist.yaml")
     parser.add_argument("--run", help="a training run folder (default: an untrained supernet; timing is the same)")
     parser.add_argument("--data", help="dataset folder (default: the space's dataset.root)")
@@ -53,11 +71,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calib-batch", type=int, default=256)
     parser.add_argument("--eval-batch", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, nargs="+", default=[2000, 5000, 10000],
+                        help="resolution study: validation image counts to time")
+    parser.add_argument("--path-steps", type=int, default=10, help="resolution study: neighbour-path steps")
+    parser.add_argument("--thread-candidates", type=int, default=10, help="resolution study: candidates "
+                        "scored under 1 and 2 threads")
+    parser.add_argument("--search-trials", type=int, default=60, help="resolution study: trials of the random "
+                        "search that is refined (0: none)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="bench_estimator", help="output file stem, e.g. for a loaded machine")
     args = parser.parse_args(argv)
-    if min(args.candidates, *args.threads, *args.processes) < 1 or args.warmup < 0:
-        parser.error("--candidates, --threads and --processes must be at least 1, --warmup at least 0")
+    if min(args.candidates, *args.threads, *args.processes, *args.images, args.thread_candidates) < 1:
+        parser.error("--candidates, --threads, --processes, --images and --thread-candidates must be at least 1")
+    if min(args.warmup, args.path_steps, args.search_trials) < 0:
+        parser.error("--warmup, --path-steps and --search-trials must be at least 0")
     return args
 
 
@@ -130,6 +157,8 @@ def time_cell(args: argparse.Namespace, threads: int, processes: int) -> dict[st
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
+    if args.study == "resolution":
+        return main_resolution(args)
     reference = build_estimator(args, ESTIMATOR_THREADS)  # validates the inputs here, and sizes the report
     rows = []
     for processes in args.processes:
@@ -191,6 +220,185 @@ def report(result: dict) -> str:
         f"{result['estimator_default_threads']} torch thread by default (`OneShotEstimator(threads=...)`).",
         "",
     ])
+
+
+# --- resolution study (issue 16): noise of an estimate, its cost, thread independence, refinement ------------------
+
+
+def resolution_study(args: argparse.Namespace) -> dict[str, Any]:
+    """Every part of the resolution study, in one process on one torch thread (except the thread comparison)."""
+    estimator = build_estimator(args, ESTIMATOR_THREADS)
+    sizes = [min(n, estimator.max_images) for n in args.images]
+    rng = np.random.default_rng(args.seed)
+    sampled = [estimator.space.sample(rng) for _ in range(args.candidates)]
+    path = neighbour_path(estimator.space, args.path_steps)
+    return {
+        "resolutions": [time_resolution(estimator, sampled, n) for n in sizes],
+        "threads": thread_dependence(args, sampled[: args.thread_candidates]),
+        "path": path_differences(estimator, path, [sizes[0], estimator.max_images]),
+        "path_layers": [changed_layer(a, b) for a, b in zip(path, path[1:])],
+        "search": refined_search(args, estimator) if args.search_trials else None,
+    }
+
+
+def time_resolution(estimator: OneShotEstimator, candidates: list[Candidate], images: int) -> dict[str, Any]:
+    """Seconds per fresh estimate on ``images`` validation images, and the binomial errors they carry."""
+    estimator.estimate(candidates[0], images=images)  # untimed: first use of these batches
+    estimator.clear_cache()
+    wall, errors = [], []
+    for candidate in candidates:
+        start = time.perf_counter()
+        errors.append(estimator.estimate(candidate, images=images)["accuracy_se"])
+        wall.append(time.perf_counter() - start)
+    return {"images": images, "mean_s": statistics.mean(wall), "median_s": statistics.median(wall),
+            "per_minute": 60.0 / statistics.mean(wall), "se_mean": statistics.mean(errors), "se_max": max(errors),
+            "load_average_1m": os.getloadavg()[0]}
+
+
+def thread_dependence(args: argparse.Namespace, candidates: list[Candidate]) -> list[dict[str, Any]]:
+    """Scores under 1 and 2 torch threads, with BN recalibration pinned to one thread (this version) and with it
+    run on the caller's count (as before): how many candidates change, and by how much."""
+    rows = []
+    for label, calibration in (("pinned to 1 thread", 1), ("caller's thread count (before)", None)):
+        scores = {}
+        for count in (1, 2):
+            evaluate.CALIBRATION_THREADS = calibration
+            estimator = build_estimator(args, None)  # the caller's count reaches the estimate
+            with torch_threads(count):
+                scores[count] = [estimator.correctness(c) for c in candidates]
+        evaluate.CALIBRATION_THREADS = 1
+        gaps = [abs(a.accuracy - b.accuracy) for a, b in zip(scores[1], scores[2])]
+        rows.append({"calibration": label, "candidates": len(candidates),
+                     "identical": sum(a == b for a, b in zip(scores[1], scores[2])),
+                     "accuracy_changed": sum(g > 0 for g in gaps), "max_change_points": 100 * max(gaps)})
+    return rows
+
+
+def neighbour_path(space: SearchSpace, steps: int) -> list[Candidate]:
+    """Uniform int4/int4 (menus clamped), then one more layer's activation raised to int8 at each step."""
+    path = [space.uniform("int4", "int4", clamp=True)]
+    for name, _, a_fmt in path[0].formats:
+        if len(path) > steps:
+            break
+        if a_fmt != "int8" and "int8" in space.layer_menu(name)[1]:
+            formats = tuple((n, w, "int8" if n == name else a) for n, w, a in path[-1].formats)
+            path.append(dataclasses.replace(path[-1], formats=formats))
+    return path
+
+
+def changed_layer(before: Candidate, after: Candidate) -> str:
+    return next(n for (n, _, a), (_, _, b) in zip(before.formats, after.formats) if a != b)
+
+
+def path_differences(estimator: OneShotEstimator, path: list[Candidate], sizes: list[int]) -> list[dict[str, Any]]:
+    """Accuracy of each step and its paired difference to the step before, at each image count."""
+    rows = []
+    for images in sizes:
+        scores = [estimator.correctness(c, images=images) for c in path]
+        steps = [{"accuracy": s.accuracy, "se": s.se} for s in scores]
+        for step, (before, after) in zip(steps[1:], zip(scores, scores[1:])):
+            step["difference"], step["paired_se"] = paired_difference(after, before)
+        rows.append({"images": images, "steps": steps})
+    return rows
+
+
+def refined_search(args: argparse.Namespace, estimator: OneShotEstimator) -> dict[str, Any]:
+    """A random search at the search's resolution, then its refinement: time per trial with and without it."""
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        log = run_search(estimator.space, out=folder, strategy="random", trials=args.search_trials, seed=args.seed,
+                         evaluator=estimator, progress=False, refine=False)
+        search_s = time.perf_counter() - start
+        before = front_errors(log)
+        start = time.perf_counter()
+        refined = refine_front(log, estimator)
+        refine_s = time.perf_counter() - start
+        after = front_errors(log)
+    return {"trials": len(log.trials), "search_s": search_s, "refine_s": refine_s, "rescored": len(refined),
+            "per_trial_s": search_s / len(log.trials), "per_trial_refined_s": (search_s + refine_s) / len(log.trials),
+            "ratio": (search_s + refine_s) / search_s, "front_before": before, "front_after": after}
+
+
+def front_errors(log: Any) -> dict[str, Any]:
+    front, _ = pareto_trials(log.trials, log.objectives, log.scales)
+    errors = [t.metrics["accuracy_se"] for t in front]
+    return {"size": len(front), "se_mean": statistics.mean(errors), "se_max": max(errors),
+            "images": sorted({t.metrics["accuracy_images"] for t in front})}
+
+
+def main_resolution(args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    study = resolution_study(args)
+    result = {"command": shlex.join([sys.executable, *sys.argv]), "machine": machine(), "space": args.space,
+              "supernet": supernet_note(args.run), "candidates": args.candidates, **study,
+              "wall_s": time.perf_counter() - start}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / f"{args.name}_resolution.json", result)
+    atomic_write_text(args.out / f"{args.name}_resolution.md", report_resolution(result))
+    print(report_resolution(result))
+    return result
+
+
+def report_resolution(result: dict) -> str:
+    box, search = result["machine"], result["search"]
+    lines = [
+        "# One-shot estimator resolution (issue 16)", "",
+        f"`{result['command']}`", "",
+        f"- space: `{result['space']}`, supernet: {result['supernet']}",
+        f"- machine: {box['cpu']}, {box['usable_cpus']} usable CPUs, torch {box['torch']}; one estimator process "
+        f"on one torch thread, next to other jobs (load averages below); wall time {result['wall_s']:.0f} s",
+        "",
+        "## Cost and noise per resolution",
+        f"{result['candidates']} random candidates; per estimate: BN recalibration on the calibration images, then "
+        "validation on the first N val images. SE: binomial standard error of the accuracy, in points.", "",
+        "| val images | s/candidate (mean) | median | candidates/min | SE mean | SE max | load avg |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r['images']} | {r['mean_s']:.3f} | {r['median_s']:.3f} | {r['per_minute']:.1f} | "
+          f"{100 * r['se_mean']:.2f} | {100 * r['se_max']:.2f} | {r['load_average_1m']:.1f} |"
+          for r in result["resolutions"]),
+        "", "## Thread (in)dependence",
+        "The same candidates scored with the caller's torch thread count set to 1 and to 2 (`threads=None`).", "",
+        "| BN recalibration | candidates | identical per-image results | accuracy changed | max change (points) |",
+        "|---|---:|---:|---:|---:|",
+        *(f"| {r['calibration']} | {r['candidates']} | {r['identical']} | {r['accuracy_changed']} | "
+          f"{r['max_change_points']:.2f} |" for r in result["threads"]),
+        "", "## Neighbour path",
+        "Uniform int4/int4 (menus clamped: depthwise weights, stem and classifier stay 8-bit), then one more layer's "
+        "activation raised to int8 per step. Accuracy ± binomial SE; step: difference to the previous candidate ± "
+        "its paired SE (same images), `*` where |difference| > 2 paired SE. Points.", "",
+        "| step | layer raised | " + " | ".join(f"{r['images']} images: accuracy | step" for r in result["path"])
+        + " |",
+        "|---:|---|" + "---:|---:|" * len(result["path"]),
+    ]
+    layers = ["(int4/int4)", *result["path_layers"]]
+    for i, layer in enumerate(layers):
+        cells = []
+        for r in result["path"]:
+            step = r["steps"][i]
+            cells.append(f"{100 * step['accuracy']:.2f} ± {100 * step['se']:.2f}")
+            if i == 0:
+                cells.append("")
+            else:
+                mark = "*" if abs(step["difference"]) > 2 * step["paired_se"] else ""
+                cells.append(f"{100 * step['difference']:+.2f} ± {100 * step['paired_se']:.2f}{mark}")
+        lines.append(f"| {i} | {layer} | " + " | ".join(cells) + " |")
+    if search:
+        before, after = search["front_before"], search["front_after"]
+        lines += [
+            "", "## Refinement of a search",
+            f"A random search of {search['trials']} trials at the search's resolution, then `refine_front` "
+            f"re-scored {search['rescored']} trials (the front and those within 2 paired SE of it) on the whole "
+            "split.", "",
+            "| | s | s per trial | front size | front SE mean | front SE max | front images |",
+            "|---|---:|---:|---:|---:|---:|---|",
+            f"| search | {search['search_s']:.1f} | {search['per_trial_s']:.3f} | {before['size']} | "
+            f"{100 * before['se_mean']:.2f} | {100 * before['se_max']:.2f} | {before['images']} |",
+            f"| search + refinement | {search['search_s'] + search['refine_s']:.1f} | "
+            f"{search['per_trial_refined_s']:.3f} | {after['size']} | {100 * after['se_mean']:.2f} | "
+            f"{100 * after['se_max']:.2f} | {after['images']} |",
+            "", f"Refinement costs {search['ratio']:.2f}x the search's time per trial.",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
