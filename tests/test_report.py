@@ -1,10 +1,12 @@
 import base64
 import csv
+import io
 import json
 import re
 import shutil
 import subprocess
 
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -198,6 +200,8 @@ def test_html_is_self_contained_with_valid_png_images(report):
     for data in images:
         png = base64.b64decode(data, validate=True)
         assert png[:8] == PNG_SIGNATURE and len(png) > 5000
+        # decoded in full: Pillow rejects a truncated PNG or a broken data stream, which Chromium draws in part
+        assert matplotlib.image.imread(io.BytesIO(png), format="png").shape[2] == 4
     assert not re.search(r"https?://", page)
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert "(1, 1.1)" in page  # the hypervolume reference point is stated
@@ -366,18 +370,63 @@ def test_report_folder_that_is_a_file_is_a_user_error(tmp_path):
         build_report([], tmp_path / "taken")
 
 
-def test_report_renders_in_headless_chromium(report, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+# Appended to a copy of report.html: at the load event every image has loaded or failed, and a failed one has
+# naturalWidth 0; the verdicts go into the DOM that `chromium --dump-dom` prints.
+IMAGE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const check = document.createElement("pre");
+  check.id = "image-check";
+  check.textContent = JSON.stringify([...document.images].map(img => img.complete && img.naturalWidth > 0));
+  document.body.append(check);
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Headless Chromium's command line up to the page address (a fresh profile folder per call)."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
         pytest.skip("chromium is not installed (make test installs Debian's chromium package)")
-    matplotlib_image = pytest.importorskip("matplotlib.image")
+
+    def command(profile, *options):
+        return [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={profile}", *options]
+
+    return command
+
+
+def images_chromium_decodes(chromium, page, tmp_path):
+    """For each <img> of the HTML file ``page``, in document order: whether headless Chromium decoded it."""
+    checked = tmp_path / "checked.html"
+    text = page.read_text()
+    assert text.count("</body>") == 1
+    checked.write_text(text.replace("</body>", IMAGE_CHECK + "</body>"))
+    dom = subprocess.run([*chromium(tmp_path / "profile", "--dump-dom"), checked.as_uri()], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    verdicts = re.search(r'<pre id="image-check">(.*?)</pre>', dom)
+    assert verdicts is not None, "the page never reached its load event"
+    return json.loads(verdicts.group(1))
+
+
+def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
     out, _ = report
+    assert images_chromium_decodes(chromium, out / "report.html", tmp_path) == [True] * EXPECTED_FIGURES
     shot = tmp_path / "page.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,4000",
+    subprocess.run([*chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,4000"),
                     (out / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
-    pixels = matplotlib_image.imread(shot)[..., :3]
+    pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[:2] == (4000, 1280)
     colours = np.unique((pixels.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
     assert len(colours) > 200 and pixels.std() > 0.05  # text, tables and plots, not a blank or single-colour page
+
+
+def test_the_chromium_check_finds_an_image_that_does_not_decode(report, chromium, tmp_path):
+    out, _ = report
+    page = (out / "report.html").read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    not_an_image = base64.b64encode(PNG_SIGNATURE + bytes(200)).decode("ascii")  # a PNG signature, then zeros
+    corrupted = tmp_path / "corrupted.html"
+    corrupted.write_text(page.replace(images[2], not_an_image, 1))
+    assert images_chromium_decodes(chromium, corrupted, tmp_path) == [True, True, False] + [True] * 4
