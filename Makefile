@@ -32,14 +32,14 @@ data:
 		echo "or put the four *-ubyte.gz files in a folder and pass --data FOLDER (or dataset.root in the space file)."; \
 	fi
 
-# Debian's chromium renders report.html in the report test; without it that one test is skipped with a reason.
+# Debian's chromium renders report.html in the report test; without it that test fails and says how to install it.
 chromium:
 	@if command -v chromium >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		echo "Installing Debian package chromium (report rendering test)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-			|| echo "chromium could not be installed; the rendering test will be skipped"; \
-	else echo "chromium is not installed; the report rendering test will be skipped"; fi
+			|| echo "chromium could not be installed; the report rendering test will fail until it is"; \
+	else echo "chromium is not installed (apt-get install chromium as root); the report rendering test will fail"; fi
 
 demo: setup data
 	$(AUTOMQ) demo $(SPACE) --out $(RUN)
