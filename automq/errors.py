@@ -32,5 +32,9 @@ class BudgetError(AutomqError):
     """A cost budget cannot be met by any candidate of the space."""
 
 
+class RayClusterError(AutomqError):
+    """The Ray cluster named by ``--address`` cannot be reached or refuses this machine."""
+
+
 class TrainingDivergedError(AutomqError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""

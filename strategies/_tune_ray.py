@@ -42,7 +42,7 @@ from ray.exceptions import AuthenticationError
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from automq.errors import AutomqError
+from automq.errors import RayClusterError
 from automq.space.candidate import Candidate
 from automq.strategies.tune import Proposals, SuggestCandidate, objective_values, retell
 from automq.search.strategy import Budget, Evaluator, evaluate_candidate
@@ -208,10 +208,6 @@ def ray_session(address: str | None, workers: int | None, work_dir: Path) -> Ite
             ray.shutdown()
         if link is not None:
             link.unlink()
-
-
-class RayClusterError(AutomqError):
-    """The Ray cluster named by ``--address`` cannot be reached or refuses this machine."""
 
 
 def connect_cluster(address: str) -> None:
