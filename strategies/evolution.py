@@ -190,8 +190,12 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         self.crossover_prob, self.jump_prob = crossover_prob, jump_prob
         self._rng = np.random.default_rng(seed)
         self._cost_model = CostModel(space)
-        self._candidates: dict[int, Candidate] = {}  # trial number -> its candidate, once its parameters are set
         self._offspring: dict[int, dict[str, Any]] = {}  # trial number -> the choices bred for it
+        # What the study's trials hold, read once per trial (a candidate's id costs a JSON dump and a hash):
+        self._candidates: dict[int, tuple[str, Candidate]] = {}  # trial number -> id, candidate (parameters set)
+        self._known: set[str] = set()  # ids of every candidate the study holds
+        self._finished: set[int] = set()  # trial numbers that will not change again
+        self._results: dict[str, tuple[Candidate, np.ndarray]] = {}  # id -> candidate, losses (feasible, complete)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         return {}  # every parameter comes from sample_independent, where the whole offspring is bred at once
@@ -202,8 +206,8 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: optuna.distributions.BaseDistribution) -> Any:
         if trial.number not in self._offspring:
-            child = self.propose(study.get_trials(deepcopy=False), study.directions)
-            self._offspring[trial.number] = self.space.choices_of(child)
+            self._read(study.get_trials(deepcopy=False), study.directions)
+            self._offspring[trial.number] = self.space.choices_of(self.propose())
         return self._offspring[trial.number][param_name]
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
@@ -213,55 +217,54 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
 
-    def propose(self, trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> Candidate:
-        """A feasible candidate that none of ``trials`` holds, bred from the population of their results (objective
-        values in the order of ``directions``)."""
-        known = {c.id for c in self._trial_candidates(trials).values()}
-        if len(known) < self.population:  # the first generation: the seeds, then random candidates
-            return self._random_feasible(known)
-        population, ranks, crowding = self._population(trials, directions)
+    def propose(self) -> Candidate:
+        """A feasible candidate that the study does not hold, bred from the population of its results."""
+        if len(self._known) < self.population:  # the first generation: the seeds, then random candidates
+            return self._random_feasible()
+        population, ranks, crowding = self._population()
         for _ in range(MAX_BREEDS if population else 0):
             child = breed(self.space, population, ranks, crowding, self._rng, crossover_prob=self.crossover_prob,
                           jump_prob=self.jump_prob)
-            if child.id not in known and self._feasible(child):
+            if child.id not in self._known and self._feasible(child):
                 return child
-        return self._random_feasible(known)
+        return self._random_feasible()
 
-    def _population(self, trials: Sequence[FrozenTrial],
-                    directions: Sequence[StudyDirection]) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
-        """The surviving members of the complete, feasible trials (each candidate once), their fronts and
-        crowding distances."""
-        candidates = self._trial_candidates(trials)
+    def _read(self, trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> None:
+        """Take in the candidates of new trials, and the results of trials that finished, objective values in the
+        order of ``directions`` turned into losses (each candidate's first result counts)."""
         signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions])
-        results: dict[str, tuple[Candidate, np.ndarray]] = {}
         for trial in trials:
-            feasible = all(v <= 0 for v in (trial.constraints or {}).values())
-            if trial.state == TrialState.COMPLETE and feasible and trial.number in candidates:
-                candidate = candidates[trial.number]
-                results.setdefault(candidate.id, (candidate, signs * np.array(trial.values, dtype=float)))
-        if not results:
-            return [], np.zeros(0, dtype=int), np.zeros(0)
-        members, losses = zip(*results.values())
-        chosen, ranks, crowding = select_population(np.array(losses, dtype=float), self.population)
-        return [members[i] for i in chosen], ranks, crowding
-
-    def _trial_candidates(self, trials: Sequence[FrozenTrial]) -> dict[int, Candidate]:
-        """The candidates of the trials whose parameters are all set (cached: a trial's parameters never change)."""
-        for trial in trials:
+            if trial.number in self._finished:
+                continue
             if trial.number not in self._candidates and trial.params:
                 try:
-                    self._candidates[trial.number] = self.space.candidate_from_choices(trial.params)
+                    candidate = self.space.candidate_from_choices(trial.params)
                 except CandidateError:
                     continue  # the trial being defined now: its parameters are not all set yet
-        return self._candidates
+                self._candidates[trial.number] = candidate.id, candidate
+                self._known.add(candidate.id)
+            if trial.state.is_finished():
+                self._finished.add(trial.number)
+                feasible = all(v <= 0 for v in (trial.constraints or {}).values())
+                if trial.state == TrialState.COMPLETE and feasible and trial.number in self._candidates:
+                    key, candidate = self._candidates[trial.number]
+                    self._results.setdefault(key, (candidate, signs * np.array(trial.values, dtype=float)))
+
+    def _population(self) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
+        """The surviving members of the results, their fronts and crowding distances."""
+        if not self._results:
+            return [], np.zeros(0, dtype=int), np.zeros(0)
+        members, losses = zip(*self._results.values())
+        chosen, ranks, crowding = select_population(np.array(losses), self.population)
+        return [members[i] for i in chosen], ranks, crowding
 
     def _feasible(self, candidate: Candidate) -> bool:
         return within_budgets(self.space, self._cost_model.metrics(candidate))
 
-    def _random_feasible(self, known: set[str]) -> Candidate:
+    def _random_feasible(self) -> Candidate:
         for _ in range(MAX_BREEDS):
             candidate = self.space.sample(self._rng)
-            if candidate.id not in known and self._feasible(candidate):
+            if candidate.id not in self._known and self._feasible(candidate):
                 return candidate
         return candidate  # the study's de-duplication and the budget check answer it without an evaluation
 
