@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from automq.space.space import SearchSpace
 
 Command = Callable[[argparse.Namespace], int | None]
-TUNE_SHORTCUTS = ("sampler", "workers", "address")  # `automq search --sampler ...`: options of the tune strategy
+SEARCH_SHORTCUTS = ("sampler", "workers", "address")  # `automq search --workers ...`: options of tune / evolution
 
 
 class _OptionLoader(yaml.SafeLoader):
@@ -179,14 +179,21 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 
 def _search_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The strategy's keyword arguments: each ``--option``, and the ``tune`` shortcuts that were given.
+    """The strategy's keyword arguments: each ``--option``, and the shortcuts (``--workers``, ...) that were given.
 
     Options a strategy does not take are reported by :func:`automq.search.driver.run_search`, which creates it.
     """
-    shortcuts = {name: getattr(args, name) for name in TUNE_SHORTCUTS if getattr(args, name) is not None}
-    if shortcuts and args.strategy != "tune":
-        raise AutomqError(f"--{next(iter(shortcuts))} is an option of the tune strategy, not of "
-                          f"'{args.strategy}'; give {args.strategy}'s options with --option KEY=VALUE")
+    from automq.search.strategy import strategy_options
+
+    shortcuts = {name: getattr(args, name) for name in SEARCH_SHORTCUTS if getattr(args, name) is not None}
+    try:
+        taken = strategy_options(args.strategy)
+    except KeyError as exc:
+        raise AutomqError(exc.args[0]) from None
+    refused = sorted(shortcuts.keys() - taken)
+    if refused:
+        raise AutomqError(f"--{refused[0]} is not an option of the '{args.strategy}' strategy; give "
+                          f"{args.strategy}'s options with --option KEY=VALUE")
     options: dict[str, Any] = {}
     for key, value in [*map(parse_option, args.options or ()), *shortcuts.items()]:
         if key in options:
@@ -298,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--sampler", choices=["nsga2", "nsga3", "tpe", "gp", "random"],
                         help="tune only: the Optuna sampler (default: nsga2)")
     search.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
-    search.add_argument("--workers", type=int, help="tune only: parallel Ray workers (0: in-process, no Ray)")
-    search.add_argument("--address", help="tune only: Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT")
+    search.add_argument("--workers", type=int, help="tune and evolution: parallel Ray workers (0: in-process, no Ray)")
+    search.add_argument("--address", help="tune and evolution: Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT")
     search.add_argument("--seed", type=int, help="override the space's seed")
     search.add_argument("--resume", action="store_true", help="continue the search in --out")
     search.add_argument("--data", help="dataset folder (overrides dataset.root)")

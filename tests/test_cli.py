@@ -256,14 +256,23 @@ def test_tune_shortcuts_merge_with_options(space_file, run_dir, tmp_path) -> Non
     assert len(load_trials(out)) == 2
 
 
+def test_evolution_takes_the_workers_shortcut(space_file, run_dir, tmp_path) -> None:
+    out = tmp_path / "evolution"
+    assert run_cli("search", space_file, "--supernet", run_dir, "--strategy", "evolution", "--workers", 0,
+                   "--trials", 3, "--out", out) == 0
+    assert run_options(out) == {"workers": 0}
+    assert [t.strategy for t in load_trials(out)] == ["evolution"] * 3
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--strategy", "random", "--option", "max_draws"], "--option 'max_draws': expected KEY=VALUE"),
     (["--strategy", "random", "--option", "=3"], "--option '=3': expected KEY=VALUE"),
     (["--strategy", "random", "--option", "max_draws=[1"], "--option max_draws: '[1' is not a YAML value"),
     (["--strategy", "random", "--option", "max_drawz=3"], "unexpected keyword argument 'max_drawz'"),
     (["--strategy", "random", "--option", "max_draws=0"], "max_draws must be >= 1, got 0"),
-    (["--strategy", "limpq", "--sampler", "tpe"], "--sampler is an option of the tune strategy, not of 'limpq'"),
-    (["--strategy", "uniform", "--workers", "0"], "--workers is an option of the tune strategy, not of 'uniform'"),
+    (["--strategy", "limpq", "--sampler", "tpe"], "--sampler is not an option of the 'limpq' strategy"),
+    (["--strategy", "uniform", "--workers", "0"], "--workers is not an option of the 'uniform' strategy"),
+    (["--strategy", "evolution", "--sampler", "tpe"], "--sampler is not an option of the 'evolution' strategy"),
     (["--sampler", "tpe", "--option", "sampler=gp"], "the strategy option 'sampler' is given twice"),
     (["--strategy", "nope"], "unknown strategy 'nope'"),
 ])

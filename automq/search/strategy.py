@@ -11,6 +11,7 @@ each trial through a :class:`TrialRecorder` the moment it is made, so that ``aut
 
 from __future__ import annotations
 
+import inspect
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -184,9 +185,21 @@ def strategy_names() -> list[str]:
 
     return sorted(_REGISTRY)
 
-def create_strategy(name: str, **kwargs: Any) -> Strategy:
-    """Instantiate a registered strategy by name."""
+def strategy_class(name: str) -> type[Strategy]:
+    """The registered strategy class called ``name`` (``KeyError`` listing the names when there is none)."""
     names = strategy_names()
     if name not in _REGISTRY:
         raise KeyError(f"unknown strategy {name!r}; available: {', '.join(names)}")
-    return _REGISTRY[name](**kwargs)
+    return _REGISTRY[name]
+
+
+def strategy_options(name: str) -> frozenset[str]:
+    """The keyword arguments the strategy ``name`` takes (its hyper-parameters), e.g. for the CLI's shortcuts."""
+    parameters = inspect.signature(strategy_class(name).__init__).parameters
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(p.name for p in parameters.values() if p.kind in named and p.name != "self")
+
+
+def create_strategy(name: str, **kwargs: Any) -> Strategy:
+    """Instantiate a registered strategy by name."""
+    return strategy_class(name)(**kwargs)
