@@ -11,8 +11,9 @@ every cost metric; budgets cap the sums. Two objectives over the one-hot choice 
   ``x`` and relax more tightly than the textbook ``y <= x_a, y <= x_b, y >= x_a + x_b - 1``.
 
 The quadratic MILP is hard for HiGHS beyond toy sizes (dense projected ``G``: 55 options take ~10-20 s on one
-core), so :func:`solve_quadratic` always runs :func:`local_search` too (greedy repair into the budget, then
-best-improvement single- and two-layer moves), returns it at once when it reaches the PSD lower bound 0, uses it
+core), so :func:`solve_quadratic` always runs :func:`local_search` too (greedy repair into the budget, or, when
+that one-layer-at-a-time repair gets stuck on budgets that are only jointly tight, a feasible start from the exact
+linear ILP; then best-improvement single- and two-layer moves), returns it at once when it reaches the PSD lower bound 0, uses it
 instead of the MILP above ``max_pair_variables`` or when HiGHS finds nothing in its time limit, and otherwise
 returns the better of the two; :attr:`Solution.method` records which. Every solution is re-checked against the
 budgets in exact arithmetic.
@@ -165,7 +166,7 @@ def solve_quadratic(
     start = time.perf_counter()
     gram = (gram + gram.T) / 2
     scale = max(float(np.abs(gram).max()), 1e-300)
-    heuristic = local_search(problem, gram, budgets)
+    heuristic = local_search(problem, gram, budgets, time_limit=time_limit)
     if heuristic.objective <= 1e-12 * scale and np.linalg.eigvalsh(gram)[0] >= -1e-9 * scale:
         # G is PSD, so x^T G x >= 0: an assignment of value 0 is optimal, no need to prove it by branching
         return dataclasses.replace(heuristic, method="local search (optimal: PSD lower bound 0)")
@@ -302,16 +303,27 @@ def _raise_jointly_infeasible(problem: AssignmentProblem, budgets: Mapping[str, 
 
 
 def local_search(
-    problem: AssignmentProblem, gram: np.ndarray, budgets: Mapping[str, float], *, max_rounds: int = 10_000
+    problem: AssignmentProblem,
+    gram: np.ndarray,
+    budgets: Mapping[str, float],
+    *,
+    max_rounds: int = 10_000,
+    time_limit: float = 60.0,
 ) -> Solution:
     """Heuristic for ``min x^T G x`` under budgets: start from the per-layer best option, repair greedily into
     the budget (each step takes the move with the least objective increase per unit of budget excess removed),
-    then take best-improvement single-layer or two-layer moves that stay within budget until none improves."""
+    then take best-improvement single-layer or two-layer moves that stay within budget until none improves.
+
+    With several budgets the greedy repair can get stuck although feasible choices exist (every single-layer
+    move that lowers one excess raises another); it then starts instead from the exact linear ILP's choice
+    minimising the diagonal of ``G`` (``time_limit`` bounds that ILP), so any instance with a feasible choice
+    gets one, and only jointly infeasible budgets raise :class:`BudgetError`."""
     check_budgets(problem, budgets)
     start = time.perf_counter()
     gram = (gram + gram.T) / 2
     state = _SearchState(problem, gram, budgets)
-    state.repair()
+    if not state.repair():
+        state = _SearchState(problem, gram, budgets, start=_feasible_start(problem, gram, budgets, time_limit))
     for _ in range(max_rounds):
         if not state.improve():
             break
@@ -322,18 +334,41 @@ def local_search(
                     seconds)
 
 
-class _SearchState:
-    """One-hot state with ``s = G x`` kept current, so that the objective change of a move is O(1)."""
+def _feasible_start(
+    problem: AssignmentProblem, gram: np.ndarray, budgets: Mapping[str, float], time_limit: float
+) -> list[int]:
+    """A choice within every budget, from the linear ILP on the diagonal of ``G`` (exact, so it finds one
+    whenever one exists; it raises the jointly-infeasible :class:`BudgetError` otherwise)."""
+    try:
+        return list(solve_linear(problem, np.diag(gram), budgets, time_limit=time_limit).choice)
+    except TimeoutError as exc:
+        raise BudgetError(
+            f"no assignment within the budgets {dict(budgets)} was found ({exc}); relax a budget"
+        ) from None
 
-    def __init__(self, problem: AssignmentProblem, gram: np.ndarray, budgets: Mapping[str, float]) -> None:
+
+class _SearchState:
+    """One-hot state with ``s = G x`` kept current, so that the objective change of a move is O(1).
+
+    It starts from ``start`` (one option index per layer) or, by default, from every layer's best option on the
+    diagonal of ``G``."""
+
+    def __init__(
+        self,
+        problem: AssignmentProblem,
+        gram: np.ndarray,
+        budgets: Mapping[str, float],
+        start: Sequence[int] | None = None,
+    ) -> None:
         self.problem, self.gram, self.budgets = problem, gram, dict(budgets)
         self.metrics = list(budgets)
         self.cost = np.stack([problem.costs[m] for m in self.metrics]) if self.metrics else np.zeros((0, problem.size))
         self.room = np.array([budgets[m] - problem.offsets[m] for m in self.metrics])
         self.layer = problem.layer_of
-        diag = np.diag(gram)
-        self.chosen = np.array([s + int(np.argmin(diag[s : s + len(o)]))
-                                for s, o in zip(problem.starts, problem.options)])
+        if start is None:
+            diag = np.diag(gram)
+            start = [int(np.argmin(diag[s : s + len(o)])) for s, o in zip(problem.starts, problem.options)]
+        self.chosen = problem.flat(start)
         self.s = gram[:, self.chosen].sum(axis=1)
         self.pair_a, self.pair_b = _cross_pairs(problem)  # two-layer moves: destinations in different layers
 
@@ -357,15 +392,17 @@ class _SearchState:
         used = self.cost[:, self.chosen].sum(axis=1, keepdims=True) + extra
         return np.maximum(used - self.room[:, None], 0).sum(axis=0)
 
-    def repair(self) -> None:
+    def repair(self) -> bool:
+        """Move greedily into the budgets; False when no single-layer move lowers the total excess any more."""
         while self._excess()[0] > 0:
             old, delta, dcost = self._moves()
             gain = self._excess()[0] - self._excess(dcost)
             ratio = np.where(gain > 0, np.maximum(delta, 0) / np.maximum(gain, 1e-300), np.inf)
             best = int(np.argmin(ratio))
             if not np.isfinite(ratio[best]):
-                _raise_jointly_infeasible(self.problem, self.budgets)
+                return False
             self._apply((int(old[best]), best))
+        return True
 
     def improve(self) -> bool:
         old, delta, dcost = self._moves()

@@ -143,3 +143,54 @@ def test_no_budget_picks_the_per_layer_best() -> None:
     problem = AssignmentProblem(("a", "b", "c"), ((0, 1), (0, 1, 2), (0,)), {"bitops": np.arange(6.0)})
     objective = np.array([0.5, 0.1, 3.0, -1.0, 2.0, 0.0])
     assert solve_linear(problem, objective, {}).choice == (1, 1, 0)
+
+
+def multi_budget_problem(rng: np.random.Generator, n_metrics: int) -> tuple[AssignmentProblem, dict[str, float]]:
+    """3-5 layers with 2-3 options and ``n_metrics`` independent integer cost metrics, with every budget equal to
+    the cost of one random choice: each budget alone leaves room, but together they admit only that choice and
+    the choices below it on every metric at once (jointly tight)."""
+    sizes = rng.integers(2, 4, size=rng.integers(3, 6))
+    n = int(sizes.sum())
+    metrics = ("bitops", "size", "peak_act")[:n_metrics]
+    problem = AssignmentProblem(tuple(f"l{i}" for i in range(len(sizes))), tuple(tuple(range(k)) for k in sizes),
+                                {m: rng.integers(1, 100, n).astype(float) for m in metrics})
+    return problem, problem.cost([int(rng.integers(k)) for k in sizes])
+
+
+# Seeds 16 (2 budgets), 39 and 41 (3 budgets) are instances where the greedy one-layer repair gets stuck.
+@pytest.mark.parametrize("seed", range(60))
+def test_iqp_with_jointly_tight_budgets_equals_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    problem, budgets = multi_budget_problem(rng, n_metrics=2 + seed % 2)
+    gram = rng.normal(size=(problem.size, problem.size))
+    symmetric = (gram + gram.T) / 2
+    expected = brute_force(problem, lambda c: one_hot_quadratic(problem, symmetric, c), budgets)
+    assert np.isfinite(expected)  # the choice that set the budgets is feasible
+    tolerance = sum_tolerance(symmetric, roundings=3)
+    solution = solve_quadratic(problem, gram, budgets)
+    assert solution.objective == pytest.approx(expected, abs=tolerance)
+    assert_within(solution.costs, budgets)
+    heuristic = local_search(problem, gram, budgets)
+    assert_within(heuristic.costs, budgets)
+    assert heuristic.objective >= expected - tolerance
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ilp_with_three_budgets_equals_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(1000 + seed)
+    problem, budgets = multi_budget_problem(rng, n_metrics=3)
+    objective = rng.normal(size=problem.size)
+    expected = brute_force(problem, lambda c: objective[problem.flat(c)].sum(), budgets)
+    solution = solve_linear(problem, objective, budgets)
+    assert solution.objective == pytest.approx(expected, abs=sum_tolerance(objective))
+    assert_within(solution.costs, budgets)
+
+
+def test_jointly_infeasible_budgets_raise_one_budget_error() -> None:
+    # Option 0 is cheap in bitops, option 1 in size: each budget alone is met, both together by no choice.
+    problem = AssignmentProblem(("a", "b"), ((0, 1), (0, 1)),
+                                {"bitops": np.array([1.0, 10.0, 1.0, 10.0]), "size": np.array([10.0, 1.0, 10.0, 1.0])})
+    for solve in (lambda: local_search(problem, np.eye(4), {"bitops": 5.0, "size": 5.0}),
+                  lambda: solve_quadratic(problem, np.eye(4), {"bitops": 5.0, "size": 5.0})):
+        with pytest.raises(BudgetError, match="cannot all be met at once"):
+            solve()
