@@ -5,7 +5,8 @@ binomial standard error of 0.8 points, more than most steps between neighbouring
 :func:`refine_front` re-scores, on every validation image, the trials that could be on the front: the
 Pareto-optimal ones and each one that no front trial beats by more than ``margin_se`` paired standard errors
 (:func:`~automq.oneshot.paired.paired_difference`, on the search's images) while being no worse in every other
-objective. Only those reach a user, so this is where the estimate's resolution is spent.
+objective; then any trial that the re-scored values leave on the front unrefined, until the whole front was
+measured on the whole split. Only the front reaches a user, so this is where the estimate's resolution is spent.
 
 A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``;
 ``accuracy_images`` says how many images ``accuracy`` was measured on. ``trials.jsonl`` and ``pareto.json`` are
@@ -23,7 +24,7 @@ import numpy as np
 from automq.io import atomic_write_text
 from automq.oneshot.paired import Correctness, binomial_se, paired_difference
 from automq.search.pareto import Objective, loss_vectors, pareto_mask
-from automq.search.results import TRIALS_FILE, SearchLog
+from automq.search.results import TRIALS_FILE, SearchLog, pareto_trials
 from automq.search.trial import Trial
 
 if TYPE_CHECKING:
@@ -56,12 +57,18 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
     Nothing happens when accuracy is not an objective or the search already scored on the whole split."""
     if "accuracy" not in (o.metric for o in log.objectives) or estimator.val_images >= estimator.max_images:
         return []
-    chosen = near_front([t for t in log.trials if t.feasible], log.objectives, estimator, margin_se=margin_se)
-    refined = [t for t in chosen if t.metrics.get("accuracy_images") != estimator.max_images]
-    for trial in refined:
-        full = estimator.estimate(trial.candidate, images=estimator.max_images)
-        searched = {f"{key}_search": trial.metrics[key] for key in SEARCH_KEYS if key in trial.metrics}
-        trial.metrics = {**trial.metrics, **full, **searched}
+    feasible = [t for t in log.trials if t.feasible]
+    chosen = near_front(feasible, log.objectives, estimator, margin_se=margin_se)
+    pending, refined = chosen + _front(log, feasible), []
+    # a trial scored on fewer images can overtake refined ones (the first images may be easier or harder than the
+    # rest), so the front a user reads is refined until every trial on it was measured on the whole split
+    while pending := [t for t in {t.number: t for t in pending}.values() if not _refined(t, estimator)]:
+        for trial in pending:
+            full = estimator.estimate(trial.candidate, images=estimator.max_images)
+            searched = {f"{key}_search": trial.metrics[key] for key in SEARCH_KEYS if key in trial.metrics}
+            trial.metrics = {**trial.metrics, **full, **searched}
+        refined += pending
+        pending = _front(log, feasible)
     log.run_info["refine"] = {"near_front": len(chosen), "rescored": len(refined),
                               "images": estimator.max_images, "margin_se": margin_se}
     if refined:
@@ -104,6 +111,14 @@ def near_front(trials: Sequence[Trial], objectives: Sequence[Objective], estimat
         return False
 
     return [t for i, t in enumerate(trials) if on_front[i] or not beaten(i)]
+
+
+def _front(log: SearchLog, trials: list[Trial]) -> list[Trial]:
+    return pareto_trials(trials, log.objectives, log.scales)[0]
+
+
+def _refined(trial: Trial, estimator: Refiner) -> bool:
+    return trial.metrics.get("accuracy_images") == estimator.max_images
 
 
 def _search_metrics(trial: Trial) -> dict[str, Any]:
