@@ -516,15 +516,23 @@ def make_loader(
 
 def head(dataset: Dataset, n_images: int) -> Dataset:
     """The first ``min(n_images, len(dataset))`` images of ``dataset`` (a tensor slice where it can be one)."""
-    n = min(n_images, len(dataset))
+    return _window(dataset, 0, n_images)
+
+
+def _window(dataset: Dataset, start: int, stop: int) -> Dataset:
+    """Images ``start`` up to ``min(stop, len(dataset))`` of ``dataset`` (a tensor slice where it can be one)."""
+    stop = min(stop, len(dataset))
     if isinstance(dataset, TensorDataset):
-        return TensorDataset(*(t[:n] for t in dataset.tensors))
-    return Subset(dataset, range(n))
+        return TensorDataset(*(t[start:stop] for t in dataset.tensors))
+    return Subset(dataset, range(start, stop))
 
 
-def fixed_batches(dataset: Dataset, n_images: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
-    """The first ``min(n_images, len(dataset))`` images as a fixed list of (images, labels) batches.
+def fixed_batches(dataset: Dataset, n_images: int, batch_size: int, *, start: int = 0) -> list[tuple[Tensor, Tensor]]:
+    """Images ``start`` up to ``min(n_images, len(dataset))`` (the first ones by default) as a fixed list of
+    (images, labels) batches.
 
-    Used for BN recalibration and fast validation, where the same images must be seen every time.
+    Used for BN recalibration and fast validation, where the same images must be seen every time; a later
+    ``start`` continues a scoring on more images where an earlier one stopped.
     """
-    return [(images, labels) for images, labels in make_loader(head(dataset, n_images), batch_size, shuffle=False)]
+    window = _window(dataset, start, n_images)
+    return [(images, labels) for images, labels in make_loader(window, batch_size, shuffle=False)]

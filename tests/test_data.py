@@ -470,6 +470,16 @@ def test_fixed_batches_are_the_first_images():
     assert torch.equal(torch.cat([b[0] for b in fixed_batches(lazy, 7, 3)]), dataset.tensors[0][:7])
 
 
+def test_fixed_batches_from_a_later_start_continue_where_the_first_images_stop():
+    dataset = torch.utils.data.TensorDataset(torch.randn(10, 2), torch.arange(10))
+    lazy = torch.utils.data.Subset(dataset, range(10))
+    for source in (dataset, lazy):
+        rest = fixed_batches(source, 9, 3, start=4)
+        assert [b[1].tolist() for b in rest] == [[4, 5, 6], [7, 8]]
+        assert torch.equal(torch.cat([b[0] for b in rest]), dataset.tensors[0][4:9])
+        assert [b[1].tolist() for b in fixed_batches(source, 100, 4, start=8)] == [[8, 9]]
+
+
 # ---------------------------------------------------------------------------------------------- real data
 
 FASHION_FILES = [f"{part}-{kind}-ubyte.gz" for part in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]

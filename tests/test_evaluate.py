@@ -291,3 +291,23 @@ def test_from_run_refuses_a_space_that_holds_out_other_validation_images(run_dir
         OneShotEstimator.from_run(run_dir, space=other)
     same_split = tiny_space(SPACE_CHANGES, {"search": {"eval_size": 60}}, folder=tmp_path)
     assert OneShotEstimator.from_run(run_dir, space=same_split).val_images == 60
+
+
+def test_rescoring_on_more_images_continues_the_cached_score_and_equals_a_fresh_one(space, data, supernet,
+                                                                                   run_dir) -> None:
+    sizes = {**SIZES, "eval_batch_size": 40}  # the search's 120 images are 3 whole batches
+    estimator = OneShotEstimator(space, supernet, data, **sizes)
+    validated = []
+    supernet.register_forward_hook(lambda module, inputs, _: validated.append(len(inputs[0])) if not module.training
+                                   else None)
+    candidate = candidates(space)[2]
+    estimator(candidate)
+    validated.clear()
+    continued = estimator.estimate(candidate, images=200)
+    assert validated == [40, 40]  # only images 120..199 were scored again
+    fresh = OneShotEstimator(space, load_supernet(run_dir, space), data, **sizes)
+    expected = fresh.estimate(candidate, images=200)
+    # per-image losses summed in two parts: float64 rounding of ~200 terms of size ~1
+    assert abs(continued.pop("loss") - expected.pop("loss")) < 1e-12
+    assert continued == expected
+    assert estimator.correctness(candidate, images=200) == fresh.correctness(candidate, images=200)

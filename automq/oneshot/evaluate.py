@@ -108,6 +108,12 @@ class Score(NamedTuple):
         c = self.correctness
         return {"accuracy": c.accuracy, "accuracy_se": c.se, "accuracy_images": c.images, "loss": self.loss}
 
+    def then(self, rest: Score) -> Score:
+        """This score followed by ``rest``, a score of the same model on the images after these."""
+        first, second = self.correctness, rest.correctness
+        loss = (self.loss * first.images + rest.loss * second.images) / (first.images + second.images)
+        return Score(loss, Correctness.from_bools(np.concatenate([first.bools(), second.bools()])))
+
 
 def score_model(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> Score:
     """Per-image correctness and mean cross-entropy of ``model`` in eval mode over ``batches``.
@@ -234,13 +240,16 @@ class OneShotEstimator:
         if self.cache and key in self._scores:
             return self._scores[key]
         self.space.validate_candidate(candidate)
+        done = self._scored_prefix(candidate, images)
+        start = done.correctness.images if done else 0
         with deterministic(), scales_restored(self.supernet):
             self.supernet.set_active(candidate)
             with torch_threads(CALIBRATION_THREADS):
                 recalibrate_bn(self.supernet, self.calib)
-            batches = self.val if images == self.val_images else self._batches(images)
+            batches = self.val if (start, images) == (0, self.val_images) else self._batches(images, start)
             with torch_threads(self.threads):
                 score = score_model(self.supernet, batches)
+        score = done.then(score) if done else score
         metrics, correctness = score.metrics(), score.correctness
         if self.finetune_images:
             tuned, correctness = self._finetuned(candidate, self.finetune_train, epochs=1, seed=self.space.seed,
@@ -260,8 +269,22 @@ class OneShotEstimator:
                             f"images; score on 1..{self.max_images}")
         return images
 
-    def _batches(self, images: int) -> list[tuple[Tensor, Tensor]]:
-        return fixed_batches(self.data.val, images, self.eval_batch_size)
+    def _batches(self, images: int, start: int = 0) -> list[tuple[Tensor, Tensor]]:
+        return fixed_batches(self.data.val, images, self.eval_batch_size, start=start)
+
+    def _scored_prefix(self, candidate: Candidate, images: int) -> Score | None:
+        """The cached one-shot score of ``candidate`` on the most of the first ``images`` images that a re-scoring
+        can continue: recalibration repeats the same BN statistics, and a prefix of whole batches was computed on
+        the very batches a scoring from the start would use, so the continued score equals a fresh one (the mean
+        loss up to float64 rounding). Re-scoring the search's front on the whole split then skips the search's
+        images."""
+        if not self.cache or self.finetune_images:
+            return None
+        done = [n for (key, n) in self._scores if key == candidate.id and n < images and n % self.eval_batch_size == 0]
+        if not done:
+            return None
+        metrics, correctness = self._scores[(candidate.id, max(done))]
+        return Score(metrics["loss"], correctness)
 
     def finetuned(self, candidate: Candidate, *, train: Dataset | None = None, epochs: int = 1,
                   seed: int = 0) -> dict[str, Any]:
