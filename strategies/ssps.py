@@ -9,12 +9,21 @@ probabilities (see :mod:`strategies._relaxed`). The constraints (BitOps, size, .
 :class:`~strategies._archparams.ExpectedCost`. Weights and logits alternate on two parts of the train split, as
 in :class:`~strategies.differentiable.BilevelSearch`.
 
-**Sequential decisions.** After a warm-up, at every interval the undecided decisions whose selection is most
-certain (top probability furthest from uniform, :meth:`~strategies._archparams.ArchParams.certainty`, at least
-``threshold``) are fixed to their top choice and their other choices removed from the distribution for good;
-enough of them per interval that every decision is fixed by the last step. Fixing a stage's depth also fixes
-the decisions of the blocks it leaves out (they no longer matter). Decisions still undecided at the end are
-fixed to their top choice and marked ``forced``. The order, step and certainty of every fixing are returned in
+**Sequential decisions.** After a warm-up, at every fixing point the ONE undecided decision whose selection is
+most certain is fixed to its top choice and its other choices removed from the distribution for good (the
+sequential rule); by default there is one fixing point per decision, spread evenly over the steps after the
+warm-up, so the search fixes every decision this way and re-trains the rest of the distribution in between.
+``decisions_per_fixing=None`` restores the project's earlier variant: at each of ``fixings`` points an even share
+``ceil(undecided / points left)`` is fixed, so that many decisions are taken at once from one snapshot of the
+distribution (closer to DNAS with a hinge penalty than to a sequential search).
+
+The *certainty* of a decision (:meth:`~strategies._archparams.ArchParams.certainty`) is how far its top
+probability is from uniform over its alive choices, ``(p_max - 1/n) / (1 - 1/n)``: 0 for a uniform
+distribution, 1 for a one-hot one, comparable across decisions with different numbers of choices ``n``. A
+decision is fixed before the end only when its certainty reaches ``threshold`` (default 0: the most certain one
+always is). Fixing a stage's depth also fixes the decisions of the blocks it leaves out (they no longer matter,
+``inactive``). Decisions still undecided at the last step (too few steps for one fixing point each, or none as
+certain as ``threshold``) are fixed to their top choice and marked ``forced``. The order, step and certainty of every fixing are returned in
 ``Trial.info["decisions"]`` and, with ``out_dir``, written to ``ssps_decisions.json``.
 
 One search runs per budget level; each gives one candidate, repaired into its budget if the argmax breaks it
@@ -51,28 +60,34 @@ DECISIONS_FILE = "ssps_decisions.json"
 
 
 class SequentialFixer:
-    """Fixes the decisions of ``arch`` one interval at a time, most certain first, and logs each fixing.
+    """Fixes the decisions of ``arch`` at fixing points, most certain first, and logs each fixing.
 
     Args:
         arch: the distributions whose choices are removed (its ``alive`` mask only ever loses entries).
-        steps: steps of the whole search; every decision is fixed by the last one.
+        steps: steps of the whole search; the fixing points lie before the last one.
         warmup: steps before the first fixing.
         interval: steps between fixings.
         threshold: least certainty for a decision to be fixed before the end.
+        decisions_per_fixing: decisions fixed at each point (1: the sequential rule); ``None`` fixes an even share
+            of the undecided ones, so that every decision is fixed by the last point.
         log: the record of the fixings made so far, which this fixer appends to (default: a new one).
     """
 
     def __init__(self, arch: ArchParams, *, steps: int, warmup: int, interval: int, threshold: float,
-                 log: list[dict[str, Any]] | None = None) -> None:
+                 decisions_per_fixing: int | None = 1, log: list[dict[str, Any]] | None = None) -> None:
         self.arch, self.steps, self.warmup, self.interval, self.threshold = arch, steps, warmup, interval, threshold
+        self.decisions_per_fixing = decisions_per_fixing
         self.log: list[dict[str, Any]] = [] if log is None else log
 
     def __call__(self, step: int) -> None:
-        """After ``step`` steps: at a fixing point, fix this interval's share of the undecided decisions."""
+        """After ``step`` steps: at a fixing point, fix the most certain undecided decision(s)."""
         if step < self.warmup or step >= self.steps or (step - self.warmup) % self.interval:
             return
+        self.fix_most_certain(step, self.decisions_per_fixing or self._even_share(step))
+
+    def _even_share(self, step: int) -> int:
         points_left = (self.steps - 1 - step) // self.interval + 1  # this one included
-        self.fix_most_certain(step, math.ceil(self.undecided() / points_left))
+        return math.ceil(self.undecided() / points_left)
 
     def undecided(self) -> int:
         return int((~self.arch.fixed).sum())
@@ -93,7 +108,8 @@ class SequentialFixer:
     def fix_remaining(self, step: int) -> None:
         certainty = self.arch.certainty()
         for row in torch.nonzero(~self.arch.fixed).flatten().tolist():
-            self._fix(row, step, float(certainty[row]), "forced")
+            if not self.arch.fixed[row]:  # not left out meanwhile by a depth fixed earlier in this loop
+                self._fix(row, step, float(certainty[row]), "forced")
 
     def _fix(self, row: int, step: int, certainty: float, reason: str) -> None:
         table = self.arch.table
@@ -121,8 +137,11 @@ class SSPS(GradientStrategy):
             none (then only the space's other budgets constrain the search).
         penalty_weight: weight of each budget's hinge term.
         warmup: fraction of the steps before the first fixing.
-        fixings: number of fixing points after the warm-up (the interval follows from the steps).
-        threshold: least certainty for a decision to be fixed before the last step.
+        fixings: number of fixing points after the warm-up (the interval follows from the steps); default: one
+            per decision of the space.
+        threshold: least certainty for a decision to be fixed before the last step (see the module docstring).
+        decisions_per_fixing: decisions fixed at each point: 1 (the sequential rule) or ``None`` (an even share
+            of the undecided ones, every decision fixed by the last point: the project's earlier variant).
         metric: the metric of ``levels`` (an additive metric; default: the space's first minimised one).
         out_dir: where to write ``ssps_decisions.json`` (optional).
         search: :class:`~strategies.differentiable.GradientConfig` fields (steps, batch_size, ...); the
@@ -132,16 +151,19 @@ class SSPS(GradientStrategy):
     name = "ssps"
 
     def __init__(self, *, levels: Sequence[float] | None = None, penalty_weight: float = 5.0, warmup: float = 0.2,
-                 fixings: int = 20, threshold: float = 0.2, metric: str | None = None,
-                 out_dir: str | Path | None = None, **search: Any) -> None:
+                 fixings: int | None = None, threshold: float = 0.0, decisions_per_fixing: int | None = 1,
+                 metric: str | None = None, out_dir: str | Path | None = None, **search: Any) -> None:
         if search.get("relaxation", "single_path") != "single_path":
             raise ValueError("SSPS is single-path by definition; use the 'dnas' strategy for multi-branch mixing")
         super().__init__(metric=metric, config=GradientConfig(**search))
-        if penalty_weight < 0 or not 0 <= warmup < 1 or fixings < 1 or not 0 <= threshold <= 1:
-            raise ValueError("SSPS needs penalty_weight >= 0, 0 <= warmup < 1, fixings >= 1 and 0 <= threshold <= 1; "
-                             f"got {penalty_weight}, {warmup}, {fixings}, {threshold}")
+        if penalty_weight < 0 or not 0 <= warmup < 1 or not 0 <= threshold <= 1:
+            raise ValueError("SSPS needs penalty_weight >= 0, 0 <= warmup < 1 and 0 <= threshold <= 1; "
+                             f"got {penalty_weight}, {warmup}, {threshold}")
+        if (fixings is not None and fixings < 1) or (decisions_per_fixing is not None and decisions_per_fixing < 1):
+            raise ValueError("SSPS needs fixings and decisions_per_fixing >= 1 (or None for their defaults); "
+                             f"got {fixings} and {decisions_per_fixing}")
         self.levels, self.penalty_weight, self.warmup = levels, penalty_weight, warmup
-        self.fixings, self.threshold = fixings, threshold
+        self.fixings, self.threshold, self.decisions_per_fixing = fixings, threshold, decisions_per_fixing
         self.out_dir = None if out_dir is None else Path(out_dir)
 
     def search(self, space: SearchSpace, evaluator: Evaluator, recorder: TrialRecorder, *, seed: int) -> None:
@@ -156,7 +178,7 @@ class SSPS(GradientStrategy):
             costs = {m: expected if m == metric else ExpectedCost(table, m) for m in limits}
             checkpoint = self.checkpoint(recorder, f"search_{index}", seed=seed, level=level,
                                          penalty_weight=self.penalty_weight, warmup=self.warmup, fixings=self.fixings,
-                                         threshold=self.threshold)
+                                         threshold=self.threshold, decisions_per_fixing=self.decisions_per_fixing)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 arch = ArchParams(table)
@@ -176,9 +198,10 @@ class SSPS(GradientStrategy):
     def _fixer(self, arch: ArchParams, *, log: list[dict[str, Any]]) -> SequentialFixer:
         steps = self.config.steps
         warmup = min(steps - 1, round(self.warmup * steps))
-        interval = max(1, (steps - warmup) // self.fixings)
+        fixings = self.fixings or len(arch.table.names)
+        interval = max(1, (steps - warmup) // fixings)
         return SequentialFixer(arch, steps=steps, warmup=max(1, warmup), interval=interval, threshold=self.threshold,
-                               log=log)
+                               decisions_per_fixing=self.decisions_per_fixing, log=log)
 
     def _objective(self, costs: dict[str, ExpectedCost], limits: dict[str, float]) -> Objective:
         """Cross-entropy plus a hinge per constrained metric."""

@@ -1,6 +1,7 @@
 """Tests for strategies/ssps.py: SSPS finds the choice that is clearly best, meets every budget level, fixes every
 decision exactly once and never revives a removed choice, and logs the order of its decisions."""
 
+import collections
 import dataclasses
 import functools
 import json
@@ -35,7 +36,7 @@ def levels(estimator) -> list[float]:
 @pytest.fixture(scope="module")
 def run(estimator, levels, tmp_path_factory):
     out = tmp_path_factory.mktemp("ssps")
-    strategy = SSPS(levels=levels, fixings=10, steps=STEPS, batch_size=32, out_dir=out)
+    strategy = SSPS(levels=levels, steps=STEPS, batch_size=32, out_dir=out)
     return strategy.run(estimator.space, estimator, Budget(4), seed=0), out
 
 
@@ -75,6 +76,37 @@ def test_every_decision_is_fixed_once_in_logged_order(estimator, run, levels) ->
     written = json.loads((out / DECISIONS_FILE).read_text())
     assert written["metric"] == "bitops"
     assert [written["levels"][str(level)] for level in levels] == [t.info["decisions"] for t in trials]
+
+
+def test_the_default_fixes_one_decision_per_fixing_point_and_forces_none(estimator, run) -> None:
+    # 15 decisions, 50 steps, warm-up 10: one fixing point per decision every (50 - 10) // 15 = 2 steps, so all
+    # 15 are taken by the sequential rule (at steps 10, 12, ..., 38) or left out by a fixed depth
+    trials, _ = run
+    for trial in trials:
+        log = trial.info["decisions"]
+        per_point = collections.Counter(e["step"] for e in log if e["reason"] == "certain")
+        assert set(per_point.values()) == {1}
+        assert all(step in range(10, STEPS, 2) for step in per_point)
+        assert not [e for e in log if e["reason"] == "forced"]
+
+
+def test_each_fixing_point_fixes_exactly_one_decision() -> None:
+    # 8 fixing points (steps 5, 10, ..., 40) for 15 decisions: the sequential rule fixes one at each and forces
+    # the rest at the end; the even share (the earlier variant) fixes ceil(15 / 8) = 2 at the first point.
+    table = DecisionTable(task_space())
+    for per_fixing, first_count in ((1, 1), (None, 2)):
+        arch = ArchParams(table)
+        with torch.no_grad():
+            arch.source.logits.copy_(torch.randn(table.shape, generator=torch.Generator().manual_seed(1)))
+        fixer = SequentialFixer(arch, steps=41, warmup=5, interval=5, threshold=0.0,
+                                decisions_per_fixing=per_fixing)
+        for step in range(1, 41):
+            fixer(step)
+        per_point = collections.Counter(e["step"] for e in fixer.log if e["reason"] == "certain")
+        assert per_point[5] == first_count
+        if per_fixing == 1:
+            assert per_point == {step: 1 for step in range(5, 41, 5)}
+            assert int((~arch.fixed).sum()) > 0  # more decisions than fixing points: the rest is forced at the end
 
 
 def test_an_interrupted_search_resumes_its_training_and_fixings(estimator, levels, tmp_path, monkeypatch) -> None:
