@@ -244,6 +244,19 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"report written to {args.out}/report.html (and report.md, trials.csv, pareto.csv)")
 
 
+def _cmd_final(args: argparse.Namespace) -> None:
+    from automq.report.final import FINAL_FILE, measure_final
+    from automq.report.report import build_report
+
+    final = measure_final(args.search_dirs, args.supernet, args.out, data_root=args.data,
+                          test_images=args.test_images)
+    for run, counts in final["summary"].items():
+        print(f"{run}: beats the best uniform format at {counts['win']} of {counts['budgets']} budgets on "
+              f"{final['test_images']} test images (ties {counts['tie']}, losses {counts['loss']})")
+    build_report(args.search_dirs, args.out)
+    print(f"final measurement written to {args.out}/{FINAL_FILE}; report in {args.out}/report.html")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and for the README's CLI reference)."""
     parser = argparse.ArgumentParser(
@@ -326,6 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="report folder")
     report.add_argument("--fidelity", help="fidelity JSON (one-shot vs stand-alone accuracy) to include")
     report.set_defaults(func=_cmd_report)
+
+    final = sub.add_parser("final", help="measure the searches' fronts and the uniform baselines on the test "
+                                         "split, paired by budget, and write the report with them")
+    final.add_argument("search_dirs", nargs="+", metavar="SEARCH_DIR",
+                       help="search folders; at least one holds uniform-precision trials (--strategy uniform)")
+    final.add_argument("--supernet", required=True, help="the train-supernet run folder the searches scored with")
+    final.add_argument("--out", required=True, help="report folder: final.json, then the report that shows it")
+    final.add_argument("--test-images", type=int, metavar="N", help="score on the first N test images (default: all)")
+    final.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    final.set_defaults(func=_cmd_final)
     return parser
 
 

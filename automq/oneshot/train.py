@@ -274,14 +274,15 @@ def space_fingerprint(space: SearchSpace) -> str:
 
 
 def load_space_data(
-    space: SearchSpace, *, root: str | Path | None = None, train_subset: int | None = None
+    space: SearchSpace, *, root: str | Path | None = None, train_subset: int | None = None, with_test: bool = False
 ) -> DataSplits:
     """The space's dataset with its train/val split, seeded by ``space.seed`` so training and every later
-    estimate agree on which images are held out."""
+    estimate agree on which images are held out; ``with_test`` also reads the dataset's own test split, which only
+    the final measurement (:mod:`automq.report.final`) scores on."""
     ds = space.dataset
     split = {} if ds.val_size is None else {"val_size": ds.val_size}
     return load_dataset(ds.name, root if root is not None else ds.root, input_size=ds.input_size,
-                        train_subset=train_subset, seed=space.seed, **split)
+                        train_subset=train_subset, with_test=with_test, seed=space.seed, **split)
 
 
 class SupernetTrainer:

@@ -298,10 +298,7 @@ def budget_rows(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline], cost
     mixed precision found nothing better.
     """
     usable_runs = {run.label: usable(run.result.trials, ["accuracy", cost]) for run in runs}
-    formats_at: dict[float, list[str]] = {}  # formats of equal cost (int4 and fp4_e2m1) share one budget
-    for name, trial in _best_per_format(baselines, cost):
-        formats_at.setdefault(trial.metrics[cost], []).append(name)
-    levels = [(budget, "uniform " + ", ".join(names)) for budget, names in formats_at.items()]
+    levels = uniform_budgets(baselines, cost)
     if not levels:
         values = [t.metrics[cost] for trials in usable_runs.values() for t in trials if t.metrics[cost] > 0]
         levels = [(float(b), "log-spaced") for b in np.geomspace(min(values), max(values), 3)] if values else []
@@ -312,6 +309,15 @@ def budget_rows(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline], cost
                 for run, trials in usable_runs.items()}
         rows.append(BudgetRow(budget, label, best))
     return rows
+
+
+def uniform_budgets(baselines: Sequence[Baseline], cost: str) -> list[tuple[float, str]]:
+    """The distinct ``cost`` values of the uniform formats' best baselines, cheapest first, each labelled with the
+    formats that cost it (``"uniform int4, fp4_e2m1"``: formats of equal cost share one budget)."""
+    formats_at: dict[float, list[str]] = {}
+    for name, trial in _best_per_format(baselines, cost):
+        formats_at.setdefault(trial.metrics[cost], []).append(name)
+    return [(budget, "uniform " + ", ".join(names)) for budget, names in formats_at.items()]
 
 
 def _best_per_format(baselines: Sequence[Baseline], cost: str) -> list[tuple[str, Trial]]:

@@ -32,6 +32,7 @@ from automq.space.candidate import Candidate
 from automq.report.comparison import (Baseline, RunAnalysis, analyse_runs, budget_rows, fidelity_stats, find_baselines,
                                front_2d, key_findings, load_fidelity, usable)
 from automq.errors import AutomqError, SpaceError
+from automq.report.final import load_final
 from automq.numerics.formats import format_names, get_format
 from automq.io import atomic_write_json, atomic_write_text
 from automq.search.pareto import reference_point
@@ -353,6 +354,43 @@ def _validation_images(runs: Sequence[RunAnalysis]) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+FINAL_HEADER = ["run", "BitOps budget", "best uniform", "uniform test [%]", "searched trial", "searched BitOps",
+                "searched val [%] (search)", "searched test [%]", "difference [points]", "95% interval", "verdict"]
+
+
+def final_section(final: dict[str, Any] | None) -> list[Block]:
+    """The final measurement on the test split (``automq final``), with the validation estimates beside it."""
+    if final is None:
+        return []
+    rows = [final_row(c) for c in final["comparisons"]]
+    counts = [f"{run}: wins at {c['win']} of {c['budgets']} budgets, ties at {c['tie']}, loses at {c['loss']}"
+              + (f", no candidate at {c['none']}" if c["none"] else "") for run, c in final.get("summary", {}).items()]
+    return [
+        Heading("Final measurement (test split)"),
+        Paragraph(f"Deployment recipe: {final.get('recipe', 'not recorded')}. For each budget, each search's most "
+                  "accurate candidate at or below it by validation accuracy is paired with the most accurate uniform "
+                  "format at or below it (also chosen on validation), both scored on the same test images. A win "
+                  f"needs a lead of more than {final.get('margin_se', 2):g} paired standard errors; the interval is "
+                  "the difference ± 1.96 paired standard errors. The validation accuracy is the search's estimate "
+                  "(refined on the whole validation split; in brackets the value the search saw)."),
+        Bullets(counts or ["No search was compared."]),
+        Table(FINAL_HEADER, rows),
+    ]
+
+
+def final_row(c: dict[str, Any]) -> list[str]:
+    """One comparison of ``final.json`` as a table row (points and percentages with two decimals)."""
+    head = [c["run"], f"{c['budget']:.4g}", f"{c['uniform']} (#{c['uniform_trial']})",
+            f"{100 * c['uniform_test_accuracy']:.2f}"]
+    if c.get("searched_trial") is None:
+        return head + ["-"] * (len(FINAL_HEADER) - len(head) - 1) + ["no candidate"]
+    low, high = c["ci95"]
+    return head + [f"#{c['searched_trial']}", f"{c['searched_bitops']:.4g}",
+                   f"{100 * c['searched_val_accuracy']:.2f} ({100 * c['searched_search_accuracy']:.2f})",
+                   f"{100 * c['searched_test_accuracy']:.2f}", f"{100 * c['difference']:+.2f} ± {100 * c['se']:.2f}",
+                   f"[{100 * low:+.2f}, {100 * high:+.2f}]", c["verdict"]]
+
+
 def fidelity_section(records: Sequence[dict[str, Any]]) -> tuple[list[Block], dict[str, Any] | None]:
     """One-shot estimate against stand-alone accuracy with rank correlations, when fidelity data exist."""
     blocks: list[Block] = [Heading("One-shot estimate vs stand-alone accuracy")]
@@ -489,6 +527,7 @@ def build_report(search_dirs: Sequence[str | Path], out_dir: str | Path, *,
         r.path / FIDELITY_FILE for r in results if (r.path / FIDELITY_FILE).is_file()]
     fidelity_blocks, fidelity_result = fidelity_section(load_fidelity(fidelity_files, notes))
     findings = key_findings(runs, baselines)
+    final = load_final(out, notes)
     pareto = pareto_figures(runs, baselines, colors)
     blocks: list[Block] = [
         Paragraph(f"{len(runs)} search run(s): " + (", ".join(r.label for r in runs) or "none") + "."),
@@ -498,6 +537,7 @@ def build_report(search_dirs: Sequence[str | Path], out_dir: str | Path, *,
         *(pareto or [Paragraph("No feasible trial with an accuracy and a cost to plot.")]),
         *hypervolume_section(runs, colors),
         *budget_section(runs, baselines),
+        *final_section(final),
         Heading("Pareto-optimal candidates"), candidates_table(runs), *heatmap_figures(runs),
         *fidelity_blocks,
         Heading("Search cost"), cost_table(runs),
@@ -513,9 +553,12 @@ def build_report(search_dirs: Sequence[str | Path], out_dir: str | Path, *,
     atomic_write_text(out / "report.md", render_markdown(title, blocks))
     write_csv(out / "trials.csv", *trial_rows(runs))
     write_csv(out / "pareto.csv", *trial_rows(runs, pareto_only=True))
+    if final is not None:
+        write_csv(out / "final.csv", FINAL_HEADER, [final_row(c) for c in final["comparisons"]])
     summary = {"runs": [r.summary() for r in runs], "notes": notes, "findings": findings,
                "baselines": [{"format": b.name, "run": b.run, "trial": b.trial.number} for b in baselines],
-               "fidelity": fidelity_result, "figures": [f.name for f in figures]}
+               "fidelity": fidelity_result, "figures": [f.name for f in figures],
+               "final": None if final is None else final.get("summary")}
     atomic_write_json(out / "summary.json", summary)
     return summary
 

@@ -1,0 +1,238 @@
+"""The final measurement: the searches' winners and the uniform references scored once more, on the test split.
+
+A search ranks candidates by the one-shot estimate on validation images, and picking the best of many noisy
+estimates flatters the winner. :func:`measure_final` therefore measures, on the dataset's own *test* split (never
+seen by training, search or refinement), the Pareto-optimal candidates of each search (accuracy against ``bitops``)
+and every uniform-precision baseline, each after the deployment recipe a user applies (:data:`RECIPE`: extract the
+candidate from the supernet as a stand-alone model, recalibrate its batch norms on training images, as
+``automq export`` does; no fine-tuning).
+
+For each uniform budget (the BitOps of a uniform format, :func:`~automq.report.comparison.uniform_budgets`) and each
+search, the candidate compared is chosen *before* the test split is read: the search's most accurate candidate at or
+below the budget by its validation accuracy, against the most accurate uniform baseline at or below it (also by
+validation accuracy). Both are scored on the same test images, so their difference gets a paired standard error
+(:func:`~automq.oneshot.paired.paired_difference`); a search *wins* a budget only when it leads by more than
+:data:`MARGIN_SE` paired standard errors, *loses* when it trails by that much, and *ties* otherwise. The 95% interval
+is the difference ± :data:`Z95` standard errors. The results go to ``final.json`` (:data:`FINAL_FILE`), which the
+report shows beside the search-time estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from automq.data import DataSplits, fixed_batches
+from automq.errors import DataError
+from automq.io import atomic_write_json
+from automq.model.supernet import Supernet, recalibrate_bn
+from automq.oneshot.evaluate import CALIBRATION_THREADS, score_model, torch_threads
+from automq.oneshot.paired import Correctness, Difference, paired_difference
+from automq.oneshot.train import EVAL_BATCH_SIZE, deterministic, load_space_data, load_supernet
+from automq.report.comparison import (Baseline, RunAnalysis, analyse_runs, find_baselines, front_2d,
+                                      uniform_budgets)
+from automq.search.results import SPACE_FILE, load_search_dir
+from automq.search.trial import Trial
+from automq.space.candidate import Candidate
+from automq.space.space import SearchSpace
+
+__all__ = ["FINAL_FILE", "MARGIN_SE", "RECIPE", "Z95", "Pairing", "compare", "deploy", "load_final",
+           "measure_final", "pairings", "summarise", "verdict"]
+
+FINAL_FILE = "final.json"
+MARGIN_SE = 2.0
+"""Paired standard errors by which a searched candidate must lead (or trail) the uniform reference to win (lose)."""
+Z95 = 1.959963984540054
+"""The two-sided 95% quantile of the normal distribution (``scipy.stats.norm.ppf(0.975)``)."""
+DEPLOY_CALIB_IMAGES = 512
+DEPLOY_CALIB_BATCH = 128
+"""BN recalibration of a deployed candidate: the first 512 training images in batches of 128, as ``automq export``."""
+RECIPE = ("Supernet.extract(candidate) as a stand-alone timm model with its own quantizers, batch norms recalibrated "
+          "on the first {calib} training images (batches of {batch}), as `automq export` does; no fine-tuning; "
+          "scored on the first {test} images of the dataset's test split")
+COST = "bitops"
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def verdict(difference: Difference, margin_se: float = MARGIN_SE) -> str:
+    """``"win"`` when the difference exceeds ``margin_se`` paired standard errors, ``"loss"`` when it is below
+    minus that, else ``"tie"`` (a zero difference with a zero error, two identical candidates, is a tie)."""
+    if difference.value > margin_se * difference.se:
+        return "win"
+    if difference.value < -margin_se * difference.se:
+        return "loss"
+    return "tie"
+
+
+def compare(searched: Correctness, reference: Correctness, margin_se: float = MARGIN_SE) -> dict[str, Any]:
+    """``accuracy(searched) - accuracy(reference)`` on the same images: value, paired SE, 95% interval, verdict."""
+    difference = paired_difference(searched, reference)
+    half = Z95 * difference.se
+    return {"difference": difference.value, "se": difference.se,
+            "ci95": [difference.value - half, difference.value + half], "verdict": verdict(difference, margin_se)}
+
+
+# ------------------------------------------------------------------------------------------------ what to compare
+@dataclass(frozen=True)
+class Pairing:
+    """One budget of one search: its candidate chosen by validation accuracy, and the uniform reference there."""
+
+    run: str
+    budget: float
+    budget_label: str
+    searched: Trial | None  # None: the search found no candidate at or below the budget
+    reference: Baseline
+
+
+def pairings(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> list[Pairing]:
+    """For every non-uniform run and every uniform budget, the run's most accurate candidate (by validation accuracy)
+    at or below the budget and the most accurate uniform baseline at or below it; budgets in increasing cost."""
+    found = []
+    for budget, label in sorted(uniform_budgets(baselines, COST)):
+        reference = _most_accurate([b for b in baselines if _within(b.trial, budget)], key=lambda b: b.trial)
+        for run in runs:
+            if not run.is_uniform:
+                front = front_2d(run.result.trials, COST)
+                searched = _most_accurate([t for t in front if _within(t, budget)], key=lambda t: t)
+                found.append(Pairing(run.label, budget, label, searched, reference))
+    return found
+
+
+def _within(trial: Trial, budget: float) -> bool:
+    return trial.metrics[COST] <= budget * (1 + 1e-9)
+
+
+def _most_accurate(items: Sequence[Any], *, key: Any) -> Any:
+    """The item whose trial has the highest validation accuracy (the cheapest on a tie), or None."""
+    return max(items, key=lambda item: (key(item).metrics["accuracy"], -key(item).metrics[COST]), default=None)
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def deploy(supernet: Supernet, candidate: Candidate, calibration: Sequence[Any]) -> Any:
+    """The deployed model of ``candidate``: extracted from ``supernet`` and its batch norms recalibrated on
+    ``calibration`` batches (summed on :data:`CALIBRATION_THREADS` threads so the result does not depend on the
+    caller's thread count)."""
+    with deterministic(), torch_threads(CALIBRATION_THREADS):
+        model = supernet.extract(candidate)
+        recalibrate_bn(model, calibration)
+    return model.eval()
+
+
+def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, out_dir: str | Path, *,
+                  data_root: str | Path | None = None, test_images: int | None = None,
+                  calib_images: int = DEPLOY_CALIB_IMAGES, margin_se: float = MARGIN_SE) -> dict[str, Any]:
+    """Measure the fronts of ``search_dirs`` and their uniform baselines on the test split, compare them budget by
+    budget, write ``out_dir/final.json`` atomically and return its content.
+
+    ``supernet_dir`` is the training run the searches scored with; ``test_images`` limits the test images (default:
+    all). Raises :class:`~automq.errors.DataError` when the dataset has no test split or no search has a uniform
+    baseline to compare with."""
+    start = time.time()
+    notes: list[str] = []
+    runs = analyse_runs([load_search_dir(d) for d in search_dirs], notes)
+    baselines = [b for b in find_baselines(runs) if COST in b.trial.metrics]
+    if not baselines:
+        raise DataError(f"no uniform-precision trial with {COST} in {', '.join(map(str, search_dirs))}: run "
+                        "`automq search --strategy uniform` with the same supernet and pass its folder too")
+    chosen = pairings(runs, baselines)
+    candidates = _candidates_to_measure(runs, baselines)
+    space = SearchSpace.from_file(Path(supernet_dir) / SPACE_FILE)
+    data = load_space_data(space, root=data_root, with_test=True)
+    test = _test_batches(data, test_images)
+    calibration = fixed_batches(data.train, calib_images, DEPLOY_CALIB_BATCH)
+    supernet = load_supernet(supernet_dir, space)
+    correct = {cid: score_model(deploy(supernet, c, calibration), test).correctness for cid, c in candidates.items()}
+    images = next(iter(correct.values())).images
+    result = {
+        "recipe": RECIPE.format(calib=min(calib_images, len(data.train)), batch=DEPLOY_CALIB_BATCH, test=images),
+        "supernet": str(supernet_dir), "searches": [str(d) for d in search_dirs], "test_images": images,
+        "margin_se": margin_se, "notes": notes,
+        "candidates": [_candidate_record(t, run, correct[t.candidate.id]) for run, t in _measured_trials(runs,
+                                                                                                        baselines)],
+        "comparisons": [_comparison_record(p, correct, margin_se) for p in chosen],
+        "wall_s": time.time() - start,
+    }
+    result["summary"] = summarise(result["comparisons"])
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(out_dir) / FINAL_FILE, result)
+    return result
+
+
+def _test_batches(data: DataSplits, images: int | None) -> list[Any]:
+    if data.test is None or len(data.test) == 0:
+        raise DataError(f"dataset {data.name!r} has no test split to measure on: give an ImageFolder ROOT/test "
+                        "folder, or use a dataset with its own test set")
+    if images is not None and not 1 <= images <= len(data.test):
+        raise DataError(f"--test-images {images} is out of range: the test split holds {len(data.test)} images")
+    return fixed_batches(data.test, images or len(data.test), EVAL_BATCH_SIZE)
+
+
+def _measured_trials(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> list[tuple[str, Trial]]:
+    """The (run label, trial) pairs measured: each non-uniform run's front, then every uniform baseline."""
+    fronts = [(run.label, t) for run in runs if not run.is_uniform for t in front_2d(run.result.trials, COST)]
+    return fronts + [(b.run, b.trial) for b in baselines]
+
+
+def _candidates_to_measure(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> dict[str, Candidate]:
+    """Each distinct candidate of :func:`_measured_trials`, once (searches often find the same one)."""
+    return {t.candidate.id: t.candidate for _, t in _measured_trials(runs, baselines)}
+
+
+def _candidate_record(trial: Trial, run: str, correct: Correctness) -> dict[str, Any]:
+    return {"run": run, "trial": trial.number, "candidate_id": trial.candidate.id, COST: trial.metrics[COST],
+            "val_accuracy": trial.metrics["accuracy"], "search_accuracy": _search_accuracy(trial),
+            "test_accuracy": correct.accuracy, "test_se": correct.se}
+
+
+def _search_accuracy(trial: Trial) -> float:
+    """The accuracy the search saw (before the refinement re-scored it on the whole validation split)."""
+    return trial.metrics.get("accuracy_search", trial.metrics["accuracy"])
+
+
+def _comparison_record(pairing: Pairing, correct: Mapping[str, Correctness], margin_se: float) -> dict[str, Any]:
+    reference = pairing.reference.trial
+    record: dict[str, Any] = {
+        "run": pairing.run, "budget": pairing.budget, "budget_label": pairing.budget_label,
+        "uniform": pairing.reference.name, "uniform_trial": reference.number, "uniform_run": pairing.reference.run,
+        "uniform_test_accuracy": correct[reference.candidate.id].accuracy,
+        "uniform_val_accuracy": reference.metrics["accuracy"],
+    }
+    searched = pairing.searched
+    if searched is None:
+        return {**record, "searched_trial": None, "verdict": "none"}
+    score = correct[searched.candidate.id]
+    return {**record, "searched_trial": searched.number, "searched_id": searched.candidate.id,
+            "searched_bitops": searched.metrics[COST], "searched_test_accuracy": score.accuracy,
+            "searched_val_accuracy": searched.metrics["accuracy"],
+            "searched_search_accuracy": _search_accuracy(searched),
+            **compare(score, correct[reference.candidate.id], margin_se)}
+
+
+def summarise(comparisons: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per run, how many budgets it won, tied and lost (and where it had no candidate)."""
+    summary: dict[str, dict[str, int]] = {}
+    for c in comparisons:
+        counts = summary.setdefault(c["run"], {"win": 0, "tie": 0, "loss": 0, "none": 0, "budgets": 0})
+        counts[c["verdict"]] += 1
+        counts["budgets"] += 1
+    return summary
+
+
+def load_final(folder: str | Path, notes: list[str]) -> dict[str, Any] | None:
+    """The ``final.json`` of a report folder, or ``None`` when there is none; an unreadable one becomes a note."""
+    path = Path(folder) / FINAL_FILE
+    try:
+        final = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        notes.append(f"{path}: not readable as JSON ({exc}); the final measurement is not shown")
+        return None
+    if not isinstance(final, dict) or not isinstance(final.get("comparisons"), list):
+        notes.append(f"{path}: no \"comparisons\" list; the final measurement is not shown")
+        return None
+    return final

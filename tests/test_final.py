@@ -1,0 +1,188 @@
+"""The final measurement on the test split (automq.report.final and ``automq final``).
+
+Oracles: paired differences and standard errors computed by hand from constructed per-image outcomes; the
+candidate chosen at each budget worked out by hand from hand-set accuracies and costs; test accuracies recomputed
+through an independent path (``automq export`` writes the deployed model, which is loaded back and run over the
+test split in a plain loop); and the images themselves, compared byte for byte, for the split separation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from automq.cli import main
+from automq.data import fixed_batches
+from automq.model.supernet import load_model
+from automq.oneshot.evaluate import OneShotEstimator
+from automq.oneshot.paired import Correctness
+from automq.oneshot.train import load_space_data, train_supernet
+from automq.report.comparison import analyse_runs, find_baselines
+from automq.report.final import FINAL_FILE, Z95, compare, measure_final, pairings
+from automq.search.driver import run_search
+from automq.search.results import SearchResult
+from automq.search.trial import Trial
+
+from _spaces import SpaceFactory
+
+EPS64 = np.finfo(np.float64).eps
+TOL = 16 * EPS64  # a handful of float64 operations on numbers below 1
+SPACE_CHANGES = {
+    "dataset": {"val_size": 200},
+    "training": {"epochs": 1, "batch_size": 32, "lr": 0.05, "train_size": 256, "num_random": 1},
+    "search": {"eval_size": 60, "calib_size": 64},
+}
+
+
+def outcomes(*bits: int) -> Correctness:
+    return Correctness.from_bools(np.array(bits, dtype=bool))
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def test_compare_gives_the_hand_computed_paired_difference_interval_and_a_tie() -> None:
+    # right only in a: images 5, 6, 7; right only in b: image 9 -> d = (0,0,0,0,0,1,1,1,0,-1)
+    a = outcomes(1, 1, 1, 1, 1, 1, 1, 1, 0, 0)
+    b = outcomes(1, 1, 1, 1, 1, 0, 0, 0, 0, 1)
+    result = compare(a, b)
+    se = math.sqrt((0.4 - 0.2**2) / 10)  # mean of d^2 is 0.4, mean of d is 0.2: population variance / n
+    assert abs(result["difference"] - 0.2) <= TOL and abs(result["se"] - se) <= TOL
+    assert abs(result["ci95"][0] - (0.2 - 1.959963984540054 * se)) <= TOL
+    assert abs(result["ci95"][1] - (0.2 + 1.959963984540054 * se)) <= TOL
+    assert result["verdict"] == "tie"  # 0.2 < 2 * 0.1897
+
+
+def test_compare_wins_and_loses_only_beyond_two_paired_standard_errors() -> None:
+    # 100 images: 20 right only in a, 2 right only in b, 50 right in both
+    a = Correctness.from_bools(np.arange(100) < 70)
+    b = Correctness.from_bools((np.arange(100) < 50) | ((np.arange(100) >= 70) & (np.arange(100) < 72)))
+    se = math.sqrt((22 / 100 - 0.18**2) / 100)  # 0.0433: the lead of 0.18 is 4.2 standard errors
+    win, loss = compare(a, b), compare(b, a)
+    assert abs(win["difference"] - 0.18) <= TOL and abs(win["se"] - se) <= TOL and win["verdict"] == "win"
+    assert abs(loss["difference"] + 0.18) <= TOL and loss["verdict"] == "loss"
+    assert compare(a, b, margin_se=0.18 / se + 0.01)["verdict"] == "tie"  # just beyond the lead
+
+
+def test_z95_is_the_normal_quantile() -> None:
+    from scipy.stats import norm
+
+    assert abs(Z95 - norm.ppf(0.975)) <= 4 * EPS64
+
+
+# ------------------------------------------------------------------------------------------------ pairing
+def _trial(number: int, candidate, accuracy: float, bitops: float, **info) -> Trial:
+    return Trial(number, candidate, {"accuracy": accuracy, "bitops": bitops}, info=info)
+
+
+def test_pairings_choose_by_validation_accuracy_within_each_uniform_budget(tiny_space: SpaceFactory) -> None:
+    space = tiny_space()
+    u4, u8, u48 = (space.uniform(w, a) for w, a in (("int4", "int8"), ("int8", "int8"), ("int4", "fp8_e4m3")))
+    uniform = SearchResult(Path("u"), {"strategy": "uniform"}, [
+        _trial(0, u4, 0.80, 100, format="W int4 / A int8"),
+        _trial(1, u48, 0.78, 200, format="W int4 / A fp8_e4m3"),  # dearer and worse than int4/int8
+        _trial(2, u8, 0.85, 400, format="int8"),
+    ])
+    rng = np.random.default_rng(0)
+    mixed = []
+    while len(mixed) < 4:  # distinct candidates that are not one format everywhere
+        c = space.sample(rng)
+        if len({(w, a) for _, w, a in c.formats}) > 1 and c.id not in {m.id for m in mixed}:
+            mixed.append(c)
+    searched = SearchResult(Path("s"), {"strategy": "random"}, [
+        _trial(0, mixed[0], 0.79, 90),
+        _trial(1, mixed[1], 0.83, 150),
+        _trial(2, mixed[2], 0.82, 390),  # dominated by trial 1: never chosen
+        _trial(3, mixed[3], 0.90, 500),  # above every budget
+    ])
+    runs = analyse_runs([searched, uniform], [])
+    chosen = pairings(runs, find_baselines(runs))
+    assert [(p.run, p.budget, p.searched.number, p.reference.trial.number) for p in chosen] == [
+        ("random", 100, 0, 0), ("random", 200, 1, 0), ("random", 400, 1, 2)]
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def measured(tiny_space: SpaceFactory, tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("final")
+    space = tiny_space(SPACE_CHANGES, folder=folder)
+    run = folder / "run"
+    train_supernet(space, run, progress=False)
+    searches = [folder / "random", folder / "uniform"]
+    run_search(space, out=searches[0], supernet=run, strategy="random", trials=8, progress=False)
+    run_search(space, out=searches[1], supernet=run, strategy="uniform", progress=False)
+    return space, run, searches, measure_final(searches, run, folder / "report"), folder / "report"
+
+
+def exported_test_outcomes(run: Path, search: Path, trial: int, space, tmp_path: Path) -> np.ndarray:
+    """Per-image test outcomes of a trial's candidate through ``automq export`` and a plain loop."""
+    path = tmp_path / f"{search.name}-{trial}.pt"
+    assert main(["export", str(run), f"{search}:{trial}", "--out", str(path), "--calib-images", "512"]) == 0
+    model, _ = load_model(path)
+    test = load_space_data(space, with_test=True).test
+    with torch.no_grad():
+        return np.concatenate([(model(x).argmax(1) == y).numpy() for x, y in fixed_batches(test, len(test), 64)])
+
+
+def test_final_scores_equal_the_exported_models_on_the_test_split(measured, tmp_path: Path) -> None:
+    space, run, (random_dir, uniform_dir), final, report = measured
+    assert json.loads((report / FINAL_FILE).read_text()) == final
+    assert final["test_images"] == 200 and "no fine-tuning" in final["recipe"]
+    compared = [c for c in final["comparisons"] if c["searched_trial"] is not None]
+    assert len(final["comparisons"]) == len({c["budget"] for c in final["comparisons"]}) >= 2 and compared
+    for c in compared:
+        searched = exported_test_outcomes(run, random_dir, c["searched_trial"], space, tmp_path)
+        assert c["uniform_run"] == "uniform"
+        reference = exported_test_outcomes(run, uniform_dir, c["uniform_trial"], space, tmp_path)
+        assert c["searched_test_accuracy"] == searched.mean() and c["uniform_test_accuracy"] == reference.mean()
+        n10, n01 = int(np.sum(searched & ~reference)), int(np.sum(reference & ~searched))
+        assert abs(c["difference"] - (n10 - n01) / 200) <= TOL
+        assert abs(c["se"] ** 2 - ((n10 + n01) / 200 - ((n10 - n01) / 200) ** 2) / 200) <= TOL
+
+
+def image_bytes(dataset) -> set[bytes]:
+    """Each image of ``dataset`` as its raw bytes: equal images, equal bytes."""
+    return {x.numpy().tobytes() for x, _ in fixed_batches(dataset, len(dataset), 1)}
+
+
+def test_the_estimator_never_loads_the_test_split_and_its_images_are_disjoint_from_it(measured) -> None:
+    space, run, _, _, _ = measured
+    estimator = OneShotEstimator.from_run(run)
+    assert estimator.data.test is None  # searches and refinement cannot score on the test split
+    data = load_space_data(space, with_test=True)
+    test = image_bytes(data.test)
+    assert len(test) == len(data.test)
+    assert image_bytes(estimator.data.val).isdisjoint(test) and image_bytes(estimator.data.train).isdisjoint(test)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_final_writes_final_json_and_the_report_section(measured, capsys) -> None:
+    _, run, searches, _, report = measured
+    out = report.parent / "cli-report"
+    assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), "--test-images", "100"]) == 0
+    final = json.loads((out / FINAL_FILE).read_text())
+    assert final["test_images"] == 100
+    counts = final["summary"]["random"]
+    assert f"random: beats the best uniform format at {counts['win']} of {counts['budgets']}" in capsys.readouterr().out
+    markdown = (out / "report.md").read_text()
+    assert "## Final measurement (test split)" in markdown
+    first = next(c for c in final["comparisons"] if c["searched_trial"] is not None)
+    assert f"{100 * first['difference']:+.2f} ± {100 * first['se']:.2f}" in markdown
+    assert (out / "final.csv").read_text().count("\n") == len(final["comparisons"]) + 1
+
+
+def test_cli_final_without_a_uniform_search_is_one_error_line(measured, capsys) -> None:
+    _, run, (random_dir, _), _, report = measured
+    assert main(["final", str(random_dir), "--supernet", str(run), "--out", str(report.parent / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("automq: error: no uniform-precision trial") and err.count("\n") == 1
+
+
+def test_cli_final_refuses_more_test_images_than_the_split_holds(measured, capsys) -> None:
+    _, run, searches, _, report = measured
+    assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(report.parent / "y"),
+                 "--test-images", "201"]) == 2
+    assert "the test split holds 200 images" in capsys.readouterr().err
