@@ -13,9 +13,12 @@ multi-branch format mixing, the DNAS reference (see :mod:`strategies._relaxed`).
 * ``dnas``: one search per fixed ``lambda`` (and budget level) gives one candidate each: the baseline.
 * ``differentiable``: One-Shot MPQ (CVPR 2023). A small network maps the cost weight ``eta`` to every
   decision's logits; each step draws ``eta`` log-uniformly from ``[eta0, eta1]`` and minimises
-  ``(cross-entropy + eta * E[cost] / reference) / (1 + eta)`` minus an entropy bonus that keeps the softmax from
-  saturating (the division keeps every eta's gradients of similar size). After this single run a sweep of
-  ``eta`` values, one argmax candidate each (deduplicated), gives the whole front.
+  :func:`eta_loss`, ``(cross-entropy + eta * E[cost] / reference - w_H * entropy) / (1 + eta)``: the entropy
+  bonus keeps the softmax from saturating, and the division (which keeps every eta's gradients of similar size)
+  applies to it too, so its weight relative to the task loss is ``w_H`` at every eta and each eta's minimiser is
+  that of ``ce + eta * cost - w_H * H``. After this single run a sweep of ``eta`` values, one argmax candidate
+  each (deduplicated), gives the candidates; only some of them are Pareto-optimal (``Trial.info`` keeps each
+  one's ``eta``).
 
 The argmax of a distribution can break a budget that its expectation met, so every decoded candidate is repaired
 greedily (:func:`repair`) and its achieved cost is recorded beside its target in ``Trial.info``. Candidates are
@@ -394,6 +397,16 @@ class DNAS(GradientStrategy):
             score(candidate, {"lambda": lam, "level": level, **summary, **info}, evaluator, recorder)
 
 
+def eta_loss(ce: Tensor, cost: Tensor, entropy: Tensor, eta: float, entropy_weight: float) -> Tensor:
+    """The eta-conditioned architecture loss ``(ce + eta * cost - entropy_weight * entropy) / (1 + eta)``.
+
+    Divided by ``1 + eta`` so that every eta contributes gradients of similar size (without it the largest etas
+    dominate Adam's normalisation of the shared parameters and the accuracy side of the front never forms). The
+    entropy bonus is divided too: left outside, its weight relative to the task loss would grow with ``1 + eta``
+    (11x across the default eta range) and change each eta's minimiser."""
+    return (ce + eta * cost - entropy_weight * entropy) / (1 + eta)
+
+
 @register_strategy
 class Differentiable(GradientStrategy):
     """eta-conditioned differentiable search (One-Shot MPQ): one run, a front of ``sweep`` argmax candidates.
@@ -401,7 +414,8 @@ class Differentiable(GradientStrategy):
     Args:
         eta_range: ``(eta0, eta1)``, the cost weights drawn (log-uniformly) during the run and swept after it.
         sweep: number of log-spaced ``eta`` values decoded after the run (duplicates are scored once).
-        entropy_weight: weight of the mean normalised entropy bonus.
+        entropy_weight: weight of the mean normalised entropy bonus relative to the cross-entropy (see
+            :func:`eta_loss`).
         hidden: width of the eta-to-logits network.
         metric: the cost in the loss (an additive metric; default: the space's first minimised one).
         search: :class:`GradientConfig` fields (steps, batch_size, relaxation, ...).
@@ -424,12 +438,8 @@ class Differentiable(GradientStrategy):
         log_low, log_high = np.log(self.eta_range)
 
         def objective(ce: Tensor, arch: ArchParams, eta: float | None) -> Tensor:
-            # Divided by 1 + eta: the minimiser for each eta is unchanged, but every eta now contributes gradients
-            # of similar size. Without it the largest etas dominate Adam's normalisation of the shared
-            # parameters, and the accuracy side of the front never forms.
             cost = expected(arch.probs(eta)).float() / reference
-            entropy = arch.entropy(eta, normalised=True).mean()
-            return (ce + eta * cost) / (1 + eta) - self.entropy_weight * entropy
+            return eta_loss(ce, cost, arch.entropy(eta, normalised=True).mean(), eta, self.entropy_weight)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -11,7 +11,7 @@ from automq.cost import CostModel, cost_range
 from automq.errors import BudgetError
 from automq.strategies._archparams import ArchParams, DecisionTable
 from automq.strategies import differentiable
-from automq.strategies.differentiable import DNAS, BilevelSearch, Differentiable, repair
+from automq.strategies.differentiable import DNAS, BilevelSearch, Differentiable, eta_loss, repair
 from automq.search.strategy import Budget
 
 from _gradient_task import BROKEN_FORMAT, BROKEN_LAYER, GOOD_FORMAT, task_estimator, task_space
@@ -141,3 +141,17 @@ def test_options_are_validated() -> None:
         Differentiable(eta_range=(1.0, 0.5))
     with pytest.raises(ValueError, match="penalty"):
         DNAS(penalty="square")
+
+
+def test_eta_loss_divides_the_entropy_bonus_too() -> None:
+    # (2 + 3 * 0.5 - 0.1 * 0.8) / (1 + 3) = 3.42 / 4 = 0.855; float32 inputs: a few roundings of terms up to 3.5
+    loss = eta_loss(torch.tensor(2.0), torch.tensor(0.5), torch.tensor(0.8), 3.0, 0.1)
+    assert abs(float(loss) - 0.855) <= 4 * torch.finfo(torch.float32).eps * 3.5
+
+
+@pytest.mark.parametrize("eta", [0.01, 1.0, 10.0])
+def test_the_entropy_weight_relative_to_the_task_loss_is_the_same_at_every_eta(eta: float) -> None:
+    ce, entropy = torch.tensor(1.3, requires_grad=True), torch.tensor(0.6, requires_grad=True)
+    eta_loss(ce, torch.tensor(0.4), entropy, eta, 0.05).backward()
+    # d loss / d entropy = -0.05 / (1 + eta) and d loss / d ce = 1 / (1 + eta): their ratio is -0.05
+    assert abs(float(entropy.grad / ce.grad) + 0.05) <= 4 * torch.finfo(torch.float32).eps * 0.05
