@@ -9,15 +9,32 @@
    exhaustive front's hypervolume (same normalisation as every report: :mod:`automq.search.pareto`).
 
     python experiments/bench_search_quality.py [--run RUN_DIR] [--seeds 5] [--out experiments/results]
+
+``--default-space SUPERNET_RUN`` benchmarks the real default space (``spaces/mbv2_fmnist.yaml``, far too large to
+enumerate) instead, with the one-shot estimator of a trained supernet as the evaluator:
+
+1. run each search of :data:`DEFAULT_SEARCHES` (``--searches``; in-process, one torch thread) for ``--evaluations``
+   trials into ``--runs``, plus ``uniform`` and the searches of the demo's size (``search.trials``); a finished
+   search folder is reused, so two invocations with different ``--searches`` can run side by side;
+2. after the first 100, 300 and 1,000 trials of each: the hypervolume, the summed trial time, and the uniform
+   budgets at which the search's best candidate (chosen on the search's own validation images) beats the best
+   uniform format by more than 2 paired standard errors on those images;
+3. the final measurement (:func:`automq.report.final.measure_final`) of every search's front on the test split.
+
+    python experiments/bench_search_quality.py --default-space /tmp/H_supernet --runs /tmp/H_bench \
+        [--evaluations 1000] [--searches evolution tune-nsga2 ...] [--out experiments/results]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
+import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +43,12 @@ import torch
 from automq.space.candidate import Candidate
 from automq.cost import CostModel
 from automq.oneshot.evaluate import OneShotEstimator
-from automq.search.results import hypervolume_scales, pareto_trials, space_objectives
+from automq.report.comparison import analyse_runs, find_baselines
+from automq.report.final import measure_final, pairings, verdict
+from automq.search.driver import run_search
+from automq.search.refine import SEARCH_KEYS
+from automq.search.results import (RUN_FILE, SearchResult, hypervolume_scales, load_trials, pareto_trials,
+                                   space_objectives)
 from automq.space.space import SearchSpace
 from automq.strategies.tune import TuneStrategy
 from automq.search.strategy import Budget
@@ -85,6 +107,14 @@ def hypervolume_ratios(space: SearchSpace, trials: list[Trial], checkpoints: lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--default-space", metavar="SUPERNET_RUN",
+                        help="benchmark the default space with this trained supernet (see the module docstring)")
+    parser.add_argument("--runs", default="runs/bench_default", help="--default-space: folder of the searches")
+    parser.add_argument("--evaluations", type=int, default=1000, help="--default-space: trials per search")
+    parser.add_argument("--searches", nargs="+", choices=sorted(DEFAULT_SEARCHES), default=sorted(DEFAULT_SEARCHES),
+                        help="--default-space: which searches to run (finished ones are reused)")
+    parser.add_argument("--analyse", action="store_true",
+                        help="--default-space: after running --searches, analyse every finished search")
     parser.add_argument("--space", default="spaces/tiny_enum.yaml")
     parser.add_argument("--run", default="runs/bench_tiny_enum", help="supernet run folder (trained if empty)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -96,6 +126,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
+    if args.default_space:
+        default_space_benchmark(args)
+        return
     space = SearchSpace.from_file(args.space)
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,6 +189,140 @@ def markdown(result: dict) -> str:
 def table(summary: dict[str, list[dict[str, float]]]) -> list[str]:
     return [f"| {sampler} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f} ({c['min']:.3f})" for c in cols) + " |"
             for sampler, cols in summary.items()]
+
+
+# ------------------------------------------------------------------------------------------------ default space
+DEFAULT_SPACE = "spaces/mbv2_fmnist.yaml"
+DEFAULT_SEARCHES = {  # label -> (strategy, options); every search runs in-process (no Ray overhead per trial)
+    "evolution": ("evolution", {"workers": 0}),
+    "tune-nsga2": ("tune", {"sampler": "nsga2", "workers": 0}),
+    "tune-tpe": ("tune", {"sampler": "tpe", "workers": 0}),
+    "random": ("random", {}),
+}
+DEMO_SEARCHES = ("evolution", "tune-nsga2")  # also run at the demo's size, search.trials, as `automq demo` would
+DEFAULT_CHECKPOINTS = (100, 300, 1000)
+
+
+def default_space_benchmark(args: argparse.Namespace) -> None:
+    """Run the requested searches of the default space, then (with ``--analyse``) measure and write the results."""
+    space, runs = SearchSpace.from_file(DEFAULT_SPACE), Path(args.runs)
+    folders = {"uniform": (runs / "uniform", "uniform", {}, None)}
+    for label in args.searches:
+        strategy, options = DEFAULT_SEARCHES[label]
+        folders[label] = (runs / label, strategy, options, args.evaluations)
+        if label in DEMO_SEARCHES:
+            folders[f"{label}@demo"] = (runs / f"{label}-demo", strategy, options, space.search.trials)
+    for folder, strategy, options, trials in folders.values():
+        if not _finished(folder):
+            run_search(DEFAULT_SPACE, out=folder, supernet=args.default_space, strategy=strategy, options=options,
+                       trials=trials, progress=False, resume=(folder / "trials.jsonl").exists())
+    if args.analyse:
+        result = analyse_default(args, space, runs)
+        out = Path(args.out)
+        (out / "bench_search_quality_default.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "bench_search_quality_default.md").write_text(default_markdown(result))
+        print(default_markdown(result))
+
+
+def _finished(folder: Path) -> bool:
+    run = folder / RUN_FILE
+    return run.is_file() and json.loads(run.read_text()).get("status") == "finished"
+
+
+def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) -> dict:
+    """Per search: hypervolume, trial time and budgets beaten after each checkpoint, and the test-split results."""
+    folders = sorted(f for f in runs.iterdir() if _finished(f) and f.name != "final")
+    estimator = OneShotEstimator.from_run(args.default_space)  # scores on the searches' own validation images
+    uniform = SearchResult(runs / "uniform", {"strategy": "uniform"}, as_searched(load_trials(runs / "uniform")))
+    objectives, scales = space_objectives(space), hypervolume_scales(space)
+    searches = {}
+    for folder in folders:
+        run = json.loads((folder / RUN_FILE).read_text())
+        trials = as_searched(load_trials(folder))
+        checkpoints = [n for n in DEFAULT_CHECKPOINTS if n < len(trials)] + [len(trials)]
+        searches[folder.name] = {
+            "strategy": run["strategy"], "options": run["options"], "trials": len(trials), "wall_s": run["wall_s"],
+            "refine": run.get("refine"),
+            "checkpoints": [{"trials": n, "hypervolume": pareto_trials(trials[:n], objectives, scales)[1],
+                             "trial_wall_s": sum(t.wall_s for t in trials[:n]),
+                             **budgets_beaten(trials[:n], uniform, estimator)} for n in checkpoints],
+        }
+    start = time.perf_counter()
+    final = measure_final(folders, args.default_space, runs / "final")
+    for label, counts in final["summary"].items():
+        searches[Path(final["searches"][label]).name]["final"] = counts
+    return {"command": " ".join([sys.executable, *sys.argv]), "space": DEFAULT_SPACE,
+            "supernet": args.default_space, "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                          time.gmtime()),
+            "eval_size": estimator.val_images, "searches": searches, "final_wall_s": time.perf_counter() - start,
+            "final": final}
+
+
+def as_searched(trials: list[Trial]) -> list[Trial]:
+    """The trials with the metrics their search saw (a refinement's whole-split values set aside)."""
+    return [dataclasses.replace(t, metrics={**t.metrics, **{k: t.metrics[f"{k}_search"] for k in SEARCH_KEYS
+                                                            if f"{k}_search" in t.metrics}}) for t in trials]
+
+
+def budgets_beaten(trials: list[Trial], uniform: SearchResult, estimator: OneShotEstimator) -> dict:
+    """At each uniform budget, whether the best of ``trials`` beats the best uniform format by more than 2 paired
+    standard errors on the search's validation images (both chosen on those images, so this flatters a search)."""
+    runs = analyse_runs([SearchResult(Path("search"), {"strategy": "search"}, trials), uniform], [])
+    verdicts = []
+    for pairing in pairings(runs, find_baselines([r for r in runs if r.is_uniform])):
+        if pairing.searched is None:
+            verdicts.append("none")
+            continue
+        verdicts.append(verdict(estimator.paired_difference(pairing.searched.candidate,
+                                                            pairing.reference.trial.candidate)))
+    return {"budgets_beaten": verdicts.count("win"), "budgets_lost": verdicts.count("loss"),
+            "budgets": len(verdicts)}
+
+
+def _machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "shared": "2-core CPU shared with other developers' jobs", "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
+
+
+def default_markdown(result: dict) -> str:
+    """The committed summary of a default-space benchmark."""
+    lines = ["# Search quality on the default space (`spaces/mbv2_fmnist.yaml`)", "",
+             f"`{result['command']}`", "",
+             f"- supernet: {result['supernet']}; machine: {result['machine']}; {result['date']}",
+             f"- every search in-process on one torch thread, scored by the one-shot estimator on the first "
+             f"{result['eval_size']} validation images; its front then re-scored on the whole validation split",
+             "", "## During the search (validation images)", "",
+             "Hypervolume of the first n trials; budgets beaten: uniform budgets at which the search's best candidate "
+             "leads the best uniform format by more than 2 paired SE on the search's own images (both chosen on "
+             "them, so this flatters every search alike).", "",
+             "| search | trials | hypervolume | budgets beaten / lost / of | summed trial time [s] |",
+             "|---|---:|---:|---|---:|"]
+    for name, search in result["searches"].items():
+        for c in search["checkpoints"]:
+            lines.append(f"| {name} | {c['trials']} | {c['hypervolume']:.4f} | {c['budgets_beaten']} / "
+                         f"{c['budgets_lost']} / {c['budgets']} | {c['trial_wall_s']:.0f} |")
+    lines += ["", "## Final measurement (test split)", "", result["final"]["recipe"] + ".", "",
+              "| search | trials | wall time [s] | wins | ties | losses | no candidate |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, search in result["searches"].items():
+        f = search.get("final")
+        if f:
+            lines.append(f"| {name} | {search['trials']} | {search['wall_s']:.0f} | {f['win']} | {f['tie']} | "
+                         f"{f['loss']} | {f['none']} |")
+    lines += ["", "Per budget (difference = searched - best uniform on the same test images, points, ± paired SE):",
+              "", "| search | BitOps budget | best uniform | uniform test % | searched BitOps | searched val % | "
+              "searched test % | difference | verdict |", "|---|---:|---|---:|---:|---:|---:|---|---|"]
+    for c in result["final"]["comparisons"]:
+        if c["searched_trial"] is None:
+            lines.append(f"| {c['run']} | {c['budget']:.4g} | {c['uniform']} | {100 * c['uniform_test_accuracy']:.2f}"
+                         " | - | - | - | - | none |")
+            continue
+        lines.append(f"| {c['run']} | {c['budget']:.4g} | {c['uniform']} | {100 * c['uniform_test_accuracy']:.2f} | "
+                     f"{c['searched_bitops']:.4g} | {100 * c['searched_val_accuracy']:.2f} | "
+                     f"{100 * c['searched_test_accuracy']:.2f} | {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} | "
+                     f"{c['verdict']} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

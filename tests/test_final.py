@@ -178,7 +178,7 @@ def test_cli_final_without_a_uniform_search_is_one_error_line(measured, capsys) 
     _, run, (random_dir, _), _, report = measured
     assert main(["final", str(random_dir), "--supernet", str(run), "--out", str(report.parent / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("automq: error: no uniform-precision trial") and err.count("\n") == 1
+    assert err.startswith("automq: error: no uniform-precision search") and err.count("\n") == 1
 
 
 def test_cli_final_refuses_more_test_images_than_the_split_holds(measured, capsys) -> None:

@@ -3,9 +3,9 @@
 A search ranks candidates by the one-shot estimate on validation images, and picking the best of many noisy
 estimates flatters the winner. :func:`measure_final` therefore measures, on the dataset's own *test* split (never
 seen by training, search or refinement), the Pareto-optimal candidates of each search (accuracy against ``bitops``)
-and every uniform-precision baseline, each after the deployment recipe a user applies (:data:`RECIPE`: extract the
-candidate from the supernet as a stand-alone model, recalibrate its batch norms on training images, as
-``automq export`` does; no fine-tuning).
+and every trial of the uniform-precision searches (``--strategy uniform``), each after the deployment recipe a user
+applies (:data:`RECIPE`: extract the candidate from the supernet as a stand-alone model, recalibrate its batch norms
+on training images, as ``automq export`` does; no fine-tuning).
 
 For each uniform budget (the BitOps of a uniform format, :func:`~automq.report.comparison.uniform_budgets`) and each
 search, the candidate compared is chosen *before* the test split is read: the search's most accurate candidate at or
@@ -134,9 +134,10 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     start = time.time()
     notes: list[str] = []
     runs = analyse_runs([load_search_dir(d) for d in search_dirs], notes)
-    baselines = [b for b in find_baselines(runs) if COST in b.trial.metrics]
+    # references come from uniform searches only: a search that happens to pick one format everywhere competes
+    baselines = [b for b in find_baselines([r for r in runs if r.is_uniform]) if COST in b.trial.metrics]
     if not baselines:
-        raise DataError(f"no uniform-precision trial with {COST} in {', '.join(map(str, search_dirs))}: run "
+        raise DataError(f"no uniform-precision search with {COST} among {', '.join(map(str, search_dirs))}: run "
                         "`automq search --strategy uniform` with the same supernet and pass its folder too")
     chosen = pairings(runs, baselines)
     candidates = _candidates_to_measure(runs, baselines)
@@ -149,7 +150,8 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     images = next(iter(correct.values())).images
     result = {
         "recipe": RECIPE.format(calib=min(calib_images, len(data.train)), batch=DEPLOY_CALIB_BATCH, test=images),
-        "supernet": str(supernet_dir), "searches": [str(d) for d in search_dirs], "test_images": images,
+        "supernet": str(supernet_dir), "searches": {run.label: str(run.result.path) for run in runs},
+        "test_images": images,
         "margin_se": margin_se, "notes": notes,
         "candidates": [_candidate_record(t, run, correct[t.candidate.id]) for run, t in _measured_trials(runs,
                                                                                                         baselines)],
