@@ -1,23 +1,39 @@
 """LIMPQ: mixed precision from learned layer-wise importance (Tang et al., ECCV 2022, arXiv:2203.08368).
 
 **Indicators.** LIMPQ observes that the learned LSQ step size ``s_l(b)`` of layer ``l`` at bit width ``b``
-reflects how much the layer matters at that width, and learns all of them in ONE quantization-aware run in which
-every layer draws its weight and its activation bit width at random at every step (instead of one run per layer
-and width). Here the run starts from a copy of the one-shot supernet (weights and per-format scales), on the fixed
-architecture, with every layer drawing its ``w_fmt`` and ``a_fmt`` uniformly from its menus at every step. The
-indicator of a format is the quantization step it learned, made comparable across formats and layers:
+reflects how much the layer matters at that width, and learns all of them in ONE quantization-aware run (instead
+of one run per layer and width). Here the run starts from a copy of the one-shot supernet (weights and per-format
+scales), on the fixed architecture. ``schedule`` picks what each batch trains:
 
-* int formats: the learned LSQ step ``s`` (mean over channels for per-channel weight scales), as in the paper;
+* ``"uniform_plus_random"`` (default, as the authors' code): every uniform configuration and one random mixed
+  one, their gradients summed into one SGD step. A uniform configuration applies one format ``f`` (each format of
+  the layers' menus in turn) to every layer's weights and activations; a menu without ``f`` contributes its
+  format nearest to ``f`` in bits, of ``f``'s family first. So every format of every layer trains on every batch;
+* ``"random"``: only the random configuration, every layer drawing its ``w_fmt`` and ``a_fmt`` uniformly from its
+  menus (cheaper by the number of formats; the project's earlier variant).
+
+The indicator of a format is the quantization step it learned:
+
+* int formats: the learned LSQ step ``s`` (mean over channels for per-channel weight scales);
 * scaled float formats (FP8/FP6/FP4): the learned range per level, ``s * max_value / (2^(bits-1) - 1)``, which is
   the LSQ step for an int format and, for a float grid, the step of a uniform grid of as many levels over the
   same learned clipping range;
-* formats without a learned scale (OCP MX, fp16/bf16 casts, fp32): the step of the uniform grid with the same
-  error, ``sqrt(12) * RMS(Q(x) - x)``, measured on the weight and on a batch of the layer's inputs (fp32: 0);
+* formats without a learned scale (OCP MX, fp16/bf16 casts, fp32) get no learned step; they get the step of the
+  uniform grid with the same rounding error, ``sqrt(12) * RMS(Q(x) - x)``, measured on the weight and on a batch
+  of the layer's inputs (fp32: 0). It has the units of a learned step (for a uniform grid without clipping the
+  two coincide) but it is measured, not learned: it reflects the tensor's distribution, not the importance the
+  joint training assigns, so an MX option competes on a different footing from the learned ones beside it.
 
-each divided by the RMS of the tensor it quantizes (the weight, or the layer's input batch). The paper compares
-raw steps; the normalisation keeps MobileNetV2's depthwise weights (an order of magnitude larger than the
-pointwise ones) and the different units of weights and activations from deciding the ranking by magnitude alone.
-It is constant per layer and operand, so it does not change the order of one layer's formats.
+``indicator`` says how they enter the ILP: ``"step"`` (default, the paper) uses the steps as they are;
+``"normalised"`` (the project's earlier variant) divides each by the RMS of the tensor it quantizes, which keeps
+MobileNetV2's depthwise weights (an order of magnitude larger than the pointwise ones) from ranking by magnitude
+alone, but for int formats makes ``s / RMS`` nearly the same for every layer at a given width and so removes most
+of the cross-layer signal the ILP needs.
+
+**Erasing.** The joint training leaves some indicators non-monotone. As in the authors' search code, within one
+layer, operand and format family, a format whose indicator is below that of the next wider format of the family
+is erased: every option using it gets a prohibitive objective (larger than any choice without erased options),
+so the ILP takes it only when no other choice meets the budgets.
 
 **Search.** One integer linear program, as in the authors' released search code (``quantization_search/
 search.py``): a joint one-hot choice ``x_{l,(w,a)}`` of the (weight, activation) pair per layer, which linearises
@@ -30,7 +46,7 @@ solved with HiGHS through :func:`scipy.optimize.milp`. Several budget levels giv
 (:class:`~automq.strategies._assign.FormatAssignmentStrategy`).
 
 Not reproduced: the paper's switchable per-bit-width batch norms (the estimator recalibrates BN statistics for
-every candidate instead) and its post-hoc erasing of non-monotone indicators.
+every candidate instead).
 """
 
 from __future__ import annotations
@@ -72,20 +88,69 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "limpq_indicators"  # in the search directory: the indicator run's state, then its result
+SCHEDULES = ("uniform_plus_random", "random")
+INDICATOR_KINDS = ("step", "normalised")
+Configuration = dict[str, tuple[str, str]]  # layer -> (w_fmt, a_fmt)
 
 
 @dataclass(frozen=True)
 class Indicators:
-    """Normalised importance indicators: ``weights[layer][w_fmt]`` and ``activations[layer][a_fmt]``."""
+    """Importance indicators: ``weights[layer][w_fmt]`` and ``activations[layer][a_fmt]``."""
 
     weights: dict[str, dict[str, float]]
     activations: dict[str, dict[str, float]]
 
+    def erased(self) -> dict[str, dict[str, set[str]]]:
+        """The non-monotone formats, ``{"weights": {layer: formats}, "activations": ...}``: within a layer,
+        operand and family, a format whose indicator is below the next wider format's (see the module docstring)."""
+        return {operand: {layer: _non_monotone(by_format) for layer, by_format in table.items()}
+                for operand, table in (("weights", self.weights), ("activations", self.activations))}
+
     def objective(self, formats: FormatProblem, alpha: float) -> np.ndarray:
-        """``I_a(a) + alpha * I_w(w)`` of every ``(w, a)`` option, in the problem's flat order."""
-        problem = formats.problem
-        return np.array([self.activations[layer][a] + alpha * self.weights[layer][w]
-                         for layer, options in zip(problem.layers, problem.options) for w, a in options])
+        """``I_a(a) + alpha * I_w(w)`` of every ``(w, a)`` option, in the problem's flat order; an option with an
+        erased format costs that plus a prohibitive constant: one more than the largest total any choice without
+        erased options reaches (indicators are >= 0), so such a choice is always preferred when one fits."""
+        problem, erased = formats.problem, self.erased()
+        value = np.array([self.activations[layer][a] + alpha * self.weights[layer][w]
+                          for layer, options in zip(problem.layers, problem.options) for w, a in options])
+        is_erased = np.array([w in erased["weights"][layer] or a in erased["activations"][layer]
+                              for layer, options in zip(problem.layers, problem.options) for w, a in options])
+        kept = np.where(is_erased, 0.0, value)
+        prohibitive = 1.0 + float(np.maximum.reduceat(kept, problem.starts).sum())
+        return np.where(is_erased, value + prohibitive, value)
+
+
+def _non_monotone(by_format: Mapping[str, float]) -> set[str]:
+    """Formats whose indicator is below that of the next wider format of their family (LIMPQ's erased points)."""
+    erased = set()
+    for family in {get_format(f).family for f in by_format}:
+        ordered = sorted((f for f in by_format if get_format(f).family == family),
+                         key=lambda f: get_format(f).bits_per_element)
+        erased |= {narrow for narrow, wide in zip(ordered, ordered[1:])
+                   if get_format(narrow).bits_per_element < get_format(wide).bits_per_element
+                   and by_format[narrow] < by_format[wide]}
+    return erased
+
+
+def uniform_configurations(menus: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> list[Configuration]:
+    """One configuration per format of the menus (by bits): that format on every layer's weights and
+    activations, or the menu's nearest one in bits (of the same family first) where the menu lacks it."""
+    every = {f for w_menu, a_menu in menus.values() for f in (*w_menu, *a_menu)}
+    ordered = sorted(every, key=lambda f: (get_format(f).bits_per_element, f))
+    return [{layer: (_nearest(w_menu, fmt), _nearest(a_menu, fmt)) for layer, (w_menu, a_menu) in menus.items()}
+            for fmt in ordered]
+
+
+def _nearest(menu: tuple[str, ...], fmt: str) -> str:
+    target = get_format(fmt)
+    return min(menu, key=lambda f: (abs(get_format(f).bits_per_element - target.bits_per_element),
+                                    get_format(f).family != target.family, menu.index(f)))
+
+
+def random_configuration(menus: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]],
+                         rng: np.random.Generator) -> Configuration:
+    """Every layer's ``w_fmt`` and ``a_fmt`` drawn uniformly from its menus (weight first, layer by layer)."""
+    return {layer: (str(rng.choice(w_menu)), str(rng.choice(a_menu))) for layer, (w_menu, a_menu) in menus.items()}
 
 
 def learn_indicators(
@@ -98,12 +163,15 @@ def learn_indicators(
     batch_size: int = 128,
     lr: float = 0.01,
     seed: int = 0,
+    schedule: str = "uniform_plus_random",
+    indicator: str = "step",
     checkpoint: PhaseCheckpoint | None = None,
 ) -> Indicators:
     """The joint indicator-training run on a copy of ``supernet`` (the original is left untouched): ``steps``
-    SGD steps of cross-entropy on ``train``, every layer of ``arch`` drawing its formats at every step. With
-    ``checkpoint``, the run saves its state there at intervals, and the indicators when it ends, and continues
-    from what it finds there."""
+    SGD steps of cross-entropy on ``train``, each over the configurations of ``schedule`` (see the module
+    docstring), then the ``indicator`` of every format. With ``checkpoint``, the run saves its state there at
+    intervals, and the indicators when it ends, and continues from what it finds there."""
+    _check_scheme(schedule, indicator)
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None and "indicators" in saved:
         return Indicators(**saved["indicators"])
@@ -127,14 +195,14 @@ def learn_indicators(
         return {"step": step, "net": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": rng.bit_generator.state}
 
+    uniform = uniform_configurations(menus) if schedule == "uniform_plus_random" else []
     net.train()
     for images, labels in itertools.islice(endless_batches(train, batch_size, seed), step, steps):
-        for name, layer in layers.items():
-            w_menu, a_menu = menus[name]
-            layer.set_active(dataclasses.replace(specs[name], w_fmt=str(rng.choice(w_menu)),
-                                                 a_fmt=str(rng.choice(a_menu))))
+        images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(net(images.to(device)), labels.to(device)).backward()
+        for configuration in (*uniform, random_configuration(menus, rng)):
+            _activate(layers, specs, configuration)
+            F.cross_entropy(net(images), labels).backward()  # summed over the configurations, as the authors do
         nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_NORM)
         optimizer.step()
         step += 1
@@ -142,24 +210,40 @@ def learn_indicators(
             checkpoint.save_due(state)
     for name, layer in layers.items():
         layer.set_active(specs[name])
-    indicators = _measure_indicators(net, layers, menus, next(endless_batches(train, batch_size, seed + 1))[0])
+    indicators = _measure_indicators(net, layers, menus, next(endless_batches(train, batch_size, seed + 1))[0],
+                                     normalise=indicator == "normalised")
     if checkpoint is not None:
         checkpoint.save({"indicators": dataclasses.asdict(indicators)})
     return indicators
 
 
+def _check_scheme(schedule: str, indicator: str) -> None:
+    if schedule not in SCHEDULES or indicator not in INDICATOR_KINDS:
+        raise ValueError(f"LIMPQ: schedule must be one of {SCHEDULES} and indicator one of {INDICATOR_KINDS}; "
+                         f"got {schedule!r} and {indicator!r}")
+
+
+def _activate(layers: dict[str, ElasticQuantLayer], specs: Mapping[str, Any], configuration: Configuration) -> None:
+    for name, layer in layers.items():
+        w_fmt, a_fmt = configuration[name]
+        layer.set_active(dataclasses.replace(specs[name], w_fmt=w_fmt, a_fmt=a_fmt))
+
+
 @torch.no_grad()
 def _measure_indicators(net: nn.Module, layers: dict[str, ElasticQuantLayer],
-                        menus: dict[str, tuple[tuple[str, ...], tuple[str, ...]]], images: Tensor) -> Indicators:
-    """The normalised steps of every layer's formats, on its active weight and its inputs of ``images``."""
+                        menus: dict[str, tuple[tuple[str, ...], tuple[str, ...]]], images: Tensor, *,
+                        normalise: bool) -> Indicators:
+    """The steps of every layer's formats, on its active weight and its inputs of ``images``; with ``normalise``,
+    each divided by the RMS of the tensor it quantizes."""
     inputs = _layer_inputs(net, layers, images.to(next(net.parameters()).device))
     weights, activations = {}, {}
     for name, layer in layers.items():
         w_menu, a_menu = menus[name]
         weight = layer.weight_of(layer.active)
-        w_rms, a_rms = max(_rms(weight), 1e-12), max(_rms(inputs[name]), 1e-12)  # an all-zero tensor: raw steps
-        weights[name] = {f: _step(layer.w_quant, f, weight) / w_rms for f in w_menu}
-        activations[name] = {f: _step(layer.a_quant, f, inputs[name]) / a_rms for f in a_menu}
+        # an all-zero tensor keeps its raw steps
+        w_unit, a_unit = (max(_rms(weight), 1e-12), max(_rms(inputs[name]), 1e-12)) if normalise else (1.0, 1.0)
+        weights[name] = {f: _step(layer.w_quant, f, weight) / w_unit for f in w_menu}
+        activations[name] = {f: _step(layer.a_quant, f, inputs[name]) / a_unit for f in a_menu}
     return Indicators(weights, activations)
 
 
@@ -202,6 +286,10 @@ class LIMPQ(FormatAssignmentStrategy):
     Args:
         alpha: weight of the weight indicators against the activation ones (the authors' default: 2).
         steps: SGD steps of the joint indicator-training run.
+        schedule: ``"uniform_plus_random"`` (every uniform configuration and one random one per batch, the
+            authors' scheme) or ``"random"`` (one random configuration per batch).
+        indicator: ``"step"`` (the learned steps, the paper) or ``"normalised"`` (divided by the RMS of the
+            quantized tensor).
         batch_size, lr: of that run (SGD, Nesterov momentum 0.9, no weight decay).
         arch, metric, time_limit: see :class:`~automq.strategies._assign.FormatAssignmentStrategy`.
     """
@@ -210,20 +298,24 @@ class LIMPQ(FormatAssignmentStrategy):
     options = "joint"
 
     def __init__(self, *, alpha: float = 2.0, steps: int = 300, batch_size: int = 128, lr: float = 0.01,
-                 **kwargs: Any) -> None:
+                 schedule: str = "uniform_plus_random", indicator: str = "step", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if alpha < 0 or steps < 1:
             raise ValueError(f"LIMPQ needs alpha >= 0 and steps >= 1, got alpha={alpha}, steps={steps}")
+        _check_scheme(schedule, indicator)
         self.alpha, self.steps, self.batch_size, self.lr = alpha, steps, batch_size, lr
+        self.schedule, self.indicator = schedule, indicator
 
     def prepare(self, formats: FormatProblem, evaluator: Evaluator, *, seed: int,
                 state_dir: Path | None = None) -> tuple[Solver, dict[str, Any]]:
         supernet, data = supernet_and_data(evaluator, self.name)
         start = time.perf_counter()
         checkpoint = PhaseCheckpoint(state_dir, CHECKPOINT_NAME, {
-            "arch": formats.arch.id, "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "seed": seed})
+            "arch": formats.arch.id, "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "seed": seed,
+            "schedule": self.schedule, "indicator": self.indicator})
         indicators = learn_indicators(supernet, evaluator.space, formats.arch, data.train, steps=self.steps,
-                                      batch_size=self.batch_size, lr=self.lr, seed=seed, checkpoint=checkpoint)
+                                      batch_size=self.batch_size, lr=self.lr, seed=seed, schedule=self.schedule,
+                                      indicator=self.indicator, checkpoint=checkpoint)
         seconds = time.perf_counter() - start
         logger.info("LIMPQ indicator training: %d steps in %.1f s", self.steps, seconds)
         objective = indicators.objective(formats, self.alpha)
@@ -231,4 +323,7 @@ class LIMPQ(FormatAssignmentStrategy):
         def solve(budgets: Mapping[str, float]) -> Solution:
             return solve_linear(formats.problem, objective, budgets, time_limit=self.time_limit)
 
-        return solve, {"indicator_steps": self.steps, "indicator_s": seconds, "alpha": self.alpha}
+        erased = sorted(f"{operand}:{layer}:{fmt}" for operand, table in indicators.erased().items()
+                        for layer, names in table.items() for fmt in names)
+        return solve, {"indicator_steps": self.steps, "indicator_s": seconds, "alpha": self.alpha,
+                       "schedule": self.schedule, "indicator": self.indicator, "erased": erased}

@@ -4,9 +4,11 @@ of valid candidates within the space's budgets."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,9 +24,11 @@ from automq.numerics.quant import Quantizer
 from automq.space.space import SearchSpace
 from automq.strategies import limpq
 from automq.strategies._assign import FormatProblem
+from automq.strategies._solvers import AssignmentProblem, solve_linear
 from automq.strategies._checkpoint import PhaseCheckpoint
-from automq.strategies.limpq import LIMPQ, Indicators, _step, learn_indicators
+from automq.strategies.limpq import LIMPQ, Indicators, _step, learn_indicators, uniform_configurations
 from automq.search.strategy import Budget, create_strategy
+from automq.model.arch import layer_specs
 from automq.model.supernet import Supernet
 from automq.oneshot.train import load_space_data
 
@@ -181,9 +185,77 @@ def test_infeasible_budget_fails_before_training(space: SearchSpace, supernet: S
         LIMPQ(steps=10_000).run(impossible, estimator(impossible, supernet, data), Budget(3))
 
 
+def test_the_indicator_is_the_learned_step_itself(space: SearchSpace, supernet: Supernet, data: DataSplits) -> None:
+    layer = "blocks.1.0.conv_pw"
+    net = copy.deepcopy(supernet)
+    quantizers = net.quant_layers()[layer]
+    with torch.no_grad():  # steps set by hand, marked as learned so that nothing re-initialises them
+        for quant, fmt, step in ((quantizers.w_quant, "int4", 0.03), (quantizers.a_quant, "int8", 0.05)):
+            quant.scales[fmt].fill_(step)
+            getattr(quant, f"initialised_{fmt}").fill_(True)
+    learn = functools.partial(learn_indicators, net, space, space.largest(), data.train, steps=0, batch_size=32)
+    raw = learn()  # no training step: the indicators are the steps as set
+    assert abs(raw.weights[layer]["int4"] - 0.03) <= 2 * EPS32 * 0.03  # the float32 value read back
+    assert abs(raw.activations[layer]["int8"] - 0.05) <= 2 * EPS32 * 0.05
+    normalised = learn(indicator="normalised")
+    net.set_active(space.largest())
+    weight = quantizers.weight_of(quantizers.active).detach().double().numpy()
+    rms = float(np.sqrt(np.mean(weight**2)))
+    # the step over the RMS of the weight: float32 step and sums of the weight's squares
+    assert abs(normalised.weights[layer]["int4"] - 0.03 / rms) <= weight.size * EPS32 * 0.03 / rms
+
+
+def test_a_non_monotone_indicator_is_erased_and_chosen_only_when_nothing_else_fits() -> None:
+    # layer a: int2's indicator (1.5) is below int4's (2.0), so int2 is erased there; layer b is monotone.
+    indicators = Indicators(
+        weights={"a": {"int2": 1.5, "int4": 2.0, "int8": 1.0}, "b": {"int2": 4.0, "int4": 2.0, "int8": 1.0}},
+        activations={"a": {"int8": 0.5}, "b": {"int8": 0.5}},
+    )
+    assert indicators.erased() == {"weights": {"a": {"int2"}, "b": set()}, "activations": {"a": set(), "b": set()}}
+    options = (("int2", "int8"), ("int4", "int8"), ("int8", "int8"))
+    problem = AssignmentProblem(("a", "b"), (options, options), {"bitops": np.array([2.0, 4, 8, 2, 4, 8])})
+    objective = indicators.objective(SimpleNamespace(problem=problem), alpha=1.0)
+    # kept options cost I_a + I_w: a [-, 2.5, 1.5], b [4.5, 2.5, 1.5]; prohibitive = 1 + 2.5 + 4.5 = 8, so the
+    # erased a:int2 costs 2.0 + 8
+    expected = np.array([10.0, 2.5, 1.5, 4.5, 2.5, 1.5])
+    assert np.all(np.abs(objective - expected) <= 4 * EPS64 * 10)
+    # bitops <= 8: without erasing, (int2, int4) = 4.5 would win; with it, (int4, int4) = 5.0
+    assert solve_linear(problem, objective, {"bitops": 8.0}).choice == (1, 1)
+    assert solve_linear(problem, objective, {"bitops": 4.0}).choice == (0, 0)  # the only choice that fits
+
+
+def test_the_uniform_schedule_trains_every_uniform_configuration_and_one_random_per_batch(
+    space: SearchSpace, supernet: Supernet, data: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    menus = {name: space.layer_menu(name) for name in (spec.name for spec in layer_specs(space, space.largest()))}
+    # By bits: int2 (its activation: int4, the nearest), int4, mxfp4_e2m1 (4.25 bits; activation int4),
+    # fp8_e4m3 (8 bits: weights take int8, the only 8-bit weight format), int8; the classifier's menu is int8 only.
+    pairs = [("int2", "int4"), ("int4", "int4"), ("mxfp4_e2m1", "int4"), ("int8", "fp8_e4m3"), ("int8", "int8")]
+    expected = [{name: ("int8", "int8") if name == "classifier" else pair for name in menus} for pair in pairs]
+    assert uniform_configurations(menus) == expected
+    activated = []
+    original = limpq._activate
+    monkeypatch.setattr(limpq, "_activate", lambda layers, specs, configuration: (
+        activated.append(configuration), original(layers, specs, configuration)))
+    learn_indicators(supernet, space, space.largest(), data.train, steps=2, batch_size=32, seed=0)
+    per_step = len(expected) + 1
+    assert len(activated) == 2 * per_step
+    for step in range(2):
+        assert activated[step * per_step : step * per_step + len(expected)] == expected
+        random = activated[step * per_step + len(expected)]
+        assert all(w in menus[name][0] and a in menus[name][1] for name, (w, a) in random.items())
+    activated.clear()
+    learn_indicators(supernet, space, space.largest(), data.train, steps=2, batch_size=32, seed=0, schedule="random")
+    assert len(activated) == 2
+
+
 def test_rejects_bad_hyper_parameters() -> None:
     with pytest.raises(ValueError, match="alpha"):
         LIMPQ(alpha=-1.0)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        LIMPQ(schedule="uniform")
+    with pytest.raises(ValueError, match="indicator one of"):
+        LIMPQ(indicator="rms")
     with pytest.raises(ValueError, match="metric"):
         LIMPQ(metric="accuracy")
     assert np.isfinite(LIMPQ().alpha)
