@@ -23,8 +23,8 @@ distribution, 1 for a one-hot one, comparable across decisions with different nu
 decision is fixed before the end only when its certainty reaches ``threshold`` (default 0: the most certain one
 always is). Fixing a stage's depth also fixes the decisions of the blocks it leaves out (they no longer matter,
 ``inactive``). Decisions still undecided at the last step (too few steps for one fixing point each, or none as
-certain as ``threshold``) are fixed to their top choice and marked ``forced``. The order, step and certainty of every fixing are returned in
-``Trial.info["decisions"]`` and, with ``out_dir``, written to ``ssps_decisions.json``.
+certain as ``threshold``) are fixed to their top choice and marked ``forced``. The order, step and certainty of
+every fixing are returned in ``Trial.info["decisions"]`` and, with ``out_dir``, written to ``ssps_decisions.json``.
 
 One search runs per budget level; each gives one candidate, repaired into its budget if the argmax breaks it
 (:func:`~strategies.differentiable.repair`) and scored by the shared estimator.
