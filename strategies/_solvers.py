@@ -15,8 +15,8 @@ core), so :func:`solve_quadratic` always runs :func:`local_search` too (greedy r
 that one-layer-at-a-time repair gets stuck on budgets that are only jointly tight, a feasible start from the exact
 linear ILP; then best-improvement single- and two-layer moves), returns it at once when it reaches the PSD lower
 bound 0, uses it instead of the MILP above ``max_pair_variables`` or when HiGHS finds nothing in its time limit,
-and otherwise returns the better of the two; :attr:`Solution.method` records which. Every solution is re-checked against the
-budgets in exact arithmetic.
+and otherwise returns the better of the two; :attr:`Solution.method` records which. Every solution is re-checked
+against the budgets in exact arithmetic.
 
 Nothing here knows about networks or formats: :mod:`automq.strategies._assign` builds the problem of an
 architecture.
