@@ -240,16 +240,7 @@ class OneShotEstimator:
         if self.cache and key in self._scores:
             return self._scores[key]
         self.space.validate_candidate(candidate)
-        done = self._scored_prefix(candidate, images)
-        start = done.correctness.images if done else 0
-        with deterministic(), scales_restored(self.supernet):
-            self.supernet.set_active(candidate)
-            with torch_threads(CALIBRATION_THREADS):
-                recalibrate_bn(self.supernet, self.calib)
-            batches = self.val if (start, images) == (0, self.val_images) else self._batches(images, start)
-            with torch_threads(self.threads):
-                score = score_model(self.supernet, batches)
-        score = done.then(score) if done else score
+        score = self._one_shot(candidate, images)
         metrics, correctness = score.metrics(), score.correctness
         if self.finetune_images:
             tuned, correctness = self._finetuned(candidate, self.finetune_train, epochs=1, seed=self.space.seed,
@@ -260,6 +251,19 @@ class OneShotEstimator:
         if self.cache:
             self._scores[key] = result
         return result
+
+    def _one_shot(self, candidate: Candidate, images: int) -> Score:
+        """The shared weights' score on the first ``images`` validation images, continuing a cached shorter one."""
+        done = self._scored_prefix(candidate, images)
+        start = done.correctness.images if done else 0
+        with deterministic(), scales_restored(self.supernet):
+            self.supernet.set_active(candidate)
+            with torch_threads(CALIBRATION_THREADS):
+                recalibrate_bn(self.supernet, self.calib)
+            batches = self.val if (start, images) == (0, self.val_images) else self._batches(images, start)
+            with torch_threads(self.threads):
+                score = score_model(self.supernet, batches)
+        return done.then(score) if done else score
 
     def _image_count(self, images: int | None) -> int:
         if images is None:
