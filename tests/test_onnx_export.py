@@ -1,0 +1,246 @@
+"""ONNX export (automq.model.onnx_export): the graph holds the QuantizeLinear/DequantizeLinear types each format
+asks for, ONNX Runtime computes what PyTorch computes (bit for bit where the quantizers are), simulated formats
+are named in the metadata, and a graph that does not match the model is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from automq.cli import main
+from automq.model import onnx_export
+from automq.model.onnx_export import OPSET, OnnxExportError, check_onnx, export_onnx, to_onnx
+from automq.model.supernet import Supernet, load_model
+
+from _spaces import SpaceFactory
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+FORMATS = {"weights": ["int4", "int8", "fp8_e4m3", "int2", "fp4_e2m1", "mxfp4_e2m1"],
+           "activations": ["int4", "int8", "fp8_e4m3", "int6", "fp4_e2m1"]}
+# Whether each layer's input can be negative in the tiny space's largest network, read off timm's MobileNetV2: the
+# normalised image, the DS block's output (its conv_pw has no activation) and every IR block's output are signed;
+# what follows a ReLU6 (or the pooled ReLU6 output the classifier reads) is not.
+SIGNED_INPUT = {
+    "conv_stem": True, "blocks.0.0.conv_dw": False, "blocks.0.0.conv_pw": False,
+    "blocks.1.0.conv_pw": True, "blocks.1.0.conv_dw": False, "blocks.1.0.conv_pwl": False,
+    "blocks.1.1.conv_pw": True, "blocks.1.1.conv_dw": False, "blocks.1.1.conv_pwl": False,
+    "conv_head": True, "classifier": False,
+}
+# (weight codes, signed input codes, unsigned input codes) per format with an ONNX QDQ type
+QDQ = {
+    "int8": (TensorProto.INT8, TensorProto.INT8, TensorProto.UINT8),
+    "int4": (TensorProto.INT4, TensorProto.INT4, TensorProto.UINT4),
+    "fp8_e4m3": (TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FN),
+}
+
+
+@pytest.fixture(scope="module")
+def supernet(tiny_space: SpaceFactory) -> Supernet:
+    """A supernet whose BNs hold statistics like a trained one's. A fresh BN (mean 0, var 1) maps the few
+    distinct outputs of a coarse conv (int2 weights x int6 inputs) onto the next quantizer's grid so that
+    whole groups of them lie within an ulp of its rounding boundaries, where a reordered float sum flips them."""
+    torch.manual_seed(0)
+    supernet = Supernet(tiny_space(formats=FORMATS)).eval()
+    with torch.no_grad():
+        for bn in (m for m in supernet.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.5)
+    return supernet
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def calibrated(supernet: Supernet, w_fmt: str, a_fmt: str, images: torch.Tensor, arch: str = "largest"):
+    """The extracted network ``arch`` in ``w_fmt``/``a_fmt``, its scales initialised on ``images``."""
+    candidate = supernet.space.uniform(w_fmt, a_fmt, arch)
+    model = supernet.extract(candidate).eval()
+    with torch.no_grad():
+        model(images)
+    return model, candidate
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def layer_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    return [node for node in graph.node if node.op_type in ("Conv", "Gemm")]
+
+
+def with_outputs(proto: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:
+    """A session on a copy of ``proto`` that also returns the tensors ``names``."""
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("fmt", list(QDQ))
+def test_each_layer_reads_dequantized_codes_of_its_format(supernet, images, fmt) -> None:
+    model, candidate = calibrated(supernet, fmt, fmt, images)
+    graph = to_onnx(model, candidate, images[:1]).graph
+    made_by, initializers = producers(graph), {init.name: init for init in graph.initializer}
+    weight_type, signed_type, unsigned_type = QDQ[fmt]
+    names = [name for name, module in model.named_modules() if hasattr(module, "w_quant")]
+    assert names == list(SIGNED_INPUT) and len(layer_nodes(graph)) == len(names)
+    for name, node in zip(names, layer_nodes(graph)):
+        weight_dq = made_by[node.input[1]]
+        assert weight_dq.op_type == "DequantizeLinear"
+        assert onnx.helper.get_attribute_value(weight_dq.attribute[0]) == 0  # axis: per output channel
+        codes, scale = initializers[weight_dq.input[0]], initializers[weight_dq.input[1]]
+        out_channels = model.get_submodule(name).weight.shape[0]
+        assert (codes.data_type, list(scale.dims)) == (weight_type, [out_channels])
+        input_dq = made_by[node.input[0]]
+        quantize = made_by[input_dq.input[0]]
+        assert (input_dq.op_type, quantize.op_type) == ("DequantizeLinear", "QuantizeLinear")
+        expected = signed_type if SIGNED_INPUT[name] else unsigned_type
+        assert initializers[quantize.input[2]].data_type == expected, name  # the zero point sets the type
+        assert numpy_helper.to_array(initializers[quantize.input[2]]).astype(np.float32) == 0
+        assert list(initializers[input_dq.input[1]].dims) == []  # one scale per tensor
+
+
+def test_the_model_says_int4_needs_opset_21(supernet, images) -> None:
+    model, candidate = calibrated(supernet, "int4", "int4", images)
+    proto = to_onnx(model, candidate, images[:1])
+    assert [(op.domain, op.version) for op in proto.opset_import] == [("", OPSET)] and OPSET == 21
+
+
+@pytest.mark.parametrize("fmt", list(QDQ))
+def test_weight_codes_times_scales_are_the_weights_pytorch_uses(supernet, images, fmt) -> None:
+    model, candidate = calibrated(supernet, fmt, fmt, images)
+    graph = to_onnx(model, candidate, images[:1]).graph
+    made_by, initializers = producers(graph), {init.name: init for init in graph.initializer}
+    for (name, module), node in zip(((n, m) for n, m in model.named_modules() if hasattr(m, "w_quant")),
+                                    layer_nodes(graph)):
+        weight_dq = made_by[node.input[1]]
+        codes = numpy_helper.to_array(initializers[weight_dq.input[0]]).astype(np.float32)  # onnx's own decoding
+        scale = numpy_helper.to_array(initializers[weight_dq.input[1]])
+        dequantized = codes * scale.reshape([-1] + [1] * (codes.ndim - 1))  # one float32 product, as ORT
+        with torch.no_grad():
+            used = module.w_quant(module.weight, fmt).numpy()
+        np.testing.assert_array_equal(dequantized, used, err_msg=name)
+
+
+def test_fp8_codes_are_e4m3fn_values(supernet, images) -> None:
+    """The stored bytes decode (ml_dtypes) to values of the E4M3FN grid that PyTorch's weight divides into."""
+    model, candidate = calibrated(supernet, "fp8_e4m3", "fp8_e4m3", images)
+    graph = to_onnx(model, candidate, images[:1]).graph
+    stem = next(init for init in graph.initializer if init.name.startswith("conv_stem") and init.name.endswith("_codes"))
+    decoded = np.frombuffer(stem.raw_data, dtype=ml_dtypes.float8_e4m3fn).astype(np.float32)
+    quantizer = model.conv_stem.w_quant
+    expected = (quantizer(model.conv_stem.weight, "fp8_e4m3") / quantizer.scales["fp8_e4m3"].view(-1, 1, 1, 1))
+    np.testing.assert_array_equal(decoded, expected.detach().numpy().astype(ml_dtypes.float8_e4m3fn)
+                                  .astype(np.float32).reshape(-1))
+
+
+def test_input_codes_are_pytorch_s_even_where_dividing_by_the_scale_rounds_differently(supernet, images) -> None:
+    """Images whose pixels lie one float32 ulp either side of every int8 rounding boundary of the stem's input:
+    there ``x / s`` (QuantizeLinear's arithmetic) and ``x * (1/s)`` (the project's) round to different codes for
+    many pixels, and the exported graph must give the project's."""
+    model, candidate = calibrated(supernet, "int8", "int8", images)
+    scale = float(model.conv_stem.a_quant.scales["int8"].detach())
+    boundaries = (np.arange(-128, 127, dtype=np.float32) + np.float32(0.5)) * np.float32(scale)
+    near = np.concatenate([np.nextafter(boundaries, np.float32(np.inf)), np.nextafter(boundaries, -np.float32(np.inf)),
+                           boundaries])
+    pixels = torch.from_numpy(np.resize(near, 4 * 16 * 16).reshape(4, 1, 16, 16))
+    by_division = torch.round(pixels / scale).clamp(-128, 127)
+    with torch.no_grad():
+        expected = model.conv_stem.a_quant(pixels, "int8")
+    assert (by_division * scale != expected).sum() > 10  # the two arithmetics do disagree on these pixels
+    proto = to_onnx(model, candidate, images[:1])
+    stem_input = layer_nodes(proto.graph)[0].input[0]
+    got = with_outputs(proto, [stem_input]).run([stem_input], {"images": pixels.numpy()})[0]
+    np.testing.assert_array_equal(got, expected.numpy())
+
+
+# The smallest network has one IR block, whose conv_pwl output reaches conv_head's QuantizeLinear through bn3
+# alone: there ONNX Runtime would fold BN and 1/s into a constant float (simulated) weight and re-quantize it.
+@pytest.mark.parametrize("w_fmt, a_fmt, arch", [
+    ("int8", "int8", "largest"), ("int4", "int4", "largest"), ("fp8_e4m3", "fp8_e4m3", "largest"),
+    ("int2", "int6", "largest"), ("mxfp4_e2m1", "int6", "largest"),
+    ("int2", "int4", "smallest"), ("mxfp4_e2m1", "fp8_e4m3", "smallest"), ("fp4_e2m1", "int8", "smallest"),
+])
+def test_onnx_runtime_logits_equal_pytorch_s_within_float32_summation_error(supernet, images, w_fmt, a_fmt,
+                                                                           arch) -> None:
+    model, candidate = calibrated(supernet, w_fmt, a_fmt, images, arch)
+    proto = to_onnx(model, candidate, images[:1])
+    outputs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"images": images.numpy()})[0]
+    with torch.no_grad():
+        reference = model(images).numpy()
+    # Both sides sum the same products in other orders: each conv/linear output may differ by eps x its number of
+    # terms (relative to the terms' magnitudes, here bounded by the logits'), and these errors add up layer by layer.
+    terms = sum(m.weight[0].numel() for m in model.modules() if hasattr(m, "w_quant"))
+    tolerance = EPS32 * terms * np.abs(reference).max(1, keepdims=True).clip(min=1.0)
+    assert (np.abs(outputs - reference) <= tolerance).all()
+
+
+def test_simulated_formats_are_named_in_the_metadata(supernet, images) -> None:
+    model, candidate = calibrated(supernet, "int2", "int6", images)
+    proto = to_onnx(model, candidate, images[:1])
+    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    assert metadata["automq.simulated_formats"] == "int2,int6"
+    assert json.loads(metadata["automq.candidate"]) == json.loads(candidate.to_json())
+    stem = json.loads(metadata["automq.layers"])["conv_stem"]
+    assert stem["simulated"] == ["int2", "int6"] and stem["weight"].startswith("int2: simulated")
+    assert not [node for node in proto.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    check = check_onnx(proto, model, [(images, torch.zeros(len(images), dtype=torch.long))])
+    assert check.simulated_formats == ("int2", "int6") and check.within_tolerance == 1.0
+
+
+def test_a_graph_with_a_wrong_scale_is_refused_and_not_written(supernet, images, monkeypatch, tmp_path) -> None:
+    model, candidate = calibrated(supernet, "int8", "int8", images)
+    labels = model(images).argmax(1)
+    true_scale = onnx_export._scale
+    monkeypatch.setattr(onnx_export, "_scale",
+                        lambda operand: true_scale(operand) * (1.5 if operand.layer == "conv_head" else 1.0))
+    path = tmp_path / "model.onnx"
+    with pytest.raises(OnnxExportError, match="ONNX Runtime does not compute what PyTorch computes on 64 images"):
+        export_onnx(model, candidate, path, [(images, labels)])
+    assert not path.exists()
+
+
+def test_an_activation_format_without_an_onnx_equivalent_is_one_clear_error(supernet, images) -> None:
+    model, candidate = calibrated(supernet, "int8", "fp4_e2m1", images)
+    with pytest.raises(OnnxExportError, match="conv_stem: its input format fp4_e2m1 has no ONNX equivalent"):
+        to_onnx(model, candidate, images[:1])
+
+
+def test_an_uninitialised_scale_is_refused(supernet, images) -> None:
+    model = supernet.extract(supernet.space.uniform("int8", "int8")).eval()  # never run: no activation scales yet
+    with pytest.raises(OnnxExportError, match="conv_stem: the int8 scale of its weight was never initialised"):
+        to_onnx(model, supernet.space.uniform("int8", "int8"), images[:1])
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+def test_cli_export_writes_an_onnx_model_that_onnx_runtime_runs_like_the_pt(tiny_space, tmp_path, capsys) -> None:
+    changes = {"dataset": {"val_size": 64}, "training": {"epochs": 1, "batch_size": 32, "num_random": 1},
+               "search": {"eval_size": 64, "calib_size": 32}}
+    space_file = Path(tiny_space(changes, folder=tmp_path).source)
+    run, pt, onnx_path = tmp_path / "run", tmp_path / "model.pt", tmp_path / "model.onnx"
+    assert main(["train-supernet", str(space_file), "--out", str(run), "--subset", "64"]) == 0
+    assert main(["export", str(run), "largest", "--out", str(pt), "--calib-images", "64", "--onnx",
+                 str(onnx_path)]) == 0
+    assert "ONNX model (opset 21, QuantizeLinear/DequantizeLinear) written to" in capsys.readouterr().out
+    model, candidate = load_model(pt)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    batch = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = model(batch).numpy()
+    outputs = session.run(["logits"], {"images": batch.numpy()})[0]
+    assert outputs.shape == reference.shape == (8, 10)
+    assert (outputs.argmax(1) == reference.argmax(1)).all()
+    stored = {prop.key: prop.value for prop in onnx.load(onnx_path).metadata_props}["automq.candidate"]
+    assert json.loads(stored) == json.loads(candidate.to_json())
