@@ -160,6 +160,26 @@ def _cmd_export(args: argparse.Namespace) -> None:
         recalibrate_bn(model, fixed_batches(data.train, args.calib_images, 128))
     save_model(args.out, model.eval(), candidate, space)
     print(f"timm model of candidate {candidate.id} written to {args.out}")
+    if args.onnx:
+        _export_onnx(args, space, model, candidate)
+
+
+def _export_onnx(args: argparse.Namespace, space: SearchSpace, model: Any, candidate: Candidate) -> None:
+    """Write the ONNX model of ``export --onnx`` once ONNX Runtime matches PyTorch on the test split."""
+    from automq.data import make_loader
+    from automq.model.onnx_export import OPSET, export_onnx
+    from automq.oneshot.train import load_space_data
+
+    data = load_space_data(space, root=args.data, with_test=True)
+    split, images = ("test", data.test) if data.test is not None else ("validation", data.val)
+    check = export_onnx(model, candidate, args.onnx, make_loader(images, 256, shuffle=False))
+    print(f"ONNX model (opset {OPSET}, QuantizeLinear/DequantizeLinear) written to {args.onnx}; on the "
+          f"{check.images} {split} images ONNX Runtime top-1 {check.onnx_accuracy:.2%}, PyTorch "
+          f"{check.torch_accuracy:.2%}, same class on {check.top1_agreement:.2%}, logits within float32 "
+          f"rounding on {check.within_tolerance:.2%}")
+    if check.simulated_formats:
+        print(f"simulated in ONNX (float values on the format's grid, no integer kernels): "
+              f"{', '.join(check.simulated_formats)}")
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -306,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--calib-images", type=int, default=512,
                         help="recalibrate BN on this many training images (0: keep the supernet's statistics)")
     export.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    export.add_argument("--onnx", metavar="PATH",
+                        help="also write an ONNX model with QuantizeLinear/DequantizeLinear, checked against "
+                             "PyTorch with ONNX Runtime on the test split")
     export.set_defaults(func=_cmd_export)
 
     search = sub.add_parser("search", help="search a space with a strategy over the one-shot supernet")
