@@ -1,6 +1,8 @@
 """Refinement re-scores exactly the trials that could be on the front (hand-built cases whose paired standard
-errors are computed by hand), keeps the search-time values, rewrites the search directory atomically, and is what
-``run_search`` does at the end of a search with the one-shot estimator."""
+errors are computed by hand), races them on an intermediate number of images first (a candidate clearly beaten there
+never reaches the whole split, and the front is what refining without the race gives), keeps the search-time values,
+rewrites the search directory atomically, and is what ``run_search`` does at the end of a search with the one-shot
+estimator."""
 
 from __future__ import annotations
 
@@ -14,17 +16,17 @@ from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.paired import Correctness
 from automq.oneshot.train import train_supernet
 from automq.search.driver import run_search
-from automq.search.refine import near_front, refine_front
+from automq.search.refine import near_front, race_images, refine_front
 from automq.search.results import PARETO_FILE, SearchLog, load_trials
 from automq.search.trial import Trial
 
 SEARCH_IMAGES, ALL_IMAGES = 1000, 5000
 
 
-def outcomes(right: int, flip_right: int = 0, flip_wrong: int = 0) -> np.ndarray:
-    """The first ``right`` of 1,000 images right, then ``flip_right`` of those made wrong and ``flip_wrong`` of the
-    wrong ones made right."""
-    correct = np.arange(SEARCH_IMAGES) < right
+def outcomes(right: int, flip_right: int = 0, flip_wrong: int = 0, images: int = SEARCH_IMAGES) -> np.ndarray:
+    """The first ``right`` of ``images`` images right, then ``flip_right`` of those made wrong and ``flip_wrong`` of
+    the wrong ones made right."""
+    correct = np.arange(images) < right
     correct[:flip_right] = False
     correct[right:right + flip_wrong] = True
     return correct
@@ -104,7 +106,7 @@ def test_near_front_keeps_the_front_and_what_paired_errors_cannot_separate_from_
 
 def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directory(table_search) -> None:
     log, refiner = table_search
-    refined = refine_front(log, refiner)
+    refined = refine_front(log, refiner, race_fraction=None)
     # A, B and C first; B's drop to 0.82 leaves E (0.83 on the search's images, bitops 22) undominated: E next
     assert refiner.estimated == ["A", "B", "C", "E"] and [refiner.names[t.candidate.id] for t in refined] == \
         ["A", "B", "C", "E"]
@@ -120,9 +122,10 @@ def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directo
     # on all images: A 0.79 @ 10, B 0.82 @ 20, C 0.86 @ 25 optimal; E 0.81 @ 22 and D (search-time) 0.70 @ 30 not
     assert sorted(t["metrics"]["accuracy"] for t in pareto["trials"]) == [0.79, 0.82, 0.86]
     assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto["trials"])
-    assert log.run_info["refine"] == {"near_front": 3, "rescored": 4, "images": ALL_IMAGES, "margin_se": 2.0}
+    assert log.run_info["refine"] == {"near_front": 3, "raced": 0, "race_images": None, "rescored": 4,
+                                      "images": ALL_IMAGES, "margin_se": 2.0}
     refiner.estimated.clear()  # a resumed search refines again: selection on search-time values, nothing rescored
-    assert refine_front(log, refiner) == [] and refiner.estimated == []
+    assert refine_front(log, refiner, race_fraction=None) == [] and refiner.estimated == []
     assert names_of(near_front(log.trials, log.objectives, refiner), refiner) == {"A", "B", "C"}
 
 
@@ -130,6 +133,92 @@ def test_nothing_is_refined_when_the_search_already_used_every_image(table_searc
     log, refiner = table_search
     refiner.max_images = SEARCH_IMAGES
     assert refine_front(log, refiner) == [] and refiner.estimated == []
+
+
+RACE_IMAGES = ALL_IMAGES // 2  # the default race fraction, one half
+# name: (bitops, search-time outcomes, race outcomes on 2,500 images, accuracy on all images).
+# At the search's resolution P and Q are the front; R (like C above, 1.0 point behind Q within 2 paired se 0.0200)
+# and S (as accurate as Q, more BitOps) are near it, so all four are raced.
+# Race: Q 2125/2500 = 0.85. R has 100 images right only in Q and 50 only in R: gap 0.02, paired se
+#   sqrt((150/2500 - 0.02**2) / 2500) = 0.00488, 2 se = 0.0098 < 0.02: dropped (the binomial bound
+#   2 * (0.00714 + 0.00751) = 0.0293 could not decide it). S ties Q (30 images each way): survives.
+# All images: P 0.79 @ 10, Q 0.83 @ 20, S 0.84 @ 22 are the front; R (0.80 all, 0.83 raced @ 25) is dominated by S.
+RACE_CASES = {
+    "P": (10.0, outcomes(800), outcomes(2000, images=RACE_IMAGES), 0.79),
+    "Q": (20.0, outcomes(850), outcomes(2125, images=RACE_IMAGES), 0.83),
+    "R": (25.0, outcomes(850, flip_right=55, flip_wrong=45),
+          outcomes(2125, flip_right=100, flip_wrong=50, images=RACE_IMAGES), 0.80),
+    "S": (22.0, outcomes(850, flip_right=50, flip_wrong=50),
+          outcomes(2125, flip_right=30, flip_wrong=30, images=RACE_IMAGES), 0.84),
+}
+
+
+class RaceRefiner:
+    """A refiner over RACE_CASES at three resolutions; records every (case, images) it estimates."""
+
+    val_images, max_images = SEARCH_IMAGES, ALL_IMAGES
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.estimated: list[tuple[str, int]] = []
+
+    def correctness(self, candidate, *, images=None) -> Correctness:
+        case = RACE_CASES[self.names[candidate.id]]
+        return Correctness.from_bools({None: case[1], RACE_IMAGES: case[2]}[images])
+
+    def estimate(self, candidate, *, images=None) -> dict[str, float]:
+        name = self.names[candidate.id]
+        self.estimated.append((name, images))
+        bitops, _, raced, full = RACE_CASES[name]
+        accuracy = {RACE_IMAGES: raced.mean(), ALL_IMAGES: full}[images]
+        return {"accuracy": accuracy, "accuracy_se": 0.005, "accuracy_images": images, "loss": 0.4,
+                "bitops": bitops}
+
+
+def race_search(space, folder: Path) -> tuple[SearchLog, RaceRefiner]:
+    rng = np.random.default_rng(0)
+    candidates: dict[str, object] = {}
+    while len(candidates) < len(RACE_CASES):
+        candidate = space.sample(rng)
+        candidates.setdefault(candidate.id, candidate)
+    log = SearchLog(folder, space, strategy="random")
+    names = {}
+    for number, ((name, (bitops, correct, _, _)), candidate) in enumerate(zip(RACE_CASES.items(),
+                                                                               candidates.values())):
+        names[candidate.id] = name
+        log.append(Trial(number, candidate, {"accuracy": correct.mean(), "accuracy_images": SEARCH_IMAGES,
+                                             "accuracy_se": 0.01, "loss": 0.5, "bitops": bitops}))
+    return log, RaceRefiner(names)
+
+
+def test_racing_drops_a_candidate_beaten_at_the_intermediate_resolution_and_gives_the_same_front(
+        tiny_space, tmp_path: Path) -> None:
+    space = tiny_space()
+    raced_log, raced = race_search(space, tmp_path / "raced")
+    plain_log, plain = race_search(space, tmp_path / "plain")
+    refine_front(raced_log, raced)
+    refine_front(plain_log, plain, race_fraction=None)
+    assert sorted(raced.estimated) == [("P", RACE_IMAGES), ("P", ALL_IMAGES), ("Q", RACE_IMAGES),
+                                       ("Q", ALL_IMAGES), ("R", RACE_IMAGES), ("S", RACE_IMAGES), ("S", ALL_IMAGES)]
+    assert sorted(plain.estimated) == [(name, ALL_IMAGES) for name in "PQRS"]
+    assert raced_log.run_info["refine"] == {"near_front": 4, "raced": 4, "race_images": RACE_IMAGES, "rescored": 3,
+                                            "images": ALL_IMAGES, "margin_se": 2.0}
+    # the survivors end as refining without the race leaves them; the dropped R keeps its race score
+    by_name = {raced.names[t.candidate.id]: t.metrics for t in raced_log.trials}
+    plain_by_name = {plain.names[t.candidate.id]: t.metrics for t in plain_log.trials}
+    assert all(by_name[name] == plain_by_name[name] for name in "PQS")
+    assert by_name["R"]["accuracy"] == 0.83 and by_name["R"]["accuracy_images"] == RACE_IMAGES
+    assert by_name["R"]["accuracy_search"] == 0.84
+    pareto = [json.loads((log.dir / PARETO_FILE).read_text())["trials"] for log in (raced_log, plain_log)]
+    assert pareto[0] == pareto[1] and sorted(t["metrics"]["accuracy"] for t in pareto[0]) == [0.79, 0.83, 0.84]
+
+
+def test_race_images_is_the_fraction_of_the_split_strictly_between_search_and_whole(table_search) -> None:
+    _, refiner = table_search  # 1,000 search-time images of 5,000
+    assert race_images(refiner, 0.5) == 2500 and race_images(refiner, None) is None
+    assert race_images(refiner, 0.2) is None  # 1,000 images: no more than the search's own score
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        race_images(refiner, 1.0)
 
 
 SPACE_CHANGES = {

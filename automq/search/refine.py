@@ -8,6 +8,12 @@ Pareto-optimal ones and each one that no front trial beats by more than ``margin
 objective; then any trial that the re-scored values leave on the front unrefined, until the whole front was
 measured on the whole split. Only the front reaches a user, so this is where the estimate's resolution is spent.
 
+The candidates near the front are raced first (successive halving on images): each is scored on an intermediate
+number of images (``race_fraction`` of the split, 5,000 of 10,000 by default, a continuation of its search-time
+score), and only those that the front of these scores does not beat by more than ``margin_se`` paired standard
+errors go on to the whole split. A trial dropped by the race keeps its intermediate score, so the front can still
+take it back: the refinement continues until every trial on the front was measured on the whole split.
+
 A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``;
 ``accuracy_images`` says how many images ``accuracy`` was measured on. ``trials.jsonl`` and ``pareto.json`` are
 rewritten atomically. A trial already scored on the whole split (a resumed search) is not scored again.
@@ -16,7 +22,7 @@ rewritten atomically. A trial already scored on the whole split (a resumed searc
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -30,10 +36,12 @@ from automq.search.trial import Trial
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
 
-__all__ = ["MARGIN_SE", "Refiner", "near_front", "refine_front"]
+__all__ = ["MARGIN_SE", "RACE_FRACTION", "Refiner", "near_front", "race", "race_images", "refine_front"]
 
 MARGIN_SE = 2.0
 """Paired standard errors by which a front trial must beat another for the other not to be re-scored."""
+RACE_FRACTION = 0.5
+"""Share of the validation split on which the candidates near the front are raced before the whole split."""
 SEARCH_KEYS = ("accuracy", "accuracy_se", "loss")
 """Metrics re-scored by a refinement; the search-time values are kept under ``<key>_search``."""
 
@@ -50,32 +58,61 @@ class Refiner(Protocol):
     def correctness(self, candidate: Candidate, *, images: int | None = None) -> Correctness: ...
 
 
-def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGIN_SE) -> list[Trial]:
+def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGIN_SE,
+                 race_fraction: float | None = RACE_FRACTION) -> list[Trial]:
     """Re-score the trials of ``log`` that could be on its front on all ``estimator.max_images`` images, record
     the refinement in ``log.run_info["refine"]`` and rewrite the search directory; returns the re-scored trials.
 
-    Nothing happens when accuracy is not an objective or the search already scored on the whole split."""
+    ``race_fraction``: race the candidates near the front on this share of the split first (:func:`race`);
+    ``None`` takes all of them to the whole split. Nothing happens when accuracy is not an objective or the
+    search already scored on the whole split."""
     if "accuracy" not in (o.metric for o in log.objectives) or estimator.val_images >= estimator.max_images:
         return []
     feasible = [t for t in log.trials if t.feasible]
     chosen = near_front(feasible, log.objectives, estimator, margin_se=margin_se)
-    pending, refined = chosen + _front(log, feasible), []
+    pending = _unrefined(chosen + _front(log, feasible), estimator)
+    raced, images = len(pending), race_images(estimator, race_fraction)
+    if images:
+        pending = race(pending, log.objectives, estimator, images, margin_se=margin_se)
+    refined: list[Trial] = []
     # a trial scored on fewer images can overtake refined ones (the first images may be easier or harder than the
     # rest), so the front a user reads is refined until every trial on it was measured on the whole split
-    while pending := [t for t in {t.number: t for t in pending}.values() if not _refined(t, estimator)]:
+    while pending:
         for trial in pending:
-            full = estimator.estimate(trial.candidate, images=estimator.max_images)
-            searched = {f"{key}_search": trial.metrics[key] for key in SEARCH_KEYS if key in trial.metrics}
-            trial.metrics = {**trial.metrics, **full, **searched}
+            _rescore(trial, estimator, estimator.max_images)
         refined += pending
-        pending = _front(log, feasible)
-    log.run_info["refine"] = {"near_front": len(chosen), "rescored": len(refined),
-                              "images": estimator.max_images, "margin_se": margin_se}
+        pending = _unrefined(_front(log, feasible), estimator)
+    log.run_info["refine"] = {"near_front": len(chosen), "raced": raced if images else 0, "race_images": images,
+                              "rescored": len(refined), "images": estimator.max_images, "margin_se": margin_se}
     if refined:
         lines = "".join(json.dumps(t.to_dict()) + "\n" for t in log.trials)
         atomic_write_text(log.dir / TRIALS_FILE, lines)
         log.write_pareto()
     return refined
+
+
+def race_images(estimator: Refiner, fraction: float | None) -> int | None:
+    """The images of the race: ``fraction`` of the split, or ``None`` when that is no more than a search-time
+    score or no fewer than the whole split (nothing to race)."""
+    if fraction is None:
+        return None
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"race_fraction must lie strictly between 0 and 1 (None: no race), got {fraction}")
+    images = round(fraction * estimator.max_images)
+    return images if estimator.val_images < images < estimator.max_images else None
+
+
+def race(trials: Sequence[Trial], objectives: Sequence[Objective], estimator: Refiner, images: int, *,
+         margin_se: float = MARGIN_SE) -> list[Trial]:
+    """Score ``trials`` on the first ``images`` validation images (recorded in their metrics) and return those
+    that the front of these scores does not beat by more than ``margin_se`` paired standard errors."""
+    for trial in trials:
+        _rescore(trial, estimator, images)
+
+    def correctness(trial: Trial) -> Correctness:
+        return estimator.correctness(trial.candidate, images=images)
+
+    return _not_beaten(trials, [t.metrics for t in trials], objectives, correctness, images, margin_se)
 
 
 def near_front(trials: Sequence[Trial], objectives: Sequence[Objective], estimator: Refiner, *,
@@ -86,9 +123,21 @@ def near_front(trials: Sequence[Trial], objectives: Sequence[Objective], estimat
     Per-image correctness is asked of ``estimator`` only where the binomial errors cannot decide: the paired
     error never exceeds the sum of the two binomial errors, so a gap beyond ``margin_se`` times that sum is
     decided without scoring anything."""
+
+    def correctness(trial: Trial) -> Correctness:
+        return estimator.correctness(trial.candidate)
+
+    metrics = [_search_metrics(t) for t in trials]
+    return _not_beaten(trials, metrics, objectives, correctness, estimator.val_images, margin_se)
+
+
+def _not_beaten(trials: Sequence[Trial], metrics: Sequence[dict[str, Any]], objectives: Sequence[Objective],
+                correctness: Callable[[Trial], Correctness], images: int, margin_se: float) -> list[Trial]:
+    """The ``trials`` on the front of ``metrics`` (their accuracies measured on ``images`` images), and those no
+    front trial beats in accuracy by more than ``margin_se`` paired standard errors while being no worse in
+    every other objective."""
     if not trials:
         return []
-    metrics = [_search_metrics(t) for t in trials]
     losses = loss_vectors(metrics, objectives)
     accuracy = [o.metric for o in objectives].index("accuracy")
     others = [j for j in range(len(objectives)) if j != accuracy]
@@ -96,7 +145,7 @@ def near_front(trials: Sequence[Trial], objectives: Sequence[Objective], estimat
     front = np.flatnonzero(on_front)
 
     def binomial(i: int) -> float:
-        return binomial_se(metrics[i]["accuracy"], estimator.val_images)
+        return binomial_se(metrics[i]["accuracy"], images)
 
     def beaten(i: int) -> bool:
         for f in front:
@@ -104,8 +153,7 @@ def near_front(trials: Sequence[Trial], objectives: Sequence[Objective], estimat
                 continue
             if metrics[f]["accuracy"] - metrics[i]["accuracy"] > margin_se * (binomial(f) + binomial(i)):
                 return True
-            difference = paired_difference(estimator.correctness(trials[f].candidate),
-                                           estimator.correctness(trials[i].candidate))
+            difference = paired_difference(correctness(trials[f]), correctness(trials[i]))
             if difference.value > margin_se * difference.se:
                 return True
         return False
@@ -113,12 +161,20 @@ def near_front(trials: Sequence[Trial], objectives: Sequence[Objective], estimat
     return [t for i, t in enumerate(trials) if on_front[i] or not beaten(i)]
 
 
+def _rescore(trial: Trial, estimator: Refiner, images: int) -> None:
+    """Replace ``trial``'s accuracy and loss by their score on ``images`` images, keeping the search-time ones."""
+    searched = {f"{key}_search": value for key, value in _search_metrics(trial).items() if key in SEARCH_KEYS}
+    trial.metrics = {**trial.metrics, **estimator.estimate(trial.candidate, images=images), **searched}
+
+
 def _front(log: SearchLog, trials: list[Trial]) -> list[Trial]:
     return pareto_trials(trials, log.objectives, log.scales)[0]
 
 
-def _refined(trial: Trial, estimator: Refiner) -> bool:
-    return trial.metrics.get("accuracy_images") == estimator.max_images
+def _unrefined(trials: Sequence[Trial], estimator: Refiner) -> list[Trial]:
+    """``trials`` without repeats and without those already scored on the whole split, in order."""
+    unique = {t.number: t for t in trials}.values()
+    return [t for t in unique if t.metrics.get("accuracy_images") != estimator.max_images]
 
 
 def _search_metrics(trial: Trial) -> dict[str, Any]:
