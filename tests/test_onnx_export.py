@@ -23,8 +23,8 @@ from automq.model.supernet import Supernet, load_model
 from _spaces import SpaceFactory
 
 EPS32 = float(torch.finfo(torch.float32).eps)
-FORMATS = {"weights": ["int4", "int8", "fp8_e4m3", "int2", "fp4_e2m1", "mxfp4_e2m1"],
-           "activations": ["int4", "int8", "fp8_e4m3", "int6", "fp4_e2m1"]}
+FORMATS = {"weights": ["int4", "int8", "fp8_e4m3", "fp8_e5m2", "int2", "fp4_e2m1", "mxfp4_e2m1"],
+           "activations": ["int4", "int8", "fp8_e4m3", "fp8_e5m2", "int6", "fp4_e2m1"]}
 # Whether each layer's input can be negative in the tiny space's largest network, read off timm's MobileNetV2: the
 # normalised image, the DS block's output (its conv_pw has no activation) and every IR block's output are signed;
 # what follows a ReLU6 (or the pooled ReLU6 output the classifier reads) is not.
@@ -39,6 +39,7 @@ QDQ = {
     "int8": (TensorProto.INT8, TensorProto.INT8, TensorProto.UINT8),
     "int4": (TensorProto.INT4, TensorProto.INT4, TensorProto.UINT4),
     "fp8_e4m3": (TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FN),
+    "fp8_e5m2": (TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2),
 }
 
 
@@ -169,6 +170,7 @@ def test_input_codes_are_pytorch_s_even_where_dividing_by_the_scale_rounds_diffe
 # alone: there ONNX Runtime would fold BN and 1/s into a constant float (simulated) weight and re-quantize it.
 @pytest.mark.parametrize("w_fmt, a_fmt, arch", [
     ("int8", "int8", "largest"), ("int4", "int4", "largest"), ("fp8_e4m3", "fp8_e4m3", "largest"),
+    ("fp8_e5m2", "fp8_e5m2", "largest"),
     ("int2", "int6", "largest"), ("mxfp4_e2m1", "int6", "largest"),
     ("int2", "int4", "smallest"), ("mxfp4_e2m1", "fp8_e4m3", "smallest"), ("fp4_e2m1", "int8", "smallest"),
 ])
