@@ -6,7 +6,9 @@ into ``REPORT_DIR``:
 * ``report.html`` — self-contained: figures as base64 PNG, inline CSS, no script, font or network reference;
 * ``report.md`` with its figures as ``*.png`` files next to it;
 * ``trials.csv`` (every trial of every run), ``pareto.csv`` (each run's Pareto set) and ``summary.json``
-  (per-run hypervolume, front size, wall time and counts, plus the notes and key findings).
+  (per-run hypervolume, front size, wall time and counts, plus the notes and key findings);
+* when ``REPORT_DIR/final.json`` exists (``automq final``, :mod:`automq.report.final`), a "Final measurement (test
+  split)" section and ``final.csv``: each search against the best uniform format per budget on the test split.
 
 The page is assembled once as a list of blocks (:class:`Heading`, :class:`Table`, :class:`Figure`, ...) that
 render themselves to HTML and to Markdown, so the two reports cannot drift apart. The numbers come from
