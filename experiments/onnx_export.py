@@ -1,0 +1,130 @@
+"""ONNX export of candidates of a trained supernet: ONNX Runtime against PyTorch on the whole test split.
+
+For each candidate (uniform int8, int4 weights, FP8, and one sampled mixed candidate) the model is extracted and
+BN-recalibrated as ``automq export`` does it, exported with QuantizeLinear/DequantizeLinear
+(:func:`automq.model.onnx_export.export_onnx`, which runs the check), and the ops that ONNX Runtime's optimised
+graph runs are counted (does it use integer kernels such as QLinearConv?).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python experiments/onnx_export.py /tmp/I_supernet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from automq.data import fixed_batches, make_loader
+from automq.io import atomic_write_json, atomic_write_text
+from automq.model.onnx_export import export_onnx
+from automq.model.supernet import recalibrate_bn
+from automq.oneshot.train import load_space_data, load_supernet
+from automq.space.space import SearchSpace
+
+RESULTS = Path(__file__).parent / "results"
+CALIB_IMAGES = 512  # as `automq export` recalibrates BN
+
+
+def candidates(space: SearchSpace, seed: int) -> dict[str, object]:
+    """The candidates measured: uniform int8, int4 weights, FP8 (nearest allowed format where a layer's menu lacks
+    it), all on the largest architecture, and one candidate sampled from the space."""
+    return {
+        "int8": space.uniform("int8", "int8"),
+        "int4 weights, int8 activations": space.uniform("int4", "int8", clamp=True),
+        "fp8_e4m3": space.uniform("fp8_e4m3", "fp8_e4m3", clamp=True),
+        f"sampled (seed {seed})": space.sample(np.random.default_rng(seed)),
+    }
+
+
+def optimized_ops(path: Path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime actually runs (default optimisation level, CPU)."""
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        options.log_severity_level = 3  # simulated weights are graph inputs on purpose
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    return dict(Counter(node.op_type for node in graph.node).most_common())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("supernet", type=Path, help="a train-supernet run folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled candidate")
+    parser.add_argument("--out", type=Path, default=RESULTS / "onnx_export", help="output path, no suffix")
+    args = parser.parse_args(argv)
+    space = SearchSpace.from_file(args.supernet / "space.yaml")
+    supernet = load_supernet(args.supernet, space)
+    data = load_space_data(space, with_test=True)
+    calibration = fixed_batches(data.train, CALIB_IMAGES, 128)
+    rows = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        for label, candidate in candidates(space, args.seed).items():
+            model = supernet.extract(candidate)
+            recalibrate_bn(model, calibration)
+            path = Path(folder) / f"{candidate.id}.onnx"
+            start = time.perf_counter()
+            check = export_onnx(model.eval(), candidate, path, make_loader(data.test, 256, shuffle=False))
+            seconds = time.perf_counter() - start
+            formats = Counter(f"{w}/{a}" for _, w, a in candidate.formats)
+            rows.append({"label": label, "candidate": candidate.id, "formats (w/a: layers)": dict(formats),
+                         **check.to_dict(), "export_and_check_s": round(seconds, 1),
+                         "onnx_bytes": path.stat().st_size, "ort_optimized_ops": optimized_ops(path)})
+            print(label, rows[-1], flush=True)
+    meta = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
+                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+        "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+        "supernet": str(args.supernet),
+        "supernet_training": json.loads((args.supernet / "run.json").read_text())["config"]["training"],
+        "wall_s": round(time.perf_counter() - started, 1),
+        "test_images": len(data.test),
+    }
+    atomic_write_json(args.out.with_suffix(".json"), {**meta, "rows": rows})
+    atomic_write_text(args.out.with_suffix(".md"), markdown(meta, rows))
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    lines = [
+        "# ONNX export: ONNX Runtime vs PyTorch on the test split", "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; {meta['time']}; {meta['versions']}  ",
+        f"Supernet: {meta['supernet']} (`automq train-supernet spaces/mbv2_fmnist.yaml --epochs "
+        f"{meta['supernet_training']['epochs']} --subset {meta['supernet_training']['train_size']}`: a short "
+        f"demo training, hence the low accuracies); {meta['test_images']} test images; whole run {meta['wall_s']} s",
+        "",
+        "Each candidate is extracted, BN-recalibrated on 512 training images and exported as `automq export --onnx` "
+        "does it; the export checks ONNX Runtime against PyTorch on every test image. The last column counts the "
+        "integer convolutions in the graph ONNX Runtime runs (default optimisation level).", "",
+        "| candidate | PyTorch top-1 | ORT top-1 | ORT - PyTorch (points) | top-1 agreement | logits within fp32 "
+        "tolerance | max abs logit diff | simulated | QLinearConv / Conv in ORT's graph | export+check s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ops = row["ort_optimized_ops"]
+        lines.append(
+            f"| {row['label']} ({row['candidate']}) | {row['torch_accuracy']:.2%} | {row['onnx_accuracy']:.2%} | "
+            f"{100 * (row['onnx_accuracy'] - row['torch_accuracy']):+.2f} | "
+            f"{row['top1_agreement']:.2%} | {row['within_tolerance']:.2%} | {row['max_abs_diff']:.3g} | "
+            f"{', '.join(row['simulated_formats']) or '-'} | {ops.get('QLinearConv', 0)} / {ops.get('Conv', 0)} | "
+            f"{row['export_and_check_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
