@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from automq.space.space import SearchSpace
 
 Command = Callable[[argparse.Namespace], int | None]
-SEARCH_SHORTCUTS = ("sampler", "workers", "address")  # `automq search --workers ...`: options of tune / evolution
+SEARCH_SHORTCUTS = ("sampler", "workers", "address", "gpus_per_trial")  # `search --workers ...`: tune / evolution
 
 
 class _OptionLoader(yaml.SafeLoader):
@@ -97,12 +97,20 @@ def _cmd_space_info(args: argparse.Namespace) -> None:
         print(f"  {metric:<15} {low:>14.6g} .. {high:<14.6g}")
 
 
+def _device(args: argparse.Namespace) -> Any:
+    """The torch device of ``--device``, resolved before any work so a missing GPU is the first thing reported."""
+    from automq.device import resolve_device
+
+    return resolve_device(args.device)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from automq.oneshot.train import train_supernet
 
+    device = _device(args)
     space = _read_space(args.space)
     path = train_supernet(space, args.out, epochs=args.epochs, resume=args.resume, train_subset=args.subset,
-                          data_root=args.data, seed=args.seed)
+                          data_root=args.data, seed=args.seed, device=device)
     print(f"supernet written to {path}")
 
 
@@ -137,7 +145,8 @@ def _cmd_estimate(args: argparse.Namespace) -> None:
 
     if args.finetune_images is not None and args.finetune_images < 0:
         raise AutomqError(f"--finetune-images must be at least 0 (0: one-shot only), got {args.finetune_images}")
-    estimator = OneShotEstimator.from_run(args.supernet, data_root=args.data, finetune_images=args.finetune_images)
+    estimator = OneShotEstimator.from_run(args.supernet, data_root=args.data, finetune_images=args.finetune_images,
+                                          device=_device(args))
     for text in args.candidate:
         candidate = _load_candidate(text, estimator.space)
         print(json.dumps({"candidate_id": candidate.id, **estimator.estimate(candidate)}), flush=True)
@@ -148,16 +157,18 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from automq.oneshot.train import load_space_data, load_supernet
     from automq.space.space import SearchSpace
 
+    device = _device(args)
     space = SearchSpace.from_file(f"{args.supernet}/space.yaml")
     candidate = _load_candidate(args.candidate, space)
     space.validate_candidate(candidate)
-    supernet = load_supernet(args.supernet, space)
+    supernet = load_supernet(args.supernet, space, device=device)
     model = supernet.extract(candidate)
     if args.calib_images:
         from automq.data import fixed_batches
 
         data = load_space_data(space, root=args.data)
-        recalibrate_bn(model, fixed_batches(data.train, args.calib_images, 128))
+        recalibrate_bn(model, fixed_batches(data.train, args.calib_images, 128, device=device))
+    model.cpu()  # the exported model is a CPU artefact, whatever device recalibrated it
     save_model(args.out, model.eval(), candidate, space)
     print(f"timm model of candidate {candidate.id} written to {args.out}")
     if args.onnx:
@@ -212,7 +223,7 @@ def _search_options(args: argparse.Namespace) -> dict[str, Any]:
         raise AutomqError(exc.args[0]) from None
     refused = sorted(shortcuts.keys() - taken)
     if refused:
-        raise AutomqError(f"--{refused[0]} is not an option of the '{args.strategy}' strategy; give "
+        raise AutomqError(f"--{refused[0].replace('_', '-')} is not an option of the '{args.strategy}' strategy; give "
                           f"{args.strategy}'s options with --option KEY=VALUE")
     options: dict[str, Any] = {}
     for key, value in [*map(parse_option, args.options or ()), *shortcuts.items()]:
@@ -225,8 +236,10 @@ def _search_options(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_search(args: argparse.Namespace) -> None:
     from automq.search.driver import run_search
 
+    device = _device(args)
     log = run_search(args.space, out=args.out, supernet=args.supernet, strategy=args.strategy, trials=args.trials,
-                     seed=args.seed, resume=args.resume, options=_search_options(args), data_root=args.data)
+                     seed=args.seed, resume=args.resume, options=_search_options(args), data_root=args.data,
+                     device=device)
     print(f"{len(log.trials)} trials in {args.out}/trials.jsonl; Pareto set in {args.out}/pareto.json")
 
 
@@ -277,6 +290,12 @@ def _cmd_final(args: argparse.Namespace) -> None:
     print(f"final measurement written to {args.out}/{FINAL_FILE}; report in {args.out}/report.html")
 
 
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto (default: the GPU when there is one), cpu, cuda or cuda:N; formats compute in "
+                             "float32 on every device")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and for the README's CLI reference)."""
     parser = argparse.ArgumentParser(
@@ -305,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="dataset folder (overrides dataset.root)")
     train.add_argument("--seed", type=int, help="override the space's seed")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_device_option(train)
     train.set_defaults(func=_cmd_train)
 
     candidate_help = ("largest, smallest, a candidate JSON file, inline JSON, or SEARCH_DIR:N for trial N of a "
@@ -317,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="fine-tune each candidate from the supernet's weights on N training images (one "
                                "epoch) before scoring it: accuracy is then the fine-tuned one, oneshot_accuracy the "
                                "plain estimate (default: the space's search.finetune_images)")
+    _add_device_option(estimate)
     estimate.set_defaults(func=_cmd_estimate)
 
     export = sub.add_parser("export", help="export a candidate as a standalone timm model file")
@@ -329,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", metavar="PATH",
                         help="also write an ONNX model with QuantizeLinear/DequantizeLinear, checked against "
                              "PyTorch with ONNX Runtime on the test split")
+    _add_device_option(export)
     export.set_defaults(func=_cmd_export)
 
     search = sub.add_parser("search", help="search a space with a strategy over the one-shot supernet")
@@ -343,10 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
     search.add_argument("--workers", type=int, help="tune and evolution: parallel Ray workers (0: in-process, no Ray)")
     search.add_argument("--address", help="tune and evolution: Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT")
+    search.add_argument("--gpus-per-trial", type=float, metavar="FRACTION",
+                        help="tune only: GPUs each Ray Tune trial asks for (0.25: four estimators share "
+                             "one GPU; default 0: CPU trials)")
     search.add_argument("--seed", type=int, help="override the space's seed")
     search.add_argument("--resume", action="store_true", help="continue the search in --out")
     search.add_argument("--data", help="dataset folder (overrides dataset.root)")
     search.add_argument("--out", required=True, help="search folder: trials.jsonl, pareto.json, run.json")
+    _add_device_option(search)
     search.set_defaults(func=_cmd_search)
 
     demo = sub.add_parser("demo", help="train, search and report on a space end to end (what make demo runs)")

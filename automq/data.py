@@ -3,7 +3,8 @@
 Every source goes through one pipeline: a *pool* of uint8 images and labels, a seeded train/val split of the
 training pool, optional class-balanced subsets, then preprocessing (fit to ``input_size``, normalise). The
 small datasets are materialised once as float tensors, because CPU training speed matters more than memory
-here; ImageFolder stays lazy (files are decoded on access). The test set is loaded only when asked for and is
+here, and :meth:`DataSplits.to` moves those tensors onto a GPU once, so batches never cross the bus; ImageFolder
+stays lazy (files are decoded on access), and on a GPU its loader decodes in worker processes into pinned memory. The test set is loaded only when asked for and is
 meant for final reporting only. Nothing is ever downloaded: a missing or malformed path is a
 :class:`~automq.errors.DataError` that names the path, the expected files and the fix.
 """
@@ -15,8 +16,8 @@ import io
 import pickle
 import struct
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from automq.errors import DataError
 
 __all__ = [
-    "DATASETS", "FASHION_MNIST_ROOT", "IMAGE_EXTENSIONS", "MAX_PAD", "ArrayPool", "DataSource", "DataSplits",
+    "DATASETS", "FASHION_MNIST_ROOT", "GPU_LOADER_WORKERS", "IMAGE_EXTENSIONS", "MAX_PAD", "ArrayPool", "DataSource", "DataSplits",
     "ImageFilePool", "ImageFiles", "Pool", "Preprocess", "balanced_subset", "dataset_names", "fit_size",
     "fixed_batches", "head", "load_dataset", "make_loader", "read_idx", "register_dataset", "split_indices",
 ]  # fmt: skip
@@ -40,6 +41,8 @@ MAX_PAD = 2
 """Pixels per side up to which a smaller image is zero-padded rather than resized (28x28 -> 32x32)."""
 
 _DATA_FLAG = "--data PATH or set dataset.root in the space file"
+GPU_LOADER_WORKERS = 4
+"""Processes decoding image files for a GPU (a CPU run decodes in its own process, leaving cores to others)."""
 
 
 # --- preprocessing -------------------------------------------------------------------------------------------------
@@ -454,6 +457,26 @@ class DataSplits:
     name: str
     preprocess: Preprocess
 
+    def to(self, device: torch.device | str) -> DataSplits:
+        """These splits with every in-memory split's tensors on ``device`` (the same object when they are there);
+        lazy file datasets stay where they are and are moved batch by batch (:func:`make_loader` with ``device``)."""
+        device = torch.device(device)
+        if all(_tensor_device(split) in (None, device) for split in (self.train, self.val, self.test)):
+            return self
+        moved = {name: _to_device(getattr(self, name), device) for name in ("train", "val", "test")}
+        return replace(self, **moved)
+
+
+def _tensor_device(dataset: Dataset | None) -> torch.device | None:
+    """Where an in-memory dataset's tensors live; ``None`` for anything else."""
+    return dataset.tensors[0].device if isinstance(dataset, TensorDataset) else None
+
+
+def _to_device(dataset: Dataset | None, device: torch.device) -> Dataset | None:
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(tensor.to(device) for tensor in dataset.tensors))
+    return dataset
+
 
 def load_dataset(
     name: str,
@@ -503,15 +526,46 @@ def load_dataset(
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False
-) -> DataLoader:
-    """A single-process DataLoader whose order is fixed by ``seed`` (and advances epoch by epoch)."""
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+    device: torch.device | str | None = None,
+) -> Iterable[tuple[Tensor, Tensor]]:
+    """A DataLoader whose order is fixed by ``seed`` (and advances epoch by epoch).
+
+    In-memory datasets are gathered where their tensors live (on a GPU after :meth:`DataSplits.to`). Lazy file
+    datasets are read in the loading process, except for a CUDA ``device``: then :data:`GPU_LOADER_WORKERS`
+    processes decode into pinned memory and each batch is copied to ``device`` asynchronously, so the GPU does not
+    wait on PIL. The order is the sampler's either way.
+    """
     generator = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     if isinstance(dataset, TensorDataset):
         # one gather per tensor instead of batch_size __getitem__ calls and a stack (1.5-3x faster on CPU)
         return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0)
+    device = None if device is None else torch.device(device)
+    if device is None or device.type != "cuda":
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                        num_workers=GPU_LOADER_WORKERS, pin_memory=True, persistent_workers=False)
+    return _OnDevice(loader, device)
+
+
+class _OnDevice:
+    """A loader's batches copied to ``device`` (non-blocking from pinned memory); ``len`` is the loader's."""
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for images, labels in self.loader:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 def head(dataset: Dataset, n_images: int) -> Dataset:
@@ -527,12 +581,17 @@ def _window(dataset: Dataset, start: int, stop: int) -> Dataset:
     return Subset(dataset, range(start, stop))
 
 
-def fixed_batches(dataset: Dataset, n_images: int, batch_size: int, *, start: int = 0) -> list[tuple[Tensor, Tensor]]:
+def fixed_batches(
+    dataset: Dataset, n_images: int, batch_size: int, *, start: int = 0, device: torch.device | str | None = None
+) -> list[tuple[Tensor, Tensor]]:
     """Images ``start`` up to ``min(n_images, len(dataset))`` (the first ones by default) as a fixed list of
-    (images, labels) batches.
+    (images, labels) batches, on ``device`` when given (else where the dataset produces them).
 
     Used for BN recalibration and fast validation, where the same images must be seen every time; a later
     ``start`` continues a scoring on more images where an earlier one stopped.
     """
     window = _window(dataset, start, n_images)
-    return [(images, labels) for images, labels in make_loader(window, batch_size, shuffle=False)]
+    batches = make_loader(window, batch_size, shuffle=False, device=device)
+    if device is None:
+        return [(images, labels) for images, labels in batches]
+    return [(images.to(device), labels.to(device)) for images, labels in batches]

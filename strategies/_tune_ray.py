@@ -71,8 +71,29 @@ class Resident:
         key = self.ref.hex()
         if key not in _RESIDENT:
             _RESIDENT.clear()  # one search at a time per worker: drop a previous search's supernet
-            _RESIDENT[key] = ray.get(self.ref)
+            _RESIDENT[key] = _on_trial_device(ray.get(self.ref))
         return _RESIDENT[key]
+
+
+def _on_trial_device(evaluator: Evaluator) -> Evaluator:
+    """The evaluator moved onto the GPU Ray gave this trial (``gpus_per_trial``), when it can move and got one;
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to the trial's GPUs, so ``cuda`` is the first of them."""
+    if hasattr(evaluator, "to") and ray.get_gpu_ids():
+        evaluator.to("cuda")
+    return evaluator
+
+
+def _put_from_cpu(evaluator: Evaluator) -> ray.ObjectRef:
+    """The evaluator in the object store with its tensors on the CPU, so that a trial without a GPU can load it;
+    a GPU-resident evaluator is moved back where it was afterwards (the driver refines the front with it)."""
+    device = getattr(evaluator, "device", None)
+    if device is None or device.type == "cpu":
+        return ray.put(evaluator)
+    evaluator.to("cpu")
+    try:
+        return ray.put(evaluator)
+    finally:
+        evaluator.to(device)
 
 
 def evaluate_batch(config: dict[str, Any], *, resident: Resident, strategy: str) -> None:
@@ -299,8 +320,10 @@ def run_tune(strategy: TuneStrategy, suggest: SuggestCandidate, sampler: optuna.
                 suggest, metric=[o.metric for o in space.objectives], mode=[o.mode for o in space.objectives],
                 sampler=sampler, batch_size=strategy.batch_size, total=budget.evaluations, history=history,
                 seeds=seeds)
-            trainable = tune.with_parameters(evaluate_batch, resident=Resident(ray.put(evaluator)),
+            trainable = tune.with_parameters(evaluate_batch, resident=Resident(_put_from_cpu(evaluator)),
                                              strategy=strategy.name)
+            if strategy.gpus_per_trial:
+                trainable = tune.with_resources(trainable, {"cpu": 1, "gpu": strategy.gpus_per_trial})
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(

@@ -253,12 +253,16 @@ class TuneStrategy(Strategy):
         max_failures: how often a failed evaluation is retried before it is recorded as failed with its error.
         seed_fraction: at most this share of the trials goes first to the uniform-precision candidates and the
             smallest one (:func:`seed_candidates`); ``0`` starts from the sampler's own proposals.
+        gpus_per_trial: GPUs each Ray Tune trial asks for; a fraction up to 1 lets several trials share a GPU
+            (0.25: four estimators on one GPU), whole numbers above it are whole GPUs. A trial with a GPU moves the
+            estimator onto it; ``0`` (the default) runs trials on CPUs. Only Ray runs (``workers >= 1``) use it.
     """
 
     name = "tune"
 
     def __init__(self, *, sampler: str = "nsga2", workers: int | None = None, address: str | None = None,
-                 batch_size: int = 4, max_failures: int = 2, seed_fraction: float = 0.25) -> None:
+                 batch_size: int = 4, max_failures: int = 2, seed_fraction: float = 0.25,
+                 gpus_per_trial: float = 0.0) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if workers is not None and workers < 0:
@@ -269,6 +273,10 @@ class TuneStrategy(Strategy):
         if not 0 <= seed_fraction <= 1:
             raise ValueError(f"seed_fraction must be within [0, 1], got {seed_fraction}")
         self.batch_size, self.max_failures, self.seed_fraction = batch_size, max_failures, seed_fraction
+        if not (0 <= gpus_per_trial <= 1 or float(gpus_per_trial).is_integer()):
+            raise ValueError(f"gpus_per_trial must be 0, a fraction up to 1 (0.25: four trials share a GPU) or a "
+                             f"whole number of GPUs, got {gpus_per_trial}")
+        self.gpus_per_trial = gpus_per_trial
 
     @property
     def label(self) -> str:

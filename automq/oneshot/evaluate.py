@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches, head, make_loader
+from automq.device import module_device
 from automq.errors import DataError
 from automq.numerics.quant import scales_restored
 from automq.space.space import SearchSpace
@@ -128,8 +129,8 @@ def score_model(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> S
         with torch.no_grad():
             for images, labels in batches:
                 logits = model(images)
-                correct.append((logits.argmax(dim=1) == labels).numpy())
-                losses.append(F.cross_entropy(logits, labels, reduction="none").numpy().astype(np.float64))
+                correct.append((logits.argmax(dim=1) == labels).cpu().numpy())
+                losses.append(F.cross_entropy(logits, labels, reduction="none").cpu().numpy().astype(np.float64))
     finally:
         model.train(was_training)
     if not correct:
@@ -146,7 +147,9 @@ class OneShotEstimator:
     Args:
         space: the search space (candidates are validated against it; costs come from its :class:`CostModel`).
         supernet: the trained supernet of ``space``; the estimator changes its active candidate and BN buffers.
-        data: the space's data splits; calibration uses ``data.train``, scoring ``data.val``.
+            Estimates run on its device; :meth:`to` moves both to another one.
+        data: the space's data splits; calibration uses ``data.train``, scoring ``data.val``. In-memory splits are
+            moved to the supernet's device once.
         calib_images: BN-recalibration images, the first of the train split (default: ``search.calib_size``).
         val_images: validation images of a search-time estimate, the first of the val split (default:
             ``search.eval_size``; ``None`` in the space means all of them). ``estimate(images=...)`` uses more.
@@ -184,16 +187,34 @@ class OneShotEstimator:
         self.finetune_images = space.search.finetune_images if finetune_images is None else finetune_images
         if self.finetune_images < 0:
             raise ValueError(f"finetune_images must be >= 0 (0: no fine-tuning), got {self.finetune_images}")
-        self.finetune_train = head(data.train, self.finetune_images)
-        self.space, self.supernet, self.data, self.threads = space, supernet, data, threads
+        self.space, self.supernet, self.threads = space, supernet, threads
         self.cost_model = CostModel(space)
         self.max_images = len(data.val)
         self.val_images = min(val_images or space.search.eval_size or self.max_images, self.max_images)
+        self.calib_images, self.batch_size = calib_images or space.search.calib_size, batch_size
         self.eval_batch_size = eval_batch_size
-        self.calib = fixed_batches(data.train, calib_images or space.search.calib_size, batch_size)
-        self.val = self._batches(self.val_images)
         self.cache = cache
         self._scores: dict[tuple[str, int], tuple[dict[str, float], Correctness]] = {}
+        self._place(data)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the supernet, and the images it is scored on, live."""
+        return module_device(self.supernet)
+
+    def to(self, device: torch.device | str) -> OneShotEstimator:
+        """Move the supernet and the images to ``device`` (a Ray Tune trial's GPU, or back to the CPU); returns
+        ``self``. Cached scores stay: estimates do not depend on the device (float32 fake quantization)."""
+        self.supernet.to(device)
+        self._place(self.data)
+        return self
+
+    def _place(self, data: DataSplits) -> None:
+        """``data`` and the fixed calibration and validation batches on the supernet's device."""
+        self.data = data.to(self.device)
+        self.finetune_train = head(self.data.train, self.finetune_images)
+        self.calib = fixed_batches(self.data.train, self.calib_images, self.batch_size, device=self.device)
+        self.val = self._batches(self.val_images)
 
     @classmethod
     def from_run(
@@ -202,16 +223,18 @@ class OneShotEstimator:
         *,
         space: SearchSpace | None = None,
         data_root: str | Path | None = None,
+        device: torch.device | str = "cpu",
         **kwargs: Any,
     ) -> OneShotEstimator:
-        """The estimator of a training run folder: its ``supernet.pt`` and (unless given) its ``space.yaml``.
+        """The estimator of a training run folder: its ``supernet.pt`` and (unless given) its ``space.yaml``,
+        loaded onto ``device`` with the in-memory images.
 
         A given ``space`` must hold out the same validation images as the run's (``dataset.val_size`` and
         ``seed``); otherwise some validation images would be images the supernet was trained on.
         """
         run_dir = Path(run_dir)
         space = space or SearchSpace.from_file(run_dir / SPACE_FILE)
-        supernet = load_supernet(run_dir, space)
+        supernet = load_supernet(run_dir, space, device=device)
         _check_same_split(run_dir / SPACE_FILE, space)
         return cls(space, supernet, load_space_data(space, root=data_root), **kwargs)
 
@@ -274,7 +297,7 @@ class OneShotEstimator:
         return images
 
     def _batches(self, images: int, start: int = 0) -> list[tuple[Tensor, Tensor]]:
-        return fixed_batches(self.data.val, images, self.eval_batch_size, start=start)
+        return fixed_batches(self.data.val, images, self.eval_batch_size, start=start, device=self.device)
 
     def _scored_prefix(self, candidate: Candidate, images: int) -> Score | None:
         """The cached one-shot score of ``candidate`` on the most of the first ``images`` images that a re-scoring
@@ -356,7 +379,8 @@ def train_standalone(
 
     ``init="scratch"`` starts from a fresh seeded initialisation, ``init="supernet"`` fine-tunes the weights
     and quantizer scales extracted from ``supernet``. The recipe is the space's ``training:`` section (SGD,
-    warm-up and cosine schedule, gradient clipping) with ``epochs``, and ``lr``/``batch_size`` if given.
+    warm-up and cosine schedule, gradient clipping) with ``epochs``, and ``lr``/``batch_size`` if given. Training
+    runs on ``supernet``'s device (the CPU without one).
     Returns ``{accuracy, accuracy_se, accuracy_images, loss, train_loss, epochs, seed, init, wall_s}``.
     """
     return _train_and_score(space, candidate, data, epochs=epochs, seed=seed, init=init, supernet=supernet, lr=lr,
@@ -385,9 +409,11 @@ def _train_and_score(
     start = time.perf_counter()
     overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
     spec = dataclasses.replace(space.training, **{k: v for k, v in overrides.items() if v is not None})
+    device = torch.device("cpu") if supernet is None else module_device(supernet)
+    data = data.to(device)
     with deterministic():
         torch.manual_seed(seed)
-        model = (supernet if init == "supernet" else Supernet(space)).extract(candidate)
+        model = (supernet if init == "supernet" else Supernet(space).to(device)).extract(candidate)
         optimizer = build_optimizer(model, spec)
         steps_per_epoch = -(-len(data.train) // spec.batch_size)
         scheduler = build_scheduler(optimizer, spec, steps_per_epoch)
@@ -399,11 +425,12 @@ def _train_and_score(
 
         train_loss = float("nan")
         for epoch in range(spec.epochs):
-            loader = make_loader(data.train, spec.batch_size, shuffle=True, seed=epoch_seed(seed, epoch))
+            loader = make_loader(data.train, spec.batch_size, shuffle=True, seed=epoch_seed(seed, epoch),
+                                 device=device)
             train_loss = run_epoch(model, loader, step, optimizer, scheduler, epoch=epoch,
                                    first_step=epoch * steps_per_epoch)["loss_0"]
         val_images = val_images or space.search.eval_size or len(data.val)
-        score = score_model(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE))
+        score = score_model(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE, device=device))
     record = {**score.metrics(), "train_loss": train_loss, "epochs": spec.epochs, "seed": seed, "init": init,
               "wall_s": time.perf_counter() - start}
     return record, score.correctness

@@ -24,6 +24,7 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import shutil
 import sys
@@ -293,10 +294,12 @@ class SupernetTrainer:
     run repeats the uninterrupted one bit for bit.
     """
 
-    def __init__(self, space: SearchSpace, data: DataSplits, spec: TrainingSpec, *, seed: int) -> None:
+    def __init__(self, space: SearchSpace, data: DataSplits, spec: TrainingSpec, *, seed: int,
+                 device: torch.device | str = "cpu") -> None:
         torch.manual_seed(seed)
-        self.space, self.data, self.spec, self.seed = space, data, spec, seed
-        self.supernet = Supernet(space)
+        self.device = torch.device(device)
+        self.space, self.data, self.spec, self.seed = space, data.to(self.device), spec, seed
+        self.supernet = Supernet(space).to(self.device)  # initialised on the CPU: the same weights on any device
         self.steps_per_epoch = math.ceil(len(data.train) / spec.batch_size)
         self.optimizer = build_optimizer(self.supernet, spec)
         self.scheduler = build_scheduler(self.optimizer, spec, self.steps_per_epoch)
@@ -305,8 +308,9 @@ class SupernetTrainer:
         self.ends = {"largest": space.largest(), "smallest": space.smallest()}  # both are validated every epoch
         self.fixed = [self.ends["largest"], *([self.ends["smallest"]] if spec.smallest else [])]
         # the search's calibration and validation images, so the logged accuracies are the estimator's
-        self.calib = fixed_batches(data.train, space.search.calib_size, spec.batch_size)
-        self.val = fixed_batches(data.val, space.search.eval_size or len(data.val), EVAL_BATCH_SIZE)
+        self.calib = fixed_batches(self.data.train, space.search.calib_size, spec.batch_size, device=self.device)
+        self.val = fixed_batches(self.data.val, space.search.eval_size or len(data.val), EVAL_BATCH_SIZE,
+                                 device=self.device)
 
     def _step(self, images: Tensor, labels: Tensor) -> list[float]:
         sampled = [self.space.sample(self.rng) for _ in range(self.spec.num_random)]
@@ -315,7 +319,7 @@ class SupernetTrainer:
     def train_epoch(self, *, diverged_hint: str = "", progress: Progress | None = None) -> dict[str, float]:
         """Train one epoch and advance :attr:`epoch`; returns the mean label and distillation losses."""
         seed = epoch_seed(self.seed, self.epoch)
-        loader = make_loader(self.data.train, self.spec.batch_size, shuffle=True, seed=seed)
+        loader = make_loader(self.data.train, self.spec.batch_size, shuffle=True, seed=seed, device=self.device)
         losses = run_epoch(self.supernet, loader, self._step, self.optimizer, self.scheduler, epoch=self.epoch,
                            first_step=self.epoch * self.steps_per_epoch, diverged_hint=diverged_hint,
                            progress=progress)
@@ -350,7 +354,7 @@ class SupernetTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.supernet.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # torch moves the momenta to the parameters' device
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -367,12 +371,15 @@ def train_supernet(
     data_root: str | Path | None = None,
     seed: int | None = None,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> Path:
     """Train the one-shot supernet of ``space`` into ``out_dir`` and return the path of ``supernet.pt``.
 
     ``epochs``, ``train_subset`` (training images, class-balanced) and ``seed`` default to the space's
     ``training:`` section and ``seed``. ``resume=True`` continues the run in ``out_dir`` from its last
-    checkpoint with the configuration it was started with; a fresh start refuses to overwrite a run.
+    checkpoint with the configuration it was started with; a fresh start refuses to overwrite a run. ``device``
+    is where the supernet and the in-memory images live (checkpoints are loaded onto it, so a run may resume on
+    another device); the CPU path is the same computation as before devices existed.
     """
     out = Path(out_dir)
     checkpoint = out / CHECKPOINT
@@ -388,7 +395,7 @@ def train_supernet(
         seed = space.seed if seed is None else seed
     data = load_space_data(space, root=data_root, train_subset=spec.train_size)
     with deterministic():
-        trainer = SupernetTrainer(space, data, spec, seed=seed)
+        trainer = SupernetTrainer(space, data, spec, seed=seed, device=device)
         if resume:
             trainer.load_state_dict(state)
             _restore_metrics_line(out, state)
@@ -427,8 +434,9 @@ def _diverged_hint(out: Path, epoch: int) -> str:
             "a resume would diverge again: start a new run with a lower training.lr or training.warmup_epochs >= 1.")
 
 
-def load_supernet(path: str | Path, space: SearchSpace) -> Supernet:
-    """The supernet of ``space`` with the weights of a run's ``supernet.pt`` (a run folder or the file)."""
+def load_supernet(path: str | Path, space: SearchSpace, *, device: torch.device | str = "cpu") -> Supernet:
+    """The supernet of ``space`` with the weights of a run's ``supernet.pt`` (a run folder or the file), on
+    ``device`` (whatever device it was trained on)."""
     path = Path(path)
     path = path / SUPERNET if path.is_dir() else path
     state = safe_torch_load(path)
@@ -438,7 +446,7 @@ def load_supernet(path: str | Path, space: SearchSpace) -> Supernet:
     _check_space(path, state, space)
     supernet = Supernet(space)
     supernet.load_state_dict(state["state_dict"])
-    return supernet
+    return supernet.to(device)
 
 
 # ------------------------------------------------------------------------------------------------ run folder helpers
@@ -552,7 +560,12 @@ def _now() -> str:
 
 @contextmanager
 def deterministic() -> Iterator[None]:
-    """Deterministic kernels for the duration of a run, restoring the caller's setting afterwards."""
+    """Deterministic kernels for the duration of a run, restoring the caller's setting afterwards.
+
+    On a GPU, cuBLAS is deterministic only with a fixed workspace, which it reads from the environment when its
+    first handle is made; setting it here, before any kernel runs, keeps the user's own value if there is one.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)

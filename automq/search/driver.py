@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from automq.cost import check_budgets
 from automq.errors import AutomqError, SpaceError
@@ -24,6 +24,9 @@ from automq.search.results import SPACE_FILE, SearchLog, pareto_trials
 from automq.search.strategy import Budget, Evaluator, Strategy, create_strategy
 from automq.search.trial import Trial
 from automq.space.space import SearchSpace
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ProgressLog(SearchLog):
@@ -95,6 +98,7 @@ def run_search(
     data_root: str | Path | None = None,
     progress: bool = True,
     refine: bool = True,
+    device: torch.device | str = "cpu",
 ) -> SearchLog:
     """Run (or, with ``resume``, continue) a search of ``space`` into the search directory ``out``.
 
@@ -112,6 +116,8 @@ def run_search(
         evaluator: score candidates with this instead of a supernet (tests, benchmarks, cached tables).
         data_root: where the space's dataset lives, if not where the space file says.
         progress: show the progress line on stderr.
+        device: the torch device the one-shot estimator loads the supernet and the images onto (Ray Tune trials
+            move it to their own device, see the ``tune`` strategy's ``gpus_per_trial``).
         refine: at the end, re-score the trials that could be on the front on the whole validation split
             (:func:`~automq.search.refine.refine_front`; evaluators that cannot, such as cached tables, are left).
 
@@ -128,7 +134,7 @@ def run_search(
     if resume:
         check_resumable(out, space)
     if evaluator is None:
-        evaluator = _one_shot_estimator(space, supernet, data_root)
+        evaluator = _one_shot_estimator(space, supernet, data_root, device)
     log = _open_log(out, space, strategy, options, resume, total, progress)
     log.run_info.update(label=method.label, trials_requested=total, seed=seed)
     remaining = total - len(log.trials)
@@ -153,13 +159,14 @@ def _create(strategy: str, options: dict[str, Any]) -> Strategy:
         raise AutomqError(f"strategy '{strategy}' rejected its options {options}: {exc}") from None
 
 
-def _one_shot_estimator(space: SearchSpace, supernet: str | Path | None, data_root: str | Path | None) -> Evaluator:
+def _one_shot_estimator(space: SearchSpace, supernet: str | Path | None, data_root: str | Path | None,
+                        device: torch.device | str) -> Evaluator:
     if supernet is None:
         raise AutomqError("--supernet is required: give the folder of a trained supernet "
                           "(the --out folder of `automq train-supernet`)")
     from automq.oneshot.evaluate import OneShotEstimator
 
-    return OneShotEstimator.from_run(supernet, space=space, data_root=data_root)
+    return OneShotEstimator.from_run(supernet, space=space, data_root=data_root, device=device)
 
 
 def _open_log(out: str | Path, space: SearchSpace, strategy: str, options: dict[str, Any], resume: bool,
