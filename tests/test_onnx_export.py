@@ -134,16 +134,15 @@ def test_weight_codes_times_scales_are_the_weights_pytorch_uses(supernet, images
         np.testing.assert_array_equal(dequantized, used, err_msg=name)
 
 
-def test_fp8_codes_are_e4m3fn_values(supernet, images) -> None:
-    """The stored bytes decode (ml_dtypes) to values of the E4M3FN grid that PyTorch's weight divides into."""
+def test_fp8_codes_are_e4m3fn_bytes(supernet, images) -> None:
+    """The stored bytes, decoded by ml_dtypes (not onnx), times the scales are the weights PyTorch uses."""
     model, candidate = calibrated(supernet, "fp8_e4m3", "fp8_e4m3", images)
-    graph = to_onnx(model, candidate, images[:1]).graph
-    stem = next(init for init in graph.initializer if init.name.startswith("conv_stem") and init.name.endswith("_codes"))
-    decoded = np.frombuffer(stem.raw_data, dtype=ml_dtypes.float8_e4m3fn).astype(np.float32)
-    quantizer = model.conv_stem.w_quant
-    expected = (quantizer(model.conv_stem.weight, "fp8_e4m3") / quantizer.scales["fp8_e4m3"].view(-1, 1, 1, 1))
-    np.testing.assert_array_equal(decoded, expected.detach().numpy().astype(ml_dtypes.float8_e4m3fn)
-                                  .astype(np.float32).reshape(-1))
+    initializers = {init.name: init for init in to_onnx(model, candidate, images[:1]).graph.initializer}
+    codes, scale = initializers["conv_stem.weight_codes"], numpy_helper.to_array(initializers["conv_stem.weight_scale"])
+    decoded = np.frombuffer(codes.raw_data, dtype=ml_dtypes.float8_e4m3fn).astype(np.float32).reshape(codes.dims)
+    with torch.no_grad():
+        used = model.conv_stem.w_quant(model.conv_stem.weight, "fp8_e4m3").numpy()
+    np.testing.assert_array_equal(decoded * scale.reshape(-1, 1, 1, 1), used)
 
 
 def test_input_codes_are_pytorch_s_even_where_dividing_by_the_scale_rounds_differently(supernet, images) -> None:
@@ -227,13 +226,19 @@ def test_an_uninitialised_scale_is_refused(supernet, images) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
-def test_cli_export_writes_an_onnx_model_that_onnx_runtime_runs_like_the_pt(tiny_space, tmp_path, capsys) -> None:
+@pytest.fixture(scope="module")
+def run_dir(tiny_space: SpaceFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("onnx_cli")
     changes = {"dataset": {"val_size": 64}, "training": {"epochs": 1, "batch_size": 32, "num_random": 1},
                "search": {"eval_size": 64, "calib_size": 32}}
-    space_file = Path(tiny_space(changes, folder=tmp_path).source)
-    run, pt, onnx_path = tmp_path / "run", tmp_path / "model.pt", tmp_path / "model.onnx"
-    assert main(["train-supernet", str(space_file), "--out", str(run), "--subset", "64"]) == 0
-    assert main(["export", str(run), "largest", "--out", str(pt), "--calib-images", "64", "--onnx",
+    space_file = Path(tiny_space(changes, folder=folder).source)
+    assert main(["train-supernet", str(space_file), "--out", str(folder / "run"), "--subset", "64"]) == 0
+    return folder / "run"
+
+
+def test_cli_export_writes_an_onnx_model_that_onnx_runtime_runs_like_the_pt(run_dir, tmp_path, capsys) -> None:
+    pt, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
+    assert main(["export", str(run_dir), "largest", "--out", str(pt), "--calib-images", "64", "--onnx",
                  str(onnx_path)]) == 0
     assert "ONNX model (opset 21, QuantizeLinear/DequantizeLinear) written to" in capsys.readouterr().out
     model, candidate = load_model(pt)
@@ -246,3 +251,16 @@ def test_cli_export_writes_an_onnx_model_that_onnx_runtime_runs_like_the_pt(tiny
     assert (outputs.argmax(1) == reference.argmax(1)).all()
     stored = {prop.key: prop.value for prop in onnx.load(onnx_path).metadata_props}["automq.candidate"]
     assert json.loads(stored) == json.loads(candidate.to_json())
+
+
+def test_cli_export_refuses_a_mismatching_onnx_model_with_one_error_line(run_dir, tmp_path, capsys,
+                                                                          monkeypatch) -> None:
+    true_scale = onnx_export._scale
+    monkeypatch.setattr(onnx_export, "_scale",
+                        lambda operand: true_scale(operand) * (2.0 if operand.layer == "conv_head" else 1.0))
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(run_dir), "largest", "--out", str(tmp_path / "model.pt"), "--onnx",
+                 str(onnx_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("automq: error: ONNX Runtime does not compute what PyTorch computes on 200 images")
+    assert err.count("\n") == 1 and not onnx_path.exists()
