@@ -110,7 +110,6 @@ def to_onnx(model: nn.Module, candidate: Candidate, example: Tensor) -> onnx.Mod
     extracted model of a trained supernet is). Raises :class:`OnnxExportError` for an activation format that
     ONNX cannot express and for a non-positive learned scale.
     """
-    model = model.eval()
     traced, operands = _marked_copy(model)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -136,8 +135,9 @@ def to_onnx(model: nn.Module, candidate: Candidate, example: Tensor) -> onnx.Mod
 
 
 def _marked_copy(model: nn.Module) -> tuple[nn.Module, list[_Operand]]:
-    """A copy of ``model`` whose quantizers are :class:`_Marker` s, and what each marker's tag stands for."""
-    traced = copy.deepcopy(model)
+    """An eval-mode copy of ``model`` whose quantizers are :class:`_Marker` s, and what each marker's tag stands
+    for (the operands keep ``model``'s own quantizers and weights)."""
+    traced = copy.deepcopy(model).eval()
     operands: list[_Operand] = []
     for name, layer in model.named_modules():
         if not isinstance(layer, (QuantConv2d, QuantLinear)):
@@ -328,7 +328,7 @@ def logit_tolerance(model: nn.Module, logits: Tensor) -> Tensor:
 
 @torch.no_grad()
 def check_onnx(proto: onnx.ModelProto, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> OnnxCheck:
-    """Run ``proto`` in ONNX Runtime and ``model`` in PyTorch on ``batches`` of (images, labels).
+    """Run ``proto`` in ONNX Runtime and ``model`` (put in eval mode) in PyTorch on ``batches`` of (images, labels).
 
     Raises :class:`OnnxExportError` when fewer than :data:`MIN_WITHIN_TOLERANCE` of the images have logits within
     :func:`logit_tolerance` of PyTorch's, or when the top-1 classes agree on fewer than :data:`MIN_TOP1_AGREEMENT`.
