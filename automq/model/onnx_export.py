@@ -38,7 +38,7 @@ from onnx import TensorProto, helper
 from torch import Tensor, nn
 
 from automq.errors import AutomqError
-from automq.io import _atomic_write
+from automq.io import atomic_write_bytes
 from automq.numerics.formats import get_format
 from automq.numerics.quant import QuantConv2d, QuantLinear, Quantizer
 from automq.space.candidate import Candidate
@@ -382,5 +382,5 @@ def export_onnx(
         raise OnnxExportError("the ONNX export needs images to check the model on; give it the test split")
     proto = to_onnx(model, candidate, batches[0][0][:1])
     check = check_onnx(proto, model, batches)
-    _atomic_write(path, lambda handle: handle.write(proto.SerializeToString()), "wb")
+    atomic_write_bytes(path, proto.SerializeToString())
     return check
