@@ -106,7 +106,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"Machine: {meta['machine']}; {meta['time']}; {meta['versions']}  ",
         f"Supernet: {meta['supernet']} (`automq train-supernet spaces/mbv2_fmnist.yaml --epochs "
         f"{meta['supernet_training']['epochs']} --subset {meta['supernet_training']['train_size']}`: a short "
-        f"demo training, hence the low accuracies); {meta['test_images']} test images; whole run {meta['wall_s']} s",
+        f"demo training, hence the low accuracies); {meta['test_images']} test images; wall time {meta['wall_s']} s",
         "",
         "Each candidate is extracted, BN-recalibrated on 512 training images and exported as `automq export --onnx` "
         "does it; the export checks ONNX Runtime against PyTorch on every test image. The last column counts the "
