@@ -252,3 +252,39 @@ def test_the_estimator_runs_where_its_supernet_is_and_moves_with_it(run_dir: Pat
         tolerance = 0.0 if device.type == "cpu" else reference["accuracy_se"]
         assert abs(estimate["accuracy"] - reference["accuracy"]) <= tolerance
     assert [cpu.to("cpu").estimate(c) for c in candidates] == on_cpu
+
+
+# ------------------------------------------------------------------------------------------------ Ray Tune trials
+class _MovableEvaluator:
+    """Stands in for the estimator: records where it is, and where it was when Ray stored it."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.moves = torch.device(device), []
+
+    def to(self, device: str) -> _MovableEvaluator:
+        self.device = torch.device(device)
+        self.moves.append(str(self.device))
+        return self
+
+
+def test_the_object_store_gets_the_estimator_on_the_cpu_and_the_driver_keeps_its_device(monkeypatch) -> None:
+    from automq.strategies import _tune_ray
+
+    stored = []
+    monkeypatch.setattr(_tune_ray.ray, "put", lambda evaluator: stored.append(str(evaluator.device)) or "ref")
+    evaluator = _MovableEvaluator("cuda:1")  # no tensor is made: the device is only a label here
+    assert _tune_ray._put_from_cpu(evaluator) == "ref"
+    assert stored == ["cpu"] and evaluator.device == torch.device("cuda:1") and evaluator.moves == ["cpu", "cuda:1"]
+    on_cpu = _MovableEvaluator("cpu")
+    _tune_ray._put_from_cpu(on_cpu)
+    assert stored == ["cpu", "cpu"] and on_cpu.moves == []
+
+
+@pytest.mark.parametrize("gpu_ids, moves", [([], []), ([0], ["cuda"])])
+def test_a_trial_moves_the_estimator_onto_the_gpu_ray_gave_it(monkeypatch, gpu_ids: list[int],
+                                                              moves: list[str]) -> None:
+    from automq.strategies import _tune_ray
+
+    monkeypatch.setattr(_tune_ray.ray, "get_gpu_ids", lambda: gpu_ids)
+    evaluator = _MovableEvaluator("cpu")
+    assert _tune_ray._on_trial_device(evaluator) is evaluator and evaluator.moves == moves
