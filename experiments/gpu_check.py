@@ -257,7 +257,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
 
     device, timing = resolve_device(args.device), Timing(args.quick)
     summary["device"] = str(device)
-    summary["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    summary["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     summary["formats"] = compare_formats(device)
     space = SearchSpace.from_file(args.space)
     data = load_space_data(space, root=args.data, train_subset=space.training.train_size)
