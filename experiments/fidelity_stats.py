@@ -26,8 +26,9 @@ def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
 
 
 def rank_figures(x: Sequence[float], y: Sequence[float], baseline: Sequence[float] | None = None,
-                 seed: int = 0) -> dict[str, Any]:
-    """:func:`correlations` plus 95% bootstrap intervals (candidates resampled) of tau and Spearman, and, given
+                 seed: int = 0, resamples: int = BOOTSTRAP) -> dict[str, Any]:
+    """:func:`correlations` plus 95% bootstrap intervals (``resamples`` resamples of the candidates) of tau and
+    Spearman, and, given
     the scores of a ``baseline`` estimator of the same candidates, the paired bootstrap interval of the tau gain
     over it: a gain whose interval holds 0 is not measurable with this many candidates."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -35,7 +36,7 @@ def rank_figures(x: Sequence[float], y: Sequence[float], baseline: Sequence[floa
     if len(x) < 3:
         return figures
     rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(x), len(x)) for _ in range(BOOTSTRAP)]
+    draws = [rng.integers(0, len(x), len(x)) for _ in range(resamples)]
     taus = np.array([stats.kendalltau(x[i], y[i]).statistic for i in draws])
     figures["kendall_tau_ci95"] = ci95(taus)
     figures["spearman_ci95"] = ci95([stats.spearmanr(x[i], y[i]).statistic for i in draws])
@@ -78,3 +79,80 @@ def scores_by_id(path: Path, key: str) -> dict[str, float]:
     """One score (``standalone_accuracy``, ``oneshot_accuracy``) of every candidate of another study, by id."""
     result = json.loads(path.read_text())
     return {r["id"]: r[key] for r in result["candidates"] if r.get(key) is not None}
+
+
+# --- what a search needs (issue 16): order among candidates of similar cost, and between neighbours -----------------
+LOCAL_WINDOW = 0.15
+"""Two candidates are of similar cost when the larger BitOps is at most this share above the smaller."""
+
+
+def similar_cost_pairs(cost: Sequence[float], window: float = LOCAL_WINDOW) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, whose costs are within ``window`` of each other (larger / smaller - 1)."""
+    c = np.asarray(cost, float)
+    return [(i, j) for i in range(len(c)) for j in range(i + 1, len(c))
+            if max(c[i], c[j]) <= (1.0 + window) * min(c[i], c[j])]
+
+
+def pair_agreement(x: Sequence[float], y: Sequence[float], pairs: Sequence[tuple[int, int]]) -> float:
+    """The share of ``pairs`` that ``x`` orders as ``y`` does; a pair tied in either counts one half (a coin
+    flip would order it). NaN without pairs."""
+    if not len(pairs):
+        return math.nan
+    i, j = np.asarray(pairs).T
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    product = np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+    return float(np.mean((product + 1.0) / 2.0))  # 1 agrees, 0 disagrees, 1/2 tied
+
+
+def local_tau(x: Sequence[float], y: Sequence[float], cost: Sequence[float], window: float = LOCAL_WINDOW) -> float:
+    """Kendall tau (tau-a: concordant minus discordant pairs over all pairs) among the candidates of similar cost
+    (:func:`similar_cost_pairs`): the ranking a Pareto search relies on, which cost alone cannot give."""
+    return 2.0 * pair_agreement(x, y, similar_cost_pairs(cost, window)) - 1.0
+
+
+def search_figures(x: Sequence[float], y: Sequence[float], cost: Sequence[float],
+                   neighbours: Sequence[tuple[int, int]], seed: int = 0,
+                   resamples: int = BOOTSTRAP) -> dict[str, Any]:
+    """Kendall tau over all candidates, :func:`local_tau` and the neighbour pairs' :func:`pair_agreement` of the
+    estimate ``x`` against the ground truth ``y``, with percentile-bootstrap 95% intervals (``resamples`` each):
+    candidates resampled
+    for the two taus (pairs of a candidate with its own copy left out), neighbour pairs resampled for the
+    agreement (each pair is one comparison)."""
+    x, y, cost = np.asarray(x, float), np.asarray(y, float), np.asarray(cost, float)
+    figures: dict[str, Any] = {"kendall_tau": correlations(x, y)["kendall_tau"],
+                               "kendall_tau_local": local_tau(x, y, cost),
+                               "neighbour_agreement": pair_agreement(x, y, neighbours),
+                               "local_pairs": len(similar_cost_pairs(cost)), "neighbour_pairs": len(neighbours)}
+    rng = np.random.default_rng(seed)
+    taus, local = [], []
+    for _ in range(resamples if len(x) >= 3 else 0):
+        draw = rng.integers(0, len(x), len(x))
+        taus.append(stats.kendalltau(x[draw], y[draw]).statistic)
+        distinct = [(i, j) for i, j in similar_cost_pairs(cost[draw]) if draw[i] != draw[j]]
+        local.append(2.0 * pair_agreement(x[draw], y[draw], distinct) - 1.0 if distinct else math.nan)
+    if taus:
+        figures["kendall_tau_ci95"], figures["kendall_tau_local_ci95"] = ci95(taus), ci95(local)
+    if len(neighbours):
+        pairs = np.asarray(neighbours)
+        agreement = [pair_agreement(x, y, pairs[rng.integers(0, len(pairs), len(pairs))]) for _ in range(resamples)]
+        figures["neighbour_agreement_ci95"] = ci95(agreement)
+    return figures
+
+
+def measured_noise_ceiling(repeats: Sequence[Sequence[float]], cost: Sequence[float],
+                           neighbours: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """How well the ground truth agrees with a re-run of itself: for every two seeds ``s < t``, the
+    :func:`search_figures` statistics (without intervals) of seed ``s``'s accuracies against seed ``t``'s over the
+    re-run candidates, averaged over the seed pairs. ``repeats[k]`` holds the accuracies of re-run candidate ``k``
+    by seed, ``cost[k]`` its BitOps; ``neighbours`` index pairs of re-run candidates."""
+    seeds = min((len(r) for r in repeats), default=0)
+    if len(repeats) < 3 or seeds < 2:
+        return {}
+    runs = np.asarray([list(r)[:seeds] for r in repeats], float).T  # seed x candidate
+    per_pair = [{"kendall_tau": correlations(runs[s], runs[t])["kendall_tau"],
+                 "kendall_tau_local": local_tau(runs[s], runs[t], cost),
+                 "neighbour_agreement": pair_agreement(runs[s], runs[t], neighbours)}
+                for s in range(seeds) for t in range(s + 1, seeds)]
+    return {**{key: float(np.mean([p[key] for p in per_pair])) for key in per_pair[0]},
+            "candidates": len(repeats), "seeds": seeds, "neighbour_pairs": len(neighbours),
+            "local_pairs": len(similar_cost_pairs(cost))}

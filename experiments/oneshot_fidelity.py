@@ -9,15 +9,26 @@ A few candidates are also trained with extra seeds to measure the noise of the s
 best rank correlation the data allow. Target (One-Shot MPQ, CVPR 2023): Kendall tau >= 0.93; at least
 Spearman >= 0.9.
 
-A study writes ``oneshot_fidelity_<scale>.{json,md,png}`` under ``--out``, rewritten atomically after every
-candidate, so a stopped run leaves partial results, and ``--resume`` continues it without retraining a finished
-candidate. ``--reuse-standalone FILE`` instead re-scores only the
+The scales ``study``, ``gpu`` and ``tiny`` measure what a search needs (issue 16): besides the stratified samples
+and the uniform points, neighbour pairs (a sample and a partner differing in one decision: one layer's weight or
+activation format, one kernel, one depth), every candidate trained alone from scratch, and whole neighbour pairs
+re-trained with more seeds, so that the noise ceiling (the ground truth against a re-run of itself) is measured.
+The JSON's top level holds ``kendall_tau``, ``kendall_tau_local`` (among candidates within 15% BitOps of each
+other), ``neighbour_agreement`` (the share of neighbour pairs ordered right), ``noise_ceiling_tau`` and
+``n_candidates``; ``search_fidelity`` has each with its bootstrap interval and its ratio to the noise ceiling, for
+the one-shot accuracy and for BitOps alone.
+
+A study writes ``oneshot_fidelity_<scale>.json`` under ``--out`` with the rows so far after every candidate, and the
+figures (``.json``, ``.md``, ``.png``) when it ends, or when ``--max-minutes`` stops it; ``--resume`` continues it
+without retraining a finished candidate. ``--reuse-standalone FILE`` instead re-scores only the
 one-shot side of a finished study with estimator variants (calibration size and batch, validation size; the
 study's own settings ranked by loss, which also serves studies written before the loss was recorded) against that
 study's stand-alone scores (and, with ``--compare-oneshot``, ranks other supernets' one-shot scores of
 the same candidates against them), and writes ``<FILE stem>_variants[_<tag>].{json,md,png}``.
 
     PYTHONPATH=. .venv/bin/python experiments/oneshot_fidelity.py --scale medium --supernet runs/fidelity_supernet
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python experiments/oneshot_fidelity.py --scale study \\
+        --supernet runs/fidelity_supernet --resume
     PYTHONPATH=. .venv/bin/python experiments/oneshot_fidelity.py --supernet runs/fidelity_supernet \\
         --reuse-standalone experiments/results/oneshot_fidelity_medium.json
 """
@@ -28,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import shlex
 import sys
 import time
@@ -47,7 +59,8 @@ from automq.io import atomic_write_json, atomic_write_text
 from automq.space.space import SearchSpace
 from automq.oneshot.train import (SUPERNET, load_space_data, load_supernet, train_supernet, training_summary,
                           training_text)
-from fidelity_stats import TARGET_SPEARMAN, TARGET_TAU, column, correlations, fmt_ci, rank_figures
+from fidelity_stats import (BOOTSTRAP, LOCAL_WINDOW, TARGET_SPEARMAN, TARGET_TAU, column, correlations, fmt_ci,
+                            measured_noise_ceiling, rank_figures, search_figures)
 from fidelity_variants import VARIANTS, variants
 
 ROOT = Path(__file__).resolve().parent
@@ -71,6 +84,9 @@ class Scale:
     noise_seeds: int  # seeds per noise candidate (including the main seed 0)
     supernet_epochs: int  # only when no trained supernet is given
     supernet_images: int
+    neighbour_pairs: int = 0  # random candidates that get a partner differing in one decision
+    init: str = "supernet"  # the stand-alone start unless --init says otherwise
+    resamples: int = BOOTSTRAP  # bootstrap resamples of each interval (and noise simulations)
 
 
 SCALES = {
@@ -86,7 +102,26 @@ SCALES = {
                   noise_candidates=4, noise_seeds=3, supernet_epochs=3, supernet_images=20000),
     "full": Scale("for a GPU", candidates=50, pool=5000, train_images=55000, epochs=5, val_images=5000,
                   calib_images=2048, noise_candidates=5, noise_seeds=3, supernet_epochs=30, supernet_images=55000),
+    # the study of issue 16: 44 stratified candidates, 20 of them with a neighbour, the uniform points and the
+    # smallest (68); 6 neighbour pairs (12 candidates) trained with 3 seeds measure the noise ceiling; every
+    # candidate trained alone from scratch. 92 trainings of 70k image-epochs: ~75 s each on one core (the long
+    # scale's 80k took ~82 s), about two hours
+    "study": Scale("~2 h on one CPU core: what a search needs (issue 16)", candidates=44, pool=4000,
+                   train_images=35000, epochs=2, val_images=10000, calib_images=512, noise_candidates=12,
+                   noise_seeds=3, supernet_epochs=3, supernet_images=20000, neighbour_pairs=20, init="scratch"),
+    # the same candidates with a longer ground truth; split into resumable parts of one GPU command each with
+    # --max-minutes 9 --resume (stand-alone training runs on the machine's CPU cores: give --threads)
+    "gpu": Scale("GPU machine, in resumable parts of <= 10 min (--max-minutes 9 --resume)", candidates=44, pool=4000,
+                 train_images=50000, epochs=3, val_images=10000, calib_images=2048, noise_candidates=12,
+                 noise_seeds=3, supernet_epochs=8, supernet_images=40000, neighbour_pairs=20, init="scratch"),
+    # the test's scale, on the tests' tiny synthetic space (seconds)
+    "tiny": Scale("a test on a tiny synthetic space", candidates=5, pool=60, train_images=256, epochs=4,
+                  val_images=200, calib_images=64, noise_candidates=4, noise_seeds=2, supernet_epochs=3,
+                  supernet_images=256, neighbour_pairs=3, init="scratch", resamples=100),
 }
+NEIGHBOUR_KINDS = ("w_fmt", "a_fmt", "kernel_size", "depth")
+"""The decisions a neighbour pair differs in, taken in turn: one layer's weight or activation format, one block's
+kernel, one stage's depth (its last block dropped)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -96,8 +131,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--supernet", help="a training run folder holding supernet.pt for --space "
                         "(default: train one into <out>/supernet)")
     parser.add_argument("--data", help="dataset root (default: the space's)")
-    parser.add_argument("--init", choices=("supernet", "scratch"), default="supernet",
-                        help="stand-alone start: fine-tune the extracted supernet weights, or train from scratch")
+    parser.add_argument("--init", choices=("supernet", "scratch"),
+                        help="stand-alone start: fine-tune the extracted supernet weights, or train from scratch "
+                        "(default: the scale's; scratch for study, gpu and tiny)")
+    parser.add_argument("--max-minutes", type=float,
+                        help="start no new stand-alone training after this many minutes of this run; the outputs "
+                        "are then a partial study that --resume continues (a GPU command's time limit)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--seed", type=int, default=0, help="candidate sampling seed")
     parser.add_argument("--threads", type=int, default=1)
@@ -144,15 +183,71 @@ def stratified_candidates(space: SearchSpace, bitops: Any, count: int, pool: int
 
 
 def pick_candidates(space: SearchSpace, bitops: Callable[[Candidate], float], scale: Scale,
-                    seed: int) -> list[tuple[str, Candidate]]:
-    """The study's (label, candidate) pairs: the stratified samples, the uniform points, the smallest."""
-    picked = [("random", c) for c in stratified_candidates(space, bitops, scale.candidates, scale.pool, seed)]
-    picked += [(f"uniform {f}", space.uniform(f, f, "largest", clamp=True)) for f in UNIFORM]
-    picked += [("smallest", space.smallest())]
-    unique: dict[str, tuple[str, Candidate]] = {}
-    for label, candidate in picked:  # smallest() may equal a sample: keep the first label
-        unique.setdefault(candidate.id, (label, candidate))
+                    seed: int) -> list[tuple[str, Candidate, dict[str, str]]]:
+    """The study's (label, candidate, pairing) triples: the stratified samples, the uniform points, the smallest,
+    then a neighbour of ``scale.neighbour_pairs`` samples spread over cost (:func:`neighbour_pairs`), whose
+    pairing names its partner (``neighbour_of``) and the decision they differ in (``changed``)."""
+    sampled = stratified_candidates(space, bitops, scale.candidates, scale.pool, seed)
+    picked = [("random", c, {}) for c in sampled]
+    picked += [(f"uniform {f}", space.uniform(f, f, "largest", clamp=True), {}) for f in UNIFORM]
+    picked += [("smallest", space.smallest(), {})]
+    bases = [sampled[i] for i in noise_indices(len(sampled), scale.neighbour_pairs)] if scale.neighbour_pairs else []
+    picked += [("neighbour", partner, {"neighbour_of": base.id, "changed": decision})
+               for base, partner, decision in neighbour_pairs(space, bases, seed)]
+    unique: dict[str, tuple[str, Candidate, dict[str, str]]] = {}
+    for label, candidate, pairing in picked:  # smallest() may equal a sample: keep the first label
+        unique.setdefault(candidate.id, (label, candidate, pairing))
     return list(unique.values())
+
+
+def neighbour_pairs(space: SearchSpace, bases: Sequence[Candidate], seed: int) -> list[tuple[Candidate, Candidate,
+                                                                                              str]]:
+    """A partner for each of ``bases`` that differs from it in one decision (base, partner, decision name): the
+    kinds of :data:`NEIGHBOUR_KINDS` in turn, the next kind where a base has no such decision to change. The
+    partners are new candidates (none equals another candidate of the study)."""
+    rng = np.random.default_rng(seed + 1)
+    taken = {c.id for c in bases}
+    pairs = []
+    for k, base in enumerate(bases):
+        kinds = NEIGHBOUR_KINDS[k % len(NEIGHBOUR_KINDS):] + NEIGHBOUR_KINDS[:k % len(NEIGHBOUR_KINDS)]
+        for kind in kinds:
+            found = neighbour(space, base, kind, rng, taken)
+            if found:
+                taken.add(found[0].id)
+                pairs.append((base, *found))
+                break
+    return pairs
+
+
+def neighbour(space: SearchSpace, base: Candidate, kind: str, rng: np.random.Generator,
+              taken: set[str]) -> tuple[Candidate, str] | None:
+    """``base`` with one decision of ``kind`` changed, and that decision's name; ``None`` if it has none that
+    gives a candidate outside ``taken``. A depth becomes the next smaller one (the stage's last blocks dropped, so
+    no new block needs choices); any other decision takes another of its choices at random."""
+    choices, options = space.choices_of(base), {d.name: d.choices for d in space.decisions()}
+    names = [n for n in choices if decision_kind(n) == kind]
+    for name in (names[i] for i in rng.permutation(len(names))):
+        others = [v for v in options[name] if v != choices[name]]
+        if kind == "depth":  # one block less: the dropped block's choices simply become inactive
+            smaller = [v for v in others if v < choices[name]]
+            others = [max(smaller)] if smaller else []
+        for value in (others[i] for i in rng.permutation(len(others))):
+            partner = space.candidate_from_choices({**choices, name: value})
+            if partner.id not in taken:
+                return partner, name
+    return None
+
+
+def decision_kind(name: str) -> str:
+    """``w_fmt``, ``a_fmt``, ``kernel_size``, ``expand_ratio``, ``depth`` or ``width_mult`` of a decision name
+    (``blocks.1.0.conv_pw.w_fmt``, ``stages.2.depth``, ...)."""
+    return name.rsplit(".", 1)[-1]
+
+
+def changed_decisions(space: SearchSpace, a: Candidate, b: Candidate) -> list[str]:
+    """The decisions active in both candidates whose values differ."""
+    first, second = space.choices_of(a), space.choices_of(b)
+    return [name for name in first if name in second and first[name] != second[name]]
 
 
 def simulated_taus(accs: np.ndarray, sigma: float, sims: int = 2000) -> dict[str, float]:
@@ -170,7 +265,7 @@ def simulated_taus(accs: np.ndarray, sigma: float, sims: int = 2000) -> dict[str
             "seed_to_seed_tau": float(np.mean([stats.kendalltau(a, b).statistic for a, b in runs]))}
 
 
-def noise_floor(rows: list[dict[str, Any]], val_images: int) -> dict[str, Any]:
+def noise_floor(rows: list[dict[str, Any]], val_images: int, sims: int = BOOTSTRAP) -> dict[str, Any]:
     """The noise of stand-alone accuracy from the seed repeats, and the rank correlations it allows, over all
     candidates and over the random samples alone: no estimator can rank better than the ground truth agrees
     with itself. Also the binomial standard error of an accuracy measured on ``val_images`` images."""
@@ -186,8 +281,8 @@ def noise_floor(rows: list[dict[str, Any]], val_images: int) -> dict[str, Any]:
     return {"seed_std": sigma, "val_standard_error": math.sqrt(p * (1 - p) / val_images),
             "standalone_spread_std": float(accs.std(ddof=1)) if accs.size > 1 else math.nan,
             "random_spread_std": float(random_accs.std(ddof=1)) if random_accs.size > 1 else math.nan,
-            **simulated_taus(accs, sigma),
-            **{f"{k}_random_only": v for k, v in simulated_taus(random_accs, sigma).items()},
+            **simulated_taus(accs, sigma, sims),
+            **{f"{k}_random_only": v for k, v in simulated_taus(random_accs, sigma, sims).items()},
             "seed1_vs_seed2_tau": correlations(first, second)["kendall_tau"],
             "candidates": [{"id": r["id"], "accuracies": r["seed_accuracies"]} for r in repeats]}
 
@@ -210,7 +305,7 @@ def estimator_jitter(rows: list[dict[str, Any]], score: str = "accuracy") -> dic
             if len(sampled) > 1 else math.nan}
 
 
-def loss_ranking(done: list[dict[str, Any]]) -> dict[str, Any]:
+def loss_ranking(done: list[dict[str, Any]], resamples: int = BOOTSTRAP) -> dict[str, Any]:
     """The rank figures of the one-shot loss (lower ranks higher) against the stand-alone accuracy, over all
     candidates and the random samples, with the paired tau gain over ranking by one-shot accuracy; empty for
     studies written before the loss was recorded."""
@@ -219,9 +314,20 @@ def loss_ranking(done: list[dict[str, Any]]) -> dict[str, Any]:
 
     def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return rank_figures([-r["oneshot_loss"] for r in rows], column(rows, "standalone_accuracy"),
-                            column(rows, "oneshot_accuracy"))
+                            column(rows, "oneshot_accuracy"), resamples=resamples)
 
     return {**figures(done), "random_only": figures([r for r in done if r["label"] == "random"])}
+
+
+def repeated_candidates(rows: list[dict[str, Any]], scale: Scale) -> set[str]:
+    """The ids of the candidates trained with ``scale.noise_seeds`` seeds: both members of
+    ``noise_candidates / 2`` neighbour pairs spread over cost when the scale has pairs (so the ceiling of the
+    neighbour agreement is measured too), else ``noise_candidates`` random samples spread over cost."""
+    partners = [r for r in rows if r.get("neighbour_of")]
+    if partners:
+        chosen = [partners[i] for i in noise_indices(len(partners), scale.noise_candidates // 2)]
+        return {r["id"] for r in chosen} | {r["neighbour_of"] for r in chosen}
+    return {rows[i]["id"] for i in noise_indices(scale.candidates, scale.noise_candidates)}
 
 
 def noise_indices(n: int, k: int) -> list[int]:
@@ -271,6 +377,37 @@ def verdict(tau: float, rho: float) -> str:
             "misses tau >= 0.93 but meets Spearman >= 0.9" if rho >= TARGET_SPEARMAN else "MISSES the target")
 
 
+def search_table(search: dict[str, Any] | None) -> list[str]:
+    """The markdown section of :func:`search_fidelity`: each figure with its interval and its ratio to the noise
+    ceiling, for the one-shot estimate and for BitOps alone."""
+    if not search or not search["oneshot"]["neighbour_pairs"]:
+        return []
+    ceiling, one = search["noise_ceiling"], search["oneshot"]
+
+    def cell(figures: dict[str, Any], key: str) -> str:
+        text = fmt_ci(figures, key) if f"{key}_ci95" in figures else f"{figures[key]:.3f}"
+        return text + (f" (ratio {fmt_ci(figures, f'{key}_to_ceiling')})" if f"{key}_to_ceiling" in figures else "")
+
+    lines = [
+        "## What a search needs (issue 16)", "",
+        f"Kendall tau over all candidates; tau among the {one['local_pairs']} pairs within "
+        f"±{100 * search['local_window']:.0f}% BitOps of each other (tau-a: concordant minus discordant over "
+        f"pairs); the share of the {one['neighbour_pairs']} neighbour pairs (one decision apart) whose order is "
+        "right (ties count one half). Ratio: the figure over the ground truth's noise ceiling.", "",
+        "| ranking by | Kendall tau [95% CI] | tau within ±15% BitOps | neighbour pairs ordered right |",
+        "|---|---|---|---|",
+        *(f"| {label} | " + " | ".join(cell(search[who], key) for key in SEARCH_KEYS) + " |"
+          for who, label in (("oneshot", "one-shot accuracy"), ("bitops", "BitOps alone (the baseline)"))),
+    ]
+    if ceiling:
+        lines.append("| the ground truth re-run (noise ceiling) | "
+                     + " | ".join(f"{ceiling[key]:.3f}" for key in SEARCH_KEYS) + " |")
+        lines += ["", f"Noise ceiling: {ceiling['candidates']} candidates ({ceiling['neighbour_pairs']} neighbour "
+                  f"pairs, {ceiling['local_pairs']} similar-cost pairs) trained with {ceiling['seeds']} seeds; each "
+                  "figure of one seed's accuracies against another's, averaged over the seed pairs."]
+    return [*lines, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     s, nf = result["scale"], result["noise_floor"]
     done = [r for r in result["candidates"] if r.get("standalone_accuracy") is not None]
@@ -281,10 +418,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"wall time {result['wall_s'] / 60:.1f} min on {result['threads']} torch thread; 1-min load average "
         f"{result['load_start']:.1f} at the start and {result['load_end']:.1f} at the end on {os.cpu_count()} "
         "CPUs (other jobs share the machine)",
+        *([f"- machine: {box['cpu']}, {box['usable_cpus']} usable CPUs, torch {box['torch']}, GPU "
+           f"{box['gpu'] or 'none'}"] if (box := result.get("machine")) else []),
         f"- supernet: {result['supernet']} ({training_text(result.get('supernet_training') or {})}); space "
         f"`{result['space']}`",
         f"- scale `{result['scale_name']}` ({s['purpose']}): {s['candidates']} BitOps-stratified candidates + "
-        f"uniform {', '.join(UNIFORM)} (largest architecture) + the smallest; one-shot = BN recalibration on "
+        f"uniform {', '.join(UNIFORM)} (largest architecture) + the smallest"
+        f"{f' + a neighbour of {n} of the samples' if (n := s.get('neighbour_pairs')) else ''}; one-shot = BN "
+        "recalibration on "
         f"{s['calib_images']} train images, accuracy on {s['val_images']} val images; stand-alone = init "
         f"`{result['init']}`, {s['epochs']} epoch(s) on {s['train_images']} train images, the space's SGD recipe, "
         f"scored on the same {s['val_images']} val images (the space's validation split holds {result['val_size']}; "
@@ -297,6 +438,7 @@ def markdown(result: dict[str, Any]) -> str:
         *(score_rows("loss (lower ranks higher)", result["by_loss"], len(done)) if result.get("by_loss") else []), "",
         "Intervals: percentile bootstrap over candidates (2000 resamples); the gain is paired (the same resamples).",
         "",
+        *search_table(result.get("search_fidelity")),
     ]
     if nf:
         lines += [
@@ -458,15 +600,70 @@ def resumed(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> tup
     return done, float(earlier.get("wall_s", 0.0))
 
 
+SEARCH_KEYS = ("kendall_tau", "kendall_tau_local", "neighbour_agreement")
+"""The figures of what a search needs, for the one-shot estimate, BitOps alone and the ground truth's re-runs."""
+
+
+def search_fidelity(rows: list[dict[str, Any]], resamples: int = BOOTSTRAP) -> dict[str, Any]:
+    """:func:`~fidelity_stats.search_figures` of the one-shot accuracy and of BitOps alone against the stand-alone
+    accuracy (seed 0), the noise ceiling measured on the re-run candidates, and each figure's ratio to it (the
+    interval of a ratio is the figure's interval over the ceiling's value)."""
+    done = [r for r in rows if r.get("standalone_accuracy") is not None]
+    repeated = [r for r in done if len(r.get("seed_accuracies", [])) > 1]
+    truth, cost = column(done, "standalone_accuracy"), column(done, "bitops")
+    pairs = partner_indices(done)
+    result = {"oneshot": search_figures(column(done, "oneshot_accuracy"), truth, cost, pairs, resamples=resamples),
+              "bitops": search_figures(cost, truth, cost, pairs, resamples=resamples),
+              "noise_ceiling": measured_noise_ceiling(column(repeated, "seed_accuracies"), column(repeated, "bitops"),
+                                                      partner_indices(repeated)),
+              "local_window": LOCAL_WINDOW}
+    ceiling = result["noise_ceiling"]
+    for figures in (result["oneshot"], result["bitops"]):
+        for key in SEARCH_KEYS:
+            if ceiling and ceiling[key]:
+                figures[f"{key}_to_ceiling"] = figures[key] / ceiling[key]
+                if f"{key}_ci95" in figures:
+                    figures[f"{key}_to_ceiling_ci95"] = [v / ceiling[key] for v in figures[f"{key}_ci95"]]
+    return result
+
+
+def partner_indices(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Index pairs (base, partner) of the neighbour pairs both of whose members are among ``rows``."""
+    index = {r["id"]: k for k, r in enumerate(rows)}
+    return [(index[r["neighbour_of"]], index[r["id"]]) for r in rows if r.get("neighbour_of") in index]
+
+
+def machine() -> dict[str, Any]:
+    """What the study ran on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "usable_cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def save_rows(rows: list[dict[str, Any]], meta: dict[str, Any], wall_s: float, out: Path) -> None:
+    """Rewrite the JSON with the rows so far and no figures (a stopped run leaves them for ``--resume``; the
+    bootstrap intervals of :func:`summarize` would cost more than a tiny scale's training)."""
+    atomic_write_json(out / f"{study_name(meta)}.json", {**meta, "status": "running", "candidates": rows,
+                                                         "wall_s": wall_s})
+
+
 def summarize(rows: list[dict[str, Any]], meta: dict[str, Any], wall_s: float, out: Path,
               status: str) -> dict[str, Any]:
-    """Recompute the figures from the rows so far and rewrite the three outputs atomically."""
+    """Compute the figures from the rows so far and rewrite the three outputs atomically."""
     done = [r for r in rows if r.get("standalone_accuracy") is not None]
     sampled = [r for r in done if r["label"] == "random"]
     scores = ("oneshot_accuracy", "standalone_accuracy")
-    result = {"candidates": rows, **rank_figures(*(column(done, k) for k in scores)),
-              "random_only": rank_figures(*(column(sampled, k) for k in scores)),
-              "by_loss": loss_ranking(done), "noise_floor": noise_floor(rows, meta["scale"]["val_images"]),
+    resamples = meta["scale"].get("resamples", BOOTSTRAP)
+    search = search_fidelity(rows, resamples)
+    headline = {"n_candidates": len(done), "kendall_tau_local": search["oneshot"]["kendall_tau_local"],
+                "neighbour_agreement": search["oneshot"]["neighbour_agreement"],
+                "noise_ceiling_tau": search["noise_ceiling"].get("kendall_tau", math.nan)}
+    result = {**headline, "search_fidelity": search, "candidates": rows,
+              **rank_figures(*(column(done, k) for k in scores), resamples=resamples),
+              "random_only": rank_figures(*(column(sampled, k) for k in scores), resamples=resamples),
+              "by_loss": loss_ranking(done, resamples),
+              "noise_floor": noise_floor(rows, meta["scale"]["val_images"], resamples),
               "estimator_jitter": estimator_jitter(rows), "estimator_jitter_loss": estimator_jitter(rows, "loss"),
               **meta, "status": status,
               "capacity": capacity_trend(rows), "wall_s": wall_s, "load_end": os.getloadavg()[0]}
@@ -507,30 +704,33 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
         return estimator.costs(candidate)["bitops"]
 
     picked = pick_candidates(space, bitops, scale, args.seed)
+    init = args.init or scale.init
     meta = {"command": shlex.join([sys.executable, *sys.argv]), "scale_name": args.scale, "scale": asdict(scale),
-            "init": args.init, "supernet": str(run), "supernet_training": training_summary(run), "space": args.space,
-            "val_size": space.dataset.val_size,
+            "init": init, "machine": machine(), "supernet": str(run), "supernet_training": training_summary(run),
+            "space": args.space, "val_size": space.dataset.val_size,
             "load_start": os.getloadavg()[0],
             "threads": args.threads, "tag": args.tag}
     # the same estimate on 2 torch threads: numerically equivalent, differently rounded arithmetic
     rethreaded = OneShotEstimator(space, supernet, data, calib_images=scale.calib_images,
                                   val_images=scale.val_images, threads=2 if args.threads == 1 else 1,
                                   finetune_images=0)
-    rows = [{"id": c.id, "label": label, "candidate": c.to_dict(), "bitops": bitops(c),
+    rows = [{"id": c.id, "label": label, "candidate": c.to_dict(), "bitops": bitops(c), **pairing,
              **oneshot_scores(estimator.estimate(c)), **oneshot_scores(rethreaded.estimate(c), "_rethreaded"),
              "standalone_accuracy": None}
-            for label, c in picked]
+            for label, c, pairing in picked]
     done, earlier_s = resumed(out / f"{study_name(meta)}.json", rows, meta) if args.resume else ({}, 0.0)
-    start -= earlier_s  # the wall time counts the earlier run's too
+    run_start, start = start, start - earlier_s  # the wall time counts the earlier runs' too
     for row in rows:
         row.update(done.get(row["id"], {}))
-    summarize(rows, meta, time.perf_counter() - start, out, "running")
-    noisy = set(noise_indices(scale.candidates, scale.noise_candidates))
-    for i, (row, (_, candidate)) in enumerate(zip(rows, picked)):
+    save_rows(rows, meta, time.perf_counter() - start, out)
+    noisy = repeated_candidates(rows, scale)
+    for i, (row, (_, candidate, _)) in enumerate(zip(rows, picked)):
         if row["id"] in done:
             continue
-        seeds = range(scale.noise_seeds if i in noisy else 1)
-        if args.init == "supernet":
+        if args.max_minutes is not None and time.perf_counter() - run_start > 60 * args.max_minutes:
+            return summarize(rows, meta, time.perf_counter() - start, out, "partial: continue with --resume")
+        seeds = range(scale.noise_seeds if row["id"] in noisy else 1)
+        if init == "supernet":
             accs = [estimator.finetuned(candidate, epochs=scale.epochs, seed=seed)["accuracy"] for seed in seeds]
         else:
             accs = [train_standalone(space, candidate, data, epochs=scale.epochs, seed=seed, init="scratch",
@@ -540,7 +740,7 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
             row["seed_accuracies"] = accs
         print(f"[{i + 1}/{len(rows)}] {row['label']:>14} bitops={row['bitops']:.3e} "
               f"oneshot={row['oneshot_accuracy']:.4f} standalone={accs}", flush=True)
-        summarize(rows, meta, time.perf_counter() - start, out, "running")
+        save_rows(rows, meta, time.perf_counter() - start, out)
     return summarize(rows, meta, time.perf_counter() - start, out, "complete")
 
 

@@ -16,7 +16,16 @@ from scipy import stats
 from automq.report.comparison import fidelity_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from fidelity_stats import ci95, correlations, rank_figures  # noqa: E402
+from fidelity_stats import (  # noqa: E402
+    ci95,
+    correlations,
+    local_tau,
+    measured_noise_ceiling,
+    pair_agreement,
+    rank_figures,
+    search_figures,
+    similar_cost_pairs,
+)
 from oneshot_fidelity import beyond_bitops, noise_floor, simulated_taus  # noqa: E402
 
 EPS64 = np.finfo(np.float64).eps
@@ -141,6 +150,53 @@ def test_noise_floor_by_hand() -> None:
     assert floor["seed1_vs_seed2_tau"] == pytest.approx(1.0, abs=TOLERANCE)
     assert [c["id"] for c in floor["candidates"]] == ["a", "b", "c"]
     assert noise_floor(rows[3:], val_images=1000) == {}
+
+
+# ---------------------------------------------------------------- what a search needs: local tau, neighbours
+# five candidates: 0, 1, 2 of similar cost (110 / 100 and 120 / 110 are within 15%, 120 / 100 is not), 3 and 4 too
+# (226 / 200 = 1.13); the estimate ties 3 and 4
+COST = [100.0, 110.0, 120.0, 200.0, 226.0]
+ESTIMATE = [0.5, 0.6, 0.65, 0.7, 0.7]
+TRUTH = [0.4, 0.5, 0.85, 0.9, 0.8]
+
+
+def test_similar_cost_pairs_by_hand() -> None:
+    assert similar_cost_pairs(COST) == [(0, 1), (1, 2), (3, 4)]
+    assert similar_cost_pairs(COST, window=0.25) == [(0, 1), (0, 2), (1, 2), (3, 4)]
+
+
+def test_local_tau_and_neighbour_agreement_by_hand() -> None:
+    # similar-cost pairs: (0, 1) both rise, (1, 2) both rise, (3, 4) tied in the estimate: 2 concordant, 0
+    # discordant of 3 pairs, tau-a = 2 / 3; agreement (1 + 1 + 1/2) / 3
+    assert pair_agreement(ESTIMATE, TRUTH, similar_cost_pairs(COST)) == pytest.approx(2.5 / 3, abs=TOLERANCE)
+    assert local_tau(ESTIMATE, TRUTH, COST) == pytest.approx(2 / 3, abs=TOLERANCE)
+    # neighbour pairs (0, 1) agree, (2, 4) disagree (0.65 < 0.7 but 0.85 > 0.8), (3, 4) tie: (1 + 0 + 1/2) / 3
+    assert pair_agreement(ESTIMATE, TRUTH, [(0, 1), (2, 4), (3, 4)]) == pytest.approx(0.5, abs=TOLERANCE)
+    assert math.isnan(pair_agreement(ESTIMATE, TRUTH, []))
+
+
+def test_search_figures_bootstrap_leaves_out_pairs_of_a_candidate_with_its_copy() -> None:
+    # a perfect estimate of 8 candidates, all of similar cost: every resample orders every pair of distinct
+    # candidates right, so both intervals are exactly [1, 1]; a copy paired with itself would be a tie (1/2)
+    x = np.arange(8.0)
+    figures = search_figures(x, x, 100.0 + x, [(0, 1), (2, 3), (4, 5)], seed=5)
+    assert figures["kendall_tau_local"] == 1.0 and figures["local_pairs"] == 28
+    assert figures["kendall_tau_local_ci95"] == [1.0, 1.0] and figures["neighbour_agreement_ci95"] == [1.0, 1.0]
+    assert figures["neighbour_agreement"] == 1.0 and figures["kendall_tau_ci95"] == [1.0, 1.0]
+
+
+def test_measured_noise_ceiling_by_hand() -> None:
+    # seeds 0 and 1 order the candidates alike (B < C < A < D); seed 2 orders B < A < D < C, which swaps A-C and
+    # C-D: tau 4 - 2 over 6 pairs = 1/3 against either. Mean over the seed pairs (1 + 1/3 + 1/3) / 3 = 5/9.
+    # Similar cost: (A, B) and (C, D); seed 2 reverses (C, D): local tau 1, 0, 0 (mean 1/3); as neighbour pairs
+    # they agree 1, 1/2, 1/2 (mean 2/3)
+    repeats = [[0.80, 0.82, 0.81], [0.70, 0.69, 0.72], [0.75, 0.78, 0.83], [0.90, 0.88, 0.82]]
+    ceiling = measured_noise_ceiling(repeats, [100.0, 105.0, 300.0, 310.0], [(0, 1), (2, 3)])
+    assert ceiling["kendall_tau"] == pytest.approx(5 / 9, abs=TOLERANCE)
+    assert ceiling["kendall_tau_local"] == pytest.approx(1 / 3, abs=TOLERANCE)
+    assert ceiling["neighbour_agreement"] == pytest.approx(2 / 3, abs=TOLERANCE)
+    assert (ceiling["candidates"], ceiling["seeds"], ceiling["neighbour_pairs"]) == (4, 3, 2)
+    assert measured_noise_ceiling(repeats[:2], [100.0, 105.0], []) == {}  # fewer than 3 re-run candidates
 
 
 # ------------------------------------------------------------------------------------- detrended Spearman

@@ -1,0 +1,113 @@
+"""The fidelity study of issue 16 (experiments/oneshot_fidelity.py) at its tiny scale on the tests' synthetic space:
+the JSON holds the headline figures, the neighbour pairs differ in exactly one decision, the headline figures are
+the statistics of the rows it wrote (recomputed here with scipy and by counting), the noise ceiling is that of the
+seed re-runs, and --resume trains nothing again."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from automq.space.candidate import Candidate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
+from oneshot_fidelity import changed_decisions, decision_kind, main, neighbour_pairs  # noqa: E402
+
+TOLERANCE = 64 * np.finfo(np.float64).eps  # a correlation is a quotient of short float64 sums of values <= 1
+SPACE_CHANGES = {
+    "dataset": {"val_size": 200},
+    "training": {"epochs": 1, "batch_size": 32, "lr": 0.05, "train_size": 512, "num_random": 1},
+    "search": {"eval_size": 60, "calib_size": 32},
+}
+HEADLINE = ("kendall_tau", "kendall_tau_local", "neighbour_agreement", "noise_ceiling_tau", "n_candidates")
+
+
+def test_neighbour_pairs_differ_in_exactly_one_decision_of_each_kind(tiny_space) -> None:
+    space = tiny_space({"network": {"stages": [{"type": "ds", "channels": 8, "stride": 1, "depth": [1],
+                                                "kernel_size": [3]},
+                                               {"type": "ir", "channels": 16, "stride": 2, "depth": [1, 2, 3],
+                                                "kernel_size": [3, 5], "expand_ratio": [2, 3]}]}})
+    rng = np.random.default_rng(3)
+    deep = [c for c in (space.sample(rng) for _ in range(200)) if c.depths[1] == 3][:8]
+    pairs = neighbour_pairs(space, deep, seed=0)
+    assert len(pairs) == 8
+    assert [decision_kind(name) for _, _, name in pairs] == ["w_fmt", "a_fmt", "kernel_size", "depth"] * 2
+    for base, partner, name in pairs:
+        assert changed_decisions(space, base, partner) == [name]
+        space.validate_candidate(partner)
+        only_base = set(space.choices_of(base)) - set(space.choices_of(partner))
+        if decision_kind(name) == "depth":  # 3 -> 2 blocks: the third block's decisions, and only those, go
+            assert partner.depths[1] == 2 and only_base and all(n.startswith("blocks.1.2.") for n in only_base)
+        else:  # the same active decisions, one value changed
+            assert not only_base and partner.depths == base.depths
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_space, tmp_path_factory) -> tuple[dict, Path, list[str]]:
+    folder = tmp_path_factory.mktemp("fidelity")
+    space = tiny_space(SPACE_CHANGES, folder=folder)
+    argv = ["--scale", "tiny", "--space", str(space.path), "--out", str(folder / "out")]
+    main(argv)
+    return json.loads((folder / "out" / "oneshot_fidelity_tiny.json").read_text()), folder, argv
+
+
+def test_tiny_study_writes_the_headline_figures_and_real_neighbour_pairs(tiny_study, tiny_space) -> None:
+    result, folder, _ = tiny_study
+    assert all(key in result for key in HEADLINE) and result["status"] == "complete"
+    rows = result["candidates"]
+    assert result["n_candidates"] == len(rows) and all(r["standalone_accuracy"] is not None for r in rows)
+    assert result["init"] == "scratch"
+    space = tiny_space(SPACE_CHANGES)
+    by_id = {r["id"]: r for r in rows}
+    partners = [r for r in rows if r.get("neighbour_of")]
+    assert len(partners) == 3
+    for row in partners:
+        base, partner = (Candidate.from_dict(by_id[i]["candidate"]) for i in (row["neighbour_of"], row["id"]))
+        assert changed_decisions(space, base, partner) == [row["changed"]]
+    assert (folder / "out" / "oneshot_fidelity_tiny.md").read_text().count("neighbour pairs ordered right") == 1
+
+
+def test_tiny_study_figures_are_the_statistics_of_its_rows(tiny_study) -> None:
+    result, _, _ = tiny_study
+    rows = result["candidates"]
+    oneshot = np.array([r["oneshot_accuracy"] for r in rows])
+    truth = np.array([r["standalone_accuracy"] for r in rows])
+    cost = np.array([r["bitops"] for r in rows])
+    assert result["kendall_tau"] == pytest.approx(stats.kendalltau(oneshot, truth).statistic, abs=TOLERANCE)
+    index = {r["id"]: k for k, r in enumerate(rows)}
+    pairs = [(index[r["neighbour_of"]], index[r["id"]]) for r in rows if r.get("neighbour_of")]
+    # counted directly: +1 when both scores order the pair alike, -1 when opposite, 0 when either ties
+    signs = [np.sign(oneshot[i] - oneshot[j]) * np.sign(truth[i] - truth[j]) for i, j in pairs]
+    assert result["neighbour_agreement"] == pytest.approx(np.mean([(s + 1) / 2 for s in signs]), abs=TOLERANCE)
+    local = [np.sign(oneshot[i] - oneshot[j]) * np.sign(truth[i] - truth[j])
+             for i, j in combinations(range(len(rows)), 2) if max(cost[i], cost[j]) <= 1.15 * min(cost[i], cost[j])]
+    expected_local = float(np.mean(local)) if local else math.nan
+    assert result["kendall_tau_local"] == pytest.approx(expected_local, abs=TOLERANCE, nan_ok=True)
+    # the ceiling: seed 0 against seed 1 of the re-run candidates (the tiny scale has two seeds: one seed pair)
+    repeated = [r for r in rows if len(r.get("seed_accuracies", [])) > 1]
+    assert len(repeated) == 4 and all(r["seed_accuracies"][0] == r["standalone_accuracy"] for r in repeated)
+    first, second = zip(*(r["seed_accuracies"] for r in repeated))
+    assert math.isfinite(result["noise_ceiling_tau"])  # the tiny recipe learns: the seeds' accuracies differ
+    assert result["noise_ceiling_tau"] == pytest.approx(stats.kendalltau(first, second).statistic, abs=TOLERANCE)
+    bitops = result["search_fidelity"]["bitops"]
+    assert bitops["kendall_tau"] == pytest.approx(stats.kendalltau(cost, truth).statistic, abs=TOLERANCE)
+
+
+def test_tiny_study_resumes_without_training_again(tiny_study, monkeypatch) -> None:
+    result, folder, argv = tiny_study
+    import oneshot_fidelity
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished candidate was trained again")
+
+    monkeypatch.setattr(oneshot_fidelity, "train_standalone", no_training)
+    again = main([*argv, "--resume"])
+    assert [r["standalone_accuracy"] for r in again["candidates"]] == \
+        [r["standalone_accuracy"] for r in result["candidates"]]
