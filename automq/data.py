@@ -550,7 +550,7 @@ def make_loader(
     if device is None or device.type != "cuda":
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                        num_workers=GPU_LOADER_WORKERS, pin_memory=True, persistent_workers=False)
+                        num_workers=GPU_LOADER_WORKERS, pin_memory=True)
     return _OnDevice(loader, device)
 
 

@@ -204,7 +204,8 @@ class OneShotEstimator:
 
     def to(self, device: torch.device | str) -> OneShotEstimator:
         """Move the supernet and the images to ``device`` (a Ray Tune trial's GPU, or back to the CPU); returns
-        ``self``. Cached scores stay: estimates do not depend on the device (float32 fake quantization)."""
+        ``self``. Cached scores are kept: formats round the same on every device (float32 fake quantization); only
+        another summation order of a GPU can move an image that sits on a rounding boundary."""
         self.supernet.to(device)
         self._place(self.data)
         return self
