@@ -37,6 +37,7 @@ class Uniform(Strategy):
     """
 
     name = "uniform"
+    device_aware = True
 
     def __init__(self, *, archs: tuple[str, ...] = ("largest",)) -> None:
         unknown = [a for a in archs if a not in ARCHS]
@@ -81,6 +82,7 @@ class RandomSearch(Strategy):
     """
 
     name = "random"
+    device_aware = True
 
     def __init__(self, *, max_draws: int = 1000) -> None:
         if max_draws < 1:

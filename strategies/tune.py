@@ -259,6 +259,7 @@ class TuneStrategy(Strategy):
     """
 
     name = "tune"
+    device_aware = True  # it only asks the evaluator for scores (Ray trials move it onto their GPU)
 
     def __init__(self, *, sampler: str = "nsga2", workers: int | None = None, address: str | None = None,
                  batch_size: int = 4, max_failures: int = 2, seed_fraction: float = 0.25,

@@ -288,3 +288,27 @@ def test_a_trial_moves_the_estimator_onto_the_gpu_ray_gave_it(monkeypatch, gpu_i
     monkeypatch.setattr(_tune_ray.ray, "get_gpu_ids", lambda: gpu_ids)
     evaluator = _MovableEvaluator("cpu")
     assert _tune_ray._on_trial_device(evaluator) is evaluator and evaluator.moves == moves
+
+
+@pytest.mark.parametrize("strategy", ["dnas", "differentiable", "ssps", "fliqs", "limpq", "clado"])
+def test_a_strategy_that_trains_networks_of_its_own_is_refused_a_gpu_estimator(strategy: str, tiny_space: SpaceFactory,
+                                                                               tmp_path: Path) -> None:
+    from automq.errors import AutomqError
+    from automq.search.driver import run_search
+
+    space = tiny_space(SPACE_CHANGES)
+    with pytest.raises(AutomqError, match=f"'{strategy}' trains or scores networks of its own .* --device cpu"):
+        run_search(space, out=tmp_path / "out", supernet=tmp_path / "no-run", strategy=strategy, device="cuda:0",
+                   progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["tune", "evolution", "random", "uniform"])
+def test_a_strategy_that_only_asks_for_scores_may_have_a_gpu_estimator(strategy: str, tiny_space: SpaceFactory,
+                                                                       tmp_path: Path) -> None:
+    from automq.errors import CheckpointError
+    from automq.search.driver import run_search
+
+    # no GPU is touched: the estimator's supernet is loaded first, and this run folder has none
+    with pytest.raises(CheckpointError, match="no-run"):
+        run_search(tiny_space(SPACE_CHANGES), out=tmp_path / "out", supernet=tmp_path / "no-run", strategy=strategy,
+                   device="cuda:0", progress=False)

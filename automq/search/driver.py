@@ -134,6 +134,7 @@ def run_search(
     if resume:
         check_resumable(out, space)
     if evaluator is None:
+        _check_device(method, device)
         evaluator = _one_shot_estimator(space, supernet, data_root, device)
     log = _open_log(out, space, strategy, options, resume, total, progress)
     log.run_info.update(label=method.label, trials_requested=total, seed=seed)
@@ -157,6 +158,13 @@ def _create(strategy: str, options: dict[str, Any]) -> Strategy:
         raise AutomqError(f"--strategy: {exc.args[0]}") from None
     except (TypeError, ValueError) as exc:
         raise AutomqError(f"strategy '{strategy}' rejected its options {options}: {exc}") from None
+
+
+def _check_device(method: Strategy, device: torch.device | str) -> None:
+    """Refuse a GPU estimator to a strategy that is not device-aware, before anything is loaded onto the GPU."""
+    if str(device).split(":")[0] != "cpu" and not method.device_aware:
+        raise AutomqError(f"strategy '{method.name}' trains or scores networks of its own and does not run on "
+                          f"{device} yet; search with --device cpu")
 
 
 def _one_shot_estimator(space: SearchSpace, supernet: str | Path | None, data_root: str | Path | None,

@@ -150,6 +150,10 @@ class Strategy(ABC):
     """
 
     name: ClassVar[str]
+    device_aware: ClassVar[bool] = False
+    """Whether the strategy runs with its evaluator on a GPU. Those that only ask the evaluator for scores do; those
+    that train or score networks of their own still create some of their tensors on the CPU, so ``run_search``
+    refuses to build them a GPU estimator."""
 
     @property
     def label(self) -> str:
