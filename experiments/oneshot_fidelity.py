@@ -53,6 +53,7 @@ import torch
 from matplotlib.figure import Figure
 from scipy import stats
 
+from automq.device import resolve_device
 from automq.space.candidate import Candidate
 from automq.oneshot.evaluate import OneShotEstimator, train_standalone
 from automq.io import atomic_write_json, atomic_write_text
@@ -677,13 +678,14 @@ def summarize(rows: list[dict[str, Any]], meta: dict[str, Any], wall_s: float, o
 
 
 def supernet_run(args: argparse.Namespace, space: SearchSpace, scale: Scale, out: Path) -> Path:
-    """The given supernet run folder, or a new one trained into ``out/supernet`` (resumed if started)."""
+    """The given supernet run folder, or a new one trained into ``out/supernet`` (resumed if started; on the GPU
+    when there is one, which computes the same formats as the CPU)."""
     if args.supernet:
         return Path(args.supernet)
     run = out / "supernet"
     if not (run / SUPERNET).exists():
         train_supernet(space, run, epochs=scale.supernet_epochs, train_subset=scale.supernet_images,
-                       data_root=args.data, resume=(run / "checkpoint.pt").exists())
+                       data_root=args.data, resume=(run / "checkpoint.pt").exists(), device=resolve_device("auto"))
     return run
 
 
