@@ -607,8 +607,8 @@ SEARCH_KEYS = ("kendall_tau", "kendall_tau_local", "neighbour_agreement")
 
 def search_fidelity(rows: list[dict[str, Any]], resamples: int = BOOTSTRAP) -> dict[str, Any]:
     """:func:`~fidelity_stats.search_figures` of the one-shot accuracy and of BitOps alone against the stand-alone
-    accuracy (seed 0), the noise ceiling measured on the re-run candidates, and each figure's ratio to it (the
-    interval of a ratio is the figure's interval over the ceiling's value)."""
+    accuracy (seed 0), the noise ceiling measured on the re-run candidates, and each figure's ratio to a positive
+    ceiling (the interval of a ratio is the figure's interval over the ceiling's value)."""
     done = [r for r in rows if r.get("standalone_accuracy") is not None]
     repeated = [r for r in done if len(r.get("seed_accuracies", [])) > 1]
     truth, cost = column(done, "standalone_accuracy"), column(done, "bitops")
@@ -621,7 +621,7 @@ def search_fidelity(rows: list[dict[str, Any]], resamples: int = BOOTSTRAP) -> d
     ceiling = result["noise_ceiling"]
     for figures in (result["oneshot"], result["bitops"]):
         for key in SEARCH_KEYS:
-            if ceiling and ceiling[key]:
+            if ceiling and ceiling[key] > 0:  # a ground truth that disagrees with itself has no ceiling to scale by
                 figures[f"{key}_to_ceiling"] = figures[key] / ceiling[key]
                 if f"{key}_ci95" in figures:
                     figures[f"{key}_to_ceiling_ci95"] = [v / ceiling[key] for v in figures[f"{key}_ci95"]]

@@ -18,7 +18,13 @@ from scipy import stats
 from automq.space.candidate import Candidate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from oneshot_fidelity import changed_decisions, decision_kind, main, neighbour_pairs  # noqa: E402
+from oneshot_fidelity import (  # noqa: E402
+    changed_decisions,
+    decision_kind,
+    main,
+    neighbour_pairs,
+    search_fidelity,
+)
 
 TOLERANCE = 64 * np.finfo(np.float64).eps  # a correlation is a quotient of short float64 sums of values <= 1
 SPACE_CHANGES = {
@@ -47,6 +53,33 @@ def test_neighbour_pairs_differ_in_exactly_one_decision_of_each_kind(tiny_space)
             assert partner.depths[1] == 2 and only_base and all(n.startswith("blocks.1.2.") for n in only_base)
         else:  # the same active decisions, one value changed
             assert not only_base and partner.depths == base.depths
+
+
+def constructed_rows(seed_accuracies: list[list[float]]) -> list[dict]:
+    """Four candidates: B a neighbour of A (similar cost), D of C; one-shot order B < A < C < D."""
+    names, cost, oneshot = "ABCD", [100.0, 105.0, 300.0, 310.0], [0.5, 0.4, 0.6, 0.7]
+    return [{"id": n, "label": "random", "bitops": c, "oneshot_accuracy": o, "standalone_accuracy": seeds[0],
+             "seed_accuracies": seeds, **({"neighbour_of": names[k - 1]} if k % 2 else {})}
+            for k, (n, c, o, seeds) in enumerate(zip(names, cost, oneshot, seed_accuracies))]
+
+
+def test_search_fidelity_ratios_to_the_measured_ceiling_by_hand() -> None:
+    # the seeds of tests/test_fidelity_stats.py::test_measured_noise_ceiling_by_hand: ceiling tau 5/9, local 1/3,
+    # neighbour agreement 2/3. Seed 0 orders B < C < A < D: the one-shot order B < A < C < D swaps only A-C
+    # (tau (5 - 1) / 6 = 2/3, ratio 6/5) and orders both similar-cost pairs, which are the neighbour pairs, right
+    # (local tau 1, ratio 3; agreement 1, ratio 3/2). BitOps orders A < B < C < D: A-B and A-C wrong (tau 1/3,
+    # ratio 3/5), local pairs (A, B) wrong and (C, D) right (0, ratio 0), neighbours 1/2 (ratio 3/4).
+    rows = constructed_rows([[0.80, 0.82, 0.81], [0.70, 0.69, 0.72], [0.75, 0.78, 0.83], [0.90, 0.88, 0.82]])
+    result = search_fidelity(rows, resamples=20)
+    expected = {"oneshot": (2 / 3, 1.0, 1.0, 6 / 5, 3.0, 1.5), "bitops": (1 / 3, 0.0, 0.5, 3 / 5, 0.0, 0.75)}
+    for who, values in expected.items():
+        figures = result[who]
+        keys = ("kendall_tau", "kendall_tau_local", "neighbour_agreement")
+        got = [figures[k] for k in keys] + [figures[f"{k}_to_ceiling"] for k in keys]
+        assert got == pytest.approx(values, abs=4 * TOLERANCE)
+    # a ground truth whose re-run reverses it (tau -1) has no ceiling to divide by
+    reversed_rows = constructed_rows([[0.80, 0.2], [0.70, 0.3], [0.75, 0.25], [0.90, 0.1]])
+    assert "kendall_tau_to_ceiling" not in search_fidelity(reversed_rows, resamples=20)["oneshot"]
 
 
 @pytest.fixture(scope="module")
