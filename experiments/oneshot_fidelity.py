@@ -105,15 +105,19 @@ SCALES = {
                   calib_images=2048, noise_candidates=5, noise_seeds=3, supernet_epochs=30, supernet_images=55000),
     # the study of issue 16: 44 stratified candidates, 20 of them with a neighbour, the uniform points and the
     # smallest (68); 6 neighbour pairs (12 candidates) trained with 3 seeds measure the noise ceiling; every
-    # candidate trained alone from scratch. 92 trainings of 70k image-epochs: ~75 s each on one core (the long
-    # scale's 80k took ~82 s), about two hours
-    "study": Scale("~2 h on one CPU core: what a search needs (issue 16)", candidates=44, pool=4000,
-                   train_images=35000, epochs=2, val_images=10000, calib_images=512, noise_candidates=12,
+    # candidate trained alone from scratch. 92 trainings of 50k image-epochs: one of 70k reached 0.866 from scratch
+    # in 172 s next to two other jobs on 2 cores (the long scale's 80k took ~82 s alone), so ~1.5 h on an idle
+    # core, ~3 h on a loaded one
+    "study": Scale("~1.5 h on one idle CPU core, ~3 h on a loaded one: what a search needs (issue 16)",
+                   candidates=44, pool=4000,
+                   train_images=25000, epochs=2, val_images=10000, calib_images=512, noise_candidates=12,
                    noise_seeds=3, supernet_epochs=3, supernet_images=20000, neighbour_pairs=20, init="scratch"),
     # the same candidates with a longer ground truth; split into resumable parts of one GPU command each with
-    # --max-minutes 9 --resume (stand-alone training runs on the machine's CPU cores: give --threads)
+    # --max-minutes 9 --resume (stand-alone training runs on the machine's CPU cores: give --threads). The first
+    # part trains the supernet (on the GPU, resumed from its checkpoint if cut) and scores all 68 one-shot, which
+    # the JSON keeps before any stand-alone training starts
     "gpu": Scale("GPU machine, in resumable parts of <= 10 min (--max-minutes 9 --resume)", candidates=44, pool=4000,
-                 train_images=50000, epochs=3, val_images=10000, calib_images=2048, noise_candidates=12,
+                 train_images=50000, epochs=3, val_images=10000, calib_images=512, noise_candidates=12,
                  noise_seeds=3, supernet_epochs=8, supernet_images=40000, neighbour_pairs=20, init="scratch"),
     # the test's scale, on the tests' tiny synthetic space (seconds)
     "tiny": Scale("a test on a tiny synthetic space", candidates=5, pool=60, train_images=256, epochs=4,
@@ -579,26 +583,38 @@ def study_name(meta: dict[str, Any]) -> str:
     return "_".join([NAME, meta["scale_name"], *([meta["tag"]] if meta.get("tag") else [])])
 
 
-def resumed(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], float]:
-    """The stand-alone scores that an earlier run of the same study (``path``) finished, by candidate id, and its
-    wall time; refused unless that run scored the same candidates with the same supernet, scale and init."""
+def resumed(path: Path, ids: list[str], meta: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+    """The rows of an earlier run of the same study (``path``), with their one-shot scores and the stand-alone
+    scores it finished, and its wall time; empty when there is none, refused unless that run picked the same
+    candidates (``ids``) with the same supernet (folder and training record), scale and init. The one-shot scores
+    are kept, not recomputed, so a resumed part spends its time on training."""
     try:
         earlier = json.loads(path.read_text())
     except FileNotFoundError:
-        return {}, 0.0
+        return [], 0.0
     except (OSError, json.JSONDecodeError) as exc:
         raise SystemExit(f"--resume: cannot read {path} ({exc}); move it away to start the study afresh") from None
     same = {"scale": earlier.get("scale") == meta["scale"], "init": earlier.get("init") == meta["init"],
-            "supernet": earlier.get("supernet") == meta["supernet"],
-            "candidates and one-shot scores": [(r.get("id"), r.get("oneshot_accuracy"))
-                                               for r in earlier.get("candidates", [])]
-            == [(r["id"], r["oneshot_accuracy"]) for r in rows]}
+            "supernet": earlier.get("supernet") == meta["supernet"]
+            and earlier.get("supernet_training") == json.loads(json.dumps(meta["supernet_training"])),
+            "candidates": [r.get("id") for r in earlier.get("candidates", [])] == ids}
     if differing := [what for what, equal in same.items() if not equal]:
         raise SystemExit(f"--resume: {path} is another study (these differ: {', '.join(differing)}); drop --resume or "
                          "choose another --tag")
-    done = {r["id"]: {k: r[k] for k in ("standalone_accuracy", "seed_accuracies") if k in r}
-            for r in earlier["candidates"] if r.get("standalone_accuracy") is not None}
-    return done, float(earlier.get("wall_s", 0.0))
+    return earlier["candidates"], float(earlier.get("wall_s", 0.0))
+
+
+def oneshot_rows(picked: list[tuple[str, Candidate, dict[str, str]]], space: SearchSpace, scale: Scale,
+                 estimator: OneShotEstimator) -> list[dict[str, Any]]:
+    """A row per candidate with its BitOps, pairing and one-shot scores (and those of the same estimate on another
+    torch thread count: numerically equivalent, differently rounded arithmetic), no stand-alone score yet."""
+    rethreaded = OneShotEstimator(space, estimator.supernet, estimator.data, calib_images=scale.calib_images,
+                                  val_images=scale.val_images, threads=2 if estimator.threads == 1 else 1,
+                                  finetune_images=0)
+    return [{"id": c.id, "label": label, "candidate": c.to_dict(), "bitops": estimator.costs(c)["bitops"],
+             **pairing, **oneshot_scores(estimator.estimate(c)),
+             **oneshot_scores(rethreaded.estimate(c), "_rethreaded"), "standalone_accuracy": None}
+            for label, c, pairing in picked]
 
 
 SEARCH_KEYS = ("kendall_tau", "kendall_tau_local", "neighbour_agreement")
@@ -712,22 +728,14 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
             "space": args.space, "val_size": space.dataset.val_size,
             "load_start": os.getloadavg()[0],
             "threads": args.threads, "tag": args.tag}
-    # the same estimate on 2 torch threads: numerically equivalent, differently rounded arithmetic
-    rethreaded = OneShotEstimator(space, supernet, data, calib_images=scale.calib_images,
-                                  val_images=scale.val_images, threads=2 if args.threads == 1 else 1,
-                                  finetune_images=0)
-    rows = [{"id": c.id, "label": label, "candidate": c.to_dict(), "bitops": bitops(c), **pairing,
-             **oneshot_scores(estimator.estimate(c)), **oneshot_scores(rethreaded.estimate(c), "_rethreaded"),
-             "standalone_accuracy": None}
-            for label, c, pairing in picked]
-    done, earlier_s = resumed(out / f"{study_name(meta)}.json", rows, meta) if args.resume else ({}, 0.0)
+    ids = [c.id for _, c, _ in picked]
+    earlier, earlier_s = resumed(out / f"{study_name(meta)}.json", ids, meta) if args.resume else ([], 0.0)
+    rows = earlier or oneshot_rows(picked, space, scale, estimator)
     run_start, start = start, start - earlier_s  # the wall time counts the earlier runs' too
-    for row in rows:
-        row.update(done.get(row["id"], {}))
     save_rows(rows, meta, time.perf_counter() - start, out)
     noisy = repeated_candidates(rows, scale)
     for i, (row, (_, candidate, _)) in enumerate(zip(rows, picked)):
-        if row["id"] in done:
+        if row["standalone_accuracy"] is not None:
             continue
         if args.max_minutes is not None and time.perf_counter() - run_start > 60 * args.max_minutes:
             return summarize(rows, meta, time.perf_counter() - start, out, "partial: continue with --resume")

@@ -1,7 +1,7 @@
 """The fidelity study of issue 16 (experiments/oneshot_fidelity.py) at its tiny scale on the tests' synthetic space:
 the JSON holds the headline figures, the neighbour pairs differ in exactly one decision, the headline figures are
 the statistics of the rows it wrote (recomputed here with scipy and by counting), the noise ceiling is that of the
-seed re-runs, and --resume trains nothing again."""
+seed re-runs, and --resume neither trains nor scores a finished candidate again."""
 
 from __future__ import annotations
 
@@ -133,14 +133,18 @@ def test_tiny_study_figures_are_the_statistics_of_its_rows(tiny_study) -> None:
     assert bitops["kendall_tau"] == pytest.approx(stats.kendalltau(cost, truth).statistic, abs=TOLERANCE)
 
 
-def test_tiny_study_resumes_without_training_again(tiny_study, monkeypatch) -> None:
+def test_tiny_study_resumes_without_training_or_scoring_again(tiny_study, monkeypatch) -> None:
     result, folder, argv = tiny_study
     import oneshot_fidelity
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished candidate was trained again")
 
+    def no_estimate(*args, **kwargs):
+        raise AssertionError("a resumed study scored a candidate one-shot again instead of keeping its score")
+
     monkeypatch.setattr(oneshot_fidelity, "train_standalone", no_training)
+    monkeypatch.setattr(oneshot_fidelity.OneShotEstimator, "estimate", no_estimate)
     again = main([*argv, "--resume"])
     assert [r["standalone_accuracy"] for r in again["candidates"]] == \
         [r["standalone_accuracy"] for r in result["candidates"]]
