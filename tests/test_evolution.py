@@ -1,10 +1,5 @@
 import itertools
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +15,7 @@ from automq.space.space import SearchSpace
 from automq.strategies.baselines import RandomSearch
 from automq.strategies.evolution import EvolutionStrategy, mutate_locally, select_population
 
+from _killed_search import kill_then_resume
 from test_tune import ProxyEvaluator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,40 +177,11 @@ def test_options_are_checked():
     assert EvolutionStrategy().label == "evolution"
 
 
-KILLED_SEARCH = """
-import sys
-sys.path.insert(0, {tests!r})
-from test_tune import ProxyEvaluator
-from automq.search.driver import run_search
-from automq.space.space import SearchSpace
-
-space = SearchSpace.from_file({space!r})
-run_search(space, out={out!r}, strategy="evolution", trials=24, resume="--resume" in sys.argv, progress=False,
-           options={{"workers": 2, "batch_size": 2}}, evaluator=ProxyEvaluator(space, delay_s=0.3))
-"""
-
-
 @pytest.mark.slow
 def test_killed_search_through_ray_resumes_without_losing_or_repeating_a_trial(tmp_path):
-    out, script = tmp_path / "search", tmp_path / "search.py"
-    script.write_text(KILLED_SEARCH.format(tests=str(TESTS), space=str(REPO / "spaces/tiny_enum.yaml"), out=str(out)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
-    with (tmp_path / "stderr.txt").open("w") as stderr:
-        process = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
-        deadline = time.monotonic() + 120
-        while len(load_trials(out)) < 8 and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-        process.wait()
-    before = [t.to_dict() for t in load_trials(out)]
-    assert 8 <= len(before) < 24, (tmp_path / "stderr.txt").read_text()[-2000:]
-
-    subprocess.run([sys.executable, str(script), "--resume"], env=env, check=True, timeout=300,
-                   stdout=subprocess.DEVNULL)
-    after = load_trials(out)
+    before, after = kill_then_resume(tmp_path, "evolution", trials=24, kill_after=8)
     assert [t.to_dict() for t in after[:len(before)]] == before  # nothing finished before the kill was lost
     assert [t.number for t in after] == list(range(24))
     assert len({t.candidate.id for t in after}) == 24  # and nothing was evaluated twice
     assert {t.strategy for t in after} == {"evolution"}
-    assert json.loads((out / "run.json").read_text())["resumed_with_trials"] == len(before)
+    assert json.loads((tmp_path / "search" / "run.json").read_text())["resumed_with_trials"] == len(before)

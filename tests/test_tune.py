@@ -36,6 +36,8 @@ from automq.strategies.tune import (
 from automq.strategies.baselines import uniform_pairs
 from automq.search.strategy import Budget, evaluate_candidate
 
+from _killed_search import kill_then_resume
+
 F64 = 1e-12  # values passed through float64 arithmetic of a few operations: relative error far below this
 
 REPO = Path(__file__).resolve().parent.parent
@@ -531,44 +533,12 @@ def test_ray_failures_are_retried_then_recorded(ray_cluster, tiny, tmp_path):
     assert_failures_recorded(trials, max_failures=1)
 
 
-KILLED_SEARCH = """
-import sys
-sys.path.insert(0, {tests!r})
-from test_tune import ProxyEvaluator
-import automq.strategies.tune
-from automq.search.driver import run_search
-from automq.space.space import SearchSpace
-
-space = SearchSpace.from_file({space!r})
-run_search(space, out={out!r}, strategy="tune", trials=16, resume="--resume" in sys.argv, progress=False,
-           options={{"workers": 2, "batch_size": 2}}, evaluator=ProxyEvaluator(space, delay_s=0.3))
-"""
-
-
 @pytest.mark.slow
 def test_killed_search_resumes_without_losing_a_finished_trial(tmp_path):
-    out = tmp_path / "search"
-    script = tmp_path / "search.py"
-    script.write_text(KILLED_SEARCH.format(tests=str(TESTS), space=str(REPO / "spaces/tiny_enum.yaml"), out=str(out)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
-    stderr = (tmp_path / "stderr.txt").open("w")
-    process = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=stderr)
-    deadline = time.monotonic() + 120
-    while len(load_trials(out)) < 4 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    process.wait()
-    before = [t.to_dict() for t in load_trials(out)]
-    stderr.close()
-    assert 4 <= len(before) < 16, (tmp_path / "stderr.txt").read_text()[-2000:]
-
-    subprocess.run([sys.executable, str(script), "--resume"], env=env, check=True, timeout=300,
-                   stdout=subprocess.DEVNULL)
-    after = load_trials(out)
+    before, after = kill_then_resume(tmp_path, "tune", trials=16, kill_after=4)
     assert [t.to_dict() for t in after[:len(before)]] == before  # nothing finished before the kill was lost
     assert [t.number for t in after] == list(range(16))
-    assert json.loads((out / "run.json").read_text())["resumed_with_trials"] == len(before)
+    assert json.loads((tmp_path / "search" / "run.json").read_text())["resumed_with_trials"] == len(before)
     links = [p for p in Path(tempfile.gettempdir()).glob("automq-ray-*")
              if p.is_symlink() and str(tmp_path) in os.readlink(p)]
     assert links == []  # the resumed search removed the link to its Ray files that the killed one left
