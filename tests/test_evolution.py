@@ -9,7 +9,7 @@ import yaml
 from automq.cost import CostModel, cost_range
 from automq.errors import AutomqError
 from automq.search.pareto import front_hypervolume, loss_vectors, pareto_mask
-from automq.search.results import SearchLog, hypervolume_scales, load_trials, space_objectives
+from automq.search.results import SearchLog, hypervolume_scales, space_objectives
 from automq.search.strategy import Budget, create_strategy
 from automq.space.space import SearchSpace
 from automq.strategies.baselines import RandomSearch
@@ -19,7 +19,6 @@ from _killed_search import kill_then_resume
 from test_tune import ProxyEvaluator
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
