@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from automq.cli import main
-from automq.data import DataSplits, fixed_batches, make_loader
+from automq.data import fixed_batches, make_loader
 from automq.device import DeviceError, module_device, resolve_device
 from automq.numerics.formats import format_names, get_format
 from automq.oneshot.evaluate import OneShotEstimator
