@@ -157,6 +157,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from automq.oneshot.train import load_space_data, load_supernet
     from automq.space.space import SearchSpace
 
+    if args.measure and not args.onnx:
+        raise AutomqError("--measure times the ONNX model: give --onnx PATH too")
     device = _device(args)
     space = SearchSpace.from_file(f"{args.supernet}/space.yaml")
     candidate = _load_candidate(args.candidate, space)
@@ -191,6 +193,24 @@ def _export_onnx(args: argparse.Namespace, space: SearchSpace, model: Any, candi
     if check.simulated_formats:
         print(f"simulated in ONNX (float values on the format's grid, no integer kernels): "
               f"{', '.join(check.simulated_formats)}")
+    if args.measure:
+        from automq.latency import Timing, measure_onnx
+
+        timing = Timing(threads=args.threads)
+        print(f"end-to-end latency in ONNX Runtime ({timing.threads} thread(s), batch 1, median of {timing.runs} "
+              f"runs after {timing.warmup}): {measure_onnx(args.onnx, timing):.3f} ms")
+
+
+def _cmd_latency_table(args: argparse.Namespace) -> None:
+    from automq.latency import Timing, write_latency_table
+
+    timing = Timing(threads=args.threads, warmup=args.warmup, runs=args.runs)  # checked before the space is read
+    space = _read_space(args.space)
+    table = write_latency_table(space, args.out, timing)
+    print(f"latency table of {table['_configurations']} layer configurations ({table['_measured']} measured, "
+          f"{table['_wall_time_s']} s) written to {args.out}; set latency_table: {args.out} in the space file to "
+          "search with the latency metric")
+
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -350,8 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", metavar="PATH",
                         help="also write an ONNX model with QuantizeLinear/DequantizeLinear, checked against "
                              "PyTorch with ONNX Runtime on the test split")
+    export.add_argument("--measure", action="store_true",
+                        help="with --onnx: also time the ONNX model end to end in ONNX Runtime (batch 1)")
+    export.add_argument("--threads", type=int, default=1, help="with --measure: ONNX Runtime intra-op threads")
     _add_device_option(export)
     export.set_defaults(func=_cmd_export)
+
+    latency = sub.add_parser("latency-table", help="measure every layer configuration of a space in ONNX Runtime "
+                                                   "on this machine (the latency metric's table)")
+    latency.add_argument("space", help="search-space file (spaces/*.yaml)")
+    latency.add_argument("--out", required=True, help="latency table to write (JSON)")
+    latency.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    latency.add_argument("--warmup", type=int, default=20, help="runs discarded before timing (default 20)")
+    latency.add_argument("--runs", type=int, default=100, help="timed runs; the median is kept (default 100)")
+    latency.set_defaults(func=_cmd_latency_table)
 
     search = sub.add_parser("search", help="search a space with a strategy over the one-shot supernet")
     search.add_argument("space", help="search-space file (spaces/*.yaml)")

@@ -18,7 +18,9 @@ Every number is a sum (or, for activations, a maximum) over the quantized layers
 * **energy_uj**: compute energy, ``macs * (multiply + add)`` per layer from an :class:`EnergyTable`
   (default :data:`HOROWITZ_45NM`); the scaling rules are on :class:`EnergyTable`. Memory traffic is not
   included (see ``size_bytes`` and ``peak_act_bytes``).
-* **latency_ms**: only with a latency table: the sum of the per-layer entries keyed by :func:`latency_key`.
+* **latency_ms**: only with a latency table: the sum of the per-layer entries keyed by :func:`latency_key`, plus
+  the table's per-model overhead entry :data:`LATENCY_OVERHEAD_KEY` when it has one (``automq latency-table``
+  writes it: what one inference costs beyond its layers).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from automq.space.space import SearchSpace
 
 __all__ = ["HOROWITZ_45NM", "METRIC_KEYS", "CostModel", "EnergyTable", "LayerCost", "check_budgets", "cost_range",
-           "format_bits", "latency_key", "load_latency_table"]
+           "LATENCY_OVERHEAD_KEY", "format_bits", "latency_key", "load_latency_table"]
 
 SCALE_BITS = 16  # one fp16 scale per output channel for learned-scale weight formats
 BIAS_BITS = 32  # one int32 (or fp32) bias per output channel
@@ -134,6 +136,7 @@ def latency_key(spec: LayerSpec) -> str:
             f"hw{spec.in_hw}/{spec.w_fmt}/{spec.a_fmt}")
 
 
+LATENCY_OVERHEAD_KEY = "model/overhead"  # ms one inference costs beyond the sum of its layers (0 when absent)
 MAX_LATENCY_TABLE_BYTES = 16 << 20  # 14x the table of every layer of spaces/mbv2_imagenet.yaml (24,034 keys, 1.2 MiB)
 
 
@@ -240,7 +243,12 @@ class CostModel:
 
     def costs(self, candidate: Candidate) -> dict[str, float]:
         """``macs, params, bitops, size_bytes, peak_act_bytes, energy_uj`` (and ``latency_ms`` with a table)."""
-        return _total(self.layer_costs(candidate), self.latency_table is not None)
+        return _total(self.layer_costs(candidate), self.latency_overhead)
+
+    @property
+    def latency_overhead(self) -> float | None:
+        """The table's per-model overhead (0 for a table without one), or None without a table."""
+        return None if self.latency_table is None else self.latency_table.get(LATENCY_OVERHEAD_KEY, 0.0)
 
     def metrics(self, candidate: Candidate) -> dict[str, float]:
         """The same costs keyed by the metric names of space files (``bitops, size, macs, ...``)."""
@@ -252,7 +260,8 @@ class CostModel:
         return {spec.name: spec.macs for spec in layer_specs(self.space, candidate)}
 
 
-def _total(layers: list[LayerCost], with_latency: bool) -> dict[str, float]:
+def _total(layers: list[LayerCost], latency_overhead: float | None) -> dict[str, float]:
+    """Sums (and the activation peak) over ``layers``; ``latency_ms`` too unless ``latency_overhead`` is None."""
     totals: dict[str, float] = {
         "macs": sum(c.macs for c in layers),
         "params": sum(c.params for c in layers),
@@ -261,8 +270,8 @@ def _total(layers: list[LayerCost], with_latency: bool) -> dict[str, float]:
         "peak_act_bytes": max(c.act_bytes for c in layers),
         "energy_uj": sum(c.energy_uj for c in layers),
     }
-    if with_latency:
-        totals["latency_ms"] = sum(c.latency_ms or 0.0 for c in layers)
+    if latency_overhead is not None:
+        totals["latency_ms"] = latency_overhead + sum(c.latency_ms or 0.0 for c in layers)
     return totals
 
 
@@ -305,10 +314,10 @@ def _extreme(model: CostModel, arch: Candidate, choose: Callable) -> dict[str, f
          for w, a in itertools.product(*model.space.layer_menu(spec.name))]
         for spec in layer_specs(model.space, arch)
     ]
-    with_latency = model.latency_table is not None
+    overhead = model.latency_overhead
     totals = {}
-    for key in _total([costs[0] for costs in options], with_latency):
+    for key in _total([costs[0] for costs in options], overhead):
         field = "act_bytes" if key == "peak_act_bytes" else key
         layers = [choose(costs, key=operator.attrgetter(field)) for costs in options]
-        totals[key] = _total(layers, with_latency)[key]
+        totals[key] = _total(layers, overhead)[key]
     return totals

@@ -43,7 +43,7 @@ from automq.numerics.formats import get_format
 from automq.numerics.quant import QuantConv2d, QuantLinear, Quantizer
 from automq.space.candidate import Candidate
 
-__all__ = ["OPSET", "OnnxCheck", "OnnxExportError", "check_onnx", "export_onnx", "to_onnx"]
+__all__ = ["OPSET", "OnnxCheck", "OnnxExportError", "check_onnx", "export_onnx", "quantized_graph", "to_onnx"]
 
 OPSET = 21  # INT4/UINT4 QDQ needs opset 21 (FLOAT8 needs 19)
 _TRACE_OPSET = 20  # the newest the TorchScript exporter writes; opset 21 only widened the types of its ops
@@ -110,6 +110,24 @@ def to_onnx(model: nn.Module, candidate: Candidate, example: Tensor) -> onnx.Mod
     extracted model of a trained supernet is). Raises :class:`OnnxExportError` for an activation format that
     ONNX cannot express and for a non-positive learned scale.
     """
+    proto, layers = quantized_graph(model, example)
+    simulated = sorted({fmt for layer in layers.values() for fmt in layer["simulated"]})
+    helper.set_model_props(proto, {
+        "automq.candidate": candidate.to_json(),
+        "automq.layers": json.dumps(layers),
+        "automq.simulated_formats": ",".join(simulated),
+    })
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def quantized_graph(model: nn.Module, example: Tensor) -> tuple[onnx.ModelProto, dict[str, dict[str, Any]]]:
+    """The Q/DQ graph of any module holding :class:`QuantConv2d` / :class:`QuantLinear` layers, and per layer how
+    each operand was written (``{"weight": "int8: QDQ ...", "input": ..., "simulated": [...]}``).
+
+    :func:`to_onnx` exports a whole candidate with it; :mod:`automq.latency` times one layer at a time built by
+    the same code, so a latency table measures the nodes the exported model runs.
+    """
     traced, operands = _marked_copy(model)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -124,14 +142,7 @@ def to_onnx(model: nn.Module, candidate: Candidate, example: Tensor) -> onnx.Mod
     del proto.opset_import[:]
     proto.opset_import.append(helper.make_opsetid("", OPSET))
     proto.producer_name = "automq"
-    simulated = sorted({fmt for layer in layers.values() for fmt in layer["simulated"]})
-    helper.set_model_props(proto, {
-        "automq.candidate": candidate.to_json(),
-        "automq.layers": json.dumps(layers),
-        "automq.simulated_formats": ",".join(simulated),
-    })
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
+    return proto, layers
 
 
 def _marked_copy(model: nn.Module) -> tuple[nn.Module, list[_Operand]]:

@@ -1,0 +1,280 @@
+"""Latency tables measured with ONNX Runtime on this machine, and the end-to-end time of an exported model.
+
+A table has one entry per layer configuration a space can produce (:func:`automq.cost.latency_key`: shape x
+``(w_fmt, a_fmt)``). Each configuration is built as a one-layer model by the exporter's own Q/DQ code
+(:func:`automq.model.onnx_export.quantized_graph`): the quantized conv (with the BatchNorm and, where the network
+has one, the ReLU6 that follow it) or the classifier, timed in an ``InferenceSession`` with ``threads`` intra-op
+threads and sequential execution, ``warmup`` runs discarded, the median of ``runs`` kept.
+
+Only the formats ONNX Runtime executes natively have a speed of their own: int8, int4 and FP8 weights and
+inputs (``QuantizeLinear``/``DequantizeLinear``). The others are simulated by the exporter and run on another path,
+measured once per shape and shared: weights without an ONNX type as float weights on their grid (the fp32
+path), integer inputs without one as ``Mul, Clip, Round, Mul``, float inputs without one on the fp32 path. The
+table's ``_simulated_formats`` lists them.
+
+A one-layer session pays a fixed cost per call (binding the input, allocating the output) that a whole model pays
+once, and the sum of layers misses the residual adds and the pooling. So an identity model of the network's input
+is timed too: its median is subtracted from every layer's and stored once as :data:`automq.cost.LATENCY_OVERHEAD_KEY`,
+which :class:`automq.cost.CostModel` adds to each candidate's sum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automq.cost import LATENCY_OVERHEAD_KEY, latency_key
+from automq.errors import AutomqError
+from automq.io import atomic_write_json
+from automq.model.arch import LayerSpec, layer_specs
+from automq.numerics.formats import get_format
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+    from automq.space.space import SearchSpace
+
+__all__ = ["LatencyError", "LayerConfig", "Timing", "build_latency_table", "layer_configurations",
+           "measure_onnx", "time_model", "write_latency_table"]
+
+FLOAT_PATH = "fp32"
+
+
+class LatencyError(AutomqError):
+    """A latency measurement cannot be made (a bad option, an unreadable model, a table that cannot be written)."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How each model is timed: ``threads`` intra-op threads, ``warmup`` discarded runs, the median of ``runs``."""
+
+    threads: int = 1
+    warmup: int = 20
+    runs: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "runs"):
+            if getattr(self, name) < 1:
+                raise LatencyError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise LatencyError(f"--warmup must be at least 0, got {self.warmup}")
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """One layer configuration to measure: its spec and whether a ReLU6 follows it in the network."""
+
+    spec: LayerSpec
+    relu6: bool
+
+    @property
+    def path(self) -> tuple[Any, ...]:
+        """What ONNX Runtime executes: the shape and the formats as run (simulated ones on their shared path)."""
+        shape = dataclasses.astuple(dataclasses.replace(self.spec, name="", a_signed=False, w_fmt="", a_fmt=""))
+        return shape, self.relu6, _weight_path(self.spec.w_fmt), _input_path(self.spec.a_fmt)
+
+
+def _weight_path(fmt: str) -> str:
+    from automq.model.onnx_export import QDQ_TYPES
+
+    return fmt if fmt in QDQ_TYPES else FLOAT_PATH
+
+
+def _input_path(fmt: str) -> str:
+    """The input format as run: its own QDQ type, one shared simulated-integer path (the same four ops for every
+    width; measured with the first such format met), or fp32."""
+    from automq.model.onnx_export import QDQ_TYPES
+
+    if fmt in QDQ_TYPES or get_format(fmt).is_identity:
+        return fmt
+    return "int (simulated)" if get_format(fmt).family == "int" else FLOAT_PATH
+
+
+def layer_configurations(space: SearchSpace) -> list[LayerConfig]:
+    """Every distinct layer configuration (one per :func:`latency_key`) that a candidate of ``space`` can have.
+
+    A block's layer shapes depend only on the width, the stage, the block's position and its own kernel and
+    expansion (its input channels are the stage's, never a neighbour's choice), so the deepest network at each
+    width with each stage's blocks set to each of its (kernel, expansion) pairs holds every shape; each shape then
+    takes every format pair of its layer's menu.
+    """
+    configs: dict[str, LayerConfig] = {}
+    for width, (stage, choice) in itertools.product(space.network.width_mult, _stage_choices(space)):
+        specs = layer_specs(space, space.build(_deepest_with(width, stage, *choice)))
+        for spec, following in zip(specs, specs[1:] + [None]):
+            relu6 = following is not None and not following.a_signed  # an unsigned input comes out of a ReLU6
+            for w_fmt, a_fmt in itertools.product(*space.layer_menu(spec.name)):
+                config = LayerConfig(dataclasses.replace(spec, w_fmt=w_fmt, a_fmt=a_fmt), relu6)
+                configs.setdefault(latency_key(config.spec), config)
+    return list(configs.values())
+
+
+def _stage_choices(space: SearchSpace) -> list[tuple[int, tuple[int, int]]]:
+    return [(i, choice) for i, stage in enumerate(space.network.stages)
+            for choice in itertools.product(stage.kernel_size, stage.expand_ratio)]
+
+
+def _deepest_with(width: float, stage: int, kernel_size: int, expand_ratio: int) -> Callable[..., Any]:
+    """A :meth:`SearchSpace.build` pick: the deepest network at ``width``, stage ``stage``'s blocks set to the
+    given kernel and expansion, every other decision its first choice."""
+    chosen = {"kernel_size": kernel_size, "expand_ratio": expand_ratio}
+
+    def pick(name: str, kind: str, choices: tuple) -> Any:
+        if kind == "width_mult":
+            return width
+        if kind == "depth":
+            return max(choices)
+        if name.startswith(f"blocks.{stage}.") and kind in chosen:
+            return chosen[kind]
+        return choices[0]
+
+    return pick
+
+
+# ---------------------------------------------------------------------------------------------- graphs
+def layer_graph(config: LayerConfig) -> tuple[onnx.ModelProto, np.ndarray]:
+    """The one-layer ONNX model of ``config`` (formats as run, see :attr:`LayerConfig.path`) and an input for it."""
+    import torch
+    from torch import nn
+
+    from automq.model.onnx_export import quantized_graph
+    from automq.numerics.quant import QuantConv2d, QuantLinear
+
+    spec = config.spec
+    w_fmt, a_fmt = _weight_path(spec.w_fmt), _input_path(spec.a_fmt)
+    a_fmt = spec.a_fmt if a_fmt == "int (simulated)" else a_fmt
+    generator = torch.Generator().manual_seed(0)
+    if spec.kind == "linear":
+        layer: nn.Module = QuantLinear(spec.in_ch, spec.out_ch, w_formats=[w_fmt], a_formats=[a_fmt],
+                                       a_signed=spec.a_signed)
+        example = torch.randn(1, spec.in_ch, generator=generator)
+    else:
+        conv = QuantConv2d(spec.in_ch, spec.out_ch, spec.kernel_size, spec.stride, spec.kernel_size // 2,
+                           groups=spec.groups, bias=False, w_formats=[w_fmt], a_formats=[a_fmt],
+                           a_signed=spec.a_signed)
+        layer = nn.Sequential(conv, nn.BatchNorm2d(spec.out_ch), *([nn.ReLU6()] if config.relu6 else []))
+        example = torch.randn(1, spec.in_ch, spec.in_hw, spec.in_hw, generator=generator)
+    if not spec.a_signed:
+        example = example.clamp(0, 6)
+    with torch.no_grad():
+        layer.eval()(example)  # initialises the quantizers' scales from this input, as calibration would
+    proto, _ = quantized_graph(layer, example)
+    return proto, example.numpy()
+
+
+def identity_graph(shape: tuple[int, ...]) -> onnx.ModelProto:
+    """A model that returns its input: what one session call costs with no layer in it."""
+    from onnx import TensorProto, helper
+
+    from automq.model.onnx_export import OPSET
+
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "identity",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, list(shape))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def time_model(proto: onnx.ModelProto | bytes, inputs: np.ndarray, timing: Timing) -> float:
+    """Median milliseconds of one ``InferenceSession.run`` of ``proto`` on ``inputs`` (see :class:`Timing`)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = timing.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # simulated weights are graph inputs on purpose; not one warning each
+    model = proto if isinstance(proto, bytes) else proto.SerializeToString()
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: inputs}
+    for _ in range(timing.warmup):
+        session.run(None, feed)
+    samples = []
+    for _ in range(timing.runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
+
+
+def measure_onnx(path: str | Path, timing: Timing) -> float:
+    """Median end-to-end milliseconds of the exported model at ``path`` on one image (batch 1)."""
+    import numpy as np
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path))
+    except (OSError, DecodeError) as exc:
+        raise LatencyError(f"{path}: cannot read the ONNX model ({exc}); give a file written by automq export "
+                           "--onnx") from None
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    shape = [dim.dim_value if dim.dim_value > 0 else 1 for dim in dims]  # the dynamic batch axis: one image
+    inputs = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return time_model(proto.SerializeToString(), inputs, timing)
+
+
+# ---------------------------------------------------------------------------------------------- the table
+def build_latency_table(space: SearchSpace, timing: Timing, progress: bool = True) -> dict[str, Any]:
+    """``{latency_key: ms}`` for every configuration of ``space``, the overhead, and ``_``-prefixed metadata."""
+    import numpy as np
+    import onnxruntime as ort
+
+    started = time.perf_counter()
+    configs = layer_configurations(space)
+    input_shape = (1, space.dataset.in_chans, space.dataset.input_size, space.dataset.input_size)
+    overhead = time_model(identity_graph(input_shape), np.zeros(input_shape, np.float32), timing)
+    measured: dict[tuple[Any, ...], float] = {}
+    table: dict[str, Any] = {}
+    for index, config in enumerate(configs, 1):
+        if config.path not in measured:
+            measured[config.path] = max(time_model(*layer_graph(config), timing) - overhead, 0.0)
+        table[latency_key(config.spec)] = measured[config.path]
+        if progress:
+            _progress(index, len(configs), len(measured), started)
+    simulated = sorted({fmt for c in configs for fmt in (c.spec.w_fmt, c.spec.a_fmt)
+                        if fmt not in (_weight_path(fmt), _input_path(fmt))})
+    metadata = {
+        "_machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
+        "_runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider, sequential",
+        "_threads": timing.threads, "_warmup": timing.warmup, "_runs": timing.runs,
+        "_load_average": list(os.getloadavg()),
+        "_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "_space": space.name, "_configurations": len(configs), "_measured": len(measured),
+        "_wall_time_s": round(time.perf_counter() - started, 1),
+        "_simulated_formats": simulated,
+        "_method": "median ms per layer (conv + BN [+ ReLU6], or the classifier) minus the identity model's median; "
+                   "simulated formats share the path they run on; the identity median is the overhead entry",
+    }
+    return {**metadata, LATENCY_OVERHEAD_KEY: overhead, **table}
+
+
+def _progress(done: int, total: int, measured: int, started: float) -> None:
+    """One progress line on stderr, rewritten in place about every 2% (not once per layer into a log file)."""
+    if done != total and done % max(1, total // 50):
+        return
+    width = 30
+    filled = width * done // total
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} configurations, {measured} measured, "
+          f"{time.perf_counter() - started:.0f} s", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
+def write_latency_table(space: SearchSpace, path: str | Path, timing: Timing, progress: bool = True) -> dict:
+    """Measure :func:`build_latency_table` and write it to ``path`` (atomically); returns the table."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise LatencyError(f"{path}: its folder {path.parent} does not exist; create it or give another --out")
+    table = build_latency_table(space, timing, progress)
+    atomic_write_json(path, table)
+    return table

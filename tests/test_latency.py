@@ -1,0 +1,131 @@
+"""Latency tables measured with ONNX Runtime (automq/latency.py) on a tiny space: every layer configuration a
+candidate can have is in the table (checked against all candidates, enumerated by brute force), simulated formats
+share the path they run on, the metadata says where and how it was measured, and a space whose objective is
+latency searches with the table. No assertion depends on how fast anything ran."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from automq.cli import main
+from automq.cost import LATENCY_OVERHEAD_KEY, CostModel, latency_key
+from automq.latency import Timing, build_latency_table
+from automq.model.arch import layer_specs
+from automq.search.results import load_trials
+from automq.space.space import SearchSpace
+
+from _spaces import SpaceFactory, tiny_space_data
+
+# int8 everywhere but the depthwise convs of the elastic stage, whose menus mix native ONNX formats (int8, fp8)
+# with ones ONNX Runtime has no type for (int2, mxfp4_e2m1 weights; fp4_e2m1 activations, no integer either).
+FORMATS = {"formats": {"weights": ["int8"], "activations": ["int8"], "overrides": [
+    {"layers": r"blocks\.1\.\d\.conv_dw", "weights": ["int8", "int2", "mxfp4_e2m1"],
+     "activations": ["int8", "fp8_e4m3", "fp4_e2m1"]}]}}
+QUICK = Timing(threads=1, warmup=1, runs=3)
+NO_ONNX_TYPE = ["fp4_e2m1", "int2", "mxfp4_e2m1"]  # by hand: not int8/int4/fp8_e4m3/fp8_e5m2, not fp32
+
+
+def every_candidate(space: SearchSpace) -> dict[str, object]:
+    """Brute force: every combination of every decision's choices, deduplicated (inactive blocks' choices)."""
+    decisions = space.decisions()
+    found = {}
+    for values in itertools.product(*(d.choices for d in decisions)):
+        candidate = space.candidate_from_choices({d.name: v for d, v in zip(decisions, values)})
+        found[candidate.id] = candidate
+    return found
+
+
+@pytest.fixture(scope="module")
+def space(tiny_space: SpaceFactory) -> SearchSpace:
+    return tiny_space(FORMATS)
+
+
+@pytest.fixture(scope="module")
+def table(space: SearchSpace) -> dict:
+    return build_latency_table(space, QUICK, progress=False)
+
+
+def test_the_table_has_exactly_the_keys_of_every_layer_of_every_candidate(space, table) -> None:
+    candidates = every_candidate(space)
+    # 2 widths x (4 one-block + 16 two-block ir stages) x 3x3 formats per elastic depthwise conv
+    assert len(candidates) == 2 * (4 * 9 + 16 * 81)
+    asked = {latency_key(spec) for c in candidates.values() for spec in layer_specs(space, c)}
+    assert {key for key in table if not key.startswith("_") and key != LATENCY_OVERHEAD_KEY} == asked
+    model = CostModel(space, latency_table={k: v for k, v in table.items() if not k.startswith("_")})
+    for candidate in candidates.values():
+        assert model.costs(candidate)["latency_ms"] > 0  # raises SpaceError for a missing key
+
+
+def test_entries_are_medians_and_the_metadata_names_machine_runtime_and_threads(space, table) -> None:
+    import onnxruntime
+
+    entries = [v for k, v in table.items() if not k.startswith("_")]
+    assert table[LATENCY_OVERHEAD_KEY] > 0 and all(v >= 0 for v in entries) and sum(entries) > 0
+    assert table["_runtime"].startswith(f"onnxruntime {onnxruntime.__version__}")
+    assert table["_threads"] == 1 and table["_runs"] == 3 and table["_warmup"] == 1
+    assert "cores" in table["_machine"] and table["_space"] == "tiny"
+    assert table["_simulated_formats"] == NO_ONNX_TYPE
+
+
+def test_simulated_formats_share_the_measurement_of_the_path_they_run_on(space, table) -> None:
+    """int2 and MX weights both run as float weights; fp4 activations on the fp32 path: one measurement each."""
+    dw = next(s for s in layer_specs(space, space.largest()) if s.name == "blocks.1.0.conv_dw")
+    key = latency_key(dw).rsplit("/", 2)[0]
+    assert table[f"{key}/int2/int8"] == table[f"{key}/mxfp4_e2m1/int8"]
+    assert table[f"{key}/int2/fp4_e2m1"] == table[f"{key}/mxfp4_e2m1/fp4_e2m1"]
+    distinct = {k for k in table if not k.startswith("_") and k != LATENCY_OVERHEAD_KEY}
+    assert table["_configurations"] == len(distinct)
+    assert table["_measured"] < len(distinct)
+
+
+def test_a_latency_objective_searches_with_a_table_the_command_built(tmp_path) -> None:
+    data = tiny_space_data(FORMATS, dataset={"val_size": 64},
+                           training={"epochs": 1, "batch_size": 32, "num_random": 1, "train_size": 64},
+                           search={"eval_size": 64, "calib_size": 32},
+                           objectives=[{"metric": "accuracy"}, {"metric": "latency", "mode": "min"}],
+                           latency_table=str(tmp_path / "latency.json"))  # absolute: the run folder copies the space
+    space_file = tmp_path / "tiny.yaml"
+    # the space cannot name its table before the table exists: measure it from the same space without latency
+    without_latency = {**data, "latency_table": None, "objectives": [{"metric": "accuracy"}]}
+    assert main(["latency-table", str(_write(space_file, without_latency)), "--out", str(tmp_path / "latency.json"),
+                 "--runs", "3", "--warmup", "1"]) == 0
+    _write(space_file, data)
+    run, out = tmp_path / "run", tmp_path / "search"
+    assert main(["train-supernet", str(space_file), "--out", str(run)]) == 0
+    assert main(["search", str(space_file), "--supernet", str(run), "--sampler", "random", "--workers", "0",
+                 "--trials", "3", "--out", str(out)]) == 0
+    table = json.loads((tmp_path / "latency.json").read_text())
+    space = SearchSpace.from_file(space_file)
+    trials = load_trials(out)
+    assert len(trials) == 3
+    for trial in trials:
+        layers = [table[latency_key(spec)] for spec in layer_specs(space, trial.candidate)]
+        expected = table[LATENCY_OVERHEAD_KEY] + sum(layers)
+        tolerance = torch.finfo(torch.float64).eps * (len(layers) + 1) * expected
+        assert abs(trial.metrics["latency"] - expected) <= tolerance
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not None}), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["latency-table", "{space}", "--out", "{tmp}/missing/table.json"], "folder"),
+    (["latency-table", "{tmp}/no_such_space.yaml", "--out", "{tmp}/table.json"], "no_such_space.yaml"),
+    (["latency-table", "{space}", "--out", "{tmp}/table.json", "--threads", "0"], "--threads must be at least 1"),
+    (["export", "{tmp}/run", "largest", "--out", "{tmp}/m.pt", "--measure"], "--measure times the ONNX model"),
+])
+def test_bad_input_is_one_error_line(argv, message, tiny_space, tmp_path, capsys) -> None:
+    space_file = Path(tiny_space(FORMATS, folder=tmp_path).source)
+    argv = [arg.format(space=space_file, tmp=tmp_path) for arg in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("automq: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "table.json").exists()
