@@ -12,7 +12,8 @@ import automq
 PACKAGE = Path(automq.__file__).parent
 
 # The pipeline, bottom to top: a module may import its own stage and the stages below it, never one above.
-STAGES = ["errors", "io", "device", "numerics", "data", "space", "model", "cost", "latency", "oneshot", "search", "report", "cli"]
+STAGES = ["errors", "io", "device", "ray_cluster", "numerics", "data", "space", "model", "cost", "latency", "oneshot",
+          "search", "report", "cli"]
 # The strategy registry imports the built-in strategies (the plugin folder installed as automq.strategies) to
 # register them; that folder is outside automq/ and imports automq, so this is the one sanctioned upward edge.
 PLUGINS = "automq.strategies"
