@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from automq.errors import AutomqError
+from automq.errors import AutomqError, RayClusterError
 
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
@@ -105,12 +105,21 @@ def _device(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from automq.oneshot.train import train_supernet
-
     device = _device(args)
     space = _read_space(args.space)
-    path = train_supernet(space, args.out, epochs=args.epochs, resume=args.resume, train_subset=args.subset,
-                          data_root=args.data, seed=args.seed, device=device)
+    options = dict(epochs=args.epochs, resume=args.resume, train_subset=args.subset, data_root=args.data,
+                   seed=args.seed, device=device)
+    if args.workers is None:  # one process, no Ray
+        from automq.oneshot.train import train_supernet
+
+        if args.address is not None:
+            raise RayClusterError("--address joins a Ray cluster for --workers N; give --workers too")
+
+        path = train_supernet(space, args.out, **options)
+    else:
+        from automq.oneshot.distributed import train_supernet_on_workers
+
+        path = train_supernet_on_workers(space, args.out, workers=args.workers, address=args.address, **options)
     print(f"supernet written to {path}")
 
 
@@ -210,7 +219,6 @@ def _cmd_latency_table(args: argparse.Namespace) -> None:
     print(f"latency table of {table['_configurations']} layer configurations ({table['_measured']} measured, "
           f"{table['_wall_time_s']} s) written to {args.out}; set latency_table: {args.out} in the space file to "
           "search with the latency metric")
-
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -344,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="dataset folder (overrides dataset.root)")
     train.add_argument("--seed", type=int, help="override the space's seed")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--workers", type=int, help="data-parallel Ray Train workers (default: one process, "
+                       "no Ray); each trains its shard of every batch, the gradients are averaged")
+    train.add_argument("--address", help="with --workers: Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT "
+                       "(default: a private local Ray)")
     _add_device_option(train)
     train.set_defaults(func=_cmd_train)
 

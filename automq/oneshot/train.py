@@ -53,12 +53,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT",
     "SUPERNET",
+    "DataParallel",
     "build_optimizer",
     "build_scheduler",
     "deterministic",
     "epoch_seed",
     "load_space_data",
     "load_supernet",
+    "run_config",
     "run_epoch",
     "sandwich_step",
     "space_fingerprint",
@@ -85,6 +87,54 @@ WEIGHT_SCALE_LR_FACTOR = 3e-4
 _OLD_RUN_TRAINING = {"smallest": True}
 
 StepFn = Callable[[Tensor, Tensor], Sequence[float]]
+GradientHook = Callable[[nn.Module], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """This process's part in data-parallel training: process ``rank`` of ``world_size``.
+
+    Every process draws the same global batch and the same candidates (same seeds) and trains on its own contiguous
+    shard of the batch; :meth:`combine` then scales its gradients by the shard's share of the batch and lets
+    ``sum_gradients`` add them up over the processes (``all_reduce`` under torch.distributed), so every process
+    steps with the gradient of the mean loss over the whole batch and the weights stay identical everywhere. BN
+    batch statistics are each shard's own, so the gradient equals that of one process computing each shard's loss
+    separately, not that of the whole batch at once. Learned quantizer scales initialise from the first tensor
+    they see, so every process initialises them from rank 0's shard (:meth:`SupernetTrainer._step`). The default
+    is one process: the whole batch, gradients as they are.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    sum_gradients: GradientHook | None = None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder (one process does: rank 0)."""
+        return self.rank == 0
+
+    def shard(self, images: Tensor, labels: Tensor, rank: int | None = None) -> tuple[Tensor, Tensor, float]:
+        """The slice of a global batch of this process (or of ``rank``) and its share of the batch's images."""
+        rank = self.rank if rank is None else rank
+        start, stop = (len(labels) * r // self.world_size for r in (rank, rank + 1))
+        return images[start:stop], labels[start:stop], (stop - start) / len(labels)
+
+    def check_batches(self, train_size: int, batch_size: int) -> None:
+        """Refuse batches that would leave a process without images (it would have no gradients to add)."""
+        smallest = min(batch_size, train_size % batch_size or batch_size)
+        if smallest < self.world_size:
+            raise SpaceError(f"{self.world_size} workers need at least {self.world_size} images in every batch, but "
+                             f"batch_size {batch_size} on {train_size} training images makes a batch of {smallest}; "
+                             "use fewer workers or change training.batch_size / train_size")
+
+    def combine(self, model: nn.Module, share: float) -> None:
+        """Turn this process's shard-mean gradients into the global batch's (nothing to do in one process)."""
+        if self.sum_gradients is None:
+            return
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(share)
+        self.sum_gradients(model)
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
@@ -295,8 +345,10 @@ class SupernetTrainer:
     """
 
     def __init__(self, space: SearchSpace, data: DataSplits, spec: TrainingSpec, *, seed: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", parallel: DataParallel = DataParallel()) -> None:
+        parallel.check_batches(len(data.train), spec.batch_size)
         torch.manual_seed(seed)
+        self.parallel = parallel
         self.device = torch.device(device)
         self.space, self.data, self.spec, self.seed = space, data.to(self.device), spec, seed
         self.supernet = Supernet(space).to(self.device)  # initialised on the CPU: the same weights on any device
@@ -313,8 +365,14 @@ class SupernetTrainer:
                                  device=self.device)
 
     def _step(self, images: Tensor, labels: Tensor) -> list[float]:
-        sampled = [self.space.sample(self.rng) for _ in range(self.spec.num_random)]
-        return sandwich_step(self.supernet, images, labels, [*self.fixed, *sampled])
+        candidates = [*self.fixed, *(self.space.sample(self.rng) for _ in range(self.spec.num_random))]
+        if self.parallel.world_size > 1 and not _scales_initialised(self.supernet):
+            # what rank 0's own forward passes would initialise, so the processes' weights stay the same
+            _initialise_scales(self.supernet, self.parallel.shard(images, labels, rank=0)[0], candidates)
+        images, labels, share = self.parallel.shard(images, labels)
+        losses = sandwich_step(self.supernet, images, labels, candidates)
+        self.parallel.combine(self.supernet, share)
+        return losses
 
     def train_epoch(self, *, diverged_hint: str = "", progress: Progress | None = None) -> dict[str, float]:
         """Train one epoch and advance :attr:`epoch`; returns the mean label and distillation losses."""
@@ -361,6 +419,22 @@ class SupernetTrainer:
         self.epoch = state["epoch"]
 
 
+def _scales_initialised(model: nn.Module) -> bool:
+    """Whether every learned quantizer scale of ``model`` (every format, every channel) has seen its first tensor."""
+    return all(bool(getattr(quantizer, f"initialised_{fmt}").all())
+               for quantizer in model.modules() if isinstance(quantizer, Quantizer) for fmt in quantizer.scales)
+
+
+@torch.no_grad()
+def _initialise_scales(supernet: Supernet, images: Tensor, candidates: Sequence[Candidate]) -> None:
+    """Run ``images`` through each candidate in turn, as a sandwich step does, without gradients: the quantizer
+    scales that a step on ``images`` would initialise get exactly those values (BN running statistics move too;
+    evaluation recomputes them)."""
+    for candidate in candidates:
+        supernet.set_active(candidate)
+        supernet(images)
+
+
 def train_supernet(
     space: SearchSpace,
     out_dir: str | Path,
@@ -372,6 +446,7 @@ def train_supernet(
     seed: int | None = None,
     progress: bool = True,
     device: torch.device | str = "cpu",
+    parallel: DataParallel = DataParallel(),
 ) -> Path:
     """Train the one-shot supernet of ``space`` into ``out_dir`` and return the path of ``supernet.pt``.
 
@@ -379,33 +454,48 @@ def train_supernet(
     ``training:`` section and ``seed``. ``resume=True`` continues the run in ``out_dir`` from its last
     checkpoint with the configuration it was started with; a fresh start refuses to overwrite a run. ``device``
     is where the supernet and the in-memory images live (checkpoints are loaded onto it, so a run may resume on
-    another device); the CPU path is the same computation as before devices existed.
+    another device); the CPU path is the same computation as before devices existed. ``parallel`` makes this
+    process one of several data-parallel ones (:mod:`automq.oneshot.distributed`); only its rank 0 writes.
     """
     out = Path(out_dir)
+    spec, seed, state = run_config(space, out, resume=resume, epochs=epochs, train_subset=train_subset, seed=seed)
+    data = load_space_data(space, root=data_root, train_subset=spec.train_size)
+    with deterministic():
+        trainer = SupernetTrainer(space, data, spec, seed=seed, device=device, parallel=parallel)
+        if state is not None:
+            trainer.load_state_dict(state)
+        if parallel.writes:
+            if state is not None:
+                _restore_metrics_line(out, state)
+            _record_run(out, space, spec, seed, data_root, resumed_at=trainer.epoch if resume else None)
+        _fit(trainer, out, progress and parallel.writes)
+    return out / SUPERNET
+
+
+def run_config(space: SearchSpace, out: Path, *, resume: bool, epochs: int | None = None,
+               train_subset: int | None = None, seed: int | None = None
+               ) -> tuple[TrainingSpec, int, dict[str, Any] | None]:
+    """The training configuration and seed of a run in ``out``, and for ``resume`` its checkpoint's state.
+
+    A resume keeps the configuration the run was started with; a fresh start refuses a folder that holds a run.
+    Raises :class:`CheckpointError` before any work, so a launcher of several processes can check first.
+    """
     checkpoint = out / CHECKPOINT
     if resume:
         state = _load_checkpoint(checkpoint, space)
         spec, seed = _resumed_config(checkpoint, state["config"], epochs=epochs, train_subset=train_subset, seed=seed)
-    else:
-        if checkpoint.exists():
-            raise CheckpointError(f"{out} already holds a training run ({CHECKPOINT}); pass --resume to continue "
-                                  "it, or choose another --out folder")
-        overrides = {"epochs": epochs, "train_size": train_subset}
-        spec = dataclasses.replace(space.training, **{k: v for k, v in overrides.items() if v is not None})
-        seed = space.seed if seed is None else seed
-    data = load_space_data(space, root=data_root, train_subset=spec.train_size)
-    with deterministic():
-        trainer = SupernetTrainer(space, data, spec, seed=seed, device=device)
-        if resume:
-            trainer.load_state_dict(state)
-            _restore_metrics_line(out, state)
-        _record_run(out, space, spec, seed, data_root, resumed_at=trainer.epoch if resume else None)
-        _fit(trainer, out, progress)
-    return out / SUPERNET
+        return spec, seed, state
+    if checkpoint.exists():
+        raise CheckpointError(f"{out} already holds a training run ({CHECKPOINT}); pass --resume to continue "
+                              "it, or choose another --out folder")
+    overrides = {"epochs": epochs, "train_size": train_subset}
+    spec = dataclasses.replace(space.training, **{k: v for k, v in overrides.items() if v is not None})
+    return spec, space.seed if seed is None else seed, None
 
 
 def _fit(trainer: SupernetTrainer, out: Path, show_progress: bool) -> None:
-    spec = trainer.spec
+    """The epoch loop; the writing process also validates, checkpoints and logs each epoch, the others only train."""
+    spec, writes = trainer.spec, trainer.parallel.writes
     bar = Progress(spec.epochs * trainer.steps_per_epoch) if show_progress else None
     while trainer.epoch < spec.epochs:
         epoch, start = trainer.epoch, time.perf_counter()
@@ -414,6 +504,8 @@ def _fit(trainer: SupernetTrainer, out: Path, show_progress: bool) -> None:
         lr = trainer.scheduler.get_last_lr()[0]
         record = {"epoch": epoch + 1, **trainer.train_epoch(diverged_hint=_diverged_hint(out, epoch), progress=bar)}
         train_s = time.perf_counter() - start
+        if not writes:
+            continue
         record.update(trainer.evaluate())
         record.update(step=trainer.epoch * trainer.steps_per_epoch, lr=lr,
                       images_per_s=len(trainer.data.train) / train_s, wall_s=time.perf_counter() - start)
@@ -422,8 +514,9 @@ def _fit(trainer: SupernetTrainer, out: Path, show_progress: bool) -> None:
         if bar is not None:
             bar.end_epoch(f"loss {record['train_loss']:.4f}  val acc largest {record['val_acc_largest']:.4f}  "
                           f"smallest {record['val_acc_smallest']:.4f}  ({record['wall_s']:.0f} s)")
-    atomic_torch_save({"kind": _SUPERNET_KIND, "space": space_fingerprint(trainer.space), "epochs": trainer.epoch,
-                       "state_dict": trainer.supernet.state_dict()}, out / SUPERNET)
+    if writes:
+        atomic_torch_save({"kind": _SUPERNET_KIND, "space": space_fingerprint(trainer.space),
+                           "epochs": trainer.epoch, "state_dict": trainer.supernet.state_dict()}, out / SUPERNET)
 
 
 def _diverged_hint(out: Path, epoch: int) -> str:
