@@ -297,6 +297,8 @@ def default_markdown(result: dict) -> str:
              f"{result['eval_size']} validation images; `refined`: whether its front was then re-scored on the whole "
              "validation split (the final comparison picks each candidate by that validation accuracy); time: the "
              "summed trial times",
+             "- wall time: the searches' summed trial times below; the final measurement "
+             f"{result['final_wall_s']:.0f} s",
              "", "## During the search (validation images)", "",
              "Hypervolume of the first n trials; budgets beaten: uniform budgets at which the search's best candidate "
              "leads the best uniform format by more than 2 paired SE on the search's own images (both chosen on "
