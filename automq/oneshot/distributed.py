@@ -6,7 +6,7 @@ same candidates (the run's seed) and trains them on its own shard of each batch;
 adds the workers' share-weighted gradients before the clipping and the optimizer step, so the weights stay the
 same on every worker (:class:`~automq.oneshot.train.DataParallel`). BN batch statistics are each shard's own: a
 run on N workers equals one process that computes each shard's loss with its own BN statistics and averages them,
-not a one-process run on whole batches.
+not a one-process run on whole batches. The training losses in ``metrics.jsonl`` are worker 0's, on its shards.
 
 Worker 0 writes the run folder exactly as a one-process run does (``checkpoint.pt`` atomically every epoch,
 ``metrics.jsonl``, ``supernet.pt``), so ``estimate`` and ``search`` read it unchanged and ``--resume`` continues a
