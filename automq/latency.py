@@ -208,8 +208,9 @@ def time_model(proto: onnx.ModelProto | bytes, inputs: np.ndarray, timing: Timin
     return statistics.median(samples) * 1e3
 
 
-def measure_onnx(path: str | Path, timing: Timing) -> float:
-    """Median end-to-end milliseconds of the exported model at ``path`` on one image (batch 1)."""
+def measure_onnx(path: str | Path, timing: Timing, image: np.ndarray | None = None) -> float:
+    """Median end-to-end milliseconds of the exported model at ``path`` on one image (batch 1): ``image`` when
+    given, else standard normal noise of the model's input shape (seed 0)."""
     import numpy as np
     import onnx
     from google.protobuf.message import DecodeError
@@ -221,8 +222,9 @@ def measure_onnx(path: str | Path, timing: Timing) -> float:
                            "--onnx") from None
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     shape = [dim.dim_value if dim.dim_value > 0 else 1 for dim in dims]  # the dynamic batch axis: one image
-    inputs = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    return time_model(proto.SerializeToString(), inputs, timing)
+    if image is None:
+        image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return time_model(proto.SerializeToString(), image, timing)
 
 
 # ---------------------------------------------------------------------------------------------- the table
