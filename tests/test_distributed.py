@@ -11,6 +11,7 @@ the same collective Ray Train sets up, so only the Ray tests pay Ray's start-up.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -196,6 +197,8 @@ def test_a_ray_train_run_killed_with_sigkill_resumes_to_the_uninterrupted_weight
     assert 1 <= killed_at < EPOCHS and not (out / SUPERNET).exists(), (tmp_path / "stderr.txt").read_text()[-2000:]
     subprocess.run([*command, "--resume"], env=ENV, check=True, timeout=300, capture_output=True)
     assert [r["epoch"] for r in read_jsonl(out / METRICS)] == list(range(1, EPOCHS + 1))
+    info = json.loads((out / "run.json").read_text())  # the user's commands, not the Ray workers'
+    assert info["command"][1:] == command[3:] and info["resumes"][0]["command"][1:] == [*command[3:], "--resume"]
     expected = safe_torch_load(tmp_path / "run" / SUPERNET)["state_dict"]
     resumed = safe_torch_load(out / SUPERNET)["state_dict"]
     assert expected.keys() == resumed.keys()

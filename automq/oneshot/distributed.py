@@ -18,6 +18,7 @@ machines, ``--out`` must be on storage every machine shares. Ray is imported onl
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def train_supernet_on_workers(
     out = Path(out_dir).resolve()  # workers run in folders of their own
     run_config(space, out, resume=resume, epochs=epochs, train_subset=train_subset, seed=seed)
     use_gpu = torch.device(device).type == "cuda"
-    config = {"space": space, "out": str(out), "cwd": os.getcwd(), "use_gpu": use_gpu,
+    config = {"space": space, "out": str(out), "cwd": os.getcwd(), "argv": sys.argv, "use_gpu": use_gpu,
               "options": {"epochs": epochs, "resume": resume, "train_subset": train_subset, "seed": seed,
                           "data_root": None if data_root is None else str(data_root)}}
     with ray_session(address, workers, out / RAY_FOLDER):
@@ -104,6 +105,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     if os.path.isdir(config["cwd"]):  # relative dataset roots mean what they mean to the driver
         os.chdir(config["cwd"])
+    sys.argv = config["argv"]  # run.json records the user's command, not the Ray worker's
     context = ray.train.get_context()
     parallel = DataParallel(rank=context.get_world_rank(), world_size=context.get_world_size(),
                             sum_gradients=all_reduce_gradients)
