@@ -272,10 +272,12 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    """Train the supernet (or resume it), search with Ray Tune + NSGA-II, add the uniform baselines, report."""
+    """Train the supernet (or resume it), search with Ray Tune + NSGA-II, add the uniform baselines, measure the
+    front and the baselines on the test split, report."""
     from pathlib import Path
 
     from automq.oneshot.train import train_supernet
+    from automq.report.final import measure_final
     from automq.report.report import build_report
     from automq.search.driver import run_search
 
@@ -291,8 +293,11 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         print(f"[{step}/4] {strategy} search into {folder}")
         run_search(space, out=folder, supernet=supernet, strategy=strategy, options=options, data_root=args.data,
                    trials=args.trials if strategy == "tune" else None, resume=(folder / "trials.jsonl").exists())
-    print(f"[4/4] report into {out / 'report'}")
-    build_report([out / f"search-{name}" for name, _ in searches], out / "report")
+    folders = [out / f"search-{name}" for name, _ in searches]
+    print(f"[4/4] final measurement on the test split and report into {out / 'report'}")
+    final = measure_final(folders, supernet, out / "report", data_root=args.data)
+    _print_final(final)
+    build_report(folders, out / "report")
     print(f"done: open {out / 'report' / 'report.html'}")
 
 
@@ -305,15 +310,20 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"report written to {args.out}/report.html (and report.md, trials.csv, pareto.csv)")
 
 
+def _print_final(final: dict[str, Any]) -> None:
+    """One line per search: at how many uniform budgets it beats the best uniform format on the test split."""
+    for run, counts in final["summary"].items():
+        print(f"{run}: beats the best uniform format at {counts['win']} of {counts['budgets']} budgets on "
+              f"{final['test_images']} test images (ties {counts['tie']}, losses {counts['loss']})")
+
+
 def _cmd_final(args: argparse.Namespace) -> None:
     from automq.report.final import FINAL_FILE, measure_final
     from automq.report.report import build_report
 
     final = measure_final(args.search_dirs, args.supernet, args.out, data_root=args.data,
                           test_images=args.test_images)
-    for run, counts in final["summary"].items():
-        print(f"{run}: beats the best uniform format at {counts['win']} of {counts['budgets']} budgets on "
-              f"{final['test_images']} test images (ties {counts['tie']}, losses {counts['loss']})")
+    _print_final(final)
     build_report(args.search_dirs, args.out)
     print(f"final measurement written to {args.out}/{FINAL_FILE}; report in {args.out}/report.html")
 

@@ -318,3 +318,6 @@ def test_demo_trains_searches_and_reports_end_to_end(space_file, tmp_path) -> No
     assert len(load_trials(out / "search-uniform")) == UNIFORM_PAIRS
     assert run_options(out / "search-tune") == {"sampler": "nsga2", "workers": 0}
     assert (out / "report" / "report.html").is_file()
+    final = json.loads((out / "report" / "final.json").read_text())  # the front measured on the test split
+    assert set(final["summary"]) == {"tune-nsga2"} and final["test_images"] > 0
+    assert "Final measurement (test split)" in (out / "report" / "report.md").read_text()
