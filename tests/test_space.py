@@ -1,5 +1,6 @@
 import copy
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -539,3 +540,23 @@ def test_decision_is_a_plain_record():
     decision = tiny().decisions()[0]
     assert decision == Decision("width_mult", (0.5, 1.0))
     assert set(tiny().weight_formats) <= set(format_names())
+
+
+def test_shipped_spaces_are_found_in_a_source_tree_that_is_not_installed(tmp_path) -> None:
+    """``PYTHONPATH=.`` in a checkout, as on the GPU machine where automq is not installed (there the missing
+    package data ``automq.spaces`` stopped every import of the package): the shipped spaces come from the tree's
+    ``spaces/``. ``-S`` skips site processing, so the editable install's finder is not loaded and only the tree and
+    the dependencies (site-packages on the path as a plain folder) are importable."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[1]
+    code = "from automq.space.space import SHIPPED_SPACES as S; import automq; print(automq.__file__); print(S)"
+    env = {"PYTHONPATH": f"{root}{os.pathsep}{sysconfig.get_paths()['purelib']}", "PATH": os.environ["PATH"]}
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    package, spaces = done.stdout.split()
+    assert Path(package) == root / "automq" / "__init__.py"
+    assert Path(spaces) == root / "spaces" and (Path(spaces) / "mbv2_fmnist.yaml").is_file()

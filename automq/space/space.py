@@ -36,7 +36,18 @@ __all__ = [
     "NetworkSpec", "Objective", "SearchSpace", "SearchSpec", "StageSpec", "TrainingSpec",
 ]
 
-SHIPPED_SPACES = Path(str(importlib.resources.files("automq.spaces")))  # spaces/*.yaml, installed as package data
+
+
+def _shipped_spaces() -> Path:
+    """The folder of the shipped ``spaces/*.yaml``: the package data ``automq.spaces`` of an installed automq, else
+    the source tree's ``spaces/`` (a checkout run with ``PYTHONPATH=.``, as on a machine without the package)."""
+    try:
+        return Path(str(importlib.resources.files("automq.spaces")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "spaces"
+
+
+SHIPPED_SPACES = _shipped_spaces()
 
 RngLike = np.random.Generator | int | None
 Pick = Callable[[str, str, tuple], Any]  # (decision name, kind, choices) -> chosen value
