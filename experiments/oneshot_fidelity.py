@@ -38,12 +38,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +146,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "are then a partial study that --resume continues (a GPU command's time limit)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--seed", type=int, default=0, help="candidate sampling seed")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each process")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="stand-alone trainings at once, each in its own process with --threads threads "
+                        "(default 1: in this process)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the study whose outputs are in --out (same scale, tag, supernet and init): "
                         "candidates it already trained stand-alone are kept, not trained again")
@@ -710,6 +715,83 @@ def oneshot_scores(estimate: dict[str, float], suffix: str = "") -> dict[str, fl
     return {f"oneshot_accuracy{suffix}": estimate["accuracy"], f"oneshot_loss{suffix}": estimate["loss"]}
 
 
+class StandaloneTrainer:
+    """One stand-alone training of the study's recipe, callable in this process or in a worker process: built from
+    file paths and the scale (so it pickles), it loads the space, data and supernet once per process."""
+
+    def __init__(self, space: str, data_root: str | None, scale: Scale, init: str, supernet: str,
+                 threads: int) -> None:
+        self.space_path, self.data_root, self.scale, self.init = space, data_root, scale, init
+        self.supernet_path, self.threads = supernet, threads
+        self._loaded: tuple[SearchSpace, Any, OneShotEstimator | None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaded": None}  # a worker loads its own copy
+
+    def _load(self) -> tuple[SearchSpace, Any, OneShotEstimator | None]:
+        if self._loaded is None:
+            torch.set_num_threads(self.threads)
+            space = SearchSpace.from_file(self.space_path)
+            data = load_space_data(space, root=self.data_root, train_subset=self.scale.train_images)
+            estimator = None
+            if self.init == "supernet":
+                estimator = OneShotEstimator(space, load_supernet(Path(self.supernet_path), space), data,
+                                             calib_images=self.scale.calib_images, val_images=self.scale.val_images,
+                                             threads=self.threads, finetune_images=0)
+            self._loaded = space, data, estimator
+        return self._loaded
+
+    def __call__(self, candidate: dict[str, Any], seed: int) -> dict[str, Any]:
+        """``candidate`` (as :meth:`Candidate.to_dict`) trained with ``seed``: its accuracy, wall time and host."""
+        space, data, estimator = self._load()
+        start, chosen = time.perf_counter(), Candidate.from_dict(candidate)
+        if estimator is not None:
+            accuracy = estimator.finetuned(chosen, epochs=self.scale.epochs, seed=seed)["accuracy"]
+        else:
+            accuracy = train_standalone(space, chosen, data, epochs=self.scale.epochs, seed=seed, init="scratch",
+                                        val_images=self.scale.val_images)["accuracy"]
+        return {"accuracy": accuracy, "wall_s": time.perf_counter() - start, "host": platform.node(),
+                "torch": torch.__version__, "threads": self.threads}
+
+
+def run_jobs(trainer: StandaloneTrainer, payloads: list[tuple[dict[str, Any], int]], keys: list[Any], workers: int,
+             deadline: float | None) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``(key, trainer(*payload))`` as each training ends, on ``workers`` processes (in this one when 1); none is
+    started after ``deadline`` (a ``perf_counter`` time), so a time-limited part stops between trainings."""
+    def in_time() -> bool:
+        return deadline is None or time.perf_counter() < deadline
+
+    pending = list(zip(keys, payloads))
+    if workers <= 1:
+        while pending and in_time():
+            key, payload = pending.pop(0)
+            yield key, trainer(*payload)
+        return
+    # spawn, not fork: a forked child would inherit this process's torch thread pools
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running: dict[Future, Any] = {}
+        while pending or running:
+            while pending and len(running) < workers and in_time():
+                key, payload = pending.pop(0)
+                running[pool.submit(trainer, *payload)] = key
+            if not running:
+                return
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield running.pop(future), future.result()
+
+
+def finish_row(row: dict[str, Any], seeds: int) -> None:
+    """Fold a row's finished trainings into its stand-alone score (seed 0, the same recipe for every candidate) and,
+    for a re-run candidate, every seed's accuracy; the per-training records stay under ``trainings``."""
+    results = row.pop("seed_results")
+    accs = [results[str(seed)]["accuracy"] for seed in range(seeds)]
+    row["standalone_accuracy"] = accs[0]
+    if seeds > 1:
+        row["seed_accuracies"] = accs
+    row["trainings"] = [results[str(seed)] for seed in range(seeds)]
+
+
 def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float) -> dict[str, Any]:
     """Score every candidate both ways, rewriting the outputs after each; the final result."""
     scale = SCALES[args.scale]
@@ -734,23 +816,24 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
     run_start, start = start, start - earlier_s  # the wall time counts the earlier runs' too
     save_rows(rows, meta, time.perf_counter() - start, out)
     noisy = repeated_candidates(rows, scale)
-    for i, (row, (_, candidate, _)) in enumerate(zip(rows, picked)):
-        if row["standalone_accuracy"] is not None:
-            continue
-        if args.max_minutes is not None and time.perf_counter() - run_start > 60 * args.max_minutes:
-            return summarize(rows, meta, time.perf_counter() - start, out, "partial: continue with --resume")
-        seeds = range(scale.noise_seeds if row["id"] in noisy else 1)
-        if init == "supernet":
-            accs = [estimator.finetuned(candidate, epochs=scale.epochs, seed=seed)["accuracy"] for seed in seeds]
-        else:
-            accs = [train_standalone(space, candidate, data, epochs=scale.epochs, seed=seed, init="scratch",
-                                     val_images=scale.val_images)["accuracy"] for seed in seeds]
-        row["standalone_accuracy"] = accs[0]  # seed 0: the same recipe for every candidate
-        if len(accs) > 1:
-            row["seed_accuracies"] = accs
-        print(f"[{i + 1}/{len(rows)}] {row['label']:>14} bitops={row['bitops']:.3e} "
-              f"oneshot={row['oneshot_accuracy']:.4f} standalone={accs}", flush=True)
+    jobs = [(i, seed) for i, row in enumerate(rows) if row["standalone_accuracy"] is None
+            for seed in range(scale.noise_seeds if row["id"] in noisy else 1)
+            if str(seed) not in row.get("seed_results", {})]
+    trainer = StandaloneTrainer(args.space, args.data, scale, init, str(run), threads=args.threads)
+    deadline = None if args.max_minutes is None else run_start + 60 * args.max_minutes
+    for (i, seed), record in run_jobs(trainer, [(picked[i][1].to_dict(), seed) for i, seed in jobs], jobs,
+                                      args.jobs, deadline):
+        row = rows[i]
+        row.setdefault("seed_results", {})[str(seed)] = record
+        seeds = scale.noise_seeds if row["id"] in noisy else 1
+        if len(row["seed_results"]) == seeds:
+            finish_row(row, seeds)
+            standalone = row.get("seed_accuracies", [row["standalone_accuracy"]])
+            print(f"[{i + 1}/{len(rows)}] {row['label']:>14} bitops={row['bitops']:.3e} "
+                  f"oneshot={row['oneshot_accuracy']:.4f} standalone={standalone}", flush=True)
         save_rows(rows, meta, time.perf_counter() - start, out)
+    if any(row["standalone_accuracy"] is None for row in rows):
+        return summarize(rows, meta, time.perf_counter() - start, out, "partial: continue with --resume")
     return summarize(rows, meta, time.perf_counter() - start, out, "complete")
 
 

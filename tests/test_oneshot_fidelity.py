@@ -148,3 +148,34 @@ def test_tiny_study_resumes_without_training_or_scoring_again(tiny_study, monkey
     again = main([*argv, "--resume"])
     assert [r["standalone_accuracy"] for r in again["candidates"]] == \
         [r["standalone_accuracy"] for r in result["candidates"]]
+
+
+def test_interrupted_study_resumed_on_two_worker_processes_trains_the_same(tiny_study, tmp_path) -> None:
+    """A study stopped mid-way (two candidates untrained, one re-run candidate with only its seed 1 done) and resumed
+    with ``--jobs 2`` trains just what is missing, in spawned worker processes of one thread each, and gets the
+    sequential run's accuracies exactly (seeded training on one thread is deterministic)."""
+    result, folder, argv = tiny_study
+    stopped = json.loads((folder / "out" / "oneshot_fidelity_tiny.json").read_text())
+    rows = stopped["candidates"]
+    repeated = next(r for r in rows if len(r.get("seed_accuracies", [])) > 1)
+    single = [r for r in rows if "seed_accuracies" not in r][:2]
+    for row in [repeated, *single]:
+        row["standalone_accuracy"] = None
+        row.pop("trainings", None)
+    repeated["seed_results"] = {"1": {"accuracy": repeated.pop("seed_accuracies")[1]}}
+    out = tmp_path / "out"
+    out.mkdir()
+    stopped["supernet"] = str(folder / "out" / "supernet")  # the first run's, by a path that names the same folder
+    (out / "oneshot_fidelity_tiny.json").write_text(json.dumps({**stopped, "status": "running"}))
+    again = main([*argv[:-1], str(out), "--supernet", stopped["supernet"], "--resume", "--jobs", "2"])
+    assert again["status"] == "complete"
+    assert [r["standalone_accuracy"] for r in again["candidates"]] == \
+        [r["standalone_accuracy"] for r in result["candidates"]]
+    resumed_repeated = next(r for r in again["candidates"] if r["id"] == repeated["id"])
+    original = next(r for r in result["candidates"] if r["id"] == repeated["id"])
+    assert resumed_repeated["seed_accuracies"] == original["seed_accuracies"]
+    # seed 1 of the re-run candidate was kept, not trained again; its seed 0 and the two single ones were trained
+    by_id = {r["id"]: r for r in again["candidates"]}
+    assert by_id[repeated["id"]]["trainings"][1] == repeated["seed_results"]["1"]
+    fresh = [by_id[repeated["id"]]["trainings"][0], *(by_id[r["id"]]["trainings"][0] for r in single)]
+    assert all(t["threads"] == 1 and t["wall_s"] > 0 for t in fresh)
