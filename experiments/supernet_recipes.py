@@ -67,6 +67,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                           "training": {"smallest": False, "num_random": 3}, "prototype": "kernel"},
     "format_bn": {"label": "default + per-format BN affine (prototype)",
                   "training": {"smallest": False, "num_random": 3}, "prototype": "format_bn"},
+    "uniform_1": {"label": "largest + 2 random + 1 random architecture in one format throughout (LIMPQ's uniform "
+                           "bit-widths)", "training": {"smallest": False, "num_random": 2, "uniform": 1}},
     "no_distill": {"label": "default without in-place distillation (every candidate learns from the labels)",
                    "training": {"smallest": False, "num_random": 3}, "prototype": "no_distill"},
 }

@@ -152,7 +152,7 @@ def _one_process_epoch(space: SearchSpace, *, per_shard_bn: bool) -> dict[str, t
     params = list(trainer.supernet.parameters())
 
     def per_shard_step(images: torch.Tensor, labels: torch.Tensor) -> list[float]:
-        candidates = [*trainer.fixed, *(space.sample(trainer.rng) for _ in range(space.training.num_random))]
+        candidates = trainer.step_candidates()
         half, grads, losses = len(labels) // 2, [], []
         for part in (slice(0, half), slice(half, None)):
             trainer.supernet.zero_grad(set_to_none=True)

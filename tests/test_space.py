@@ -190,6 +190,27 @@ def test_uniform_formats_and_clamping():
         space.uniform("int7", "int8")
 
 
+def test_sample_uniform_draws_one_format_pair_for_every_layer_that_allows_it():
+    space = SearchSpace.from_file("mbv2_fmnist")
+    pairs = set()
+    for seed in range(300):
+        formats = space.sample_uniform(seed).layer_formats()
+        pointwise = {f for name, f in formats.items() if name.endswith(("conv_pw", "conv_pwl", "conv_head"))}
+        assert len(pointwise) == 1  # these layers all take the default menus: one pair throughout
+        (w_fmt, a_fmt), = pointwise
+        assert formats["conv_stem"] == formats["classifier"] == ("int8", "int8")  # the file's int8-only override
+        dw_weights = {f[0] for name, f in formats.items() if name.endswith("conv_dw")}
+        # depthwise weights allow [int8, fp8_e4m3]: the drawn one where allowed, else the nearest (hand-listed)
+        # (mxfp4's 4.25 bits are as far from both 8-bit ones, neither is its family: the menu's first wins)
+        nearest = {"int2": "int8", "int4": "int8", "int8": "int8", "fp4_e2m1": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3",
+                   "mxfp4_e2m1": "int8"}
+        assert dw_weights == {nearest[w_fmt]}
+        pairs.add((w_fmt, a_fmt))
+    # 6 weight x 3 activation formats: all 18 pairs turn up in 300 draws (each misses with p = (17/18)^300 < 1e-7)
+    assert pairs == {(w, a) for w in ["int2", "int4", "int8", "fp4_e2m1", "fp8_e4m3", "mxfp4_e2m1"]
+                     for a in ["int4", "int8", "fp8_e4m3"]}
+
+
 def test_layer_names_and_first_matching_override_wins():
     space = tiny()
     candidate = space.smallest()

@@ -24,6 +24,7 @@ from automq.oneshot.train import (
     build_optimizer,
     build_scheduler,
     endless_batches,
+    SupernetTrainer,
     load_space_data,
     load_supernet,
     sandwich_step,
@@ -214,6 +215,23 @@ def test_each_step_trains_the_largest_then_the_smallest_only_when_asked_then_ran
     assert len(steps) == 3 and all(step[: len(fixed)] == fixed and len(step) == len(fixed) + 2 for step in steps)
     sampled = [c for step in steps for c in step[len(fixed):]]
     assert len(set(sampled)) == 6 and not {space.largest(), space.smallest()} & set(sampled)
+
+
+def test_uniform_candidates_come_last_in_a_step_and_leave_the_random_stream_as_it_was(
+    tiny_space: SpaceFactory, tmp_path: Path
+) -> None:
+    def first_steps(uniform: int) -> list[list]:
+        space = tiny_space(SPACE_CHANGES, folder=tmp_path, training={"num_random": 2, "uniform": uniform})
+        trainer = SupernetTrainer(space, load_space_data(space), space.training, seed=0)
+        return [trainer.step_candidates() for _ in range(3)]
+
+    plain, with_uniform = first_steps(0), first_steps(2)
+    assert all(len(step) == 3 for step in plain) and all(len(step) == 5 for step in with_uniform)
+    assert with_uniform[0][:3] == plain[0]  # the first step draws the same random candidates before its uniform ones
+    for step in with_uniform:
+        for candidate in step[3:]:
+            formats = candidate.layer_formats()
+            assert len({f for name, f in formats.items() if name.endswith(("conv_pw", "conv_pwl"))}) == 1
 
 
 def test_a_run_from_before_the_smallest_option_resumes_training_the_smallest(

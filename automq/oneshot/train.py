@@ -364,8 +364,14 @@ class SupernetTrainer:
         self.val = fixed_batches(self.data.val, space.search.eval_size or len(data.val), EVAL_BATCH_SIZE,
                                  device=self.device)
 
+    def step_candidates(self) -> list[Candidate]:
+        """The next step's candidates: the fixed ones, ``num_random`` sampled ones, then ``uniform`` random
+        architectures each in one format throughout (drawn last, so ``uniform: 0`` keeps the older runs' stream)."""
+        return [*self.fixed, *(self.space.sample(self.rng) for _ in range(self.spec.num_random)),
+                *(self.space.sample_uniform(self.rng) for _ in range(self.spec.uniform))]
+
     def _step(self, images: Tensor, labels: Tensor) -> list[float]:
-        candidates = [*self.fixed, *(self.space.sample(self.rng) for _ in range(self.spec.num_random))]
+        candidates = self.step_candidates()
         if self.parallel.world_size > 1 and not _scales_initialised(self.supernet):
             # what rank 0's own forward passes would initialise, so the processes' weights stay the same
             _initialise_scales(self.supernet, self.parallel.shard(images, labels, rank=0)[0], candidates)
@@ -619,6 +625,8 @@ def training_summary(run_dir: str | Path) -> dict[str, Any]:
     training = {**_OLD_RUN_TRAINING, **_read_json(run_dir / RUN_INFO).get("config", {}).get("training", {})}
     return {"epochs": last["epoch"], "train_images": training.get("train_size"),
             "num_random": training.get("num_random"), "smallest": training["smallest"],
+            # only where used, so the records of the runs before the option stay equal to the ones kept of them
+            **({"uniform": training["uniform"]} if training.get("uniform") else {}),
             "training_wall_s": sum(e.get("wall_s", 0.0) for e in epochs),
             "val_acc_largest": last.get("val_acc_largest"), "val_acc_smallest": last.get("val_acc_smallest")}
 
@@ -628,8 +636,9 @@ def training_text(summary: dict[str, Any]) -> str:
     if "epochs" not in summary:
         return "training record not found"
     fixed = "the largest and the smallest" if summary.get("smallest", True) else "the largest"
+    uniform = f" + {summary['uniform']} in one format throughout" if summary.get("uniform") else ""
     return (f"{summary['epochs']} epochs on {summary.get('train_images') or 'all'} train images, {fixed} + "
-            f"{summary.get('num_random', '?')} random candidates per step, "
+            f"{summary.get('num_random', '?')} random{uniform} candidates per step, "
             f"{summary.get('training_wall_s', 0) / 60:.0f} min; val accuracy largest "
             f"{summary['val_acc_largest']:.3f}, smallest {summary['val_acc_smallest']:.3f}")
 

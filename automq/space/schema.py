@@ -138,6 +138,8 @@ class TrainingSpec:
     train_size: int | None = field(default=None, metadata={"min": 1, "max": MAX_IMAGES})
     num_random: int = field(default=3, metadata={"min": 0, "max": 64})
     smallest: bool = False
+    # candidates per step with a random architecture in one format throughout (LIMPQ's uniform bit-widths)
+    uniform: int = field(default=0, metadata={"min": 0, "max": 64})
 
 
 @dataclass(frozen=True)

@@ -258,6 +258,14 @@ class SearchSpace:
         gen = _as_rng(rng)
         return self.build(lambda name, kind, choices: _pick_random(gen, choices))
 
+    def sample_uniform(self, rng: RngLike = None) -> Candidate:
+        """A random architecture with one weight and one activation format, each drawn uniformly from the space's
+        format lists, in every layer (clamped to each layer's menu, as :meth:`uniform`)."""
+        gen = _as_rng(rng)
+        arch = self.sample(gen)
+        return self.uniform(_pick_random(gen, self.weight_formats), _pick_random(gen, self.activation_formats), arch,
+                            clamp=True)
+
     def smallest(self) -> Candidate:
         """Minimum width, depth, kernel and expansion, and the fewest-bit format of every layer's menu."""
         return self.build(lambda name, kind, choices: min(choices, key=_order_key(kind)))
