@@ -63,7 +63,7 @@ from automq.space.space import SearchSpace
 from automq.oneshot.train import (SUPERNET, load_space_data, load_supernet, train_supernet, training_summary,
                           training_text)
 from fidelity_stats import (BOOTSTRAP, LOCAL_WINDOW, TARGET_SPEARMAN, TARGET_TAU, column, correlations, fmt_ci,
-                            measured_noise_ceiling, rank_figures, search_figures)
+                            measured_noise_ceiling, paired_difference, rank_figures, search_figures)
 from fidelity_variants import VARIANTS, variants
 
 ROOT = Path(__file__).resolve().parent
@@ -409,6 +409,9 @@ def search_table(search: dict[str, Any] | None) -> list[str]:
         *(f"| {label} | " + " | ".join(cell(search[who], key) for key in SEARCH_KEYS) + " |"
           for who, label in (("oneshot", "one-shot accuracy"), ("bitops", "BitOps alone (the baseline)"))),
     ]
+    if difference := search.get("oneshot_minus_bitops"):
+        lines.append("| one-shot minus BitOps (paired: the same resampled candidates) | "
+                     + " | ".join(cell(difference, key) for key in SEARCH_KEYS) + " |")
     if ceiling:
         lines.append("| the ground truth re-run (noise ceiling) | "
                      + " | ".join(f"{ceiling[key]:.3f}" for key in SEARCH_KEYS) + " |")
@@ -636,6 +639,8 @@ def search_fidelity(rows: list[dict[str, Any]], resamples: int = BOOTSTRAP) -> d
     pairs = partner_indices(done)
     result = {"oneshot": search_figures(column(done, "oneshot_accuracy"), truth, cost, pairs, resamples=resamples),
               "bitops": search_figures(cost, truth, cost, pairs, resamples=resamples),
+              "oneshot_minus_bitops": paired_difference(column(done, "oneshot_accuracy"), cost, truth, cost, pairs,
+                                                        resamples=resamples),
               "noise_ceiling": measured_noise_ceiling(column(repeated, "seed_accuracies"), column(repeated, "bitops"),
                                                       partner_indices(repeated)),
               "local_window": LOCAL_WINDOW}

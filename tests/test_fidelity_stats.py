@@ -22,6 +22,7 @@ from fidelity_stats import (  # noqa: E402
     local_tau,
     measured_noise_ceiling,
     pair_agreement,
+    paired_difference,
     rank_figures,
     search_figures,
     similar_cost_pairs,
@@ -238,3 +239,22 @@ def test_report_fidelity_stats_ranks_loss_lower_is_better_with_tau_b() -> None:
     records[0]["oneshot_loss"] = math.nan  # the loss is ranked only when every record has a finite one
     assert "loss_kendall_tau" not in fidelity_stats(records)
     assert fidelity_stats(records[:1])["kendall_tau"] is None
+
+
+def test_paired_difference_by_hand() -> None:
+    truth, cost = [1.0, 2.0, 3.0, 4.0], [1.0, 1.1, 5.0, 5.5]  # two cheap and two dear candidates
+    neighbours = [(0, 1), (2, 3)]
+    swapped = [1.0, 3.0, 2.0, 4.0]  # one of the six pairs (1, 2) out of order, not a similar-cost or neighbour pair
+    figures = paired_difference(truth, swapped, truth, cost, neighbours, resamples=200)
+    assert figures["kendall_tau"] == pytest.approx(1.0 - 4.0 / 6.0, abs=1e-12)  # tau-b without ties: (5 - 1) / 6
+    assert figures["kendall_tau_local"] == 0.0 and figures["neighbour_agreement"] == 0.0
+    # the same estimator against itself: every resample's difference is exactly 0
+    same = paired_difference(swapped, swapped, truth, cost, neighbours, resamples=200)
+    assert all(same[f"{key}_ci95"] == [0.0, 0.0] for key in ("kendall_tau", "kendall_tau_local",
+                                                              "neighbour_agreement"))
+    # the truth against its reverse: +2 on both taus and +1 agreement on every resample (a resample whose
+    # candidates all tie has no tau; the interval ignores it)
+    reverse = paired_difference(truth, [-v for v in truth], truth, cost, neighbours, resamples=200)
+    assert (reverse["kendall_tau"], reverse["kendall_tau_local"], reverse["neighbour_agreement"]) == (2.0, 2.0, 1.0)
+    assert reverse["kendall_tau_ci95"] == pytest.approx([2.0, 2.0], abs=1e-12)
+    assert reverse["neighbour_agreement_ci95"] == [1.0, 1.0]

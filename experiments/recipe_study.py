@@ -1,0 +1,134 @@
+"""Supernet recipes judged by what a search needs (issue 16, item 3): each supernet's one-shot ranking of a finished
+fidelity study's candidates against that study's stand-alone ground truth.
+
+For every ``--supernet NAME=FOLDER`` it scores the study's candidates one-shot with the study's estimator settings
+(its validation and calibration images, one thread; the study's own supernet reuses the scores the study kept),
+and reports Kendall tau over all candidates, tau among candidates within 15% BitOps of each other and the share of
+neighbour pairs ordered right, each with its bootstrap interval and its ratio to the study's measured noise
+ceiling, and each recipe's paired difference from the first one given (the same resampled candidates).
+
+    PYTHONPATH=. .venv/bin/python experiments/recipe_study.py \\
+        --study experiments/results/oneshot_fidelity_study.json \\
+        --supernet default=runs/fidelity/supernet --supernet uniform_1=runs/recipes/uniform_1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from automq.io import atomic_write_json, atomic_write_text
+from automq.oneshot.evaluate import OneShotEstimator
+from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
+from automq.space.candidate import Candidate
+from automq.space.space import SearchSpace
+from fidelity_stats import column, fmt_ci, paired_difference, search_figures
+from oneshot_fidelity import SEARCH_KEYS, machine, partner_indices
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "supernet_recipes_study"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", type=Path, required=True, help="a finished fidelity study's JSON")
+    parser.add_argument("--supernet", action="append", required=True, metavar="NAME=FOLDER",
+                        help="a supernet run folder to judge (repeat; the first is the baseline of the differences)")
+    parser.add_argument("--data", help="dataset root (default: the space's)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def oneshot_scores(study: dict[str, Any], folder: Path, space: SearchSpace, data: Any) -> list[float]:
+    """The study's candidates scored one-shot by the supernet in ``folder`` with the study's estimator settings;
+    the study's own supernet gives back the scores the study kept (it computed them the same way)."""
+    rows = study["candidates"]
+    if folder.resolve() == Path(study["supernet"]).resolve():
+        return column(rows, "oneshot_accuracy")
+    scale = study["scale"]
+    estimator = OneShotEstimator(space, load_supernet(folder, space), data, calib_images=scale["calib_images"],
+                                 val_images=scale["val_images"], threads=1, finetune_images=0)
+    return [estimator.estimate(Candidate.from_dict(r["candidate"]))["accuracy"] for r in rows]
+
+
+def judge(args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    study = json.loads(args.study.read_text())
+    if study.get("status") != "complete":
+        raise SystemExit(f"{args.study}: the study is not finished (status {study.get('status')!r}); resume it first")
+    space = SearchSpace.from_file(study["space"])
+    # the study's training subset: the calibration images are drawn from it
+    data = load_space_data(space, root=args.data, train_subset=study["scale"]["train_images"])
+    rows = study["candidates"]
+    truth, cost, pairs = column(rows, "standalone_accuracy"), column(rows, "bitops"), partner_indices(rows)
+    ceiling = study["search_fidelity"]["noise_ceiling"]
+    recipes, baseline = [], None
+    for spec in args.supernet:
+        name, _, folder = spec.partition("=")
+        scores = oneshot_scores(study, Path(folder), space, data)
+        figures = search_figures(scores, truth, cost, pairs)
+        for key in SEARCH_KEYS:
+            figures[f"{key}_to_ceiling"] = figures[key] / ceiling[key] if ceiling.get(key, 0) > 0 else None
+        recipe = {"name": name, "supernet": folder, "training": training_summary(folder), "figures": figures,
+                  "scores": scores}
+        if baseline is not None:
+            recipe["minus_baseline"] = paired_difference(scores, baseline, truth, cost, pairs)
+        baseline = scores if baseline is None else baseline
+        recipes.append(recipe)
+        print(f"{name}: " + ", ".join(f"{key} {figures[key]:.3f}" for key in SEARCH_KEYS), flush=True)
+    return {"command": shlex.join([sys.executable, *sys.argv]), "study": str(args.study), "machine": machine(),
+            "n_candidates": len(rows), "noise_ceiling": ceiling, "recipes": recipes,
+            "bitops_alone": study["search_fidelity"]["bitops"], "wall_s": time.perf_counter() - start}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    base = result["recipes"][0]["name"]
+    m = result["machine"]
+    lines = [
+        "# Supernet recipes judged by what a search needs", "",
+        f"- command: `{result['command']}`",
+        f"- machine: {m['cpu']}, {m['usable_cpus']} usable CPUs, torch {m['torch']}; wall time "
+        f"{result['wall_s'] / 60:.1f} min (one-shot scoring; the supernets' training times are below)",
+        f"- ground truth: the {result['n_candidates']} stand-alone candidates of `{result['study']}`; the one-shot "
+        "settings are that study's. Ratio: the figure over the ground truth's measured noise ceiling.", "",
+        "| supernet | Kendall tau [95% CI] | tau within ±15% BitOps | neighbour pairs ordered right |",
+        "|---|---|---|---|",
+    ]
+    for recipe in result["recipes"]:
+        f = recipe["figures"]
+        cells = [fmt_ci(f, key) + (f" (ratio {f[f'{key}_to_ceiling']:.2f})" if f[f"{key}_to_ceiling"] else "")
+                 for key in SEARCH_KEYS]
+        lines.append(f"| {recipe['name']} | " + " | ".join(cells) + " |")
+    lines.append("| BitOps alone | " + " | ".join(fmt_ci(result["bitops_alone"], k) for k in SEARCH_KEYS) + " |")
+    lines.append("| the ground truth re-run (noise ceiling) | "
+                 + " | ".join(f"{result['noise_ceiling'][k]:.3f}" for k in SEARCH_KEYS) + " |")
+    lines += ["", f"Paired differences from `{base}` (the same resampled candidates and neighbour pairs; a "
+              "difference is a result only where its interval excludes 0):", "",
+              "| supernet | Kendall tau | tau within ±15% BitOps | neighbour pairs ordered right |", "|---|---|---|---|"]
+    lines += [f"| {r['name']} | " + " | ".join(fmt_ci(r["minus_baseline"], k) for k in SEARCH_KEYS) + " |"
+              for r in result["recipes"][1:]]
+    lines += ["", "Supernets:", ""]
+    lines += [f"- {r['name']} (`{r['supernet']}`): {training_text(r['training'])}" for r in result["recipes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    result = judge(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / f"{NAME}.json", result)
+    atomic_write_text(args.out / f"{NAME}.md", markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
