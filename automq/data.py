@@ -478,12 +478,15 @@ def _to_device(dataset: Dataset | None, device: torch.device) -> Dataset | None:
     return dataset
 
 
+DEFAULT_VAL_SIZE = 5000  # validation images held out of the training pool when a space does not say
+
+
 def load_dataset(
     name: str,
     root: str | Path | None = None,
     *,
     input_size: int = 32,
-    val_size: int = 5000,
+    val_size: int = DEFAULT_VAL_SIZE,
     train_subset: int | None = None,
     val_subset: int | None = None,
     with_test: bool = False,

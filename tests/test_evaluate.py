@@ -287,7 +287,7 @@ def test_every_accuracy_carries_its_per_image_correctness_and_binomial_error(spa
 def test_from_run_refuses_a_space_that_holds_out_other_validation_images(run_dir, space, tiny_space,
                                                                          tmp_path) -> None:
     other = tiny_space(SPACE_CHANGES, {"dataset": {"val_size": 300}}, folder=tmp_path)
-    with pytest.raises(DataError, match="val_size=300 .* trained with val_size=200"):
+    with pytest.raises(CheckpointError, match="holding out 200 validation images .* holds out 300"):
         OneShotEstimator.from_run(run_dir, space=other)
     same_split = tiny_space(SPACE_CHANGES, {"search": {"eval_size": 60}}, folder=tmp_path)
     assert OneShotEstimator.from_run(run_dir, space=same_split).val_images == 60

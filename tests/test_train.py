@@ -310,6 +310,27 @@ def test_resume_refuses_a_checkpoint_of_another_space(space: SearchSpace, tiny_s
     load_supernet(out, same_weights)
 
 
+def test_a_supernet_is_refused_on_another_validation_split(space: SearchSpace, tiny_space: SpaceFactory,
+                                                           tmp_path: Path) -> None:
+    """Another dataset.val_size or seed holds out other images, some of which the supernet trained on: refused,
+    also for a supernet.pt from before the split was recorded (read from the space file saved beside it)."""
+    out = tmp_path / "run"
+    train_supernet(space, out, epochs=1, progress=False)
+    wider = tiny_space({**SPACE_CHANGES, "dataset": {"val_size": 150}}, folder=tmp_path, name="wider")
+    reseeded = tiny_space(SPACE_CHANGES, folder=tmp_path, name="reseeded", seed=7)
+    for other in (wider, reseeded):
+        with pytest.raises(CheckpointError, match="would score images the supernet trained on"):
+            load_supernet(out, other)
+    old = safe_torch_load(out / SUPERNET)
+    del old["split"]
+    torch.save(old, out / SUPERNET)
+    with pytest.raises(CheckpointError, match="holding out 200 validation images \\(seed 0\\)"):
+        load_supernet(out, wider)
+    (out / "space.yaml").unlink()  # nothing left to tell the split by: accepted as before
+    load_supernet(out, wider)
+    load_supernet(out, space)
+
+
 def test_run_folder_misuse_is_explained(space: SearchSpace, tmp_path: Path) -> None:
     out = tmp_path / "run"
     with pytest.raises(CheckpointError, match="nothing to resume"):

@@ -235,8 +235,7 @@ class OneShotEstimator:
         """
         run_dir = Path(run_dir)
         space = space or SearchSpace.from_file(run_dir / SPACE_FILE)
-        supernet = load_supernet(run_dir, space, device=device)
-        _check_same_split(run_dir / SPACE_FILE, space)
+        supernet = load_supernet(run_dir, space, device=device)  # refuses another validation split
         return cls(space, supernet, load_space_data(space, root=data_root), **kwargs)
 
     def costs(self, candidate: Candidate) -> dict[str, float]:
@@ -344,22 +343,6 @@ class OneShotEstimator:
 
     def clear_cache(self) -> None:
         self._scores.clear()
-
-
-def _check_same_split(run_space_file: Path, space: SearchSpace) -> None:
-    """Refuse a search space whose validation split differs from the one the supernet was trained beside."""
-    if not run_space_file.is_file():
-        return
-    run_space = SearchSpace.from_file(run_space_file)
-    trained = (run_space.dataset.name, run_space.dataset.val_size, run_space.seed)
-    searched = (space.dataset.name, space.dataset.val_size, space.seed)
-    if trained != searched:
-        raise DataError(
-            f"{space.source}: holds out dataset.val_size={space.dataset.val_size} images with seed {space.seed}, "
-            f"but the supernet in {run_space_file.parent} was trained with val_size={run_space.dataset.val_size} "
-            f"and seed {run_space.seed}: some validation images would be images it was trained on. Search with "
-            f"{run_space_file} (or a copy changing only objectives, budgets and search settings), or train a "
-            "supernet for this space")
 
 
 def train_standalone(

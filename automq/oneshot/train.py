@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from automq.data import DataSplits, fixed_batches, load_dataset, make_loader
+from automq.data import DEFAULT_VAL_SIZE, DataSplits, fixed_batches, load_dataset, make_loader
 from automq.errors import CheckpointError, SpaceError, TrainingDivergedError
 from automq.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, safe_torch_load
 from automq.numerics.quant import Quantizer
@@ -324,6 +324,12 @@ def space_fingerprint(space: SearchSpace) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
 
 
+def data_split(space: SearchSpace) -> dict[str, int]:
+    """What decides which training-pool images are held out for validation: a supernet must be estimated on the
+    split it was trained with, or its validation images include images it trained on."""
+    return {"val_size": space.dataset.val_size or DEFAULT_VAL_SIZE, "seed": space.seed}
+
+
 def load_space_data(
     space: SearchSpace, *, root: str | Path | None = None, train_subset: int | None = None, with_test: bool = False
 ) -> DataSplits:
@@ -406,6 +412,7 @@ class SupernetTrainer:
         return {
             "kind": _CHECKPOINT_KIND,
             "space": space_fingerprint(self.space),
+            "split": data_split(self.space),
             "config": {"training": dataclasses.asdict(self.spec), "seed": self.seed},
             "epoch": self.epoch,
             "step": self.epoch * self.steps_per_epoch,
@@ -522,7 +529,7 @@ def _fit(trainer: SupernetTrainer, out: Path, show_progress: bool) -> None:
                           f"smallest {record['val_acc_smallest']:.4f}  ({record['wall_s']:.0f} s)")
     if writes:
         atomic_torch_save({"kind": _SUPERNET_KIND, "space": space_fingerprint(trainer.space),
-                           "epochs": trainer.epoch, "state_dict": trainer.supernet.state_dict()}, out / SUPERNET)
+                           "split": data_split(trainer.space), "epochs": trainer.epoch, "state_dict": trainer.supernet.state_dict()}, out / SUPERNET)
 
 
 def _diverged_hint(out: Path, epoch: int) -> str:
@@ -555,6 +562,21 @@ def _check_space(path: Path, state: dict[str, Any], space: SearchSpace) -> None:
             f"{path} was trained on another search space (fingerprint {state.get('space')}, but {space.source} "
             f"has {space_fingerprint(space)}: its dataset, network or format menus differ). Use the space file "
             f"saved beside it ({path.parent / SPACE_FILE}), or train a new supernet for this space")
+    trained, now = state.get("split") or _saved_split(path.parent / SPACE_FILE), data_split(space)
+    if trained is not None and trained != now:
+        raise CheckpointError(
+            f"{path} was trained holding out {trained['val_size']} validation images (seed {trained['seed']}), but "
+            f"{space.source} holds out {now['val_size']} (seed {now['seed']}), so its estimates would score images "
+            f"the supernet trained on. Set dataset.val_size and seed as in {path.parent / SPACE_FILE}, or train a "
+            "new supernet for this split")
+
+
+def _saved_split(space_file: Path) -> dict[str, int] | None:
+    """The split of the space saved beside a run from before runs recorded it (None where it cannot be read)."""
+    try:
+        return data_split(SearchSpace.from_file(space_file))
+    except (OSError, SpaceError):
+        return None
 
 
 def _load_checkpoint(path: Path, space: SearchSpace) -> dict[str, Any]:
