@@ -414,6 +414,38 @@ def test_an_expanded_alias_bomb_given_as_data_is_shown_in_bounded_time():
     assert len(str(info.value)) == len(prefix) + 60 and str(info.value).endswith("...")
 
 
+# (.*.*)*z backtracks for minutes on the 19-character 'blocks.1.0.conv_pwl'; the other three fail fast on this
+# network's names, but only because its names are short.
+@pytest.mark.parametrize("pattern", [r"(a+)+b", r"(\w*)*x", r"(blocks\.\d+)*z", r"(.*.*)*z"])
+def test_an_override_regex_that_repeats_a_repeat_is_refused_in_well_under_a_second(pattern, tmp_path: Path):
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(set_path(TINY, "formats.overrides.1.layers", pattern)))
+    start = time.perf_counter()
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_file(space_file)
+    assert time.perf_counter() - start < 0.5
+    assert str(info.value).startswith(f"{space_file}: formats.overrides[1].layers: {pattern!r} repeats a group that "
+                                      "itself contains a repeat, which can take exponential time to match; repeat "
+                                      r"each part once (e.g. 'blocks\.\d+\.\d+\.conv_dw')")
+
+
+PWL_1 = {"blocks.1.0.conv_pwl", "blocks.1.1.conv_pwl"}
+
+
+@pytest.mark.parametrize("pattern, layers", [
+    (r"blocks\.\d+\.\d+\.conv_pwl", PWL_1),
+    (r"(blocks\.\d+\.\d+\.)?conv_pwl", PWL_1),  # an optional group may hold a repeat: it runs at most once
+    (r"blocks\.1\.[01]\.conv_pwl?", PWL_1 | {"blocks.1.0.conv_pw", "blocks.1.1.conv_pw"}),
+    (r"conv_\w+", {"conv_stem", "conv_head"}),  # the whole name must match
+    (r"[a-z]+\.\d+\.\d+\.conv_\w+", {"blocks.0.0.conv_dw", "blocks.0.0.conv_pw", "blocks.1.0.conv_pw",
+                                     "blocks.1.0.conv_dw", "blocks.1.0.conv_pwl", "blocks.1.1.conv_pw",
+                                     "blocks.1.1.conv_dw", "blocks.1.1.conv_pwl"}),
+])
+def test_override_regexes_with_single_repeats_are_accepted(pattern, layers):
+    space = read_in_full(set_path(TINY, "formats.overrides.0.layers", pattern))  # rule 0 gives weights int4, int8
+    assert {name for name in space.layer_names() if space.layer_menu(name)[0] == ("int4", "int8")} == layers
+
+
 @pytest.mark.parametrize("duplicate, field, first", [
     ("name: other\n", "name", "name: tiny"),  # yaml.safe_load would silently keep 'other'
     ('"name": other\n', "name", "name: tiny"),  # quoting a key does not make it another key

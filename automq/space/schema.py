@@ -19,12 +19,17 @@ import math
 import re
 import reprlib
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+
+try:  # Python's own regex parser: the private re._parser since 3.11, kept as sre_parse should it move again
+    from re import _parser as _regex_parser
+except ImportError:  # pragma: no cover - no supported Python lacks re._parser
+    import sre_parse as _regex_parser
 
 from automq.data import dataset_names
 from automq.errors import SpaceError
@@ -494,11 +499,7 @@ def _read_formats(r: _Reader, value: Any) -> tuple[tuple[str, ...], tuple[str, .
     for n, rule in enumerate(r.bounded_list(rules, "formats.overrides")):
         path = f"formats.overrides[{n}]"
         rule = r.mapping(rule, path, ["layers", "weights", "activations"], ["layers"])
-        pattern = r.scalar(rule["layers"], f"{path}.layers", str)
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            r.fail(f"{path}.layers", f"invalid regular expression {shown(pattern)}: {exc}")
+        pattern = _read_pattern(r, rule["layers"], f"{path}.layers")
         if "weights" not in rule and "activations" not in rule:
             r.fail(path, "a rule needs 'weights', 'activations' or both")
         overrides.append(FormatRule(
@@ -508,6 +509,48 @@ def _read_formats(r: _Reader, value: Any) -> tuple[tuple[str, ...], tuple[str, .
         ))
     return (r.formats(section["weights"], "formats.weights"),
             r.formats(section["activations"], "formats.activations"), tuple(overrides))
+
+
+def _read_pattern(r: _Reader, value: Any, path: str) -> str:
+    """An override's layer regex: valid, and free of nested repeats, so matching it cannot hang automq."""
+    pattern = r.scalar(value, path, str)
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        r.fail(path, f"invalid regular expression {shown(pattern)}: {exc}")
+    if _has_nested_repeat(_regex_parser.parse(pattern)):
+        r.fail(path, f"{shown(pattern)} repeats a group that itself contains a repeat, which can take exponential "
+                     r"time to match; repeat each part once (e.g. 'blocks\.\d+\.\d+\.conv_dw') or list names with '|'")
+    return pattern
+
+
+_REPEATS = (_regex_parser.MAX_REPEAT, _regex_parser.MIN_REPEAT)  # possessive repeats never backtrack
+
+
+def _has_nested_repeat(pattern: Any) -> bool:
+    """Whether a parsed regex repeats, more than once, a body that contains another repeat (at any depth): the
+    shape of ``(a+)+b``, whose ways to split a string grow exponentially with its length when the match fails."""
+    for op, argument in pattern:
+        if op in _REPEATS and argument[1] > 1 and _contains_repeat(argument[2]):
+            return True  # an optional body (at most once: ``(blocks\.\d+\.)?``) has only two ways to go
+        if any(_has_nested_repeat(inner) for inner in _sub_patterns(argument)):
+            return True
+    return False
+
+
+def _contains_repeat(pattern: Any) -> bool:
+    return any(op in _REPEATS or any(_contains_repeat(inner) for inner in _sub_patterns(argument))
+               for op, argument in pattern)
+
+
+def _sub_patterns(argument: Any) -> Iterator[Any]:
+    """The parsed sub-patterns inside one item's argument, whatever its layout: a group's body, a branch's
+    alternatives, a lookaround's or conditional's parts."""
+    if isinstance(argument, _regex_parser.SubPattern):
+        yield argument
+    elif isinstance(argument, (tuple, list)):
+        for item in argument:
+            yield from _sub_patterns(item)
 
 
 def _read_objectives(r: _Reader, value: Any) -> tuple[Objective, ...]:
