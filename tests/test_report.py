@@ -16,6 +16,7 @@ from automq.cost import CostModel
 from automq.errors import AutomqError
 from automq.io import append_jsonl
 from automq.search.pareto import Objective, hypervolume, loss_vectors, reference_point
+from automq.report.final import Z95
 from automq.report.report import architecture_grid, build_report, format_grid
 from automq.search.results import SearchLog, hypervolume_scales
 from automq.search.trial import Trial
@@ -240,6 +241,67 @@ def test_findings_compare_mixed_precision_with_uniform_baselines(report, runs):
         assert f"{gain:+.2f} points" in line and f"trial #{best.number}" in line
     hv = {r["run"]: r["hypervolume"] for r in summary["runs"]}
     assert summary["findings"][0].startswith(f"Highest hypervolume: {max(hv, key=hv.get)} with")
+
+
+def mixed_trial(space, number, accuracy, above, at_most):
+    """A mixed-precision candidate with ``above < bitops <= at_most``, scored ``accuracy`` on validation."""
+    model = CostModel(space)
+    candidate = next(c for c in map(space.sample, range(1000))
+                     if above < model.metrics(c)["bitops"] <= at_most and len({(w, a) for _, w, a in c.formats}) > 1)
+    return Trial(number, candidate, {"accuracy": accuracy, **model.metrics(candidate)}, "ok", None, "random", 1.0)
+
+
+def comparison(uniform, searched, uniform_test, searched_test, se, verdict):
+    """One ``final.json`` comparison record of the search "random", as ``automq final`` writes it."""
+    difference = searched_test - uniform_test
+    return {"run": "random", "budget": uniform.metrics["bitops"], "budget_label": f"uniform {uniform.info['format']}",
+            "uniform": uniform.info["format"], "uniform_trial": uniform.number, "uniform_run": "uniform",
+            "uniform_test_accuracy": uniform_test, "uniform_val_accuracy": uniform.metrics["accuracy"],
+            "searched_trial": searched.number, "searched_id": searched.candidate.id,
+            "searched_bitops": searched.metrics["bitops"], "searched_test_accuracy": searched_test,
+            "searched_val_accuracy": searched.metrics["accuracy"], "searched_search_accuracy": searched.metrics[
+                "accuracy"], "difference": difference, "se": se, "ci95": [difference - Z95 * se, difference + Z95 * se],
+            "verdict": verdict}
+
+
+@pytest.fixture(scope="module")
+def disagreeing(space, tmp_path_factory):
+    """Searches whose validation figures and final test-split verdicts disagree at both budgets: on validation the
+    search leads uniform w4a8 (70%) by 5 points and trails int8 (80%) by 2; on the test split it ties w4a8 (+1 point,
+    paired SE 0.6: under 2 SE) and beats int8 (+3 points, SE 1.0: over 2 SE)."""
+    root = tmp_path_factory.mktemp("disagreeing")
+    int8, w4a8 = uniform_trials(space)
+    cheap = mixed_trial(space, 0, 0.75, 0.0, w4a8.metrics["bitops"])
+    dear = mixed_trial(space, 1, 0.78, w4a8.metrics["bitops"], int8.metrics["bitops"])
+    dirs = [write_search_dir(root / "uniform", space, "uniform", [int8, w4a8]),
+            write_search_dir(root / "random", space, "random", [cheap, dear])]
+    final = {"test_images": 1000, "margin_se": 2.0, "recipe": "by hand", "comparisons": [
+        comparison(w4a8, cheap, 0.70, 0.71, 0.006, "tie"), comparison(int8, dear, 0.80, 0.83, 0.010, "win")]}
+    return dirs, final, int8
+
+
+def test_findings_without_a_final_measurement_say_they_are_what_the_search_saw(disagreeing, tmp_path):
+    dirs, _, _ = disagreeing
+    findings = build_report(dirs, tmp_path / "out")["findings"]
+    assert any("reaches 75.00% (+5.00 points; random trial #0" in f for f in findings)
+    assert findings[-1] == ("These accuracies are the validation estimates the search saw; they choose candidates but "
+                            "decide no win: `automq final` measures wins on the test split with paired standard "
+                            "errors.")
+
+
+def test_findings_state_the_final_tables_verdicts_once_measured(disagreeing, tmp_path):
+    dirs, final, int8 = disagreeing
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "final.json").write_text(json.dumps(final))
+    findings = build_report(dirs, tmp_path / "out")["findings"]
+    verdicts = (f"On the test split (1000 images), random: wins at 1 of 2 budgets, ties at 1, loses at 0 "
+                f"(win at ≤ {int8.metrics['bitops']:.4g} BitOps (+3.00 ± 1.00 points)).")
+    assert findings[2:] == [verdicts, "A win is a lead of more than 2 paired standard errors over the best uniform "
+                            "format at or below the budget (Final measurement); the validation accuracies the search "
+                            "saw choose the candidates compared but decide no win."]
+    page = (tmp_path / "out" / "report.md").read_text()
+    assert f"- {verdicts}" in page and "- random: wins at 1 of 2 budgets, ties at 1, loses at 0" in page
+    assert "+5.00 points" not in page  # the validation lead over w4a8 is no longer told as a finding
 
 
 def test_fidelity_rank_correlations_by_hand(report):

@@ -8,7 +8,8 @@ into ``REPORT_DIR``:
 * ``trials.csv`` (every trial of every run), ``pareto.csv`` (each run's Pareto set) and ``summary.json``
   (per-run hypervolume, front size, wall time and counts, plus the notes and key findings);
 * when ``REPORT_DIR/final.json`` exists (``automq final``, :mod:`automq.report.final`), a "Final measurement (test
-  split)" section and ``final.csv``: each search against the best uniform format per budget on the test split.
+  split)" section and ``final.csv``: each search against the best uniform format per budget on the test split; the
+  key findings then state its verdicts instead of the validation figures the search saw.
 
 The page is assembled once as a list of blocks (:class:`Heading`, :class:`Table`, :class:`Figure`, ...) that
 render themselves to HTML and to Markdown, so the two reports cannot drift apart. The numbers come from
@@ -32,9 +33,9 @@ import numpy as np
 from automq.report import plots
 from automq.space.candidate import Candidate
 from automq.report.comparison import (Baseline, RunAnalysis, analyse_runs, budget_rows, fidelity_stats, find_baselines,
-                               front_2d, key_findings, load_fidelity, usable)
+                               front_2d, key_findings, load_fidelity, search_findings, usable)
 from automq.errors import AutomqError, SpaceError
-from automq.report.final import load_final
+from automq.report.final import load_final, summarise
 from automq.numerics.formats import format_names, get_format
 from automq.io import atomic_write_json, atomic_write_text
 from automq.search.pareto import reference_point
@@ -365,8 +366,6 @@ def final_section(final: dict[str, Any] | None) -> list[Block]:
     if final is None:
         return []
     rows = [final_row(c) for c in final["comparisons"]]
-    counts = [f"{run}: wins at {c['win']} of {c['budgets']} budgets, ties at {c['tie']}, loses at {c['loss']}"
-              + (f", no candidate at {c['none']}" if c["none"] else "") for run, c in final.get("summary", {}).items()]
     return [
         Heading("Final measurement (test split)"),
         Paragraph(f"Deployment recipe: {final.get('recipe', 'not recorded')}. For each budget, each search's most "
@@ -375,9 +374,33 @@ def final_section(final: dict[str, Any] | None) -> list[Block]:
                   f"needs a lead of more than {final.get('margin_se', 2):g} paired standard errors; the interval is "
                   "the difference ± 1.96 paired standard errors. The validation accuracy is the search's estimate "
                   "(refined on the whole validation split; in brackets the value the search saw)."),
-        Bullets(counts or ["No search was compared."]),
+        Bullets([_verdict_count(run, counts) for run, counts in summarise(final["comparisons"]).items()]
+                or ["No search was compared."]),
         Table(FINAL_HEADER, rows),
     ]
+
+
+def final_findings(final: dict[str, Any]) -> list[str]:
+    """The key findings on who wins each budget once ``automq final`` has measured: the final table's paired-SE
+    verdicts on the test split, so that the findings and the table define a win the same way."""
+    decided: dict[str, list[str]] = {}  # run -> "win at ≤ BUDGET BitOps (DIFFERENCE ± SE points)", losses too
+    for c in final["comparisons"]:
+        if c["verdict"] in ("win", "loss"):
+            decided.setdefault(c["run"], []).append(
+                f"{c['verdict']} at ≤ {c['budget']:.4g} BitOps ({100 * c['difference']:+.2f} ± {100 * c['se']:.2f} "
+                "points)")
+    images = f" ({final['test_images']} images)" if "test_images" in final else ""
+    lines = [f"On the test split{images}, {_verdict_count(run, counts)}"
+             + (f" ({'; '.join(decided[run])})." if run in decided else ".")
+             for run, counts in summarise(final["comparisons"]).items()]
+    return lines + [f"A win is a lead of more than {final.get('margin_se', 2):g} paired standard errors over the best "
+                    "uniform format at or below the budget (Final measurement); the validation accuracies the search "
+                    "saw choose the candidates compared but decide no win."]
+
+
+def _verdict_count(run: str, counts: dict[str, int]) -> str:
+    return (f"{run}: wins at {counts['win']} of {counts['budgets']} budgets, ties at {counts['tie']}, loses at "
+            f"{counts['loss']}" + (f", no candidate at {counts['none']}" if counts["none"] else ""))
 
 
 def final_row(c: dict[str, Any]) -> list[str]:
@@ -528,8 +551,8 @@ def build_report(search_dirs: Sequence[str | Path], out_dir: str | Path, *,
     fidelity_files = ([Path(fidelity)] if fidelity else []) + [
         r.path / FIDELITY_FILE for r in results if (r.path / FIDELITY_FILE).is_file()]
     fidelity_blocks, fidelity_result = fidelity_section(load_fidelity(fidelity_files, notes))
-    findings = key_findings(runs, baselines)
     final = load_final(out, notes)
+    findings = key_findings(runs, baselines) if final is None else search_findings(runs) + final_findings(final)
     pareto = pareto_figures(runs, baselines, colors)
     blocks: list[Block] = [
         Paragraph(f"{len(runs)} search run(s): " + (", ".join(r.label for r in runs) or "none") + "."),
