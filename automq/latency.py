@@ -6,6 +6,13 @@ A table has one entry per layer configuration a space can produce (:func:`automq
 has one, the ReLU6 that follow it) or the classifier, timed in an ``InferenceSession`` with ``threads`` intra-op
 threads and sequential execution, ``warmup`` runs discarded, the median of ``runs`` kept.
 
+Every run is fed a different random input (:func:`time_model`). ONNX Runtime's CPU kernels convert to and from
+FP8 one element at a time, with a branch per element that depends on its value; converting the same small tensor
+again and again lets the CPU's branch predictor learn those outcomes. A whole model converts far more values per
+run than the predictor can hold, so a one-layer model timed on one repeated input ran its FP8 layers up to 3.7x
+faster than the whole model does (12,288 values: 45 us on one input, 167 us on inputs that change; int8 runs
+branch-free vector code, 8.5 us either way), and the table underestimated FP8 candidates by 28% (issue 19).
+
 Only the formats ONNX Runtime executes natively have a speed of their own: int8, int4 and FP8 weights and
 inputs (``QuantizeLinear``/``DequantizeLinear``). The others are simulated by the exporter and run on another path,
 measured once per shape and shared: weights without an ONNX type as float weights on their grid (the fp32
@@ -143,8 +150,9 @@ def _deepest_with(width: float, stage: int, kernel_size: int, expand_ratio: int)
 
 
 # ---------------------------------------------------------------------------------------------- graphs
-def layer_graph(config: LayerConfig) -> tuple[onnx.ModelProto, np.ndarray]:
-    """The one-layer ONNX model of ``config`` (formats as run, see :attr:`LayerConfig.path`) and an input for it."""
+def layer_graph(config: LayerConfig, count: int = 1) -> tuple[onnx.ModelProto, np.ndarray]:
+    """The one-layer ONNX model of ``config`` (formats as run, see :attr:`LayerConfig.path`) and ``count``
+    different random inputs for it, stacked on a new first axis (standard normal, in [0, 6] after a ReLU6)."""
     import torch
     from torch import nn
 
@@ -158,19 +166,19 @@ def layer_graph(config: LayerConfig) -> tuple[onnx.ModelProto, np.ndarray]:
     if spec.kind == "linear":
         layer: nn.Module = QuantLinear(spec.in_ch, spec.out_ch, w_formats=[w_fmt], a_formats=[a_fmt],
                                        a_signed=spec.a_signed)
-        example = torch.randn(1, spec.in_ch, generator=generator)
+        inputs = torch.randn(count, 1, spec.in_ch, generator=generator)
     else:
         conv = QuantConv2d(spec.in_ch, spec.out_ch, spec.kernel_size, spec.stride, spec.kernel_size // 2,
                            groups=spec.groups, bias=False, w_formats=[w_fmt], a_formats=[a_fmt],
                            a_signed=spec.a_signed)
         layer = nn.Sequential(conv, nn.BatchNorm2d(spec.out_ch), *([nn.ReLU6()] if config.relu6 else []))
-        example = torch.randn(1, spec.in_ch, spec.in_hw, spec.in_hw, generator=generator)
+        inputs = torch.randn(count, 1, spec.in_ch, spec.in_hw, spec.in_hw, generator=generator)
     if not spec.a_signed:
-        example = example.clamp(0, 6)
+        inputs = inputs.clamp(0, 6)
     with torch.no_grad():
-        layer.eval()(example)  # initialises the quantizers' scales from this input, as calibration would
-    proto, _ = quantized_graph(layer, example)
-    return proto, example.numpy()
+        layer.eval()(inputs[0])  # initialises the quantizers' scales from the first input, as calibration would
+    proto, _ = quantized_graph(layer, inputs[0])
+    return proto, inputs.numpy()
 
 
 def identity_graph(shape: tuple[int, ...]) -> onnx.ModelProto:
@@ -187,7 +195,11 @@ def identity_graph(shape: tuple[int, ...]) -> onnx.ModelProto:
 
 # ---------------------------------------------------------------------------------------------- timing
 def time_model(proto: onnx.ModelProto | bytes, inputs: np.ndarray, timing: Timing) -> float:
-    """Median milliseconds of one ``InferenceSession.run`` of ``proto`` on ``inputs`` (see :class:`Timing`)."""
+    """Median milliseconds of one ``InferenceSession.run`` of ``proto`` (see :class:`Timing`).
+
+    ``inputs`` stacks the model's inputs on a new first axis; run ``i`` is fed ``inputs[i % len(inputs)]``, so
+    give ``timing.warmup + timing.runs`` of them where the values matter (FP8: see the module's docstring).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -197,20 +209,22 @@ def time_model(proto: onnx.ModelProto | bytes, inputs: np.ndarray, timing: Timin
     options.log_severity_level = 3  # simulated weights are graph inputs on purpose; not one warning each
     model = proto if isinstance(proto, bytes) else proto.SerializeToString()
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: inputs}
+    name = session.get_inputs()[0].name
+    feeds = itertools.cycle({name: values} for values in inputs)
     for _ in range(timing.warmup):
-        session.run(None, feed)
+        session.run(None, next(feeds))
     samples = []
     for _ in range(timing.runs):
+        feed = next(feeds)
         start = time.perf_counter()
         session.run(None, feed)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples) * 1e3
 
 
-def measure_onnx(path: str | Path, timing: Timing, image: np.ndarray | None = None) -> float:
-    """Median end-to-end milliseconds of the exported model at ``path`` on one image (batch 1): ``image`` when
-    given, else standard normal noise of the model's input shape (seed 0)."""
+def measure_onnx(path: str | Path, timing: Timing, images: np.ndarray | None = None) -> float:
+    """Median end-to-end milliseconds of the exported model at ``path`` on one image (batch 1) per run: the
+    ``images`` (a batch) in turn when given, else a different standard normal noise image each run (seed 0)."""
     import numpy as np
     import onnx
     from google.protobuf.message import DecodeError
@@ -222,9 +236,11 @@ def measure_onnx(path: str | Path, timing: Timing, image: np.ndarray | None = No
                            "--onnx") from None
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     shape = [dim.dim_value if dim.dim_value > 0 else 1 for dim in dims]  # the dynamic batch axis: one image
-    if image is None:
-        image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    return time_model(proto.SerializeToString(), image, timing)
+    if images is None:
+        images = np.random.default_rng(0).standard_normal([timing.warmup + timing.runs, *shape]).astype(np.float32)
+    else:
+        images = images[:, None]  # one image per run
+    return time_model(proto.SerializeToString(), images, timing)
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -236,12 +252,13 @@ def build_latency_table(space: SearchSpace, timing: Timing, progress: bool = Tru
     started = time.perf_counter()
     configs = layer_configurations(space)
     input_shape = (1, space.dataset.in_chans, space.dataset.input_size, space.dataset.input_size)
-    overhead = time_model(identity_graph(input_shape), np.zeros(input_shape, np.float32), timing)
+    overhead = time_model(identity_graph(input_shape), np.zeros((1, *input_shape), np.float32), timing)
     measured: dict[tuple[Any, ...], float] = {}
     table: dict[str, Any] = {}
     for index, config in enumerate(configs, 1):
         if config.path not in measured:
-            measured[config.path] = max(time_model(*layer_graph(config), timing) - overhead, 0.0)
+            graph, inputs = layer_graph(config, timing.warmup + timing.runs)
+            measured[config.path] = max(time_model(graph, inputs, timing) - overhead, 0.0)
         table[latency_key(config.spec)] = measured[config.path]
         if progress:
             _progress(index, len(configs), len(measured), started)
@@ -256,7 +273,8 @@ def build_latency_table(space: SearchSpace, timing: Timing, progress: bool = Tru
         "_space": space.name, "_configurations": len(configs), "_measured": len(measured),
         "_wall_time_s": round(time.perf_counter() - started, 1),
         "_simulated_formats": simulated,
-        "_method": "median ms per layer (conv + BN [+ ReLU6], or the classifier) minus the identity model's median; "
+        "_method": "median ms per layer (conv + BN [+ ReLU6], or the classifier), a different random input each "
+                   "run, minus the identity model's median; "
                    "simulated formats share the path they run on; the identity median is the overhead entry",
     }
     return {**metadata, LATENCY_OVERHEAD_KEY: overhead, **table}

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 import yaml
 
 from automq.cli import main
 from automq.cost import LATENCY_OVERHEAD_KEY, CostModel, latency_key
-from automq.latency import Timing, build_latency_table
+from automq.latency import Timing, build_latency_table, identity_graph, measure_onnx
 from automq.model.arch import layer_specs
 from automq.search.results import load_trials
 from automq.space.space import SearchSpace
@@ -82,6 +86,45 @@ def test_simulated_formats_share_the_measurement_of_the_path_they_run_on(space, 
     distinct = {k for k in table if not k.startswith("_") and k != LATENCY_OVERHEAD_KEY}
     assert table["_configurations"] == len(distinct)
     assert table["_measured"] < len(distinct)
+
+
+@pytest.fixture
+def recorded_feeds(monkeypatch) -> dict:
+    """Every input that ``InferenceSession.run`` is fed, as bytes, listed per session (graph name, shape, bytes)."""
+    feeds: dict = defaultdict(list)
+    run = onnxruntime.InferenceSession.run
+
+    def recording_run(session, output_names, input_feed, *args, **kwargs):
+        (values,) = input_feed.values()
+        feeds[session].append((session.get_modelmeta().graph_name, values.shape, values.tobytes()))
+        return run(session, output_names, input_feed, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", recording_run)
+    return feeds
+
+
+def test_every_run_of_a_layer_is_fed_an_input_of_its_own(space, recorded_feeds) -> None:
+    """Issue 19: ONNX Runtime converts to and from FP8 with a branch per value, which the CPU's branch predictor
+    learns when one small input repeats, so FP8 layers timed on a repeated input ran up to 3.7x faster than in the
+    whole model. Each layer's session must see warmup + runs different inputs, each a batch of one image."""
+    table = build_latency_table(space, QUICK, progress=False)
+    layers = {session: runs for session, runs in recorded_feeds.items() if runs[0][0] != "identity"}
+    assert len(layers) == table["_measured"]
+    for runs in layers.values():
+        assert len(runs) == QUICK.warmup + QUICK.runs
+        assert len({values for _, _, values in runs}) == len(runs)
+        assert all(shape[0] == 1 for _, shape, _ in runs)
+
+
+def test_the_whole_model_is_timed_on_a_different_image_each_run(tmp_path, recorded_feeds) -> None:
+    path = tmp_path / "identity.onnx"
+    onnx.save(identity_graph((1, 1, 4, 4)), path)
+    images = np.arange(2 * 16, dtype=np.float32).reshape(2, 1, 4, 4)
+    measure_onnx(path, QUICK, images)
+    measure_onnx(path, QUICK)
+    given, noise = recorded_feeds.values()
+    assert [values for _, _, values in given] == [images[i % 2][None].tobytes() for i in range(4)]
+    assert len({values for _, _, values in noise}) == 4 and all(shape == (1, 1, 4, 4) for _, shape, _ in noise)
 
 
 def test_a_latency_objective_searches_with_a_table_the_command_built(tmp_path) -> None:
