@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 
 from automq.cost import CostModel, load_latency_table
-from automq.data import fixed_batches, make_loader
+from automq.data import fixed_batches
 from automq.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from automq.latency import Timing, measure_onnx
 from automq.model.onnx_export import OnnxExportError, check_onnx, to_onnx
