@@ -17,7 +17,7 @@ from onnx import TensorProto, numpy_helper
 
 from automq.cli import main
 from automq.model import onnx_export
-from automq.model.onnx_export import OPSET, OnnxExportError, check_onnx, export_onnx, to_onnx
+from automq.model.onnx_export import OPSET, OnnxExportError, check_onnx, compare_onnx, export_onnx, to_onnx
 from automq.model.supernet import Supernet, load_model
 
 from _spaces import SpaceFactory
@@ -165,6 +165,34 @@ def test_input_codes_are_pytorch_s_even_where_dividing_by_the_scale_rounds_diffe
     np.testing.assert_array_equal(got, expected.numpy())
 
 
+def test_fp8_input_codes_round_ties_to_even_and_saturate_like_pytorch(supernet, images) -> None:
+    """The first divergence of issue 19's refused candidate was an FP8 input on an exact E4M3 tie (232, between 224
+    and 240) in ONNX Runtime and one float32 ulp above it in PyTorch. Both runtimes must give the E4M3 value of the
+    same x / s: ties to the even mantissa, saturation at 448, subnormal ties; expected codes worked out by hand. The
+    scale is a power of two so that x / s is exact and the pixels land on the ties."""
+    model, candidate = calibrated(supernet, "fp8_e4m3", "fp8_e4m3", images)
+    scale = 2.0**-6
+    with torch.no_grad():
+        model.conv_stem.a_quant.scales["fp8_e4m3"].fill_(scale)
+    cases = {  # x / s -> E4M3 code
+        232.0: 224.0,  # tie between 224 (mantissa 110, even) and 240 (111)
+        float(np.nextafter(np.float32(232), np.float32(np.inf))): 240.0,  # one float32 ulp above it
+        248.0: 256.0,  # tie between 240 (111) and 256 (1.000 x 2^8, even)
+        -232.0: -224.0,
+        464.0: 448.0, 1e6: 448.0, -1e6: -448.0,  # saturation to the largest E4M3 value, not NaN
+        2.0**-10: 0.0,  # tie between 0 and the smallest subnormal 2^-9: 0 is even
+        3 * 2.0**-10: 2.0**-8,  # tie between 2^-9 (001) and 2^-8 (010)
+    }
+    pixels = torch.tensor(np.resize(np.array(list(cases)) * scale, 16 * 16), dtype=torch.float32).reshape(1, 1, 16, 16)
+    expected = np.resize(np.array(list(cases.values())) * scale, 16 * 16).astype(np.float32).reshape(1, 1, 16, 16)
+    with torch.no_grad():
+        np.testing.assert_array_equal(model.conv_stem.a_quant(pixels, "fp8_e4m3").numpy(), expected)
+    proto = to_onnx(model, candidate, images[:1])
+    stem_input = layer_nodes(proto.graph)[0].input[0]
+    np.testing.assert_array_equal(with_outputs(proto, [stem_input]).run([stem_input], {"images": pixels.numpy()})[0],
+                                  expected)
+
+
 # The smallest network has one IR block, whose conv_pwl output reaches conv_head's QuantizeLinear through bn3
 # alone: there ONNX Runtime would fold BN and 1/s into a constant float (simulated) weight and re-quantize it.
 @pytest.mark.parametrize("w_fmt, a_fmt, arch", [
@@ -211,6 +239,19 @@ def test_a_graph_with_a_wrong_scale_is_refused_and_not_written(supernet, images,
     with pytest.raises(OnnxExportError, match="ONNX Runtime does not compute what PyTorch computes on 64 images"):
         export_onnx(model, candidate, path, [(images, labels)])
     assert not path.exists()
+
+
+def test_compare_onnx_measures_a_graph_that_check_onnx_would_refuse(supernet, images, monkeypatch) -> None:
+    """Benchmarks read the figures of a refused graph: the same wrong scale as above, measured without raising."""
+    model, candidate = calibrated(supernet, "int8", "int8", images)
+    labels = model(images).argmax(1)  # PyTorch's top-1 is the label: its accuracy is 1 and ORT's is the agreement
+    assert check_onnx(to_onnx(model, candidate, images[:1]), model, [(images, labels)]).passed
+    true_scale = onnx_export._scale
+    monkeypatch.setattr(onnx_export, "_scale",
+                        lambda operand: true_scale(operand) * (1.5 if operand.layer == "conv_head" else 1.0))
+    check = compare_onnx(to_onnx(model, candidate, images[:1]), model, [(images, labels)])
+    assert not check.passed and check.images == 64 and check.torch_accuracy == 1.0
+    assert check.onnx_accuracy == check.top1_agreement and check.within_tolerance < onnx_export.MIN_WITHIN_TOLERANCE
 
 
 def test_an_activation_format_without_an_onnx_equivalent_is_one_clear_error(supernet, images) -> None:

@@ -43,7 +43,8 @@ from automq.numerics.formats import get_format
 from automq.numerics.quant import QuantConv2d, QuantLinear, Quantizer
 from automq.space.candidate import Candidate
 
-__all__ = ["OPSET", "OnnxCheck", "OnnxExportError", "check_onnx", "export_onnx", "quantized_graph", "to_onnx"]
+__all__ = ["OPSET", "OnnxCheck", "OnnxExportError", "check_onnx", "compare_onnx", "export_onnx", "quantized_graph",
+           "to_onnx"]
 
 OPSET = 21  # INT4/UINT4 QDQ needs opset 21 (FLOAT8 needs 19)
 _TRACE_OPSET = 20  # the newest the TorchScript exporter writes; opset 21 only widened the types of its ops
@@ -320,8 +321,13 @@ class OnnxCheck:
     max_abs_diff: float  # largest |logit difference| over all images
     simulated_formats: tuple[str, ...]
 
+    @property
+    def passed(self) -> bool:
+        """Whether :func:`check_onnx` accepts the graph (see :data:`MIN_WITHIN_TOLERANCE`, :data:`MIN_TOP1_AGREEMENT`)."""
+        return self.within_tolerance >= MIN_WITHIN_TOLERANCE and self.top1_agreement >= MIN_TOP1_AGREEMENT
+
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "simulated_formats": list(self.simulated_formats)}
+        return {**self.__dict__, "simulated_formats": list(self.simulated_formats), "passed": self.passed}
 
 
 def logit_tolerance(model: nn.Module, logits: Tensor) -> Tensor:
@@ -337,12 +343,27 @@ def logit_tolerance(model: nn.Module, logits: Tensor) -> Tensor:
     return torch.finfo(torch.float32).eps * terms * logits.abs().amax(1).clamp_min(1.0)
 
 
-@torch.no_grad()
 def check_onnx(proto: onnx.ModelProto, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> OnnxCheck:
-    """Run ``proto`` in ONNX Runtime and ``model`` (put in eval mode) in PyTorch on ``batches`` of (images, labels).
+    """:func:`compare_onnx`, refused unless :attr:`OnnxCheck.passed`.
 
     Raises :class:`OnnxExportError` when fewer than :data:`MIN_WITHIN_TOLERANCE` of the images have logits within
     :func:`logit_tolerance` of PyTorch's, or when the top-1 classes agree on fewer than :data:`MIN_TOP1_AGREEMENT`.
+    """
+    check = compare_onnx(proto, model, batches)
+    if not check.passed:
+        raise OnnxExportError(
+            f"ONNX Runtime does not compute what PyTorch computes on {check.images} images: logits within the "
+            f"float32 tolerance on {check.within_tolerance:.2%} (at least {MIN_WITHIN_TOLERANCE:.1%} required; "
+            f"largest difference {check.max_abs_diff:.3g}), top-1 agreement {check.top1_agreement:.2%} (at least "
+            f"{MIN_TOP1_AGREEMENT:.1%} required); nothing was written (please report this with the candidate)")
+    return check
+
+
+@torch.no_grad()
+def compare_onnx(proto: onnx.ModelProto, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> OnnxCheck:
+    """Run ``proto`` in ONNX Runtime and ``model`` (put in eval mode) in PyTorch on ``batches`` of (images, labels).
+
+    Only measures; :func:`check_onnx` decides. Benchmarks read the figures of a graph the export would refuse here.
     """
     import onnxruntime as ort  # deferred: only the check needs the runtime
 
@@ -365,15 +386,8 @@ def check_onnx(proto: onnx.ModelProto, model: nn.Module, batches: Iterable[tuple
     if images == 0:
         raise OnnxExportError("the ONNX check got no images; give it at least one batch of the test split")
     simulated = proto_metadata(proto)["automq.simulated_formats"]
-    check = OnnxCheck(images, torch_correct / images, onnx_correct / images, agree / images, within / images,
-                      max_abs_diff, tuple(fmt for fmt in simulated.split(",") if fmt))
-    if check.within_tolerance < MIN_WITHIN_TOLERANCE or check.top1_agreement < MIN_TOP1_AGREEMENT:
-        raise OnnxExportError(
-            f"ONNX Runtime does not compute what PyTorch computes on {images} images: logits within the float32 "
-            f"tolerance on {check.within_tolerance:.2%} (at least {MIN_WITHIN_TOLERANCE:.1%} required; largest "
-            f"difference {max_abs_diff:.3g}), top-1 agreement {check.top1_agreement:.2%} (at least "
-            f"{MIN_TOP1_AGREEMENT:.1%} required); nothing was written (please report this with the candidate)")
-    return check
+    return OnnxCheck(images, torch_correct / images, onnx_correct / images, agree / images, within / images,
+                     max_abs_diff, tuple(fmt for fmt in simulated.split(",") if fmt))
 
 
 def proto_metadata(proto: onnx.ModelProto) -> dict[str, str]:
