@@ -323,7 +323,7 @@ class OnnxCheck:
 
     @property
     def passed(self) -> bool:
-        """Whether :func:`check_onnx` accepts the graph (see :data:`MIN_WITHIN_TOLERANCE`, :data:`MIN_TOP1_AGREEMENT`)."""
+        """Whether :func:`check_onnx` accepts the graph: :data:`MIN_WITHIN_TOLERANCE`, :data:`MIN_TOP1_AGREEMENT`."""
         return self.within_tolerance >= MIN_WITHIN_TOLERANCE and self.top1_agreement >= MIN_TOP1_AGREEMENT
 
     def to_dict(self) -> dict[str, Any]:
