@@ -49,9 +49,12 @@ __all__ = ["OPSET", "OnnxCheck", "OnnxExportError", "check_onnx", "compare_onnx"
 OPSET = 21  # INT4/UINT4 QDQ needs opset 21 (FLOAT8 needs 19)
 _TRACE_OPSET = 20  # the newest the TorchScript exporter writes; opset 21 only widened the types of its ops
 MIN_TOP1_AGREEMENT = 0.995  # of the images checked
-# Of the images checked: see logit_tolerance. The others had an activation on a rounding boundary (3-4% of the
-# Fashion-MNIST test images for int8 candidates, experiments/results/onnx_export.md); a wrong graph fails on ~all.
-MIN_WITHIN_TOLERANCE = 0.9
+# Of the images checked: see logit_tolerance. The others had an activation on a rounding boundary, where the two
+# runtimes' last-bit differences (sums in another order, BN rounded once or twice) round to neighbouring codes: 3-4%
+# of the Fashion-MNIST test images for int8 candidates of the 3-epoch demo supernet (onnx_export.md), up to 19.5%
+# for uniform int8 on the 8-epoch fidelity supernet, whose top-1 still agreed on 99.93% (latency_table.md); a wrong
+# graph (one layer's scale off) fails on all or nearly all, so half the images is the bound.
+MIN_WITHIN_TOLERANCE = 0.5
 # ONNX element types of the formats that QuantizeLinear/DequantizeLinear carry: (signed, unsigned).
 QDQ_TYPES: dict[str, tuple[int, int]] = {
     "int8": (TensorProto.INT8, TensorProto.UINT8),
