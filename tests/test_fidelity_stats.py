@@ -258,3 +258,20 @@ def test_paired_difference_by_hand() -> None:
     assert (reverse["kendall_tau"], reverse["kendall_tau_local"], reverse["neighbour_agreement"]) == (2.0, 2.0, 1.0)
     assert reverse["kendall_tau_ci95"] == pytest.approx([2.0, 2.0], abs=1e-12)
     assert reverse["neighbour_agreement_ci95"] == [1.0, 1.0]
+
+
+def test_noise_floor_simulates_with_the_median_seed_variance_robust_to_a_diverged_run() -> None:
+    """Three seeds per candidate: sample variances 1e-4 (twice) and, with one diverged run, far larger. The robust
+    noise is sqrt(median variance * 2 / chi2(2).median) = sqrt(1e-4 / ln 2) (chi-square with 2 degrees of freedom
+    has median 2 ln 2), the pooled one the diverged run's."""
+    rows = [{"id": str(i), "label": "random", "standalone_accuracy": seeds[0], "seed_accuracies": seeds}
+            for i, seeds in enumerate([[0.80, 0.81, 0.82], [0.70, 0.71, 0.72], [0.60, 0.61, 0.30]])]
+    rows += [{"id": f"x{i}", "label": "random", "standalone_accuracy": 0.5 + 0.1 * i} for i in range(3)]
+    floor = noise_floor(rows, val_images=1000, sims=50)
+    diverged = np.var([0.60, 0.61, 0.30], ddof=1)
+    # decimal accuracies are float64-rounded (half an ulp of ~0.8 is 5.6e-17): on deviations of 0.01 that is a relative
+    # error up to ~1e-14 per deviation, ~4e-14 in a variance; 1e-12 leaves room for any summation order
+    rel = 1e-12
+    assert floor["seed_std"] == pytest.approx(math.sqrt((2e-4 + diverged) / 3), rel=rel)
+    assert floor["seed_std_robust"] == pytest.approx(math.sqrt(1e-4 / math.log(2)), rel=rel)
+    assert math.isfinite(floor["ceiling_tau"])  # the pooled figure (0.17) exceeds the spread: no ceiling from it
