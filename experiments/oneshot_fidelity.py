@@ -116,8 +116,8 @@ SCALES = {
                    noise_seeds=3, supernet_epochs=3, supernet_images=20000, neighbour_pairs=20, init="scratch"),
     # the same candidates with a longer ground truth; split into resumable parts of one GPU command each with
     # --max-minutes 9 --resume (stand-alone training runs on the machine's CPU cores: give --jobs, one process per
-    # core). The first part trains the supernet (on the GPU, resumed from its checkpoint if cut) and scores all 68 one-shot, which
-    # the JSON keeps before any stand-alone training starts
+    # core). The first part trains the supernet (on the GPU, resumed from its checkpoint if cut) and scores all 68
+    # one-shot, which the JSON keeps before any stand-alone training starts
     "gpu": Scale("GPU machine, in resumable parts of <= 10 min (--max-minutes 9 --resume)", candidates=44, pool=4000,
                  train_images=50000, epochs=3, val_images=10000, calib_images=512, noise_candidates=12,
                  noise_seeds=3, supernet_epochs=8, supernet_images=40000, neighbour_pairs=20, init="scratch"),
