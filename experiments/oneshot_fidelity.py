@@ -557,7 +557,8 @@ def reading(result: dict[str, Any]) -> str:
         ceiling = nf["ceiling_tau"]
         text.append(f"A noise-free estimator would reach tau ~{ceiling:.2f} (random samples: "
                     f"~{nf['ceiling_tau_random_only']:.2f}) against this ground truth, whose seed noise "
-                    f"({nf.get('seed_std_robust', nf['seed_std']):.4f}) is compared with the spread of the random samples "
+                    f"({nf.get('seed_std_robust', nf['seed_std']):.4f}) is compared with the spread of the random "
+                    "samples "
                     f"({nf['random_spread_std']:.4f}): the estimator is "
                     + ("at that ceiling" if tau >= ceiling - CEILING_MARGIN else f"{ceiling - tau:.2f} below it")
                     + ("; the 0.93 target is out of reach of this ground truth whatever the estimator."

@@ -112,7 +112,8 @@ def markdown(result: dict[str, Any]) -> str:
                  + " | ".join(f"{result['noise_ceiling'][k]:.3f}" for k in SEARCH_KEYS) + " |")
     lines += ["", f"Paired differences from `{base}` (the same resampled candidates and neighbour pairs; a "
               "difference is a result only where its interval excludes 0):", "",
-              "| supernet | Kendall tau | tau within ±15% BitOps | neighbour pairs ordered right |", "|---|---|---|---|"]
+              "| supernet | Kendall tau | tau within ±15% BitOps | neighbour pairs ordered right |",
+              "|---|---|---|---|"]
     lines += [f"| {r['name']} | " + " | ".join(fmt_ci(r["minus_baseline"], k) for k in SEARCH_KEYS) + " |"
               for r in result["recipes"][1:]]
     lines += ["", "Supernets:", ""]

@@ -529,7 +529,8 @@ def _fit(trainer: SupernetTrainer, out: Path, show_progress: bool) -> None:
                           f"smallest {record['val_acc_smallest']:.4f}  ({record['wall_s']:.0f} s)")
     if writes:
         atomic_torch_save({"kind": _SUPERNET_KIND, "space": space_fingerprint(trainer.space),
-                           "split": data_split(trainer.space), "epochs": trainer.epoch, "state_dict": trainer.supernet.state_dict()}, out / SUPERNET)
+                           "split": data_split(trainer.space), "epochs": trainer.epoch,
+                           "state_dict": trainer.supernet.state_dict()}, out / SUPERNET)
 
 
 def _diverged_hint(out: Path, epoch: int) -> str:
