@@ -70,6 +70,9 @@ def _join_group(rank: int, task: Callable[..., None], folder: str, args: tuple) 
     dist.init_process_group("gloo", init_method=f"file://{folder}/gloo_store", rank=rank, world_size=2)
     try:
         task(rank, folder, *args)
+        # both ranks done before either tears its group down: a rank destroying its gloo group while the other still
+        # talks to it can abort the other with "terminate called without an active exception" (seen once in CI)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
