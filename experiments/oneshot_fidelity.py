@@ -737,13 +737,18 @@ def oneshot_scores(estimate: dict[str, float], suffix: str = "") -> dict[str, fl
 
 class StandaloneTrainer:
     """One stand-alone training of the study's recipe, callable in this process or in a worker process: built from
-    file paths and the scale (so it pickles), it loads the space, data and supernet once per process."""
+    file paths and the scale (so it pickles), it loads the space, data and supernet once per process. ``loaded``
+    hands it what the calling process already holds (space, data, estimator), so training in that process loads
+    nothing twice; worker processes load their own."""
 
     def __init__(self, space: str, data_root: str | None, scale: Scale, init: str, supernet: str,
-                 threads: int) -> None:
+                 threads: int, loaded: tuple[SearchSpace, Any, OneShotEstimator] | None = None) -> None:
         self.space_path, self.data_root, self.scale, self.init = space, data_root, scale, init
         self.supernet_path, self.threads = supernet, threads
         self._loaded: tuple[SearchSpace, Any, OneShotEstimator | None] | None = None
+        if loaded is not None:
+            space_, data, estimator = loaded
+            self._loaded = space_, data, estimator if init == "supernet" else None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_loaded": None}  # a worker loads its own copy
@@ -839,7 +844,8 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
     jobs = [(i, seed) for i, row in enumerate(rows) if row["standalone_accuracy"] is None
             for seed in range(scale.noise_seeds if row["id"] in noisy else 1)
             if str(seed) not in row.get("seed_results", {})]
-    trainer = StandaloneTrainer(args.space, args.data, scale, init, str(run), threads=args.threads)
+    trainer = StandaloneTrainer(args.space, args.data, scale, init, str(run), threads=args.threads,
+                                loaded=(space, data, estimator))
     deadline = None if args.max_minutes is None else run_start + 60 * args.max_minutes
     for (i, seed), record in run_jobs(trainer, [(picked[i][1].to_dict(), seed) for i, seed in jobs], jobs,
                                       args.jobs, deadline):
