@@ -197,8 +197,15 @@ def _export_onnx(args: argparse.Namespace, space: SearchSpace, model: Any, candi
     check = export_onnx(model, candidate, args.onnx, make_loader(images, 256, shuffle=False))
     print(f"ONNX model (opset {OPSET}, QuantizeLinear/DequantizeLinear) written to {args.onnx}; on the "
           f"{check.images} {split} images ONNX Runtime top-1 {check.onnx_accuracy:.2%}, PyTorch "
-          f"{check.torch_accuracy:.2%}, same class on {check.top1_agreement:.2%}, logits within float32 "
-          f"rounding on {check.within_tolerance:.2%}")
+          f"{check.torch_accuracy:.2%}, same class on {check.top1_agreement:.2%}, logits of the graph as written "
+          f"within float32 rounding on {check.within_tolerance:.2%}")
+    integer, convs = check.integer_convs
+    if check.integer_top1_agreement is not None:
+        print(f"every conv runs in float: with integer convs the top-1 class agreed on only "
+              f"{check.integer_top1_agreement:.2%} of the images (their requantization rounds on its own)")
+    else:
+        print(f"{integer} of {convs} convs run on ONNX Runtime's integer kernels (int8 layers that feed another int8 "
+              "layer directly); the others dequantize and run in float")
     if check.simulated_formats:
         print(f"simulated in ONNX (float values on the format's grid, no integer kernels): "
               f"{', '.join(check.simulated_formats)}")

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from automq.space.space import SearchSpace
 
 __all__ = ["HOROWITZ_45NM", "METRIC_KEYS", "CostModel", "EnergyTable", "LayerCost", "check_budgets", "cost_range",
-           "LATENCY_OVERHEAD_KEY", "format_bits", "latency_key", "load_latency_table"]
+           "LATENCY_OVERHEAD_KEY", "format_bits", "integer_kernel", "latency_key", "load_latency_table"]
 
 SCALE_BITS = 16  # one fp16 scale per output channel for learned-scale weight formats
 BIAS_BITS = 32  # one int32 (or fp32) bias per output channel
@@ -129,11 +129,24 @@ def _scaled(size: float, anchors: tuple[tuple[float, float], ...]) -> float:
     return anchor_pj * size / anchor_size
 
 
+INTEGER_KERNEL_FORMAT = "int8"
+INTEGER_KERNEL_SUFFIX = "/int8-out"
+
+
+def integer_kernel(spec: LayerSpec) -> bool:
+    """Whether the exported model runs ``spec`` as an integer conv (ONNX Runtime's ``QLinearConv``): int8 weights
+    and input, and its output requantized to int8 right away by the layer that reads it
+    (:mod:`automq.model.onnx_export` writes exactly these so; a ReLU6 whose bound falls inside the learned int8
+    range keeps a conv in float, which only the trained scales tell)."""
+    return spec.kind == "conv" and spec.w_fmt == spec.a_fmt == spec.out_fmt == INTEGER_KERNEL_FORMAT
+
+
 def latency_key(spec: LayerSpec) -> str:
     """Key of a layer in a latency table: ``{kind}/{in_ch}x{out_ch}/k{k}/s{stride}/g{groups}/hw{in_hw}/{w}/{a}``,
-    e.g. ``conv/16x96/k1/s1/g1/hw16/int8/int8`` (``in_hw`` is the input height = width; 1 for linear)."""
+    e.g. ``conv/16x96/k1/s1/g1/hw16/int8/int8`` (``in_hw`` is the input height = width; 1 for linear), with
+    :data:`INTEGER_KERNEL_SUFFIX` where the layer runs on an integer kernel (:func:`integer_kernel`)."""
     return (f"{spec.kind}/{spec.in_ch}x{spec.out_ch}/k{spec.kernel_size}/s{spec.stride}/g{spec.groups}/"
-            f"hw{spec.in_hw}/{spec.w_fmt}/{spec.a_fmt}")
+            f"hw{spec.in_hw}/{spec.w_fmt}/{spec.a_fmt}" + (INTEGER_KERNEL_SUFFIX if integer_kernel(spec) else ""))
 
 
 LATENCY_OVERHEAD_KEY = "model/overhead"  # ms one inference costs beyond the sum of its layers (0 when absent)
@@ -232,6 +245,9 @@ class CostModel:
         if self.latency_table is None:
             return None
         key = latency_key(spec)
+        if key not in self.latency_table and key.removesuffix(INTEGER_KERNEL_SUFFIX) in self.latency_table:
+            raise SpaceError(f"{self._latency_source}: no integer-kernel entry for layer {spec.name} (key '{key}'): "
+                             "the table predates the export's integer convs; rebuild it with automq latency-table")
         if key not in self.latency_table:
             raise SpaceError(f"{self._latency_source}: no entry for layer {spec.name} (key '{key}'); measure "
                              "this layer configuration and add it, or drop the latency metric")

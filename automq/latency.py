@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from automq.cost import LATENCY_OVERHEAD_KEY, latency_key
+from automq.cost import INTEGER_KERNEL_FORMAT, LATENCY_OVERHEAD_KEY, integer_kernel, latency_key
 from automq.errors import AutomqError
 from automq.io import atomic_write_json
 from automq.model.arch import LayerSpec, layer_specs
@@ -88,8 +88,10 @@ class LayerConfig:
     @property
     def path(self) -> tuple[Any, ...]:
         """What ONNX Runtime executes: the shape and the formats as run (simulated ones on their shared path)."""
-        shape = dataclasses.astuple(dataclasses.replace(self.spec, name="", a_signed=False, w_fmt="", a_fmt=""))
-        return shape, self.relu6, _weight_path(self.spec.w_fmt), _input_path(self.spec.a_fmt)
+        shape = dataclasses.astuple(dataclasses.replace(self.spec, name="", a_signed=False, w_fmt="", a_fmt="",
+                                                        out_fmt=None))
+        return (shape, self.relu6, _weight_path(self.spec.w_fmt), _input_path(self.spec.a_fmt),
+                integer_kernel(self.spec))
 
 
 def _weight_path(fmt: str) -> str:
@@ -114,34 +116,40 @@ def layer_configurations(space: SearchSpace) -> list[LayerConfig]:
     A block's layer shapes depend only on the width, the stage, the block's position and its own kernel and
     expansion (its input channels are the stage's, never a neighbour's choice), so the deepest network at each
     width with each stage's blocks set to each of its (kernel, expansion) pairs holds every shape; each shape then
-    takes every format pair of its layer's menu.
+    takes every format pair of its layer's menu. Where a layer alone feeds the next one and that layer's menu has
+    int8 inputs, its int8/int8 pair also runs as an integer conv (:func:`automq.cost.integer_kernel`); whether it
+    does can depend on the stage's depth (the last block of a shallower stage feeds the next stage's first block,
+    in the deepest network it may feed a residual block), so each stage is also taken at each of its depths.
     """
     configs: dict[str, LayerConfig] = {}
-    for width, (stage, choice) in itertools.product(space.network.width_mult, _stage_choices(space)):
-        specs = layer_specs(space, space.build(_deepest_with(width, stage, *choice)))
+    for width, (stage, choice, depth) in itertools.product(space.network.width_mult, _stage_choices(space)):
+        specs = layer_specs(space, space.build(_deepest_with(width, stage, *choice, depth)))
         for spec, following in zip(specs, specs[1:] + [None]):
             relu6 = following is not None and not following.a_signed  # an unsigned input comes out of a ReLU6
-            for w_fmt, a_fmt in itertools.product(*space.layer_menu(spec.name)):
-                config = LayerConfig(dataclasses.replace(spec, w_fmt=w_fmt, a_fmt=a_fmt), relu6)
+            # what the output meets: an integer-kernel consumer (int8 input), or anything else (None)
+            outputs = {None} if spec.out_fmt is None else {
+                fmt if fmt == INTEGER_KERNEL_FORMAT else None for fmt in space.layer_menu(following.name)[1]}
+            for w_fmt, a_fmt, out_fmt in itertools.product(*space.layer_menu(spec.name), outputs):
+                config = LayerConfig(dataclasses.replace(spec, w_fmt=w_fmt, a_fmt=a_fmt, out_fmt=out_fmt), relu6)
                 configs.setdefault(latency_key(config.spec), config)
     return list(configs.values())
 
 
-def _stage_choices(space: SearchSpace) -> list[tuple[int, tuple[int, int]]]:
-    return [(i, choice) for i, stage in enumerate(space.network.stages)
-            for choice in itertools.product(stage.kernel_size, stage.expand_ratio)]
+def _stage_choices(space: SearchSpace) -> list[tuple[int, tuple[int, int], int]]:
+    return [(i, choice, depth) for i, stage in enumerate(space.network.stages)
+            for choice in itertools.product(stage.kernel_size, stage.expand_ratio) for depth in stage.depth]
 
 
-def _deepest_with(width: float, stage: int, kernel_size: int, expand_ratio: int) -> Callable[..., Any]:
-    """A :meth:`SearchSpace.build` pick: the deepest network at ``width``, stage ``stage``'s blocks set to the
-    given kernel and expansion, every other decision its first choice."""
+def _deepest_with(width: float, stage: int, kernel_size: int, expand_ratio: int, depth: int) -> Callable[..., Any]:
+    """A :meth:`SearchSpace.build` pick: the deepest network at ``width``, but stage ``stage`` ``depth`` blocks
+    deep with the given kernel and expansion, every other decision its first choice."""
     chosen = {"kernel_size": kernel_size, "expand_ratio": expand_ratio}
 
     def pick(name: str, kind: str, choices: tuple) -> Any:
         if kind == "width_mult":
             return width
         if kind == "depth":
-            return max(choices)
+            return depth if name == f"stages.{stage}.depth" else max(choices)
         if name.startswith(f"blocks.{stage}.") and kind in chosen:
             return chosen[kind]
         return choices[0]
@@ -156,7 +164,7 @@ def layer_graph(config: LayerConfig, count: int = 1) -> tuple[onnx.ModelProto, n
     import torch
     from torch import nn
 
-    from automq.model.onnx_export import quantized_graph
+    from automq.model.onnx_export import quantized_graph, requantize_output
     from automq.numerics.quant import QuantConv2d, QuantLinear
 
     spec = config.spec
@@ -176,9 +184,50 @@ def layer_graph(config: LayerConfig, count: int = 1) -> tuple[onnx.ModelProto, n
     if not spec.a_signed:
         inputs = inputs.clamp(0, 6)
     with torch.no_grad():
-        layer.eval()(inputs[0])  # initialises the quantizers' scales from the first input, as calibration would
+        outputs = layer.eval()(inputs[0])  # initialises the quantizers' scales from it, as calibration would
     proto, _ = quantized_graph(layer, inputs[0])
+    if integer_kernel(spec):  # the next layer's int8 input quantizer, which makes it an integer conv
+        # after a ReLU6 the scale whose range ends at 6 (ONNX Runtime then drops the ReLU6), else the output's range
+        scale = 6 / 255 if config.relu6 else float(outputs.abs().max()) / 127
+        requantize_output(proto, scale, signed=not config.relu6)
+        return _integer_conv_alone(proto, spec, count)
     return proto, inputs.numpy()
+
+
+def _integer_conv_alone(proto: onnx.ModelProto, spec: LayerSpec, count: int) -> tuple[onnx.ModelProto, np.ndarray]:
+    """The integer conv (``QLinearConv``) ONNX Runtime makes of a one-layer graph, alone, with ``count`` random
+    code inputs: in a whole model consecutive integer convs pass their codes on in ONNX Runtime's layout, so the
+    quantize, layout transposes and dequantize around a one-layer model are not paid there."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    (conv,) = [node for node in optimized.graph.node if node.op_type == "QLinearConv"]
+    values = {init.name: init for init in optimized.graph.initializer}
+    dtype = onnx.numpy_helper.to_array(values[conv.input[2]]).dtype  # the input's zero point: uint8 or int8
+    channels_last = any(a.name == "channels_last" and a.i for a in conv.attribute)
+
+    def shape(channels: int, size: int) -> list[int]:
+        return [1, size, size, channels] if channels_last else [1, channels, size, size]
+
+    elem_type = helper.np_dtype_to_tensor_dtype(dtype)
+    inputs = [helper.make_tensor_value_info(conv.input[0], elem_type, shape(spec.in_ch, spec.in_hw))]
+    outputs = [helper.make_tensor_value_info(conv.output[0], elem_type, shape(spec.out_ch, spec.out_hw))]
+    graph = helper.make_graph([conv], "integer conv", inputs, outputs,
+                              [values[name] for name in conv.input if name in values])
+    model = helper.make_model(graph, opset_imports=optimized.opset_import, ir_version=optimized.ir_version)
+    info = np.iinfo(dtype)
+    codes = np.random.default_rng(0).integers(info.min, info.max + 1, size=(count, *shape(spec.in_ch, spec.in_hw)))
+    return model, codes.astype(dtype)
 
 
 def identity_graph(shape: tuple[int, ...]) -> onnx.ModelProto:
@@ -273,8 +322,8 @@ def build_latency_table(space: SearchSpace, timing: Timing, progress: bool = Tru
         "_space": space.name, "_configurations": len(configs), "_measured": len(measured),
         "_wall_time_s": round(time.perf_counter() - started, 1),
         "_simulated_formats": simulated,
-        "_method": "median ms per layer (conv + BN [+ ReLU6], or the classifier), a different random input each "
-                   "run, minus the identity model's median; "
+        "_method": "median ms per layer (conv + BN [+ ReLU6], requantized to int8 where it runs as an integer "
+                   "conv, or the classifier), a different random input each run, minus the identity model's median; "
                    "simulated formats share the path they run on; the identity median is the overhead entry",
     }
     return {**metadata, LATENCY_OVERHEAD_KEY: overhead, **table}

@@ -106,6 +106,26 @@ def test_layer_specs_match_the_timm_model(fmnist):
             assert bool(x.min() < 0) == spec.a_signed, spec.name
 
 
+def test_out_fmt_is_the_input_format_of_the_one_layer_that_reads_the_output(fmnist):
+    """timm's blocks say which add their input to their output (``has_skip``): such a block's last conv and the
+    layer before the block both feed that add as well. The head conv is pooled and the classifier's output is the
+    logits. Every other layer's output is read by the next layer alone, so its out_fmt is that layer's input
+    format (sampled candidates: mixed formats, depths with and without residual blocks)."""
+    for space, candidate in candidates_to_check(fmnist):
+        model = build_timm_model(space, candidate)
+        specs = layer_specs(space, candidate)
+        names = [spec.name for spec in specs]
+        shared = {"conv_head", "classifier"}
+        for i, stage in enumerate(model.blocks):
+            for j, block in enumerate(stage):
+                if block.has_skip:  # inverted residual: conv_pw ... conv_pwl; depthwise separable: conv_dw, conv_pw
+                    first, last = ("conv_pw", "conv_pwl") if hasattr(block, "conv_pwl") else ("conv_dw", "conv_pw")
+                    shared |= {names[names.index(f"blocks.{i}.{j}.{first}") - 1], f"blocks.{i}.{j}.{last}"}
+        assert len(shared) > 2 or candidate == space.smallest()  # the check sees residual blocks
+        for spec, following in zip(specs, specs[1:] + [None]):
+            assert spec.out_fmt == (None if spec.name in shared else following.a_fmt), spec.name
+
+
 def test_layer_specs_need_formats_for_every_layer(fmnist):
     candidate = fmnist.smallest()
     broken = Candidate(candidate.width_mult, candidate.blocks, candidate.formats[:-1])

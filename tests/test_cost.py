@@ -160,7 +160,8 @@ def test_cost_range_picks_the_cheapest_format_per_metric():
 def test_latency_table(minimal, tmp_path):
     candidate = minimal.uniform("int8", "int8")
     specs = layer_specs(minimal, candidate)
-    assert latency_key(specs[1]) == "conv/8x8/k3/s1/g8/hw4/int8/int8"
+    # the depthwise conv feeds the int8 pointwise conv directly: an integer conv in the exported model
+    assert latency_key(specs[1]) == "conv/8x8/k3/s1/g8/hw4/int8/int8/int8-out"
     table = {latency_key(spec): 0.5 * n for n, spec in enumerate(specs)}
     path = tmp_path / "latency.json"
     path.write_text(json.dumps({"_device": "test bench", **table}))
@@ -169,6 +170,9 @@ def test_latency_table(minimal, tmp_path):
     assert model.metrics(candidate)["latency"] == 5.0
     with pytest.raises(SpaceError, match="no entry for layer conv_stem \\(key 'conv/1x8/k3/s2/g1/hw8/int4/int8'\\)"):
         model.costs(minimal.uniform("int4", "int8", clamp=True))
+    path.write_text(json.dumps({key.removesuffix("/int8-out"): value for key, value in table.items()}))
+    with pytest.raises(SpaceError, match="predates the export's integer convs; rebuild it with automq latency-table"):
+        CostModel(minimal, latency_table=path).costs(candidate)
     path.write_text(json.dumps({"conv/1x8": "fast"}))
     with pytest.raises(SpaceError, match="entry 'conv/1x8': expected a non-negative number"):
         CostModel(minimal, latency_table=path)

@@ -5,6 +5,8 @@ latency searches with the table. No assertion depends on how fast anything ran."
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import json
 from collections import defaultdict
@@ -19,7 +21,8 @@ import yaml
 
 from automq.cli import main
 from automq.cost import LATENCY_OVERHEAD_KEY, CostModel, latency_key
-from automq.latency import Timing, build_latency_table, identity_graph, measure_onnx
+from automq.latency import (Timing, build_latency_table, identity_graph, layer_configurations, layer_graph,
+                            measure_onnx)
 from automq.model.arch import layer_specs
 from automq.search.results import load_trials
 from automq.space.space import SearchSpace
@@ -80,7 +83,7 @@ def test_entries_are_medians_and_the_metadata_names_machine_runtime_and_threads(
 def test_simulated_formats_share_the_measurement_of_the_path_they_run_on(space, table) -> None:
     """int2 and MX weights both run as float weights; fp4 activations on the fp32 path: one measurement each."""
     dw = next(s for s in layer_specs(space, space.largest()) if s.name == "blocks.1.0.conv_dw")
-    key = latency_key(dw).rsplit("/", 2)[0]
+    key = latency_key(dataclasses.replace(dw, out_fmt=None)).rsplit("/", 2)[0]
     assert table[f"{key}/int2/int8"] == table[f"{key}/mxfp4_e2m1/int8"]
     assert table[f"{key}/int2/fp4_e2m1"] == table[f"{key}/mxfp4_e2m1/fp4_e2m1"]
     distinct = {k for k in table if not k.startswith("_") and k != LATENCY_OVERHEAD_KEY}
@@ -101,6 +104,30 @@ def recorded_feeds(monkeypatch) -> dict:
 
     monkeypatch.setattr(onnxruntime.InferenceSession, "run", recording_run)
     return feeds
+
+
+def optimized_ops(proto: onnx.ModelProto, folder: Path) -> list[str]:
+    """The ops of the graph ONNX Runtime runs for ``proto`` on this machine (what its optimisations made of it)."""
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_an_int8_layer_that_feeds_an_int8_layer_is_timed_as_the_integer_conv_it_runs_as(space, table,
+                                                                                        tmp_path) -> None:
+    """In the exported model an int8 conv whose output goes straight into an int8 input quantizer runs as ONNX
+    Runtime's QLinearConv (test_onnx_export); its one-layer model must run so too, under a key of its own, and
+    the same layer without that consumer in float (DequantizeLinear + Conv)."""
+    configs = {latency_key(c.spec): c for c in layer_configurations(space)}
+    # the expansion conv before the depthwise conv whose inputs may be int8, fp8 or fp4
+    expand = next(s for s in layer_specs(space, space.largest()) if s.name == "blocks.1.0.conv_pw")
+    integer, plain = (configs[latency_key(dataclasses.replace(expand, out_fmt=out))] for out in ("int8", "fp8_e4m3"))
+    assert latency_key(integer.spec) == latency_key(plain.spec) + "/int8-out" and integer.relu6
+    assert optimized_ops(layer_graph(integer)[0], tmp_path).count("QLinearConv") == 1
+    assert "QLinearConv" not in optimized_ops(layer_graph(plain)[0], tmp_path)
+    assert {latency_key(integer.spec), latency_key(plain.spec)} <= set(table)
 
 
 def test_every_run_of_a_layer_is_fed_an_input_of_its_own(space, recorded_feeds) -> None:

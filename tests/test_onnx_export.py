@@ -18,6 +18,8 @@ from onnx import TensorProto, numpy_helper
 from automq.cli import main
 from automq.model import onnx_export
 from automq.model.onnx_export import OPSET, OnnxCheck, OnnxExportError, check_onnx, compare_onnx, export_onnx, to_onnx
+from automq.cost import integer_kernel
+from automq.model.arch import layer_specs
 from automq.model.supernet import Supernet, load_model
 
 from _spaces import SpaceFactory
@@ -33,6 +35,14 @@ SIGNED_INPUT = {
     "blocks.1.0.conv_pw": True, "blocks.1.0.conv_dw": False, "blocks.1.0.conv_pwl": False,
     "blocks.1.1.conv_pw": True, "blocks.1.1.conv_dw": False, "blocks.1.1.conv_pwl": False,
     "conv_head": True, "classifier": False,
+}
+# The BatchNorm after each layer of the same network (timm's names), which the export folds into the layer's weight
+# scales and a bias; the classifier has none.
+NORM_AFTER = {
+    "conv_stem": "bn1", "blocks.0.0.conv_dw": "blocks.0.0.bn1", "blocks.0.0.conv_pw": "blocks.0.0.bn2",
+    **{f"blocks.1.{j}.{conv}": f"blocks.1.{j}.{norm}" for j in (0, 1)
+       for conv, norm in (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))},
+    "conv_head": "bn2", "classifier": None,
 }
 # (weight codes, signed input codes, unsigned input codes) per format with an ONNX QDQ type
 QDQ = {
@@ -118,8 +128,18 @@ def test_the_model_says_int4_needs_opset_21(supernet, images) -> None:
     assert [(op.domain, op.version) for op in proto.opset_import] == [("", OPSET)] and OPSET == 21
 
 
+def folded_factor(model: torch.nn.Module, name: str) -> np.ndarray:
+    """gamma / sqrt(var + eps) of the BatchNorm after layer ``name``, per output channel (1 without one)."""
+    if NORM_AFTER[name] is None:
+        return np.ones(1)
+    norm = model.get_submodule(NORM_AFTER[name])
+    return (norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)).detach().numpy()
+
+
 @pytest.mark.parametrize("fmt", list(QDQ))
-def test_weight_codes_times_scales_are_the_weights_pytorch_uses(supernet, images, fmt) -> None:
+def test_weight_codes_are_pytorch_s_and_their_scales_carry_the_folded_batch_norm(supernet, images, fmt) -> None:
+    """Codes times the learned scales are the weights PyTorch uses, bit for bit; the ONNX scales are the learned
+    ones times the BatchNorm's factor (float64), rounded once to float32: within half a float32 ulp."""
     model, candidate = calibrated(supernet, fmt, fmt, images)
     graph = to_onnx(model, candidate, images[:1]).graph
     made_by, initializers = producers(graph), {init.name: init for init in graph.initializer}
@@ -127,22 +147,24 @@ def test_weight_codes_times_scales_are_the_weights_pytorch_uses(supernet, images
                                     layer_nodes(graph)):
         weight_dq = made_by[node.input[1]]
         codes = numpy_helper.to_array(initializers[weight_dq.input[0]]).astype(np.float32)  # onnx's own decoding
-        scale = numpy_helper.to_array(initializers[weight_dq.input[1]])
-        dequantized = codes * scale.reshape([-1] + [1] * (codes.ndim - 1))  # one float32 product, as ORT
+        learned = module.w_quant.scales[fmt].detach().numpy()
         with torch.no_grad():
             used = module.w_quant(module.weight, fmt).numpy()
-        np.testing.assert_array_equal(dequantized, used, err_msg=name)
+        np.testing.assert_array_equal(codes * learned.reshape([-1] + [1] * (codes.ndim - 1)), used, err_msg=name)
+        scale = numpy_helper.to_array(initializers[weight_dq.input[1]])
+        np.testing.assert_allclose(scale, learned * folded_factor(model, name), rtol=EPS32 / 2, atol=0, err_msg=name)
 
 
 def test_fp8_codes_are_e4m3fn_bytes(supernet, images) -> None:
-    """The stored bytes, decoded by ml_dtypes (not onnx), times the scales are the weights PyTorch uses."""
+    """The stored bytes, decoded by ml_dtypes (not onnx), times the learned scales are the weights PyTorch uses."""
     model, candidate = calibrated(supernet, "fp8_e4m3", "fp8_e4m3", images)
     initializers = {init.name: init for init in to_onnx(model, candidate, images[:1]).graph.initializer}
-    codes, scale = initializers["conv_stem.weight_codes"], numpy_helper.to_array(initializers["conv_stem.weight_scale"])
+    codes = initializers["conv_stem.weight_codes"]
     decoded = np.frombuffer(codes.raw_data, dtype=ml_dtypes.float8_e4m3fn).astype(np.float32).reshape(codes.dims)
+    learned = model.conv_stem.w_quant.scales["fp8_e4m3"].detach().numpy()
     with torch.no_grad():
         used = model.conv_stem.w_quant(model.conv_stem.weight, "fp8_e4m3").numpy()
-    np.testing.assert_array_equal(decoded * scale.reshape(-1, 1, 1, 1), used)
+    np.testing.assert_array_equal(decoded * learned.reshape(-1, 1, 1, 1), used)
 
 
 def test_input_codes_are_pytorch_s_even_where_dividing_by_the_scale_rounds_differently(supernet, images) -> None:
@@ -203,8 +225,9 @@ def test_fp8_input_codes_round_ties_to_even_and_saturate_like_pytorch(supernet, 
 ])
 def test_onnx_runtime_logits_equal_pytorch_s_within_float32_summation_error(supernet, images, w_fmt, a_fmt,
                                                                            arch) -> None:
+    """Without integer kernels (every quantizer gives the project's codes, every conv runs in float)."""
     model, candidate = calibrated(supernet, w_fmt, a_fmt, images, arch)
-    proto = to_onnx(model, candidate, images[:1])
+    proto = to_onnx(model, candidate, images[:1], integer_kernels=False)
     outputs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         ["logits"], {"images": images.numpy()})[0]
     with torch.no_grad():
@@ -214,6 +237,63 @@ def test_onnx_runtime_logits_equal_pytorch_s_within_float32_summation_error(supe
     terms = sum(m.weight[0].numel() for m in model.modules() if hasattr(m, "w_quant"))
     tolerance = EPS32 * terms * np.abs(reference).max(1, keepdims=True).clip(min=1.0)
     assert (np.abs(outputs - reference) <= tolerance).all()
+
+
+def with_int8_ranges(model: torch.nn.Module, top_code: int = 255) -> torch.nn.Module:
+    """``model`` with every unsigned int8 input range putting ReLU6's bound 6 at code ``top_code`` (255: where the
+    ReLU6 cannot change a code, as for about half the layers of a trained supernet; 254: the others)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "a_quant") and not module.a_quant.signed:
+                module.a_quant.scales["int8"].fill_(6 / top_code)
+    return model
+
+
+# by hand: the DS block and block 1.1 add their inputs, so the stem's, the DS block's and blocks 1.0's and 1.1's last
+# convs also feed an add, and the head is pooled; the other 5 feed the next layer alone, each through a ReLU6
+@pytest.mark.parametrize("top_code, integer", [(255, 5), (254, 5), (250, 0)])
+def test_int8_layers_that_feed_int8_layers_run_on_integer_kernels_within_one_code(supernet, images, top_code,
+                                                                                 integer) -> None:
+    """ONNX Runtime runs an integer conv (QLinearConv) for each layer the cost model prices as one
+    (automq.cost.integer_kernel) where leaving out the ReLU6 changes a code by one at most (6 at code 254 or 255),
+    none where it would change more. Integer accumulation is exact, so the stem's output codes (its input is the
+    image, the same in both runs) differ from the float graph's by at most one code."""
+    model, candidate = calibrated(supernet, "int8", "int8", images)
+    proto = to_onnx(with_int8_ranges(model, top_code), candidate, images[:1])
+    assert sum(map(integer_kernel, layer_specs(supernet.space, candidate))) == 5
+    assert onnx_export.integer_convs(proto) == (integer, 10)
+    codes = "blocks.0.0.conv_dw.input_codes"  # the stem's output, quantized for the depthwise conv
+    deployed = with_outputs(proto, [codes]).run([codes], {"images": images.numpy()})[0].astype(int)
+    written = onnx.ModelProto.FromString(proto.SerializeToString())
+    written.graph.output.extend([onnx.helper.make_empty_tensor_value_info(codes)])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact = ort.InferenceSession(written.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        [codes], {"images": images.numpy()})[0].astype(int)
+    assert np.abs(deployed - exact).max() <= 1 and (deployed == exact).mean() > 0.99
+
+
+def test_the_export_falls_back_to_float_convs_where_integer_ones_change_the_answers(supernet, images,
+                                                                                   monkeypatch) -> None:
+    """An integer graph that does not pass the check (here: every requantization off by 3x) is replaced by the
+    exact one, and the check says so; the exact graph runs no integer conv."""
+    model, candidate = calibrated(supernet, "int8", "int8", images)
+    labels = model(images).argmax(1)
+    requantize = onnx_export._quantize_integer_outputs
+
+    def off_by_three(graph: onnx.GraphProto) -> None:
+        requantize(graph)
+        made_by, values = producers(graph), {init.name: init for init in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "QuantizeLinear" and made_by.get(node.input[0], node).op_type == "Conv":
+                wrong = 3 * numpy_helper.to_array(values[node.input[1]])
+                graph.initializer.append(numpy_helper.from_array(wrong, f"{node.input[1]}_wrong"))
+                node.input[1] = f"{node.input[1]}_wrong"
+
+    monkeypatch.setattr(onnx_export, "_quantize_integer_outputs", off_by_three)
+    proto, check = onnx_export.deployable_onnx(with_int8_ranges(model), candidate, [(images, labels)])
+    assert check.passed and check.integer_convs == (0, 10) and check.integer_top1_agreement < 0.995
+    assert onnx_export.integer_convs(proto) == (0, 10)
 
 
 def test_simulated_formats_are_named_in_the_metadata(supernet, images) -> None:

@@ -64,6 +64,10 @@ class LayerSpec:
     a_signed: bool
     w_fmt: str
     a_fmt: str
+    # the input format of the layer that alone reads this one's output (through its BatchNorm and ReLU6 only);
+    # None where a residual add also reads it or comes first, or the pooling or the logits do. An exporter can
+    # requantize the output there.
+    out_fmt: str | None = None
 
     @property
     def depthwise(self) -> bool:
@@ -127,14 +131,17 @@ def _shapes(space: SearchSpace, candidate: Candidate) -> list[dict[str, Any]]:
     for i, (stage, blocks) in enumerate(zip(space.network.stages, candidate.blocks)):
         out = round_channels(stage.channels, w)
         for j, block in enumerate(blocks):
-            body = _block(f"blocks.{i}.{j}.", stage.type, chs, out, block, stage.stride if j == 0 else 1, hw,
-                          input_signed)
+            stride = stage.stride if j == 0 else 1
+            body = _block(f"blocks.{i}.{j}.", stage.type, chs, out, block, stride, hw, input_signed)
+            if stride == 1 and chs == out:  # timm's has_skip: the block adds its input to its output
+                layers[-1]["feeds_next"] = body[-1]["feeds_next"] = False  # both outputs also meet the add
             layers += body
             chs, hw, input_signed = out, body[-1]["out_hw"], True  # blocks end linear (the bottleneck)
     features = head_channels(space, w)
     layers.append(_conv("conv_head", chs, features, 1, 1, hw, a_signed=True))
+    layers[-1]["feeds_next"] = False  # the global pooling follows
     layers.append(dict(name="classifier", kind="linear", in_ch=features, out_ch=space.dataset.num_classes,
-                       kernel_size=1, stride=1, groups=1, in_hw=1, out_hw=1, a_signed=False))
+                       kernel_size=1, stride=1, groups=1, in_hw=1, out_hw=1, a_signed=False, feeds_next=False))
     return layers
 
 
@@ -144,12 +151,17 @@ def layer_specs(space: SearchSpace, candidate: Candidate) -> list[LayerSpec]:
     ``layer_specs(space, space.largest())`` gives the maximal shapes a supernet allocates.
     """
     formats = candidate.layer_formats()
-    specs = []
-    for shape in _shapes(space, candidate):
+    shapes = _shapes(space, candidate)
+    for shape in shapes:
         if shape["name"] not in formats:
             raise CandidateError(f"candidate {candidate.id} has no formats for layer '{shape['name']}'; "
                                  f"check it with space.validate_candidate")
-        specs.append(LayerSpec(**shape, w_fmt=formats[shape["name"]][0], a_fmt=formats[shape["name"]][1]))
+    following = [formats[shape["name"]][1] for shape in shapes[1:]] + [None]
+    specs = []
+    for shape, next_input in zip(shapes, following):
+        feeds_next = shape.pop("feeds_next", True)
+        specs.append(LayerSpec(**shape, w_fmt=formats[shape["name"]][0], a_fmt=formats[shape["name"]][1],
+                               out_fmt=next_input if feeds_next else None))
     return specs
 
 

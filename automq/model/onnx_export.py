@@ -4,9 +4,11 @@ The exported graph computes what the PyTorch model computes: each conv/linear re
 integer (or FP8) weight codes, per output channel, and ``DequantizeLinear(QuantizeLinear(x))`` of its input, per
 tensor, with the learned LSQ scales as the ONNX scales and zero points 0 (``uint8``/``uint4`` after a ReLU6); the
 input's ``QuantizeLinear`` has scale 1 after a ``Mul`` by ``1/s`` (see :func:`_input_nodes`), so its codes are the
-project's bit for bit. ONNX Runtime 1.32 runs these convs as ``DequantizeLinear`` + float ``Conv``: it fuses a
-``QLinearConv`` only where the conv's output is quantized too, and the model's conv outputs stay float through BN
-and ReLU6 until the next layer quantizes them.
+project's bit for bit. Each BatchNorm is folded into its conv: the weight scales times its factor, and a bias.
+Where an 8-bit conv's output goes straight into another 8-bit layer's input quantizer, that quantizer follows the
+conv as a plain ``QuantizeLinear(s)``, and ONNX Runtime runs the conv on integers (``QLinearConv``, see the
+"integer kernels" section); the others run as ``DequantizeLinear`` + float ``Conv``. An integer conv requantizes
+its output with its own rounding, so :func:`deployable_onnx` keeps it only where the top-1 answers stay PyTorch's.
 Weight formats without an ONNX type (int2/3/5/6, FP6/FP4, MX, fp16/bf16) are stored as float weights already
 rounded to their grid, and integer activation formats without one as ``Mul, Clip, Round, Mul`` (the project's
 ``round(clamp(x * (1/s)))  * s`` op for op); both are listed as simulated in the model's metadata.
@@ -28,10 +30,11 @@ import io
 import json
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper
@@ -43,8 +46,8 @@ from automq.numerics.formats import get_format
 from automq.numerics.quant import QuantConv2d, QuantLinear, Quantizer
 from automq.space.candidate import Candidate
 
-__all__ = ["OPSET", "OnnxCheck", "OnnxExportError", "check_onnx", "compare_onnx", "export_onnx", "quantized_graph",
-           "to_onnx"]
+__all__ = ["OPSET", "OnnxCheck", "OnnxExportError", "check_onnx", "compare_onnx", "deployable_onnx", "export_onnx",
+           "integer_convs", "quantized_graph", "requantize_output", "to_onnx"]
 
 OPSET = 21  # INT4/UINT4 QDQ needs opset 21 (FLOAT8 needs 19)
 _TRACE_OPSET = 20  # the newest the TorchScript exporter writes; opset 21 only widened the types of its ops
@@ -107,14 +110,16 @@ class _Marker(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- export
-def to_onnx(model: nn.Module, candidate: Candidate, example: Tensor) -> onnx.ModelProto:
+def to_onnx(model: nn.Module, candidate: Candidate, example: Tensor, *, integer_kernels: bool = True
+            ) -> onnx.ModelProto:
     """The ONNX graph (opset 21, batch dimension dynamic) of an extracted ``model`` of ``candidate``.
 
     ``example`` is one input batch (its shape is traced). The model's quantizer scales must be initialised (an
-    extracted model of a trained supernet is). Raises :class:`OnnxExportError` for an activation format that
-    ONNX cannot express and for a non-positive learned scale.
+    extracted model of a trained supernet is). ``integer_kernels``: write the 8-bit layers so that ONNX Runtime runs
+    them as integer convs where the network allows it (see :func:`quantized_graph`). Raises
+    :class:`OnnxExportError` for an activation format that ONNX cannot express and for a non-positive learned scale.
     """
-    proto, layers = quantized_graph(model, example)
+    proto, layers = quantized_graph(model, example, integer_kernels=integer_kernels)
     simulated = sorted({fmt for layer in layers.values() for fmt in layer["simulated"]})
     helper.set_model_props(proto, {
         "automq.candidate": candidate.to_json(),
@@ -125,9 +130,15 @@ def to_onnx(model: nn.Module, candidate: Candidate, example: Tensor) -> onnx.Mod
     return proto
 
 
-def quantized_graph(model: nn.Module, example: Tensor) -> tuple[onnx.ModelProto, dict[str, dict[str, Any]]]:
+def quantized_graph(model: nn.Module, example: Tensor, *, integer_kernels: bool = True
+                    ) -> tuple[onnx.ModelProto, dict[str, dict[str, Any]]]:
     """The Q/DQ graph of any module holding :class:`QuantConv2d` / :class:`QuantLinear` layers, and per layer how
     each operand was written (``{"weight": "int8: QDQ ...", "input": ..., "simulated": [...]}``).
+
+    BatchNorms are folded into the convs' weight scales and biases. ``integer_kernels``: an 8-bit conv whose output
+    goes straight into another 8-bit layer's input quantizer gets that quantizer right after it, so that ONNX
+    Runtime fuses it into an integer conv (see the "integer kernels" section below); without it every quantizer
+    gives the project's codes bit for bit and every conv runs in float.
 
     :func:`to_onnx` exports a whole candidate with it; :mod:`automq.latency` times one layer at a time built by
     the same code, so a latency table measures the nodes the exported model runs.
@@ -142,6 +153,9 @@ def quantized_graph(model: nn.Module, example: Tensor) -> tuple[onnx.ModelProto,
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     proto = onnx.load_from_string(buffer.getvalue())
     layers = _rewrite_marks(proto.graph, operands)
+    _fold_batch_norms(proto.graph)
+    if integer_kernels:
+        _quantize_integer_outputs(proto.graph)
     _drop_unused_initializers(proto.graph)
     del proto.opset_import[:]
     proto.opset_import.append(helper.make_opsetid("", OPSET))
@@ -297,6 +311,142 @@ def _codes(name: str, codes: Tensor, elem_type: int) -> onnx.TensorProto:
     return helper.make_tensor(name, elem_type, dims, torch.round(codes).to(torch.int64).flatten().tolist())
 
 
+# ---------------------------------------------------------------------------------------------- integer kernels
+# ONNX Runtime runs a conv on integers (QLinearConv) only where it finds DequantizeLinear(x) and DequantizeLinear(w)
+# feeding the Conv and a QuantizeLinear right after it, all 8-bit (its QDQ selectors); a Clip between the Conv and
+# the QuantizeLinear is dropped only when the quantized range lies inside it. The traced graph has a BatchNorm after
+# every Conv and reaches the next layer's codes through Mul(1/s) and a unit-scale QuantizeLinear (bit-exact codes,
+# see _input_nodes), so none of its convs matched. The two rewrites below make them match where the network allows
+# it: an 8-bit layer whose output goes only (through its BatchNorm and ReLU6; no residual add reads it too, no
+# pooling comes first) into another 8-bit layer's input quantizer, as automq.cost.integer_kernel prices it. What
+# this buys end to end is measured in experiments/results/latency_table.md.
+_INTEGER_KERNEL_TYPES = (TensorProto.INT8, TensorProto.UINT8)
+
+
+def _fold_batch_norms(graph: onnx.GraphProto) -> None:
+    """Fold each BatchNormalization that follows a Conv with dequantized weights into that Conv: the weights'
+    per-channel scales times ``gamma / sqrt(var + eps)`` (the integer codes stay as they are, on their grid) and a
+    float bias ``beta - mean * gamma / sqrt(var + eps)``. The same network, rounded once less."""
+    producers, consumers, values = _graph_index(graph)
+    removed = []
+    for bn in [node for node in graph.node if node.op_type == "BatchNormalization"]:
+        conv = producers.get(bn.input[0])
+        weight = producers.get(conv.input[1]) if conv is not None and conv.op_type == "Conv" else None
+        if (weight is None or weight.op_type != "DequantizeLinear" or len(conv.input) > 2
+                or len(consumers[conv.output[0]]) != 1 or not all(name in values for name in bn.input[1:])):
+            continue
+        gamma, beta, mean, var = (values[name].astype(np.float64) for name in bn.input[1:])
+        epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        factor = gamma / np.sqrt(var + epsilon)
+        _set_initializer(graph, weight.input[1], (values[weight.input[1]] * factor).astype(np.float32))
+        bias = f"{conv.name or conv.output[0]}_folded_bias"
+        graph.initializer.append(onnx.numpy_helper.from_array((beta - mean * factor).astype(np.float32), bias))
+        conv.input.append(bias)
+        conv.output[0] = bn.output[0]
+        removed.append(bn)
+    for node in removed:
+        graph.node.remove(node)
+
+
+def _quantize_integer_outputs(graph: onnx.GraphProto) -> None:
+    """Give each 8-bit Conv whose output reaches the next layer's 8-bit input quantizer directly (``Conv, [Clip,]
+    Mul(1/s), QuantizeLinear(1)``) a plain ``QuantizeLinear(s)`` instead, which ONNX Runtime fuses into an integer
+    conv. ``QuantizeLinear`` divides by ``s`` where the project multiplies by ``1/s``, so a code can differ by one
+    where ``x / s`` lies within a float32 ulp of a rounding boundary, as an integer conv's own requantization does
+    anyway. The Clip (the ReLU6) is left out where it changes a code by one at most: the trained range of a ReLU6
+    output ends close to 6, at ``255 s`` just above or below it, and a value above 6 then gets code 255 instead of
+    ``round(6 / s)`` = 254; where it could change more, the chain is kept and the conv stays in float."""
+    producers, consumers, values = _graph_index(graph)
+    removed = []
+    for mul in [node for node in graph.node if node.op_type == "Mul" and node.output[0].endswith(".input_scaled")]:
+        (quantize,) = consumers[mul.output[0]]
+        if quantize.op_type != "QuantizeLinear" or _zero_point_type(values, quantize) not in _INTEGER_KERNEL_TYPES:
+            continue
+        source, clip = mul.input[0], None
+        if producers.get(source) is not None and producers[source].op_type == "Clip":
+            clip = producers[source]
+            source = clip.input[0]
+        conv = producers.get(source)
+        if conv is None or conv.op_type != "Conv" or not _runs_on_integers(conv, producers, values):
+            continue
+        if len(consumers[source]) != 1 or (clip is not None and len(consumers[clip.output[0]]) != 1):
+            continue
+        prefix = mul.output[0].removesuffix("_scaled")
+        scale = float(values[f"{prefix}_scale"])
+        if clip is not None and not _clip_within_one_code(clip, values, scale, _zero_point_type(values, quantize)):
+            continue
+        quantize.input[0], quantize.input[1] = source, f"{prefix}_scale"
+        removed += [mul] + ([clip] if clip is not None else [])
+    for node in removed:
+        graph.node.remove(node)
+
+
+def requantize_output(proto: onnx.ModelProto, scale: float, *, signed: bool) -> None:
+    """Quantize the one output of ``proto`` to int8 (``signed``) or uint8 with ``scale`` and dequantize it again,
+    in place: what the next layer's 8-bit input quantizer does to a layer's output in a whole model, so that a
+    one-layer model of :mod:`automq.latency` runs as the integer conv it is there."""
+    graph = proto.graph
+    (output,) = graph.output
+    source = f"{output.name}_float"
+    for node in graph.node:
+        node.output[:] = [source if name == output.name else name for name in node.output]
+    elem_type = TensorProto.INT8 if signed else TensorProto.UINT8
+    graph.initializer.extend([_tensor("output_scale", torch.tensor(scale)),
+                              _codes("output_zero_point", torch.zeros(()), elem_type)])
+    graph.node.extend([
+        helper.make_node("QuantizeLinear", [source, "output_scale", "output_zero_point"], ["output_codes"]),
+        helper.make_node("DequantizeLinear", ["output_codes", "output_scale", "output_zero_point"], [output.name])])
+
+
+def _runs_on_integers(conv: onnx.NodeProto, producers: dict[str, onnx.NodeProto], values: dict[str, Any]) -> bool:
+    """Whether ``conv`` reads 8-bit dequantized input and weights (ONNX Runtime's integer conv needs both)."""
+    inputs = [producers.get(name) for name in conv.input[:2]]
+    return all(node is not None and node.op_type == "DequantizeLinear"
+               and _zero_point_type(values, node) in _INTEGER_KERNEL_TYPES for node in inputs)
+
+
+def _clip_within_one_code(clip: onnx.NodeProto, values: dict[str, Any], scale: float, elem_type: int) -> bool:
+    """Whether leaving ``clip`` out before quantizing with ``scale`` to ``elem_type`` (zero point 0) changes no code
+    by more than one: its lower bound rounds to a code at or below the type's smallest, its upper bound to the
+    largest or the one below it."""
+    if len(clip.input) < 3 or not all(name in values for name in clip.input[1:3]):
+        return False
+    low, high = (float(values[name]) for name in clip.input[1:3])
+    info = np.iinfo(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    return low / scale < info.min + 0.5 and high / scale >= info.max - 1.5  # half to even: 253.5 rounds to 254
+
+
+def _zero_point_type(values: dict[str, Any], node: onnx.NodeProto) -> int | None:
+    """The element type of a QuantizeLinear/DequantizeLinear's codes (its zero point's), ``None`` if unknown."""
+    zero = values.get(node.input[2]) if len(node.input) > 2 else None
+    return None if zero is None else helper.np_dtype_to_tensor_dtype(zero.dtype)
+
+
+def _graph_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]],
+                                                  dict[str, Any]]:
+    """Each tensor's producing node, each tensor's consuming nodes, and the initializers' values by name."""
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for output in graph.output:
+        consumers.setdefault(output.name, []).append(helper.make_node("Identity", [output.name], ["graph output"]))
+    values = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer
+              if init.data_type not in (TensorProto.INT4, TensorProto.UINT4)}
+    values.update({node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t) for node in graph.node
+                   if node.op_type == "Constant" and node.attribute[0].name == "value"})  # the tracer's Clip bounds
+    # the tracer stores equal initializers once and aliases the others by Identity (a fresh BN's ones and zeros)
+    values.update({node.output[0]: values[node.input[0]] for node in graph.node
+                   if node.op_type == "Identity" and node.input[0] in values})
+    return producers, consumers, values
+
+
+def _set_initializer(graph: onnx.GraphProto, name: str, values: np.ndarray) -> None:
+    (init,) = [init for init in graph.initializer if init.name == name]
+    init.CopyFrom(onnx.numpy_helper.from_array(values, name))
+
+
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     """Remove the float weights that the Q/DQ rewrite replaced (the tracer may also alias them by Identity)."""
     while True:
@@ -323,6 +473,9 @@ class OnnxCheck:
     within_tolerance: float  # fraction of images whose logits all differ by at most logit_tolerance
     max_abs_diff: float  # largest |logit difference| over all images
     simulated_formats: tuple[str, ...]
+    integer_convs: tuple[int, int] = (0, 0)  # (run by ONNX Runtime on integer kernels, all): see integer_convs
+    # the integer-conv graph's top-1 agreement where deployable_onnx fell back to float convs for it, else None
+    integer_top1_agreement: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -352,7 +505,10 @@ def check_onnx(proto: onnx.ModelProto, model: nn.Module, batches: Iterable[tuple
     Raises :class:`OnnxExportError` when fewer than :data:`MIN_WITHIN_TOLERANCE` of the images have logits within
     :func:`logit_tolerance` of PyTorch's, or when the top-1 classes agree on fewer than :data:`MIN_TOP1_AGREEMENT`.
     """
-    check = compare_onnx(proto, model, batches)
+    return _passed(compare_onnx(proto, model, batches))
+
+
+def _passed(check: OnnxCheck) -> OnnxCheck:
     if not check.passed:
         raise OnnxExportError(
             f"ONNX Runtime does not compute what PyTorch computes on {check.images} images: logits within the "
@@ -363,23 +519,26 @@ def check_onnx(proto: onnx.ModelProto, model: nn.Module, batches: Iterable[tuple
 
 
 @torch.no_grad()
-def compare_onnx(proto: onnx.ModelProto, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> OnnxCheck:
+def compare_onnx(proto: onnx.ModelProto, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
+                 written: onnx.ModelProto | None = None) -> OnnxCheck:
     """Run ``proto`` in ONNX Runtime and ``model`` (put in eval mode) in PyTorch on ``batches`` of (images, labels).
 
+    Twice: the graph as written (``written``, default ``proto``; ONNX Runtime's optimisations off, so that every
+    QuantizeLinear, DequantizeLinear and float Conv runs as such) must compute PyTorch's logits within
+    :func:`logit_tolerance`, which checks every scale and code of the export; ``proto`` as deployed (optimised:
+    integer convs where ONNX Runtime fuses them) gives the accuracy and the top-1 agreement, since an integer conv
+    requantizes its output with its own rounding and so moves some activations by one code in nearly every image.
     Only measures; :func:`check_onnx` decides. Benchmarks read the figures of a graph the export would refuse here.
     """
-    import onnxruntime as ort  # deferred: only the check needs the runtime
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # not one warning per simulated weight (they are graph inputs on purpose)
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    written, deployed = _session(written or proto, optimized=False), _session(proto, optimized=True)
     model = model.eval()
     images = torch_correct = onnx_correct = agree = within = 0
     max_abs_diff = 0.0
     for inputs, labels in batches:
         reference = model(inputs).float()
-        outputs = torch.from_numpy(session.run(["logits"], {"images": inputs.numpy()})[0])
-        diff = (outputs - reference).abs().amax(1)
+        exact = torch.from_numpy(written.run(["logits"], {"images": inputs.numpy()})[0])
+        outputs = torch.from_numpy(deployed.run(["logits"], {"images": inputs.numpy()})[0])
+        diff = (exact - reference).abs().amax(1)
         images += len(labels)
         within += int((diff <= logit_tolerance(model, reference)).sum())
         max_abs_diff = max(max_abs_diff, float(diff.max()))
@@ -390,7 +549,36 @@ def compare_onnx(proto: onnx.ModelProto, model: nn.Module, batches: Iterable[tup
         raise OnnxExportError("the ONNX check got no images; give it at least one batch of the test split")
     simulated = proto_metadata(proto)["automq.simulated_formats"]
     return OnnxCheck(images, torch_correct / images, onnx_correct / images, agree / images, within / images,
-                     max_abs_diff, tuple(fmt for fmt in simulated.split(",") if fmt))
+                     max_abs_diff, tuple(fmt for fmt in simulated.split(",") if fmt), integer_convs(proto))
+
+
+def _session(proto: onnx.ModelProto | bytes, *, optimized: bool) -> Any:
+    """An ONNX Runtime CPU session of ``proto``, with all graph optimisations or none."""
+    import onnxruntime as ort  # deferred: only the check and the timing need the runtime
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # not one warning per simulated weight (they are graph inputs on purpose)
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    model = proto if isinstance(proto, bytes) else proto.SerializeToString()
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def integer_convs(proto: onnx.ModelProto) -> tuple[int, int]:
+    """``(integer, all)``: how many of the model's convs ONNX Runtime runs on integer kernels (``QLinearConv``)
+    on this machine, read from the graph it optimises, and how many convs the model has."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    fused = sum(node.op_type == "QLinearConv" for node in optimized.graph.node)
+    return fused, sum(node.op_type == "Conv" for node in proto.graph.node)
 
 
 def proto_metadata(proto: onnx.ModelProto) -> dict[str, str]:
@@ -401,14 +589,30 @@ def proto_metadata(proto: onnx.ModelProto) -> dict[str, str]:
 def export_onnx(
     model: nn.Module, candidate: Candidate, path: str | Path, batches: Iterable[tuple[Tensor, Tensor]]
 ) -> OnnxCheck:
-    """Export ``model`` to ``path`` after checking it against PyTorch on ``batches`` (:func:`check_onnx`).
+    """Export ``model`` to ``path`` after checking it against PyTorch on ``batches`` (:func:`deployable_onnx`).
 
     Nothing is written when the check fails.
     """
+    proto, check = deployable_onnx(model, candidate, batches)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return check
+
+
+def deployable_onnx(model: nn.Module, candidate: Candidate, batches: Iterable[tuple[Tensor, Tensor]]
+                    ) -> tuple[onnx.ModelProto, OnnxCheck]:
+    """The graph :func:`export_onnx` writes, and its check. The exact graph (``integer_kernels=False``: the
+    project's codes everywhere) must pass :func:`check_onnx`'s bound on logits, or the export is refused
+    (:class:`OnnxExportError`); the graph with integer convs is written where its top-1 answers agree with
+    PyTorch's on :data:`MIN_TOP1_AGREEMENT` of ``batches``, else (their requantization moved too many decisions, as
+    on a model whose logits lie close together) the exact one."""
     batches = list(batches)
     if not batches:
         raise OnnxExportError("the ONNX export needs images to check the model on; give it the test split")
-    proto = to_onnx(model, candidate, batches[0][0][:1])
-    check = check_onnx(proto, model, batches)
-    atomic_write_bytes(path, proto.SerializeToString())
-    return check
+    example = batches[0][0][:1]
+    exact = to_onnx(model, candidate, example, integer_kernels=False)
+    integer = to_onnx(model, candidate, example)
+    check = compare_onnx(integer, model, batches, written=exact)
+    if not check.passed and check.integer_convs[0]:
+        check = replace(compare_onnx(exact, model, batches), integer_top1_agreement=check.top1_agreement)
+        return exact, _passed(check)
+    return integer, _passed(check)
