@@ -198,19 +198,13 @@ def _integer_conv_alone(proto: onnx.ModelProto, spec: LayerSpec, count: int) -> 
     """The integer conv (``QLinearConv``) ONNX Runtime makes of a one-layer graph, alone, with ``count`` random
     code inputs: in a whole model consecutive integer convs pass their codes on in ONNX Runtime's layout, so the
     quantize, layout transposes and dequantize around a one-layer model are not paid there."""
-    import tempfile
-
     import numpy as np
     import onnx
-    import onnxruntime as ort
     from onnx import helper
 
-    with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(options.optimized_model_filepath)
+    from automq.model.onnx_export import optimized_graph
+
+    optimized = optimized_graph(proto)
     (conv,) = [node for node in optimized.graph.node if node.op_type == "QLinearConv"]
     values = {init.name: init for init in optimized.graph.initializer}
     dtype = onnx.numpy_helper.to_array(values[conv.input[2]]).dtype  # the input's zero point: uint8 or int8

@@ -28,7 +28,7 @@ import torch
 
 from automq.data import fixed_batches, make_loader
 from automq.io import atomic_write_json, atomic_write_text
-from automq.model.onnx_export import export_onnx
+from automq.model.onnx_export import export_onnx, optimized_graph
 from automq.model.supernet import recalibrate_bn
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 from automq.space.space import SearchSpace
@@ -50,13 +50,7 @@ def candidates(space: SearchSpace, seed: int) -> dict[str, object]:
 
 def optimized_ops(path: Path) -> dict[str, int]:
     """Op counts of the graph ONNX Runtime actually runs (default optimisation level, CPU)."""
-    with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-        options.log_severity_level = 3  # simulated weights are graph inputs on purpose
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath).graph
-    return dict(Counter(node.op_type for node in graph.node).most_common())
+    return dict(Counter(node.op_type for node in optimized_graph(path).graph.node).most_common())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,7 +47,7 @@ from automq.numerics.quant import QuantConv2d, QuantLinear, Quantizer
 from automq.space.candidate import Candidate
 
 __all__ = ["OPSET", "OnnxCheck", "OnnxExportError", "check_onnx", "compare_onnx", "deployable_onnx", "export_onnx",
-           "integer_convs", "quantized_graph", "requantize_output", "to_onnx"]
+           "integer_convs", "optimized_graph", "quantized_graph", "requantize_output", "to_onnx"]
 
 OPSET = 21  # INT4/UINT4 QDQ needs opset 21 (FLOAT8 needs 19)
 _TRACE_OPSET = 20  # the newest the TorchScript exporter writes; opset 21 only widened the types of its ops
@@ -567,18 +567,24 @@ def _session(proto: onnx.ModelProto | bytes, *, optimized: bool) -> Any:
 def integer_convs(proto: onnx.ModelProto) -> tuple[int, int]:
     """``(integer, all)``: how many of the model's convs ONNX Runtime runs on integer kernels (``QLinearConv``)
     on this machine, read from the graph it optimises, and how many convs the model has."""
+    fused = sum(node.op_type == "QLinearConv" for node in optimized_graph(proto).graph.node)
+    return fused, sum(node.op_type == "Conv" for node in proto.graph.node)
+
+
+def optimized_graph(proto: onnx.ModelProto | str | Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime runs for ``proto`` (a model or its file) on this machine's CPU, all optimisations
+    on: what its fusions made of it."""
     import tempfile
 
     import onnxruntime as ort
 
+    model = str(proto) if isinstance(proto, (str, Path)) else proto.SerializeToString()
     with tempfile.TemporaryDirectory() as folder:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 3  # simulated weights are graph inputs on purpose; not one warning each
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(options.optimized_model_filepath)
-    fused = sum(node.op_type == "QLinearConv" for node in optimized.graph.node)
-    return fused, sum(node.op_type == "Conv" for node in proto.graph.node)
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
 
 
 def proto_metadata(proto: onnx.ModelProto) -> dict[str, str]:
