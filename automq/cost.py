@@ -136,8 +136,9 @@ INTEGER_KERNEL_SUFFIX = "/int8-out"
 def integer_kernel(spec: LayerSpec) -> bool:
     """Whether the exported model runs ``spec`` as an integer conv (ONNX Runtime's ``QLinearConv``): int8 weights
     and input, and its output requantized to int8 right away by the layer that reads it
-    (:mod:`automq.model.onnx_export` writes exactly these so; a ReLU6 whose bound falls inside the learned int8
-    range keeps a conv in float, which only the trained scales tell)."""
+    (:mod:`automq.model.onnx_export` writes exactly these so, except where a ReLU6's bound 6 falls inside the
+    next layer's learned int8 range and so changes codes: that conv stays in float, which only the trained scales
+    tell, and the table prices it too low)."""
     return spec.kind == "conv" and spec.w_fmt == spec.a_fmt == spec.out_fmt == INTEGER_KERNEL_FORMAT
 
 

@@ -241,7 +241,8 @@ def test_onnx_runtime_logits_equal_pytorch_s_within_float32_summation_error(supe
 
 def with_int8_ranges(model: torch.nn.Module, top_code: int = 255) -> torch.nn.Module:
     """``model`` with every unsigned int8 input range putting ReLU6's bound 6 at code ``top_code`` (255: where the
-    ReLU6 cannot change a code, as for about half the layers of a trained supernet; 254: the others)."""
+    ReLU6 cannot change a code, as for most layers of a trained supernet; 254: the others,
+    where it moves values above 6 from code 254 to 255)."""
     with torch.no_grad():
         for module in model.modules():
             if hasattr(module, "a_quant") and not module.a_quant.signed:
@@ -251,13 +252,13 @@ def with_int8_ranges(model: torch.nn.Module, top_code: int = 255) -> torch.nn.Mo
 
 # by hand: the DS block and block 1.1 add their inputs, so the stem's, the DS block's and blocks 1.0's and 1.1's last
 # convs also feed an add, and the head is pooled; the other 5 feed the next layer alone, each through a ReLU6
-@pytest.mark.parametrize("top_code, integer", [(255, 5), (254, 5), (250, 0)])
+@pytest.mark.parametrize("top_code, integer", [(255, 5), (254, 0)])
 def test_int8_layers_that_feed_int8_layers_run_on_integer_kernels_within_one_code(supernet, images, top_code,
                                                                                  integer) -> None:
     """ONNX Runtime runs an integer conv (QLinearConv) for each layer the cost model prices as one
-    (automq.cost.integer_kernel) where leaving out the ReLU6 changes a code by one at most (6 at code 254 or 255),
-    none where it would change more. Integer accumulation is exact, so the stem's output codes (its input is the
-    image, the same in both runs) differ from the float graph's by at most one code."""
+    (automq.cost.integer_kernel) where leaving out the ReLU6 changes no code (6 at code 255), none where it would.
+    Integer accumulation is exact, so the stem's output codes (its input is the image, the same in both runs)
+    differ from the float graph's by at most one code."""
     model, candidate = calibrated(supernet, "int8", "int8", images)
     proto = to_onnx(with_int8_ranges(model, top_code), candidate, images[:1])
     assert sum(map(integer_kernel, layer_specs(supernet.space, candidate))) == 5

@@ -353,9 +353,11 @@ def _quantize_integer_outputs(graph: onnx.GraphProto) -> None:
     Mul(1/s), QuantizeLinear(1)``) a plain ``QuantizeLinear(s)`` instead, which ONNX Runtime fuses into an integer
     conv. ``QuantizeLinear`` divides by ``s`` where the project multiplies by ``1/s``, so a code can differ by one
     where ``x / s`` lies within a float32 ulp of a rounding boundary, as an integer conv's own requantization does
-    anyway. The Clip (the ReLU6) is left out where it changes a code by one at most: the trained range of a ReLU6
-    output ends close to 6, at ``255 s`` just above or below it, and a value above 6 then gets code 255 instead of
-    ``round(6 / s)`` = 254; where it could change more, the chain is kept and the conv stays in float."""
+    anyway. The Clip (the ReLU6) is left out where it cannot change a code: where ``6 / s`` rounds to the largest
+    code (the trained range of a ReLU6 output ends close to 6, ``255 s`` just below or above it). Where it can,
+    the chain is kept and the conv stays in float: leaving it out there too (code 255 for every value above 6,
+    where the model has 254) cost uniform int8 0.18 points of test accuracy on the fidelity supernet, a bias
+    on every saturated activation rather than a rounding difference."""
     producers, consumers, values = _graph_index(graph)
     removed = []
     for mul in [node for node in graph.node if node.op_type == "Mul" and node.output[0].endswith(".input_scaled")]:
@@ -373,7 +375,7 @@ def _quantize_integer_outputs(graph: onnx.GraphProto) -> None:
             continue
         prefix = mul.output[0].removesuffix("_scaled")
         scale = float(values[f"{prefix}_scale"])
-        if clip is not None and not _clip_within_one_code(clip, values, scale, _zero_point_type(values, quantize)):
+        if clip is not None and not _clip_redundant(clip, values, scale, _zero_point_type(values, quantize)):
             continue
         quantize.input[0], quantize.input[1] = source, f"{prefix}_scale"
         removed += [mul] + ([clip] if clip is not None else [])
@@ -405,15 +407,14 @@ def _runs_on_integers(conv: onnx.NodeProto, producers: dict[str, onnx.NodeProto]
                and _zero_point_type(values, node) in _INTEGER_KERNEL_TYPES for node in inputs)
 
 
-def _clip_within_one_code(clip: onnx.NodeProto, values: dict[str, Any], scale: float, elem_type: int) -> bool:
-    """Whether leaving ``clip`` out before quantizing with ``scale`` to ``elem_type`` (zero point 0) changes no code
-    by more than one: its lower bound rounds to a code at or below the type's smallest, its upper bound to the
-    largest or the one below it."""
+def _clip_redundant(clip: onnx.NodeProto, values: dict[str, Any], scale: float, elem_type: int) -> bool:
+    """Whether quantizing with ``scale`` to ``elem_type`` (zero point 0) gives the same codes with or without
+    ``clip`` before it: each bound rounds to a code at or beyond the type's saturation."""
     if len(clip.input) < 3 or not all(name in values for name in clip.input[1:3]):
         return False
     low, high = (float(values[name]) for name in clip.input[1:3])
     info = np.iinfo(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-    return low / scale < info.min + 0.5 and high / scale >= info.max - 1.5  # half to even: 253.5 rounds to 254
+    return low / scale < info.min + 0.5 and high / scale > info.max - 0.5  # half to even: 254.5 rounds to 254
 
 
 def _zero_point_type(values: dict[str, Any], node: onnx.NodeProto) -> int | None:
