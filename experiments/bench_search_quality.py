@@ -14,8 +14,10 @@
 enumerate) instead, with the one-shot estimator of a trained supernet as the evaluator:
 
 1. run each search of :data:`DEFAULT_SEARCHES` (``--searches``; in-process, one torch thread) for ``--evaluations``
-   trials into ``--runs``, plus ``uniform`` and the searches of the demo's size (``search.trials``); a finished
-   search folder is reused, so two invocations with different ``--searches`` can run side by side;
+   trials into ``--runs`` (LIMPQ and CLADO: :data:`SWEEP_LEVELS` BitOps levels of the largest architecture's
+   formats; ``evolution-seeded`` starts from their assignments and runs them first), plus ``uniform`` and the
+   searches of the demo's size (``search.trials``); a finished search folder is reused, so two invocations with
+   different ``--searches`` can run side by side;
 2. after the first 100, 300 and 1,000 trials of each: the hypervolume, the summed trial time, and the uniform
    budgets at which the search's best candidate (chosen on the search's own validation images) beats the best
    uniform format by more than 2 paired standard errors on those images;
@@ -118,6 +120,8 @@ def main() -> None:
                              "measurement still happens; a finished, unrefined search is then marked finished)")
     parser.add_argument("--analyse", action="store_true",
                         help="--default-space: after running --searches, analyse every finished search")
+    parser.add_argument("--name", default="bench_search_quality_default",
+                        help="--default-space: file name (no suffix) of the results in --out")
     parser.add_argument("--space", default="spaces/tiny_enum.yaml")
     parser.add_argument("--run", default="runs/bench_tiny_enum", help="supernet run folder (trained if empty)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -201,7 +205,16 @@ DEFAULT_SEARCHES = {  # label -> (strategy, options); every search runs in-proce
     "tune-nsga2": ("tune", {"sampler": "nsga2", "workers": 0}),
     "tune-tpe": ("tune", {"sampler": "tpe", "workers": 0}),
     "random": ("random", {}),
+    # the sensitivity strategies assign the formats of the largest architecture, one integer program per BitOps
+    # level: the mixed candidates next to the uniform points that the samplers rarely visit (issue 17)
+    "limpq": ("limpq", {}),
+    "clado": ("clado", {"calib_images": 256, "batch_size": 256, "time_limit": 5}),
+    # evolution seeded with their assignments (run after them)
+    "evolution-seeded": ("evolution", {"workers": 0}),
 }
+SWEEP_SEARCHES = ("limpq", "clado")  # one candidate per level: SWEEP_LEVELS levels, not --evaluations trials
+SWEEP_LEVELS = 100
+SEEDED = {"evolution-seeded": SWEEP_SEARCHES}  # search -> the searches whose candidates seed it
 DEMO_SEARCHES = ("evolution", "tune-nsga2")  # also run at the demo's size, search.trials, as `automq demo` would
 DEFAULT_CHECKPOINTS = (100, 300, 1000)
 
@@ -210,9 +223,12 @@ def default_space_benchmark(args: argparse.Namespace) -> None:
     """Run the requested searches of the default space, then (with ``--analyse``) measure and write the results."""
     space, runs = SearchSpace.from_file(DEFAULT_SPACE), Path(args.runs)
     folders = {"uniform": (runs / "uniform", "uniform", {}, None)}
-    for label in args.searches:
+    for label in with_seed_searches(args.searches):
         strategy, options = DEFAULT_SEARCHES[label]
-        folders[label] = (runs / label, strategy, options, args.evaluations)
+        if label in SEEDED:
+            options = {**options, "seed_from": [str(runs / seed) for seed in SEEDED[label]]}
+        trials = SWEEP_LEVELS if label in SWEEP_SEARCHES else args.evaluations
+        folders[label] = (runs / label, strategy, options, trials)
         if label in DEMO_SEARCHES:
             folders[f"{label}@demo"] = (runs / f"{label}-demo", strategy, options, space.search.trials)
     for folder, strategy, options, trials in folders.values():
@@ -222,9 +238,17 @@ def default_space_benchmark(args: argparse.Namespace) -> None:
     if args.analyse:
         result = analyse_default(args, space, runs)
         out = Path(args.out)
-        (out / "bench_search_quality_default.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "bench_search_quality_default.md").write_text(default_markdown(result))
+        (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{args.name}.md").write_text(default_markdown(result))
         print(default_markdown(result))
+
+
+def with_seed_searches(labels: list[str]) -> list[str]:
+    """``labels`` in the order they can run: the searches that seed another one (:data:`SEEDED`) before it."""
+    ordered: list[str] = []
+    for label in sorted(labels, key=lambda label: label in SEEDED):
+        ordered += [seed for seed in SEEDED.get(label, ()) if seed not in ordered] + [label] * (label not in ordered)
+    return ordered
 
 
 def _finished(folder: Path) -> bool:

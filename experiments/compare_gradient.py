@@ -267,13 +267,13 @@ def markdown(report: dict[str, Any]) -> str:
         "## Search cost and fronts",
         "",
         "| strategy | search runs | search steps | search s | wall s | evaluations (estimator calls) | feasible |"
-        " hypervolume |",
-        "|---|---|---|---|---|---|---|---|",
+        " Pareto-optimal | hypervolume |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["strategies"]:
         wall = f"{s['wall_s']:.0f}" if s["wall_s"] is not None else "n/a"
         lines.append(f"| {s['label']} | {s['search_runs']} | {s['search_steps']} | {s['search_s']:.0f} | {wall} | "
-                     f"{s['evaluations']} | {s['feasible']} | {s['hypervolume']:.4f} |")
+                     f"{s['evaluations']} | {s['feasible']} | {len(s['front'])} | {s['hypervolume']:.4f} |")
     lines += ["", "Best accuracy within each budget level (BitOps of that candidate):", "",
               "| strategy | " + " | ".join(f"<= {v / 1e6:g}M" for v in levels) + " |",
               "|---|" + "---|" * len(levels)]
@@ -298,8 +298,10 @@ def markdown(report: dict[str, Any]) -> str:
     by_label = {s["label"]: s for s in report["strategies"]}
     memory = report["memory"]
     lines += ["", "## Reading", "",
-              f"- One eta-conditioned run gave {by_label['differentiable']['evaluations']} distinct candidates "
-              f"(a front) from one training of the architecture distribution; fixed-lambda DNAS and SSPS need one "
+              f"- One eta-conditioned run gave {by_label['differentiable']['evaluations']} candidates from one "
+              f"training of the architecture distribution, {len(by_label['differentiable']['front'])} of them "
+              "Pareto-optimal "
+              "(the others are dominated by a candidate of the same run); fixed-lambda DNAS and SSPS need one "
               f"search run per budget level ({by_label['dnas']['search_runs']} and {by_label['ssps']['search_runs']} "
               "here) and give one candidate each.",
               f"- An SSPS single-path step needs {memory['single_path']['ratio_to_subnet']:.2f}x the memory of "
