@@ -16,6 +16,7 @@ from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.paired import Correctness
 from automq.oneshot.train import train_supernet
 from automq.search.driver import run_search
+from automq.search import refine as refine_module
 from automq.search.refine import near_front, race_images, refine_front
 from automq.search.results import PARETO_FILE, SearchLog, load_trials
 from automq.search.trial import Trial
@@ -122,11 +123,23 @@ def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directo
     # on all images: A 0.79 @ 10, B 0.82 @ 20, C 0.86 @ 25 optimal; E 0.81 @ 22 and D (search-time) 0.70 @ 30 not
     assert sorted(t["metrics"]["accuracy"] for t in pareto["trials"]) == [0.79, 0.82, 0.86]
     assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto["trials"])
-    assert log.run_info["refine"] == {"near_front": 3, "raced": 0, "race_images": None, "rescored": 4,
-                                      "images": ALL_IMAGES, "margin_se": 2.0}
+    assert log.run_info["refine"] == {"near_front": 3, "near_front_kept": 3, "raced": 0, "race_images": None,
+                                      "rescored": 4, "images": ALL_IMAGES, "margin_se": 2.0}
     refiner.estimated.clear()  # a resumed search refines again: selection on search-time values, nothing rescored
     assert refine_front(log, refiner, race_fraction=None) == [] and refiner.estimated == []
     assert names_of(near_front(log.trials, log.objectives, refiner), refiner) == {"A", "B", "C"}
+
+
+def test_a_capped_refinement_keeps_the_front_and_the_trials_nearest_to_it(table_search) -> None:
+    """Search-time gaps below the front trial B (0.85 at bitops 20), in binomial standard errors at 1000 images:
+    C (0.84) 0.01 / (0.0113 + 0.0116), E (0.83) 0.02 / (0.0113 + 0.0119), D (0.70) 0.15 / (0.0113 + 0.0145)."""
+    log, refiner = table_search
+    for count, expected in ((0, {"A", "B"}), (1, {"A", "B", "C"}), (2, {"A", "B", "C", "E"})):
+        kept = refine_module.nearest_to_front(log.trials, log.objectives, SEARCH_IMAGES, count)
+        assert names_of(kept, refiner) == expected
+    refine_front(log, refiner, race_fraction=None, max_near_front=0)
+    # A and B first; what then reaches the front (E once B drops, and C) is refined all the same: the same front
+    assert refiner.estimated == ["A", "B", "E", "C"] and log.run_info["refine"]["near_front_kept"] == 2
 
 
 def test_nothing_is_refined_when_the_search_already_used_every_image(table_search) -> None:
@@ -201,7 +214,7 @@ def test_racing_drops_a_candidate_beaten_at_the_intermediate_resolution_and_give
     assert sorted(raced.estimated) == [("P", RACE_IMAGES), ("P", ALL_IMAGES), ("Q", RACE_IMAGES),
                                        ("Q", ALL_IMAGES), ("R", RACE_IMAGES), ("S", RACE_IMAGES), ("S", ALL_IMAGES)]
     assert sorted(plain.estimated) == [(name, ALL_IMAGES) for name in "PQRS"]
-    assert raced_log.run_info["refine"] == {"near_front": 4, "raced": 4, "race_images": RACE_IMAGES, "rescored": 3,
+    assert raced_log.run_info["refine"] == {"near_front": 4, "near_front_kept": 4, "raced": 4, "race_images": RACE_IMAGES, "rescored": 3,
                                             "images": ALL_IMAGES, "margin_se": 2.0}
     # the survivors end as refining without the race leaves them; the dropped R keeps its race score
     by_name = {raced.names[t.candidate.id]: t.metrics for t in raced_log.trials}
