@@ -123,7 +123,7 @@ def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directo
     # on all images: A 0.79 @ 10, B 0.82 @ 20, C 0.86 @ 25 optimal; E 0.81 @ 22 and D (search-time) 0.70 @ 30 not
     assert sorted(t["metrics"]["accuracy"] for t in pareto["trials"]) == [0.79, 0.82, 0.86]
     assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto["trials"])
-    assert log.run_info["refine"] == {"near_front": 3, "near_front_kept": 3, "raced": 0, "race_images": None,
+    assert log.run_info["refine"] == {"nearest": 5, "near_front": 3, "raced": 0, "race_images": None,
                                       "rescored": 4, "images": ALL_IMAGES, "margin_se": 2.0}
     refiner.estimated.clear()  # a resumed search refines again: selection on search-time values, nothing rescored
     assert refine_front(log, refiner, race_fraction=None) == [] and refiner.estimated == []
@@ -139,7 +139,8 @@ def test_a_capped_refinement_keeps_the_front_and_the_trials_nearest_to_it(table_
         assert names_of(kept, refiner) == expected
     refine_front(log, refiner, race_fraction=None, max_near_front=0)
     # A and B first; what then reaches the front (E once B drops, and C) is refined all the same: the same front
-    assert refiner.estimated == ["A", "B", "E", "C"] and log.run_info["refine"]["near_front_kept"] == 2
+    assert refiner.estimated == ["A", "B", "E", "C"] and log.run_info["refine"]["nearest"] == 2
+    assert refiner.asked == []  # nothing left to decide by per-image outcomes: the front alone
 
 
 def test_nothing_is_refined_when_the_search_already_used_every_image(table_search) -> None:
@@ -214,8 +215,8 @@ def test_racing_drops_a_candidate_beaten_at_the_intermediate_resolution_and_give
     assert sorted(raced.estimated) == [("P", RACE_IMAGES), ("P", ALL_IMAGES), ("Q", RACE_IMAGES),
                                        ("Q", ALL_IMAGES), ("R", RACE_IMAGES), ("S", RACE_IMAGES), ("S", ALL_IMAGES)]
     assert sorted(plain.estimated) == [(name, ALL_IMAGES) for name in "PQRS"]
-    assert raced_log.run_info["refine"] == {"near_front": 4, "near_front_kept": 4, "raced": 4, "race_images": RACE_IMAGES, "rescored": 3,
-                                            "images": ALL_IMAGES, "margin_se": 2.0}
+    assert raced_log.run_info["refine"] == {"nearest": 4, "near_front": 4, "raced": 4, "race_images": RACE_IMAGES,
+                                            "rescored": 3, "images": ALL_IMAGES, "margin_se": 2.0}
     # the survivors end as refining without the race leaves them; the dropped R keeps its race score
     by_name = {raced.names[t.candidate.id]: t.metrics for t in raced_log.trials}
     plain_by_name = {plain.names[t.candidate.id]: t.metrics for t in plain_log.trials}

@@ -42,9 +42,10 @@ __all__ = ["MARGIN_SE", "MAX_NEAR_FRONT", "RACE_FRACTION", "Refiner", "near_fron
 MARGIN_SE = 2.0
 """Paired standard errors by which a front trial must beat another for the other not to be re-scored."""
 MAX_NEAR_FRONT = 64
-"""Most trials near the front that are re-scored besides the front itself: the nearest to it first. An evolution
-search of 1,000 trials keeps nearly all of them within two paired standard errors of its dense front, and
-re-scoring them all took hours on 2 CPU cores; the front is still refined in full (see :func:`refine_front`)."""
+"""Most trials besides the front that are considered near it (and so re-scored): the nearest to it by binomial
+errors first. An evolution search of 1,000 trials keeps nearly all of them within two paired standard errors of its
+dense front; deciding that alone took a validation pass per trial, and re-scoring them ran for over 40 minutes on 2
+CPU cores without ending. The front itself is still refined in full (see :func:`refine_front`)."""
 RACE_FRACTION = 0.5
 """Share of the validation split on which the candidates near the front are raced before the whole split."""
 SEARCH_KEYS = ("accuracy", "accuracy_se", "loss")
@@ -75,8 +76,9 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
     if "accuracy" not in (o.metric for o in log.objectives) or estimator.val_images >= estimator.max_images:
         return []
     feasible = [t for t in log.trials if t.feasible]
-    near = near_front(feasible, log.objectives, estimator, margin_se=margin_se)
-    chosen = nearest_to_front(near, log.objectives, estimator.val_images, max_near_front)
+    # the cap first: deciding "near" takes per-image outcomes, a validation pass per trial the binomial errors leave
+    nearest = nearest_to_front(feasible, log.objectives, estimator.val_images, max_near_front)
+    chosen = near_front(nearest, log.objectives, estimator, margin_se=margin_se)
     pending = _unrefined(chosen + _front(log, feasible), estimator)
     raced, images = len(pending), race_images(estimator, race_fraction)
     if images:
@@ -89,7 +91,7 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
             _rescore(trial, estimator, estimator.max_images)
         refined += pending
         pending = _unrefined(_front(log, feasible), estimator)
-    log.run_info["refine"] = {"near_front": len(near), "near_front_kept": len(chosen),
+    log.run_info["refine"] = {"nearest": len(nearest), "near_front": len(chosen),
                               "raced": raced if images else 0, "race_images": images,
                               "rescored": len(refined), "images": estimator.max_images, "margin_se": margin_se}
     if refined:
