@@ -145,22 +145,19 @@ def nearest_to_front(trials: Sequence[Trial], objectives: Sequence[Objective], i
                      ) -> list[Trial]:
     """The ``trials`` on their front, and of the others the ``count`` whose search-time accuracy lies the fewest
     binomial standard errors below a front trial that is no worse in every other objective."""
+    if not trials:
+        return []
     metrics = [_search_metrics(t) for t in trials]
-    losses = loss_vectors(metrics, objectives)
-    accuracy = [o.metric for o in objectives].index("accuracy")
-    others = [j for j in range(len(objectives)) if j != accuracy]
-    on_front = pareto_mask(losses) if trials else np.zeros(0, dtype=bool)
-    front = np.flatnonzero(on_front)
+    on_front, covering = _front_and_covering(metrics, objectives)
 
     def distance(i: int) -> float:
         own = metrics[i]["accuracy"]
         gaps = [(metrics[f]["accuracy"] - own) / (binomial_se(metrics[f]["accuracy"], images)
-                                                 + binomial_se(own, images) + 1e-12)
-                for f in front if np.all(losses[f, others] <= losses[i, others])]
+                                                 + binomial_se(own, images) + 1e-12) for f in covering(i)]
         return min(gaps, default=0.0)
 
     rest = sorted((i for i in range(len(trials)) if not on_front[i]), key=distance)
-    keep = set(front.tolist()) | set(rest[:count])
+    keep = set(np.flatnonzero(on_front).tolist()) | set(rest[:count])
     return [t for i, t in enumerate(trials) if i in keep]
 
 
@@ -171,19 +168,13 @@ def _not_beaten(trials: Sequence[Trial], metrics: Sequence[dict[str, Any]], obje
     every other objective."""
     if not trials:
         return []
-    losses = loss_vectors(metrics, objectives)
-    accuracy = [o.metric for o in objectives].index("accuracy")
-    others = [j for j in range(len(objectives)) if j != accuracy]
-    on_front = pareto_mask(losses)
-    front = np.flatnonzero(on_front)
+    on_front, covering = _front_and_covering(metrics, objectives)
 
     def binomial(i: int) -> float:
         return binomial_se(metrics[i]["accuracy"], images)
 
     def beaten(i: int) -> bool:
-        for f in front:
-            if not np.all(losses[f, others] <= losses[i, others]):
-                continue
+        for f in covering(i):
             if metrics[f]["accuracy"] - metrics[i]["accuracy"] > margin_se * (binomial(f) + binomial(i)):
                 return True
             difference = paired_difference(correctness(trials[f]), correctness(trials[i]))
@@ -192,6 +183,22 @@ def _not_beaten(trials: Sequence[Trial], metrics: Sequence[dict[str, Any]], obje
         return False
 
     return [t for i, t in enumerate(trials) if on_front[i] or not beaten(i)]
+
+
+def _front_and_covering(metrics: Sequence[dict[str, Any]], objectives: Sequence[Objective]
+                        ) -> tuple[np.ndarray, Callable[[int], list[int]]]:
+    """Which rows of ``metrics`` are on their front, and for a row the front rows no worse than it in every
+    objective but accuracy (the ones that can beat it)."""
+    losses = loss_vectors(metrics, objectives)
+    accuracy = [o.metric for o in objectives].index("accuracy")
+    others = [j for j in range(len(objectives)) if j != accuracy]
+    on_front = pareto_mask(losses)
+    front = np.flatnonzero(on_front)
+
+    def covering(i: int) -> list[int]:
+        return [int(f) for f in front if np.all(losses[f, others] <= losses[i, others])]
+
+    return on_front, covering
 
 
 def _rescore(trial: Trial, estimator: Refiner, images: int) -> None:
