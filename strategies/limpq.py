@@ -271,7 +271,7 @@ def _step(quantizer: Quantizer, fmt: str, x: Tensor) -> float:
     quantized = quantizer(x, fmt)  # also initialises, from x, a scale the run happened never to draw
     if not spec.learnable_scale:
         return math.sqrt(12.0) * _rms(quantized - x)  # 0 for fp32
-    scale = quantizer.scales[fmt][: x.shape[0] if quantizer.channels is not None else 1]
+    scale = quantizer.scale(fmt, x.shape[0] if quantizer.channels is not None else 1)
     return float(scale.detach().abs().mean()) * spec.max_value / (2.0 ** (spec.bits - 1) - 1)
 
 

@@ -102,8 +102,10 @@ def test_layer_specs_match_the_timm_model(fmnist):
                 assert y.shape[1:] == (spec.out_ch, spec.out_hw, spec.out_hw), spec.name
             else:
                 assert module.weight.shape == (spec.out_ch, spec.in_ch), spec.name
-            # a_signed is exactly "this input can be negative": ReLU6 outputs never are, the others are.
+            # a_signed is exactly "this input can be negative": ReLU6 outputs never are, the others are; a_max bounds
+            # the unsigned ones (a ReLU6 output, or an average of them).
             assert bool(x.min() < 0) == spec.a_signed, spec.name
+            assert spec.a_max == (None if spec.a_signed else 6.0) and float(x.max()) <= (spec.a_max or float("inf"))
 
 
 def test_out_fmt_is_the_input_format_of_the_one_layer_that_reads_the_output(fmnist):

@@ -294,7 +294,7 @@ def test_straight_through_gradient(name):
     upstream = torch.randn(x.shape)
     fmt.quantize(x, scale).backward(upstream)
     if fmt.learnable_scale:  # pass-through inside the clipping range, zero outside
-        lo, hi = fmt._bounds(True)
+        lo, hi = fmt.bounds(True)
         y = x.detach() / scale
         expected = upstream * ((y > lo) & (y < hi))
     else:

@@ -239,28 +239,32 @@ def test_onnx_runtime_logits_equal_pytorch_s_within_float32_summation_error(supe
     assert (np.abs(outputs - reference) <= tolerance).all()
 
 
-def with_int8_ranges(model: torch.nn.Module, top_code: int = 255) -> torch.nn.Module:
-    """``model`` with every unsigned int8 input range putting ReLU6's bound 6 at code ``top_code`` (255: where the
-    ReLU6 cannot change a code, as for most layers of a trained supernet; 254: the others,
-    where it moves values above 6 from code 254 to 255)."""
+def with_int8_ranges(model: torch.nn.Module, top_code: int = 255, *, capped: bool = True) -> torch.nn.Module:
+    """``model`` with every unsigned int8 input's learned scale putting ReLU6's bound 6 at code ``top_code`` (255:
+    as for most layers of a trained supernet; 254: a range learned past 6, as 4 layers of the fidelity supernet
+    had). ``capped=False`` removes the quantizers' cap at 6 (``input_max``), so that 254 is the scale used."""
     with torch.no_grad():
         for module in model.modules():
             if hasattr(module, "a_quant") and not module.a_quant.signed:
                 module.a_quant.scales["int8"].fill_(6 / top_code)
+                if not capped:
+                    module.a_quant.input_max = None
     return model
 
 
 # by hand: the DS block and block 1.1 add their inputs, so the stem's, the DS block's and blocks 1.0's and 1.1's last
 # convs also feed an add, and the head is pooled; the other 5 feed the next layer alone, each through a ReLU6
-@pytest.mark.parametrize("top_code, integer", [(255, 5), (254, 0)])
-def test_int8_layers_that_feed_int8_layers_run_on_integer_kernels_within_one_code(supernet, images, top_code,
+@pytest.mark.parametrize("top_code, capped, integer", [(255, True, 5), (254, True, 5), (254, False, 0)])
+def test_int8_layers_that_feed_int8_layers_run_on_integer_kernels_within_one_code(supernet, images, top_code, capped,
                                                                                  integer) -> None:
     """ONNX Runtime runs an integer conv (QLinearConv) for each layer the cost model prices as one
-    (automq.cost.integer_kernel) where leaving out the ReLU6 changes no code (6 at code 255), none where it would.
+    (automq.cost.integer_kernel) where leaving out the ReLU6 changes no code: always with the quantizers' cap at 6
+    (a range learned past 6 is used as ending at 6, code 255), and without it only where 6 is at code 255 (at 254
+    the ReLU6 would move values above 6 from code 254 to 255, so the conv stays in float).
     Integer accumulation is exact, so the stem's output codes (its input is the image, the same in both runs)
     differ from the float graph's by at most one code."""
     model, candidate = calibrated(supernet, "int8", "int8", images)
-    proto = to_onnx(with_int8_ranges(model, top_code), candidate, images[:1])
+    proto = to_onnx(with_int8_ranges(model, top_code, capped=capped), candidate, images[:1])
     assert sum(map(integer_kernel, layer_specs(supernet.space, candidate))) == 5
     assert onnx_export.integer_convs(proto) == (integer, 10)
     codes = "blocks.0.0.conv_dw.input_codes"  # the stem's output, quantized for the depthwise conv

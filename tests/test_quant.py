@@ -57,6 +57,39 @@ def test_per_channel_scales_slice_to_leading_channels():
         quant(torch.randn(9, 3, 3, 3), "int8")
 
 
+@pytest.mark.parametrize("fmt, top", [("int8", 255.0), ("int4", 15.0), ("fp8_e4m3", 448.0)])
+def test_a_scale_learned_past_the_input_s_bound_is_used_as_ending_there(fmt, top):
+    """An unsigned ReLU6 output never exceeds 6: with ``input_max=6`` a learned scale whose grid would end above 6
+    quantizes as the scale ending at 6 (by hand: ``6 / top``), and one ending below 6 is left alone."""
+    quant = Quantizer([fmt], channels=None, signed=False, input_max=6.0)
+    x = torch.rand(4, 8, 5, 5, generator=_gen(3)) * 6
+    with torch.no_grad():
+        quant.scales[fmt].fill_(6.05 / top)
+        quant.get_buffer(f"initialised_{fmt}").fill_(True)
+    cap = torch.tensor([6.0 / top])
+    assert torch.equal(quant.scale(fmt), cap)
+    assert torch.equal(quant(x, fmt), get_format(fmt).quantize(x, cap, signed=False))
+    assert float(quant(x, fmt).detach().max()) <= 6.0
+    assert torch.equal(quant.extract(fmt)(x, fmt), quant(x, fmt))  # the exported layer keeps the cap
+    quant(x, fmt).sum().backward()  # the cap is a constraint: no gradient pushes the parameter back below it
+    assert quant.scales[fmt].grad.item() == 0.0
+    with torch.no_grad():
+        quant.scales[fmt].fill_(5.0 / top)
+    assert torch.equal(quant.scale(fmt), torch.tensor([5.0 / top]))
+    assert torch.equal(quant(x, fmt), get_format(fmt).quantize(x, torch.tensor([5.0 / top]), signed=False))
+
+
+def test_an_uncapped_quantizer_uses_its_learned_scale_and_a_bad_cap_is_refused():
+    quant = Quantizer(["int8"], channels=None, signed=False)
+    with torch.no_grad():
+        quant.scales["int8"].fill_(0.1)
+    assert torch.equal(quant.scale("int8"), torch.tensor([0.1]))
+    with pytest.raises(KeyError, match="no learned scale"):
+        Quantizer(["mxint8"], channels=None, signed=False).scale("mxint8")
+    with pytest.raises(ValueError, match="input_max must be positive"):
+        Quantizer(["int8"], channels=None, signed=False, input_max=0.0)
+
+
 def test_scales_restored_undoes_initialisation_and_changes_inside_the_block():
     model = nn.Sequential(QuantConv2d(3, 4, 3, w_formats=["int4", "int8"], a_formats=["int8"]))
     x = torch.randn(2, 3, 5, 5, generator=_gen(2))

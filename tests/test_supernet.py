@@ -103,6 +103,7 @@ def test_allocates_the_largest_shapes_with_timm_init(space):
             spec.out_ch, spec.in_ch // spec.groups, spec.kernel_size, spec.kernel_size)
         assert tuple(layer.weight.shape) == expected
         assert layer.w_quant.channels == spec.out_ch and layer.a_quant.signed == spec.a_signed
+        assert layer.a_quant.input_max == spec.a_max and layer.w_quant.input_max is None
     # timm's _init_weight_goog: N(0, 2 / fan_out), fan_out = k * k * out / groups; Linear U(+-1/sqrt(out)).
     head = net.conv_head.weight
     # the sample std of n normal draws has a relative standard error of 1 / sqrt(2 n): 5 of them

@@ -9,7 +9,8 @@ Spatial sizes follow timm's symmetric padding ``k // 2``: a stride-``s`` layer m
 Activation formats quantize each layer's input, so :attr:`LayerSpec.a_signed` records whether that input can
 be negative: it is unsigned (``False``) exactly when it comes straight out of a ReLU6, i.e. the stem output,
 an expansion or depthwise output inside a block, and the pooled head features; the linear bottleneck between
-blocks (and the network input) is signed.
+blocks (and the network input) is signed. An unsigned input is therefore also at most 6 (:attr:`LayerSpec.a_max`;
+an average of ReLU6 outputs is too), which caps its quantizer's scale (:class:`~automq.numerics.quant.Quantizer`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = ["LayerSpec", "arch_def", "build_timm_model", "head_channels", "layer_
            "round_channels", "timm_kwargs"]
 
 STEM_KERNEL, STEM_STRIDE = 3, 2
+RELU6_MAX = 6.0
 
 
 def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
@@ -68,6 +70,11 @@ class LayerSpec:
     # None where a residual add also reads it or comes first, or the pooling or the logits do. An exporter can
     # requantize the output there.
     out_fmt: str | None = None
+
+    @property
+    def a_max(self) -> float | None:
+        """The largest value the input can take: that of ReLU6 where the input is unsigned, else unbounded."""
+        return None if self.a_signed else RELU6_MAX
 
     @property
     def depthwise(self) -> bool:

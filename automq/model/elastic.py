@@ -49,7 +49,7 @@ class ElasticQuantLayer:
     def _init_quant(self, spec: LayerSpec, w_formats: Sequence[str], a_formats: Sequence[str]) -> None:
         self.name = spec.name
         self.w_quant = Quantizer(w_formats, channels=spec.out_ch, signed=True)
-        self.a_quant = Quantizer(a_formats, channels=None, signed=spec.a_signed)
+        self.a_quant = Quantizer(a_formats, channels=None, signed=spec.a_signed, input_max=spec.a_max)
         self.active = spec
 
     def set_active(self, spec: LayerSpec) -> None:

@@ -220,7 +220,7 @@ def _scale(operand: _Operand) -> Tensor:
         raise OnnxExportError(f"{operand.layer}: the {operand.fmt} scale of its {operand.kind} was never "
                               "initialised; run the model on calibration images first (automq export's BN "
                               "recalibration does)")
-    scale = operand.quantizer.scales[operand.fmt].detach().float()
+    scale = operand.quantizer.scale(operand.fmt).detach().float()
     if not bool((scale > 0).all()):
         raise OnnxExportError(f"{operand.layer}: the learned {operand.fmt} scale of its {operand.kind} has "
                               "non-positive entries, which ONNX cannot store; retrain or pick another candidate")
@@ -354,10 +354,11 @@ def _quantize_integer_outputs(graph: onnx.GraphProto) -> None:
     conv. ``QuantizeLinear`` divides by ``s`` where the project multiplies by ``1/s``, so a code can differ by one
     where ``x / s`` lies within a float32 ulp of a rounding boundary, as an integer conv's own requantization does
     anyway. The Clip (the ReLU6) is left out where it cannot change a code: where ``6 / s`` rounds to the largest
-    code (the trained range of a ReLU6 output ends close to 6, ``255 s`` just below or above it). Where it can,
-    the chain is kept and the conv stays in float: leaving it out there too (code 255 for every value above 6,
-    where the model has 254) moved uniform int8's test accuracy on the fidelity supernet by more than the issue's
-    0.1-point bound, a bias on every saturated activation rather than a rounding difference."""
+    code, which the quantizer's cap (``input_max``, :class:`~automq.numerics.quant.Quantizer`) ensures for every
+    input read from a ReLU6: ``255 s <= 6``. Where it can (a model trained without the cap, whose ranges ended up
+    to 0.5% above 6), the chain is kept and the conv stays in float: leaving it out there too (code 255 for every
+    value above 6, where the model has 254) moved uniform int8's test accuracy on the fidelity supernet by more
+    than the issue's 0.1-point bound, a bias on every saturated activation rather than a rounding difference."""
     producers, consumers, values = _graph_index(graph)
     removed = []
     for mul in [node for node in graph.node if node.op_type == "Mul" and node.output[0].endswith(".input_scaled")]:

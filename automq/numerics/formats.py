@@ -312,8 +312,8 @@ class _ScaledFormat(NumericFormat):
     learnable_scale: ClassVar[bool] = True
 
     @abstractmethod
-    def _bounds(self, signed: bool) -> tuple[float, float]:
-        """Clamp range of ``x / s``."""
+    def bounds(self, signed: bool) -> tuple[float, float]:
+        """Clamp range of ``x / s``: the lowest and the highest element of the grid."""
 
     @abstractmethod
     def _round_(self, y: Tensor) -> Tensor:
@@ -332,7 +332,7 @@ class _ScaledFormat(NumericFormat):
                 f"{self.name}: scale has shape {tuple(scale.shape)} but x of shape {tuple(x.shape)} needs "
                 f"({rows},) (axis={axis}); slice the scale to the channels in use"
             )
-        lo, hi = self._bounds(signed)
+        lo, hi = self.bounds(signed)
         grad_factor = 1.0 / math.sqrt(max(x.numel() // rows, 1) * hi)
         out = _LsqFakeQuant.apply(x.float(), scale.float(), lo, hi, self._round_, grad_factor)
         return out.to(x.dtype)
@@ -344,7 +344,7 @@ class IntFormat(_ScaledFormat):
 
     family: ClassVar[str] = "int"
 
-    def _bounds(self, signed: bool) -> tuple[float, float]:
+    def bounds(self, signed: bool) -> tuple[float, float]:
         if signed:
             return -(2.0 ** (self.bits - 1)), 2.0 ** (self.bits - 1) - 1
         return 0.0, 2.0**self.bits - 1
@@ -354,7 +354,7 @@ class IntFormat(_ScaledFormat):
 
     @property
     def max_value(self) -> float:
-        return self._bounds(signed=True)[1]
+        return self.bounds(signed=True)[1]
 
     @property
     def min_positive(self) -> float:
@@ -362,7 +362,7 @@ class IntFormat(_ScaledFormat):
 
     @property
     def notes(self) -> str:
-        lo, hi = self._bounds(signed=True)
+        lo, hi = self.bounds(signed=True)
         return (
             f"integers [{lo:.0f}, {hi:.0f}] (signed) or [0, {2**self.bits - 1}] (unsigned, post-ReLU) times "
             "a learned LSQ scale; per-channel for weights, per-tensor for activations"
@@ -376,7 +376,7 @@ class IntFormat(_ScaledFormat):
         """
         _check_axis(self.name, axis)
         rows = _rows(x.detach().float(), axis)
-        lo, hi = self._bounds(signed)
+        lo, hi = self.bounds(signed)
         amax = _nonzero((rows.abs() if signed else rows.clamp_min(0)).amax(1))
         best_scale, best_err = amax / hi, torch.full_like(amax, math.inf)
         for ratio in _CLIP_RATIOS:
@@ -396,7 +396,7 @@ class FloatFormat(_ScaledFormat):
 
     element: FloatElement
 
-    def _bounds(self, signed: bool) -> tuple[float, float]:
+    def bounds(self, signed: bool) -> tuple[float, float]:
         return -self.element.max_value, self.element.max_value
 
     def _round_(self, y: Tensor) -> Tensor:

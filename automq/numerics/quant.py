@@ -30,17 +30,28 @@ class Quantizer(nn.Module):
             per-tensor scale.
         signed: whether the quantized tensor can be negative (``False`` for post-ReLU activations, which
             lets integer formats spend every level on ``[0, max]``).
+        input_max: the largest magnitude the tensor can take (6 for a ReLU6 output), or ``None``. A learned
+            scale is then capped at ``input_max / top`` (``top``: the grid's highest element, e.g. 255 for
+            unsigned int8), so the grid ends at ``input_max``. Levels beyond it could never be used; and with
+            the grid ending there, clipping at ``input_max`` before quantizing changes no code, which is what
+            lets an exported int8 layer write its output directly in the next layer's codes
+            (:mod:`automq.model.onnx_export` drops the ReLU6 only where it is redundant). The learned parameter
+            is kept as it is; the cap applies where the scale is used (:meth:`scale`).
     """
 
-    def __init__(self, formats: Sequence[str], *, channels: int | None, signed: bool) -> None:
+    def __init__(self, formats: Sequence[str], *, channels: int | None, signed: bool,
+                 input_max: float | None = None) -> None:
         super().__init__()
         self.formats = tuple(dict.fromkeys(formats))
         if not self.formats:
             raise ValueError("Quantizer needs at least one format; pass e.g. formats=['int8']")
         if channels is not None and channels < 1:
             raise ValueError(f"Quantizer channels must be a positive int or None, got {channels}")
+        if input_max is not None and not input_max > 0:
+            raise ValueError(f"Quantizer input_max must be positive or None, got {input_max}")
         self.channels = channels
         self.signed = signed
+        self.input_max = input_max
         self.scales = nn.ParameterDict()
         for name in self.formats:
             if get_format(name).learnable_scale:  # get_format also rejects unknown names
@@ -73,7 +84,22 @@ class Quantizer(nn.Module):
                 init = get_format(fmt).init_scale(x, signed=self.signed, axis=self.axis)
                 param[:n][todo] = init[todo].to(param.dtype)
                 flags.fill_(True)
-        return param if n == len(param) else param[:n]  # a full slice would still cost a backward node
+        return self._capped(fmt, param if n == len(param) else param[:n])  # a full slice would cost a backward node
+
+    def scale(self, fmt: str, channels: int | None = None) -> Tensor:
+        """The scale ``fmt`` quantizes with (the learned one, capped by ``input_max``), sliced to the leading
+        ``channels``; what an exporter must write. Formats without a learned scale have none."""
+        if fmt not in self.scales:
+            raise KeyError(f"format {fmt!r} has no learned scale in this quantizer (its menu: {list(self.formats)})")
+        param = self.scales[fmt]
+        return self._capped(fmt, param if channels is None else param[:channels])
+
+    def _capped(self, fmt: str, scale: Tensor) -> Tensor:
+        if self.input_max is None:
+            return scale
+        top = get_format(fmt).bounds(self.signed)[1]
+        # clamp passes no gradient to a capped entry: the cap is a constraint, not a target the scale learns
+        return scale.clamp(max=self.input_max / top)
 
     def forward(self, x: Tensor, fmt: str) -> Tensor:
         """Fake-quantize ``x`` in ``fmt``; identity formats return ``x`` itself at no cost."""
@@ -91,7 +117,7 @@ class Quantizer(nn.Module):
                 f"cannot extract {channels} channels from a quantizer with channels={self.channels}; pass at most "
                 f"{self.channels} (None for a per-tensor quantizer)"
             )
-        out = Quantizer([fmt], channels=channels, signed=self.signed)
+        out = Quantizer([fmt], channels=channels, signed=self.signed, input_max=self.input_max)
         if fmt in self.scales:
             n = channels or 1
             with torch.no_grad():
@@ -100,7 +126,8 @@ class Quantizer(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"formats={list(self.formats)}, channels={self.channels}, signed={self.signed}"
+        cap = "" if self.input_max is None else f", input_max={self.input_max:g}"
+        return f"formats={list(self.formats)}, channels={self.channels}, signed={self.signed}{cap}"
 
 
 class _QuantLayer:
