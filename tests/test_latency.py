@@ -9,6 +9,7 @@ import dataclasses
 
 import itertools
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def test_the_whole_model_is_timed_on_a_different_image_each_run(tmp_path, record
     assert len({values for _, _, values in noise}) == 4 and all(shape == (1, 1, 4, 4) for _, shape, _ in noise)
 
 
-def test_a_latency_objective_searches_with_a_table_the_command_built(tmp_path) -> None:
+def test_a_latency_objective_searches_with_a_table_the_command_built(tmp_path, capsys) -> None:
     data = tiny_space_data(FORMATS, dataset={"val_size": 64},
                            training={"epochs": 1, "batch_size": 32, "num_random": 1, "train_size": 64},
                            search={"eval_size": 64, "calib_size": 32},
@@ -165,6 +166,12 @@ def test_a_latency_objective_searches_with_a_table_the_command_built(tmp_path) -
     without_latency = {**data, "latency_table": None, "objectives": [{"metric": "accuracy"}]}
     assert main(["latency-table", str(_write(space_file, without_latency)), "--out", str(tmp_path / "latency.json"),
                  "--runs", "3", "--warmup", "1"]) == 0
+    built = json.loads((tmp_path / "latency.json").read_text())
+    total, measured = built["_configurations"], built["_measured"]
+    # the progress bar: lines rewritten in place on stderr, ending with every configuration done
+    err = capsys.readouterr().err
+    assert re.search(rf"\r\[#{{30}}\] {total}/{total} configurations, {measured} measured, \d+ s\n$", err), err
+    assert err.count("\r") >= 2  # rewritten in place, not one line per layer
     _write(space_file, data)
     run, out = tmp_path / "run", tmp_path / "search"
     assert main(["train-supernet", str(space_file), "--out", str(run)]) == 0

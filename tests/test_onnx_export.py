@@ -5,6 +5,7 @@ are named in the metadata, and a graph that does not match the model is refused.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import ml_dtypes
@@ -365,8 +366,12 @@ def run_dir(tiny_space: SpaceFactory, tmp_path_factory: pytest.TempPathFactory) 
 def test_cli_export_writes_an_onnx_model_that_onnx_runtime_runs_like_the_pt(run_dir, tmp_path, capsys) -> None:
     pt, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
     assert main(["export", str(run_dir), "largest", "--out", str(pt), "--calib-images", "64", "--onnx",
-                 str(onnx_path)]) == 0
-    assert "ONNX model (opset 21, QuantizeLinear/DequantizeLinear) written to" in capsys.readouterr().out
+                 str(onnx_path), "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX model (opset 21, QuantizeLinear/DequantizeLinear) written to" in out
+    timed = re.search(r"end-to-end latency in ONNX Runtime \(1 thread\(s\), batch 1, median of 100 runs after 20\): "
+                      r"([0-9.]+) ms", out)
+    assert timed is not None and float(timed.group(1)) > 0, out
     model, candidate = load_model(pt)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     batch = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(2))
