@@ -1,7 +1,9 @@
 """Refinement re-scores exactly the trials that could be on the front (hand-built cases whose paired standard
 errors are computed by hand), races them on an intermediate number of images first (a candidate clearly beaten there
-never reaches the whole split, and the front is what refining without the race gives), keeps the search-time values,
-rewrites the search directory atomically, and is what ``run_search`` does at the end of a search with the one-shot
+never reaches the whole split, and the front is what refining without the race gives), puts the trials it does not
+re-score onto the whole split's scale by the shift it measures on the refined ones (so it no longer chases trials
+that only the easier first images put ahead), keeps the search-time values, rewrites the search directory
+atomically, changes nothing when resumed, and is what ``run_search`` does at the end of a search with the one-shot
 estimator."""
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from automq.oneshot.train import train_supernet
 from automq.search.driver import run_search
 from automq.search import refine as refine_module
 from automq.search.refine import near_front, race_images, refine_front
-from automq.search.results import PARETO_FILE, SearchLog, load_trials
+from automq.search.results import PARETO_FILE, TRIALS_FILE, SearchLog, load_trials
 from automq.search.trial import Trial
 
 SEARCH_IMAGES, ALL_IMAGES = 1000, 5000
@@ -33,15 +35,24 @@ def outcomes(right: int, flip_right: int = 0, flip_wrong: int = 0, images: int =
     return correct
 
 
+def whole_split(first: np.ndarray, accuracy: float, images: int = ALL_IMAGES) -> np.ndarray:
+    """Outcomes on all ``images`` images that begin with ``first`` (a score on fewer images is their start) and are
+    right on ``accuracy`` of them."""
+    rest = round(accuracy * images) - int(first.sum())
+    return np.concatenate([first, np.arange(images - len(first)) < rest])
+
+
 # name: (bitops, search-time outcomes, accuracy on all images). Front at search time: A and B.
 # C vs B: 55 images right only in B, 45 only in C: gap 0.01, paired se sqrt((0.1 - 0.01**2) / 1000) = 0.009995,
 #   2 se = 0.0200 > 0.01: C could be on the front. (Binomial errors 0.0113 + 0.0116 could not decide it.)
 # E vs B: 20 images right only in B: gap 0.02, paired se sqrt((0.02 - 0.02**2) / 1000) = 0.00443, 2 se = 0.0089:
 #   beaten, although the binomial bound 2 * (0.0113 + 0.0119) = 0.046 is not.
 # D vs B: gap 0.15 > 2 * (0.0113 + 0.0145) = 0.052: beaten without asking for D's per-image outcomes.
-# On all images B drops to 0.82, which leaves E (0.83 on the search's images) on the front: E is refined next.
+# On all images the first 1,000 images are easier for A (by 0.005) and B (0.03), harder for C (0.02). The shift
+# measured on A, B and C, (0.005 + 0.03 - 0.02) / 3 = 0.005, puts E at 0.83 - 0.005 = 0.825 > B's 0.82 at fewer
+# BitOps than C: E is on the front and refined next (0.81); the shift is then (0.005 + 0.03 - 0.02 + 0.02) / 4.
 CASES = {
-    "A": (10.0, outcomes(800), 0.79),
+    "A": (10.0, outcomes(800), 0.795),
     "B": (20.0, outcomes(850), 0.82),
     "C": (25.0, outcomes(850, flip_right=55, flip_wrong=45), 0.86),
     "D": (30.0, outcomes(700), 0.70),
@@ -50,46 +61,56 @@ CASES = {
 
 
 class TableRefiner:
-    """A refiner over the table above: per-image outcomes at the search's resolution, fixed full-split scores."""
+    """A refiner over a table like the one above: per-image outcomes at the search's resolution (and on the whole
+    split, starting with them), fixed full-split scores."""
 
     val_images, max_images = SEARCH_IMAGES, ALL_IMAGES
 
-    def __init__(self, names: dict[str, str]) -> None:
+    def __init__(self, names: dict[str, str], cases: dict = CASES) -> None:
         self.names = names  # candidate id -> case name
-        self.asked: list[str] = []
+        self.cases = cases
+        self.asked: list[str] = []  # asked for outcomes at the search's resolution
         self.estimated: list[str] = []
 
     def correctness(self, candidate, *, images=None) -> Correctness:
-        assert images is None  # always at the search's resolution
-        self.asked.append(self.names[candidate.id])
-        return Correctness.from_bools(CASES[self.names[candidate.id]][1])
+        name = self.names[candidate.id]
+        _, first, whole = self.cases[name]
+        if images is None:
+            self.asked.append(name)
+            return Correctness.from_bools(first)
+        assert images == ALL_IMAGES  # the shift is measured on the whole split
+        return Correctness.from_bools(whole_split(first, whole))
 
     def estimate(self, candidate, *, images=None) -> dict[str, float]:
         assert images == ALL_IMAGES
         name = self.names[candidate.id]
         self.estimated.append(name)
-        accuracy = CASES[name][2]
+        accuracy = self.cases[name][2]
         return {"accuracy": accuracy, "accuracy_se": 0.005, "accuracy_images": ALL_IMAGES, "loss": 0.4,
-                "bitops": CASES[name][0]}
+                "bitops": self.cases[name][0]}
 
 
 @pytest.fixture()
 def table_search(tiny_space, tmp_path):
-    space = tiny_space()
+    return table_log(tiny_space(), tmp_path, CASES)
+
+
+def table_log(space, folder: Path, cases: dict) -> tuple[SearchLog, TableRefiner]:
+    """A search log of one trial per case, scored as the search would (on its first 1,000 images)."""
     rng = np.random.default_rng(0)
     candidates = {}
-    while len(candidates) < len(CASES):
+    while len(candidates) < len(cases):
         candidate = space.sample(rng)
         candidates.setdefault(candidate.id, candidate)
-    log = SearchLog(tmp_path, space, strategy="random")
+    log = SearchLog(folder, space, strategy="random")
     names = {}
-    for number, ((name, (bitops, correct, _)), candidate) in enumerate(zip(CASES.items(), candidates.values())):
+    for number, ((name, (bitops, correct, _)), candidate) in enumerate(zip(cases.items(), candidates.values())):
         names[candidate.id] = name
         accuracy = correct.mean()
         log.append(Trial(number, candidate, {"accuracy": accuracy, "accuracy_images": SEARCH_IMAGES,
                                              "accuracy_se": np.sqrt(accuracy * (1 - accuracy) / SEARCH_IMAGES),
                                              "loss": 0.5, "bitops": bitops}))
-    return log, TableRefiner(names)
+    return log, TableRefiner(names, cases)
 
 
 def names_of(trials, refiner) -> set[str]:
@@ -108,7 +129,7 @@ def test_near_front_keeps_the_front_and_what_paired_errors_cannot_separate_from_
 def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directory(table_search) -> None:
     log, refiner = table_search
     refined = refine_front(log, refiner, race_fraction=None)
-    # A, B and C first; B's drop to 0.82 leaves E (0.83 on the search's images, bitops 22) undominated: E next
+    # A, B and C first; B's drop to 0.82 leaves E (0.825 shifted, bitops 22) undominated: E next
     assert refiner.estimated == ["A", "B", "C", "E"] and [refiner.names[t.candidate.id] for t in refined] == \
         ["A", "B", "C", "E"]
     by_name = {refiner.names[t.candidate.id]: t for t in log.trials}
@@ -116,15 +137,19 @@ def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directo
     assert c["accuracy"] == 0.86 and c["accuracy_images"] == ALL_IMAGES and c["accuracy_se"] == 0.005
     assert c["accuracy_search"] == 0.84 and c["loss_search"] == 0.5
     assert abs(c["accuracy_se_search"] - np.sqrt(0.84 * 0.16 / SEARCH_IMAGES)) < 1e-15
-    assert "accuracy_search" not in by_name["D"].metrics and by_name["D"].metrics["accuracy"] == 0.70
+    # D, not refined, is shifted by (0.005 + 0.03 - 0.02 + 0.02) / 4 = 0.00875 onto the whole split's scale
+    d = by_name["D"].metrics
+    assert d["accuracy"] == pytest.approx(0.70 - 0.00875) and d["accuracy_shift"] == pytest.approx(0.00875)
+    assert d["accuracy_search"] == 0.70 and d["accuracy_images"] == SEARCH_IMAGES and "loss_search" not in d
     saved = load_trials(log.dir)
     assert [t.to_dict() for t in saved] == [t.to_dict() for t in log.trials]
     pareto = json.loads((log.dir / PARETO_FILE).read_text())
-    # on all images: A 0.79 @ 10, B 0.82 @ 20, C 0.86 @ 25 optimal; E 0.81 @ 22 and D (search-time) 0.70 @ 30 not
-    assert sorted(t["metrics"]["accuracy"] for t in pareto["trials"]) == [0.79, 0.82, 0.86]
+    # on all images: A 0.795 @ 10, B 0.82 @ 20, C 0.86 @ 25 optimal; E 0.81 @ 22 and D (shifted) 0.691 @ 30 not
+    assert sorted(t["metrics"]["accuracy"] for t in pareto["trials"]) == [0.795, 0.82, 0.86]
     assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto["trials"])
     assert log.run_info["refine"] == {"nearest": 5, "near_front": 3, "raced": 0, "race_images": None,
-                                      "rescored": 4, "images": ALL_IMAGES, "margin_se": 2.0}
+                                      "rescored": 4, "images": ALL_IMAGES, "margin_se": 2.0,
+                                      "shift": {"1000": pytest.approx(0.00875)}}
     refiner.estimated.clear()  # a resumed search refines again: selection on search-time values, nothing rescored
     assert refine_front(log, refiner, race_fraction=None) == [] and refiner.estimated == []
     assert names_of(near_front(log.trials, log.objectives, refiner), refiner) == {"A", "B", "C"}
@@ -138,8 +163,10 @@ def test_a_capped_refinement_keeps_the_front_and_the_trials_nearest_to_it(table_
         kept = refine_module.nearest_to_front(log.trials, log.objectives, SEARCH_IMAGES, count)
         assert names_of(kept, refiner) == expected
     refine_front(log, refiner, race_fraction=None, max_near_front=0)
-    # A and B first; what then reaches the front (E once B drops, and C) is refined all the same: the same front
-    assert refiner.estimated == ["A", "B", "E", "C"] and log.run_info["refine"]["nearest"] == 2
+    # A and B first; what then reaches the front is refined all the same, the same front: the shift measured on A
+    # and B, (0.005 + 0.03) / 2, puts C at 0.8225 > B's 0.82 (E at 0.8125 < 0.82 is not yet); once C is refined
+    # the shift is 0.005 and E at 0.825 comes next
+    assert refiner.estimated == ["A", "B", "C", "E"] and log.run_info["refine"]["nearest"] == 2
     assert refiner.asked == []  # nothing left to decide by per-image outcomes: the front alone
 
 
@@ -149,6 +176,82 @@ def test_nothing_is_refined_when_the_search_already_used_every_image(table_searc
     assert refine_front(log, refiner) == [] and refiner.estimated == []
 
 
+# name: (bitops, search-time outcomes, accuracy on all images). The first 1,000 images are easier than all 5,000
+# for every candidate refined: A by 0.01, B by 0.03, G by 0.02; the shift is their mean, 0.02 (A's and B's too).
+# Search-time front: A 0.80 @ 10, B 0.86 @ 20; every other trial is below B at more BitOps, and with no trial kept
+# near the front (max_near_front=0) only the front is refined first. B drops to 0.83 on all images, then:
+# C, D, E (0.849, 0.847, 0.845 @ 24, 26, 28) beat B's 0.83 by 0.019, 0.017, 0.015, less than the shift: the easier
+#   images alone put them ahead (on the raw scores they would be refined one after another). Shifted, 0.829,
+#   0.827, 0.825: below B, not refined.
+# G (0.858 @ 30) beats B's 0.83 by 0.028, more than the shift: shifted, 0.838 > 0.83, on the front, refined (0.838).
+SHIFT_CASES = {
+    "A": (10.0, outcomes(800), 0.79),
+    "B": (20.0, outcomes(860), 0.83),
+    "C": (24.0, outcomes(849), 0.829),
+    "D": (26.0, outcomes(847), 0.827),
+    "E": (28.0, outcomes(845), 0.825),
+    "G": (30.0, outcomes(858), 0.838),
+}
+
+
+@pytest.fixture()
+def shifted_search(tiny_space, tmp_path):
+    log, refiner = table_log(tiny_space(), tmp_path, SHIFT_CASES)
+    refined = refine_front(log, refiner, race_fraction=None, max_near_front=0)
+    return log, refiner, refined
+
+
+def test_the_trials_not_refined_are_shifted_by_how_much_easier_the_first_images_are(shifted_search) -> None:
+    log, refiner, _ = shifted_search
+    # (0.80 - 0.79 + 0.86 - 0.83 + 0.858 - 0.838) / 3 over the refined A, B and G
+    assert log.run_info["refine"]["shift"] == {str(SEARCH_IMAGES): pytest.approx(0.02)}
+    by_name = {refiner.names[t.candidate.id]: t.metrics for t in log.trials}
+    for name, measured in (("C", 0.849), ("D", 0.847), ("E", 0.845)):
+        metrics = by_name[name]
+        assert metrics["accuracy"] == pytest.approx(measured - 0.02)
+        assert metrics["accuracy_shift"] == pytest.approx(0.02)
+        assert metrics["accuracy"] + metrics["accuracy_shift"] == pytest.approx(measured)
+        assert metrics["accuracy_search"] == measured and metrics["accuracy_images"] == SEARCH_IMAGES
+        assert metrics["accuracy_se"] == pytest.approx(np.sqrt(measured * (1 - measured) / SEARCH_IMAGES))
+    # G was shifted before it was refined: its re-score drops the shift and keeps the search's own values
+    g = by_name["G"]
+    assert g["accuracy"] == 0.838 and g["accuracy_images"] == ALL_IMAGES and "accuracy_shift" not in g
+    assert g["accuracy_search"] == 0.858 and g["loss_search"] == 0.5
+
+
+def test_the_refinement_chases_no_trial_that_only_the_easier_first_images_put_ahead(shifted_search) -> None:
+    log, refiner, refined = shifted_search
+    assert refiner.estimated == ["A", "B", "G"] and names_of(refined, refiner) == {"A", "B", "G"}
+    assert log.run_info["refine"]["rescored"] == 3
+    front = refine_module._front(log, [t for t in log.trials if t.feasible])
+    assert names_of(front, refiner) == {"A", "B", "G"}
+
+
+def test_the_front_written_after_a_refinement_was_all_measured_on_the_whole_split(shifted_search) -> None:
+    log, _, _ = shifted_search
+    pareto = json.loads((log.dir / PARETO_FILE).read_text())["trials"]
+    assert [t["metrics"]["accuracy"] for t in pareto] == [0.79, 0.83, 0.838]  # A, B, G by BitOps
+    assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto)
+
+
+def test_a_resumed_refinement_rescores_nothing_and_changes_no_metric(shifted_search) -> None:
+    log, refiner, _ = shifted_search
+    before, saved = [t.to_dict() for t in log.trials], (log.dir / TRIALS_FILE).read_text()
+    shift = log.run_info["refine"]["shift"]
+    refiner.estimated.clear()
+    resumed = SearchLog(log.dir, log.space, strategy="random", resume=True)  # read back from the directory
+    assert refine_front(resumed, refiner, race_fraction=None, max_near_front=0) == [] and refiner.estimated == []
+    assert [t.to_dict() for t in resumed.trials] == before and (log.dir / TRIALS_FILE).read_text() == saved
+    assert resumed.run_info["refine"]["shift"] == shift and resumed.run_info["refine"]["rescored"] == 0
+
+
+def test_with_no_trial_refined_the_shift_is_zero(table_search) -> None:
+    log, refiner = table_search
+    assert refine_module._shift_to_whole_split(log.trials, refiner) == {SEARCH_IMAGES: 0.0}
+    assert all(t.metrics["accuracy_shift"] == 0.0 and t.metrics["accuracy"] == t.metrics["accuracy_search"]
+               for t in log.trials)
+
+
 RACE_IMAGES = ALL_IMAGES // 2  # the default race fraction, one half
 # name: (bitops, search-time outcomes, race outcomes on 2,500 images, accuracy on all images).
 # At the search's resolution P and Q are the front; R (like C above, 1.0 point behind Q within 2 paired se 0.0200)
@@ -156,7 +259,8 @@ RACE_IMAGES = ALL_IMAGES // 2  # the default race fraction, one half
 # Race: Q 2125/2500 = 0.85. R has 100 images right only in Q and 50 only in R: gap 0.02, paired se
 #   sqrt((150/2500 - 0.02**2) / 2500) = 0.00488, 2 se = 0.0098 < 0.02: dropped (the binomial bound
 #   2 * (0.00714 + 0.00751) = 0.0293 could not decide it). S ties Q (30 images each way): survives.
-# All images: P 0.79 @ 10, Q 0.83 @ 20, S 0.84 @ 22 are the front; R (0.80 all, 0.83 raced @ 25) is dominated by S.
+# All images: P 0.79 @ 10, Q 0.83 @ 20, S 0.84 @ 22 are the front. The race's 2,500 images were easier for P (by
+#   0.01), Q (0.02) and S (0.01): R's 0.83 raced is shifted by 0.04 / 3 to 0.8167 @ 25, dominated by S.
 RACE_CASES = {
     "P": (10.0, outcomes(800), outcomes(2000, images=RACE_IMAGES), 0.79),
     "Q": (20.0, outcomes(850), outcomes(2125, images=RACE_IMAGES), 0.83),
@@ -178,6 +282,8 @@ class RaceRefiner:
 
     def correctness(self, candidate, *, images=None) -> Correctness:
         case = RACE_CASES[self.names[candidate.id]]
+        if images == ALL_IMAGES:  # starting with the race's images
+            return Correctness.from_bools(whole_split(case[2], case[3]))
         return Correctness.from_bools({None: case[1], RACE_IMAGES: case[2]}[images])
 
     def estimate(self, candidate, *, images=None) -> dict[str, float]:
@@ -216,15 +322,24 @@ def test_racing_drops_a_candidate_beaten_at_the_intermediate_resolution_and_give
                                        ("Q", ALL_IMAGES), ("R", RACE_IMAGES), ("S", RACE_IMAGES), ("S", ALL_IMAGES)]
     assert sorted(plain.estimated) == [(name, ALL_IMAGES) for name in "PQRS"]
     assert raced_log.run_info["refine"] == {"nearest": 4, "near_front": 4, "raced": 4, "race_images": RACE_IMAGES,
-                                            "rescored": 3, "images": ALL_IMAGES, "margin_se": 2.0}
-    # the survivors end as refining without the race leaves them; the dropped R keeps its race score
+                                            "rescored": 3, "images": ALL_IMAGES, "margin_se": 2.0,
+                                            "shift": {str(RACE_IMAGES): pytest.approx(0.04 / 3)}}
+    assert plain_log.run_info["refine"]["shift"] == {}  # every trial measured on the whole split
+    # the survivors end as refining without the race leaves them; the dropped R keeps its race score, shifted
     by_name = {raced.names[t.candidate.id]: t.metrics for t in raced_log.trials}
     plain_by_name = {plain.names[t.candidate.id]: t.metrics for t in plain_log.trials}
     assert all(by_name[name] == plain_by_name[name] for name in "PQS")
-    assert by_name["R"]["accuracy"] == 0.83 and by_name["R"]["accuracy_images"] == RACE_IMAGES
-    assert by_name["R"]["accuracy_search"] == 0.84
+    r = by_name["R"]
+    assert r["accuracy"] == pytest.approx(0.83 - 0.04 / 3) and r["accuracy_shift"] == pytest.approx(0.04 / 3)
+    assert r["accuracy_images"] == RACE_IMAGES and r["accuracy_search"] == 0.84
     pareto = [json.loads((log.dir / PARETO_FILE).read_text())["trials"] for log in (raced_log, plain_log)]
     assert pareto[0] == pareto[1] and sorted(t["metrics"]["accuracy"] for t in pareto[0]) == [0.79, 0.83, 0.84]
+    # resumed: R, which lost the race, is neither raced again nor (the front not taking it) refined
+    before, raced.estimated = [t.to_dict() for t in raced_log.trials], []
+    assert refine_front(raced_log, raced) == [] and raced.estimated == []
+    assert [t.to_dict() for t in raced_log.trials] == before
+    assert raced_log.run_info["refine"]["raced"] == 0
+    assert raced_log.run_info["refine"]["shift"] == {str(RACE_IMAGES): by_name["R"]["accuracy_shift"]}
 
 
 def test_race_images_is_the_fraction_of_the_split_strictly_between_search_and_whole(table_search) -> None:
@@ -247,12 +362,19 @@ def test_run_search_refines_the_front_of_a_one_shot_search(tiny_space, tmp_path:
     train_supernet(space, tmp_path / "run", progress=False)
     log = run_search(space, out=tmp_path / "search", supernet=tmp_path / "run", strategy="random", trials=8,
                      progress=False)
-    refined = [t for t in log.trials if "accuracy_search" in t.metrics]
+    refined = [t for t in log.trials if t.metrics["accuracy_images"] == 200]
     front = json.loads((tmp_path / "search" / PARETO_FILE).read_text())["trials"]
     assert refined and {t["number"] for t in front} <= {t.number for t in refined}
     check = OneShotEstimator.from_run(tmp_path / "run")
     for trial in refined:
-        assert trial.metrics["accuracy_images"] == 200
         assert trial.metrics["accuracy"] == check.estimate(trial.candidate, images=200)["accuracy"]
+        assert trial.metrics["accuracy_search"] == check.estimate(trial.candidate)["accuracy"]
+    whole = [check.correctness(t.candidate, images=200).bools() for t in refined]
+    for trial in (t for t in log.trials if t not in refined):  # on the whole split's scale, shifted
+        images = trial.metrics["accuracy_images"]
+        shift = np.mean([c[:images].mean() - c.mean() for c in whole])
+        assert log.run_info["refine"]["shift"][str(images)] == trial.metrics["accuracy_shift"] == pytest.approx(shift)
+        measured = check.estimate(trial.candidate, images=images)["accuracy"]
+        assert trial.metrics["accuracy"] + trial.metrics["accuracy_shift"] == pytest.approx(measured)
         assert trial.metrics["accuracy_search"] == check.estimate(trial.candidate)["accuracy"]
     assert [t.to_dict() for t in load_trials(tmp_path / "search")] == [t.to_dict() for t in log.trials]

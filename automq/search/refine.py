@@ -12,11 +12,28 @@ The candidates near the front are raced first (successive halving on images): ea
 number of images (``race_fraction`` of the split, 5,000 of 10,000 by default, a continuation of its search-time
 score), and only those that the front of these scores does not beat by more than ``margin_se`` paired standard
 errors go on to the whole split. A trial dropped by the race keeps its intermediate score, so the front can still
-take it back: the refinement continues until every trial on the front was measured on the whole split.
+take it back.
 
-A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``;
-``accuracy_images`` says how many images ``accuracy`` was measured on. ``trials.jsonl`` and ``pareto.json`` are
-rewritten atomically. A trial already scored on the whole split (a resumed search) is not scored again.
+All accuracies of a refined search are on one scale, the whole split's. The first images of the (seeded, shuffled)
+split are one random sample of it, and every candidate is scored on that same sample, so its luck is shared: on a
+trained supernet the first 2,000 were easier than all 10,000 for every candidate, by 0.2 to 1.3 points (0.5 on
+average). Compared with refined trials, a trial scored on them only looked better, entered the front, was refined,
+and the next one did the same (a refinement of 1,000 trials chased them for over 40 minutes). Being common to all
+candidates, that difficulty is measured on the refined ones (a paired, control-variates estimate): for each number
+of images ``r`` that a trial
+not refined was scored on (the search's, the race's), the shift is the mean over the trials refined on the whole
+split of their accuracy on its first ``r`` images (the start of their per-image outcomes) less their accuracy on
+all of it; 0 while none is refined. A trial not refined records ``accuracy`` = its measured accuracy less the
+shift, and ``accuracy_shift`` = the shift: ``accuracy + accuracy_shift`` is what was measured on
+``accuracy_images`` images. The shifts are recorded, as fractions like the accuracies, in
+``run_info["refine"]["shift"]`` keyed by ``r``.
+
+A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``,
+a shifted one its search-time accuracy as ``accuracy_search``; ``accuracy_images`` says how many images
+``accuracy`` was measured on. ``trials.jsonl`` and ``pareto.json`` are rewritten atomically. A resumed search is
+not refined twice: a trial already scored on the whole split is not scored again, one an earlier refinement
+raced is not raced again, and the shifts it recorded stand unless a trial is re-scored or one scored on fewer
+images carries none (a trial the resumed search added).
 """
 
 from __future__ import annotations
@@ -66,8 +83,9 @@ class Refiner(Protocol):
 
 def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGIN_SE,
                  race_fraction: float | None = RACE_FRACTION, max_near_front: int = MAX_NEAR_FRONT) -> list[Trial]:
-    """Re-score the trials of ``log`` that could be on its front on all ``estimator.max_images`` images, record
-    the refinement in ``log.run_info["refine"]`` and rewrite the search directory; returns the re-scored trials.
+    """Re-score the trials of ``log`` that could be on its front on all ``estimator.max_images`` images, shift the
+    others' accuracies onto that scale, record the refinement in ``log.run_info["refine"]`` and rewrite the search
+    directory; returns the re-scored trials.
 
     ``race_fraction``: race the candidates near the front on this share of the split first (:func:`race`);
     ``None`` takes all of them to the whole split. ``max_near_front``: besides the front, at most this many of
@@ -80,21 +98,29 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
     nearest = nearest_to_front(feasible, log.objectives, estimator.val_images, max_near_front)
     chosen = near_front(nearest, log.objectives, estimator, margin_se=margin_se)
     pending = _unrefined(chosen + _front(log, feasible), estimator)
-    raced, images = len(pending), race_images(estimator, race_fraction)
+    raced, images = 0, race_images(estimator, race_fraction)
     if images:
-        pending = race(pending, log.objectives, estimator, images, margin_se=margin_se)
-    refined: list[Trial] = []
-    # a trial scored on fewer images can overtake refined ones (the first images may be easier or harder than the
-    # rest), so the front a user reads is refined until every trial on it was measured on the whole split
-    while pending:
+        # a trial an earlier refinement raced (a resumed search) lost that race: like the others the race drops, it
+        # goes on only if the front takes it
+        pending = [t for t in pending if t.metrics.get("accuracy_images", 0) < images]
+        raced, pending = len(pending), race(pending, log.objectives, estimator, images, margin_se=margin_se)
+    recorded = _recorded_shifts(log.trials, estimator.max_images)
+    shifts, refined = recorded, []
+    # the first images are easier than the whole split for every candidate alike: on their raw scores the trials not
+    # refined would overtake the refined ones for that alone and be refined one after another. Shifted onto the
+    # whole split's scale (the shift measured anew after each round, on more refined trials), they reach the front
+    # only by more, and the front is refined until it was all measured on the whole split. Trials that carry no
+    # shift yet (a first refinement, a resumed search's new trials) are shifted even with nothing to re-score
+    while pending or shifts is None:
         for trial in pending:
             _rescore(trial, estimator, estimator.max_images)
         refined += pending
+        shifts = _shift_to_whole_split(log.trials, estimator)
         pending = _unrefined(_front(log, feasible), estimator)
-    log.run_info["refine"] = {"nearest": len(nearest), "near_front": len(chosen),
-                              "raced": raced if images else 0, "race_images": images,
-                              "rescored": len(refined), "images": estimator.max_images, "margin_se": margin_se}
-    if refined:
+    log.run_info["refine"] = {"nearest": len(nearest), "near_front": len(chosen), "raced": raced,
+                              "race_images": images, "rescored": len(refined), "images": estimator.max_images,
+                              "margin_se": margin_se, "shift": {str(r): shift for r, shift in sorted(shifts.items())}}
+    if refined or recorded is None:
         lines = "".join(json.dumps(t.to_dict()) + "\n" for t in log.trials)
         atomic_write_text(log.dir / TRIALS_FILE, lines)
         log.write_pareto()
@@ -204,7 +230,40 @@ def _front_and_covering(metrics: Sequence[dict[str, Any]], objectives: Sequence[
 def _rescore(trial: Trial, estimator: Refiner, images: int) -> None:
     """Replace ``trial``'s accuracy and loss by their score on ``images`` images, keeping the search-time ones."""
     searched = {f"{key}_search": value for key, value in _search_metrics(trial).items() if key in SEARCH_KEYS}
-    trial.metrics = {**trial.metrics, **estimator.estimate(trial.candidate, images=images), **searched}
+    unshifted = {key: value for key, value in trial.metrics.items() if key != "accuracy_shift"}  # a new measurement
+    trial.metrics = {**unshifted, **estimator.estimate(trial.candidate, images=images), **searched}
+
+
+def _shift_to_whole_split(trials: Sequence[Trial], estimator: Refiner) -> dict[int, float]:
+    """Put the accuracies of ``trials`` scored on fewer images than the whole split onto its scale; returns the
+    shift of each number of images (see the module's docstring)."""
+    lower = _scored_on_fewer(trials, estimator.max_images)
+    whole = [estimator.correctness(t.candidate, images=estimator.max_images).bools() for t in trials
+             if t.metrics.get("accuracy_images") == estimator.max_images]
+    shifts = {r: float(np.mean([c[:r].mean() - c.mean() for c in whole])) if whole else 0.0
+              for r in sorted({int(t.metrics["accuracy_images"]) for t in lower})}
+    for trial in lower:
+        measured = trial.metrics["accuracy"] + trial.metrics.get("accuracy_shift", 0.0)
+        searched = {} if "accuracy_search" in trial.metrics else {"accuracy_search": measured}  # never re-scored
+        shift = shifts[int(trial.metrics["accuracy_images"])]
+        trial.metrics = {**trial.metrics, **searched, "accuracy": measured - shift, "accuracy_shift": shift}
+    return shifts
+
+
+def _recorded_shifts(trials: Sequence[Trial], max_images: int) -> dict[int, float] | None:
+    """The shifts that an earlier refinement left on ``trials``, or ``None`` when a trial scored on fewer images than
+    the whole split carries none (or two disagree): those are not on the whole split's scale yet."""
+    shifts: dict[int, float] = {}
+    for trial in _scored_on_fewer(trials, max_images):
+        shift = trial.metrics.get("accuracy_shift")
+        if shift is None or shifts.setdefault(int(trial.metrics["accuracy_images"]), shift) != shift:
+            return None
+    return shifts
+
+
+def _scored_on_fewer(trials: Sequence[Trial], max_images: int) -> list[Trial]:
+    """The ``trials`` whose accuracy was measured on a known number of images, fewer than the whole split's."""
+    return [t for t in trials if "accuracy" in t.metrics and t.metrics.get("accuracy_images", max_images) < max_images]
 
 
 def _front(log: SearchLog, trials: list[Trial]) -> list[Trial]:
