@@ -97,6 +97,20 @@ def supernet(space: SearchSpace) -> Supernet:
     return Supernet(space)
 
 
+def test_the_reference_is_fp32_where_the_menu_has_it(tiny_space: SpaceFactory) -> None:
+    """The paper measures every sensitivity against the full-precision model: where a layer's menus hold fp32, the
+    reference assignment is fp32; elsewhere it is the menu's top (int8 here), the best the supernet can run."""
+    menus = {"weights": ["int8"], "activations": ["int8", "fp32"],
+             "overrides": [{"layers": r"blocks\.1\.\d\.conv_pw|conv_head", "weights": ["int4", "fp32", "int8"]}]}
+    space = tiny_space({**SPACE_CHANGES, "name": "clado_fp32", "formats": menus})
+    formats = FormatProblem.build(space, space.largest(), options="joint")
+    chosen = {name: options[i] for name, options, i in
+              zip(formats.problem.layers, formats.problem.options, reference_choice(formats))}
+    searched = {"blocks.1.0.conv_pw", "blocks.1.1.conv_pw", "conv_head"}
+    assert searched <= set(chosen)
+    assert all(pair == (("fp32", "fp32") if name in searched else ("int8", "fp32")) for name, pair in chosen.items())
+
+
 def test_units_compose_to_the_forward(space: SearchSpace, supernet: Supernet, data: DataSplits) -> None:
     x = data.train.tensors[0][:8]
     for arch in (space.largest(), space.smallest()):
