@@ -30,7 +30,9 @@ of that same run, without retraining. ``init="scratch"`` is that setting (a fres
 trained for ``steps`` steps; the result to read is ``Trial.info["in_place"]``). The default ``init="supernet"``
 continues from the evaluator's trained supernet instead, so that a short CPU run starts from weights every
 strategy shares; its in-place accuracy then reflects ``steps`` more training steps than the shared estimator's
-weights had, and ``Trial.metrics`` (the shared estimator) is the column to compare strategies on.
+weights had, and ``Trial.metrics`` (the shared estimator) is the column to compare strategies on. A space without
+decisions (one candidate) makes a run train that candidate alone with the same steps, batches and schedule: with
+``init="scratch"`` the baseline that the paper's setting must beat at equal cost (``experiments/fliqs_study.py``).
 
 **Notes on the numbers.** The entropy schedule's end points ``(0.05, -0.3)`` and ``beta = 1`` of the absolute
 reward are this project's choices at its scale, not values taken from the paper. With accuracy in [0, 1],
@@ -135,7 +137,7 @@ class ClampedPolicy:
     ``min_prob`` (the argmax is unchanged)."""
 
     def __init__(self, arch: ArchParams, min_prob: float) -> None:
-        widest = int(arch.alive.sum(dim=1).max())
+        widest = int(arch.alive.sum(dim=1).max()) if len(arch.alive) else 1  # a space without decisions: no menu
         if not 0.0 <= min_prob * widest < 1.0:
             raise ValueError(f"min_prob must lie in [0, 1/{widest}) for a menu of {widest} choices, got {min_prob}")
         self.arch, self.min_prob = arch, min_prob
@@ -148,6 +150,8 @@ class ClampedPolicy:
 
     def sample(self, generator: torch.Generator) -> list[int]:
         """One choice index per decision."""
+        if not len(self.arch.alive):
+            return []
         return torch.multinomial(self.probs().detach(), 1, generator=generator).squeeze(1).tolist()
 
     def log_prob(self, choice: Sequence[int], rows: Sequence[int]) -> Tensor:
@@ -376,7 +380,7 @@ class FliqsSearch:
         loss.backward()
         self.loss_sum += loss.item()
         record: dict[str, Any] = {"step": self.step_count, "train_loss": loss.item()}
-        if self.step_count >= self.config.warmup_steps:
+        if self.step_count >= self.config.warmup_steps and raw:  # without decisions the run trains one candidate
             record.update(self._policy_step(raw, candidate))
         if self.log_path is not None and (self.step_count % self.config.log_every == 0
                                           or self.step_count == self.config.steps - 1):

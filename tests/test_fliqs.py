@@ -18,9 +18,11 @@ from automq.strategies.fliqs import (
     FLIQS, POLICY_LOG, ClampedPolicy, FLIQSConfig, FliqsSearch, FormatTie, MovingAverageBaseline, entropy_weight,
     reward,
 )
+from automq.model.supernet import Supernet
 from automq.search.strategy import Budget
 
 from _gradient_task import BROKEN_LAYER, GOOD_FORMAT, TASK, task_estimator, task_space
+from _spaces import DS_STAGE, IR_STAGE
 from _interrupt import interrupted_and_resumed, outcome
 
 # a few float64 operations on values of order 1, some of which cancel (1.2 - 1 keeps 52 - 3 bits): 16 eps
@@ -218,3 +220,36 @@ def test_budget_caps_the_runs_and_a_seed_repeats_a_search(estimator) -> None:
     assert first[0].candidate == again[0].candidate and first[0].info["in_place"] == again[0].info["in_place"]
     assert first[0].info["baseline"] == again[0].info["baseline"]
     assert math.isfinite(first[0].info["train_loss"])
+
+
+@pytest.mark.parametrize("init", ["scratch", "supernet"])
+def test_a_scratch_run_starts_from_a_fresh_seeded_supernet_and_the_default_from_the_shared_one(estimator,
+                                                                                               init) -> None:
+    """The paper's setting trains the policy and the weights together from scratch: its weights at step 0 are
+    those of a fresh supernet built under the same seed, not the shared estimator's trained ones."""
+    torch.manual_seed(5)
+    search = FliqsSearch(estimator.space, estimator, FLIQSConfig(**RUN, init=init), metric="bitops", target=1.0,
+                         seed=5)
+    torch.manual_seed(5)
+    fresh = Supernet(estimator.space).state_dict()
+    expected = fresh if init == "scratch" else estimator.supernet.state_dict()
+    other = estimator.supernet.state_dict() if init == "scratch" else fresh
+    state = search.supernet.state_dict()
+    assert all(torch.equal(state[key], expected[key]) for key in expected)
+    assert not all(torch.equal(state[key], other[key]) for key in other if key.endswith("weight"))
+
+
+def test_a_space_without_decisions_trains_its_one_candidate_with_the_same_steps(estimator, tmp_path) -> None:
+    """The same-recipe baseline of the paper's setting: nothing to decide, so no policy step, and the run's own
+    weights (trained from scratch) score the one candidate far above chance (0.1)."""
+    single = {"stages": [DS_STAGE, {**IR_STAGE, "depth": [2], "kernel_size": [5], "expand_ratio": [4]}],
+              "width_mult": [1.0]}
+    space = task_space(network=single, formats={"weights": [GOOD_FORMAT], "activations": ["int8"],
+                                                "overrides": [{"layers": "conv_stem|classifier", "weights": ["int8"]}]})
+    assert space.count() == 1
+    trials = FLIQS(targets=[1.0], out_dir=tmp_path, init="scratch", **RUN).run(space, estimator, Budget(1), seed=0)
+    (trial,) = trials
+    assert trial.candidate == space.largest() and trial.info["steps"] == RUN["steps"]
+    assert trial.info["in_place"]["accuracy"] > 0.3 and trial.info["final_entropy"] == 0.0
+    log = list(read_jsonl(tmp_path / POLICY_LOG))
+    assert len(log) == RUN["steps"] and not any("reward" in record for record in log)
