@@ -3,7 +3,16 @@
 Tests two claims of FLIQS (Dotzel et al., AutoML 2024) on our data:
 
 1. a mixed int+fp format search beats the best uniform format at equal BitOps;
-2. searching architecture and formats jointly (FLIQNAS) beats searching formats alone.
+2. searching architecture and formats jointly (FLIQNAS) beats searching formats alone;
+
+and measures two choices of this project's FLIQS and the paper's own setting, on the mixed menus:
+
+3. the entropy schedule and the cost weight: the default (entropy weight 0.05 -> -0.3, ``beta = 1``) against an
+   entropy weight that ends at 0 (never a penalty) and against ``beta = 0.25``, each scored by the shared estimator
+   and compared with the default at the same target, paired on the same validation images;
+4. the paper's setting (``init: scratch``): the policy and fresh weights trained together, the final candidate's
+   accuracy read with those weights (no retraining, as the paper reports it), against uniform int8 and int4 trained
+   from scratch the same way (FLIQS runs on one-candidate spaces: same steps, batches and schedule, no policy).
 
 Every FLIQS run continues training a one-shot supernet of ``spaces/mbv2_fmnist.yaml`` (trained first, or given
 with ``--supernet``) while its policy searches one of the menus of ``experiments/configs/fli*.yaml``, one run per
@@ -16,10 +25,11 @@ uniform baselines, and as it stands (the run's own weights, ``info.in_place``). 
     fliqs_front.png           accuracy against BitOps; fliqs_policy.png: policy entropy over the steps
 
 A finished search directory is reused as it is (delete it to run that part again), so the summary and figures
-can be rebuilt without searching. The committed results took about 4 min for the supernet and 20 min for the
-searches on one thread of a busy 2-core machine:
+can be rebuilt without searching (and a stopped study resumes at the run it was in). The supernet is trained with
+the space's current recipe:
 
-    PYTHONPATH=. .venv/bin/python experiments/fliqs_study.py --steps 300
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python experiments/fliqs_study.py --steps 300 \
+        --supernet runs/fliqs_supernet_current
 """
 
 from __future__ import annotations
@@ -27,6 +37,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
+import shlex
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,11 +49,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from matplotlib.figure import Figure
 
 from automq.report import plots
 from automq.cost import CostModel
 from automq.oneshot.evaluate import OneShotEstimator
+from automq.oneshot.paired import Difference
 from automq.io import atomic_write_json, atomic_write_text, read_jsonl
 from automq.search.results import SearchLog, load_search_dir
 from automq.space.space import SearchSpace
@@ -56,6 +73,15 @@ VARIANTS = {  # label -> space file; the first three search formats on the large
     "fliqs_mixed": CONFIGS / "fliqs_mixed.yaml",
     "fliqnas_mixed": CONFIGS / "fliqnas_mixed.yaml",
 }
+SETTINGS = {  # label -> (menus of VARIANTS, FLIQS options beside the study's)
+    **{label: (label, {}) for label in VARIANTS},
+    "fliqs_mixed_entropy_to_0": ("fliqs_mixed", {"entropy_weight": (0.05, 0.0)}),
+    "fliqs_mixed_beta_0.25": ("fliqs_mixed", {"beta": 0.25}),
+    "fliqs_mixed_scratch": ("fliqs_mixed", {"init": "scratch"}),
+}
+SWEEP = ("fliqs_mixed_entropy_to_0", "fliqs_mixed_beta_0.25")
+SCRATCH = "fliqs_mixed_scratch"
+SCRATCH_UNIFORM = ("int8", "int4")  # trained from scratch the way the paper's setting trains its weights
 UNIFORM = ("int8", "int4", "fp8_e4m3", "fp4_e2m1")
 COST_TOLERANCE = 1.02  # "equal cost": at most 2 % more BitOps than the baseline
 
@@ -101,10 +127,28 @@ def run_uniform(space: SearchSpace, estimator: OneShotEstimator, out: Path) -> l
 
 def run_variant(label: str, estimator: OneShotEstimator, targets: list[float], out: Path,
                 args: argparse.Namespace) -> list[Trial]:
-    """One FLIQS run per target on the variant's menus; the search directory holds the policy log."""
-    space = SearchSpace.from_file(VARIANTS[label])
+    """One FLIQS run per target with the setting's menus and options; the search directory holds the policy log."""
+    menus, extra = SETTINGS[label]
+    return run_fliqs(label, SearchSpace.from_file(VARIANTS[menus]), extra, estimator, targets, out, args)
+
+
+def run_scratch_uniform(fmt: str, estimator: OneShotEstimator, target: float, out: Path,
+                        args: argparse.Namespace) -> list[Trial]:
+    """Uniform ``fmt`` trained from scratch as the paper's setting trains its weights: a FLIQS run with
+    ``init: scratch`` on the one-candidate space of the mixed menus reduced to ``fmt`` (nothing to decide)."""
+    settings = yaml.safe_load(VARIANTS["fliqs_mixed"].read_text(encoding="utf-8"))
+    kept = [rule for rule in settings["formats"]["overrides"] if "conv_dw" not in rule["layers"]]
+    depthwise = {"layers": r"blocks\.\d+\.\d+\.conv_dw", "weights": ["int8" if fmt.startswith("int") else fmt]}
+    settings.update(name=f"uniform_{fmt}_scratch", formats={"weights": [fmt], "activations": [fmt],
+                                                            "overrides": [*kept, depthwise]})
+    space = SearchSpace.from_dict(settings, source=f"<{settings['name']}>")
+    return run_fliqs(settings["name"], space, {"init": "scratch"}, estimator, [target], out, args)
+
+
+def run_fliqs(label: str, space: SearchSpace, extra: dict[str, Any], estimator: OneShotEstimator,
+              targets: list[float], out: Path, args: argparse.Namespace) -> list[Trial]:
     options = {"targets": targets, "steps": args.steps, "batch_size": args.batch_size, "weight_lr": args.weight_lr,
-               "policy_lr": args.policy_lr, "log_every": 15}
+               "policy_lr": args.policy_lr, "log_every": 15, **extra}
     log = SearchLog(out, space, strategy="fliqs", options={**options, "label": label, "seed": args.seed})
     log.run_info["label"] = label
     for trial in FLIQS(out_dir=out, progress=True, **options).run(space, estimator, Budget(len(targets)),
@@ -124,6 +168,10 @@ def reuse_or_run(out: Path, run: Callable[[], list[Trial]]) -> tuple[list[Trial]
     return result.trials, float(result.run["wall_s"])
 
 
+def supernet_minutes(run_dir: Path) -> float:
+    return sum(e["wall_s"] for e in read_jsonl(run_dir / TRAIN_METRICS)) / 60
+
+
 def supernet_record(run_dir: Path) -> str:
     """How the shared supernet was trained, from its run folder's per-epoch metrics."""
     epochs = list(read_jsonl(run_dir / TRAIN_METRICS))
@@ -138,39 +186,69 @@ def standard_error(accuracy: float, images: int) -> float:
     return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / images)
 
 
-def compare(better: Trial, baseline: Trial, images: int) -> dict[str, Any]:
-    """Whether ``better`` beats ``baseline`` at equal cost; differences within two standard errors of the
-    difference (binomial, on ``images`` validation images) are called noise."""
-    acc, base = better.metrics["accuracy"], baseline.metrics["accuracy"]
+Paired = Callable[[Trial, Trial], Difference]
+
+
+def verdict(difference: float, noise: float, bitops_ratio: float) -> str:
+    """``held`` beyond ``noise`` (two standard errors of the difference), ``did not hold`` below minus it."""
+    if bitops_ratio > COST_TOLERANCE:
+        return "not at equal cost"
+    if difference > noise:
+        return "held"
+    if -difference > noise:
+        return "did not hold"
+    return "inconclusive (within noise)"
+
+
+def compare(better: Trial, baseline: Trial, paired: Paired) -> dict[str, Any]:
+    """Whether ``better`` beats ``baseline`` at equal cost on the shared estimator, paired on the same validation
+    images: a difference within two paired standard errors is noise."""
+    difference = paired(better, baseline)
+    ratio = better.metrics["bitops"] / baseline.metrics["bitops"]
+    return {"accuracy": better.metrics["accuracy"], "baseline_accuracy": baseline.metrics["accuracy"],
+            "difference": difference.value, "noise_2se": 2 * difference.se, "bitops_ratio": ratio,
+            "verdict": verdict(difference.value, 2 * difference.se, ratio)}
+
+
+def compare_in_place(better: Trial, baseline: Trial, images: int) -> dict[str, Any]:
+    """:func:`compare` on the accuracies of the runs' own weights (``info.in_place``): two separate trainings, so
+    the noise is that of two independent binomial estimates."""
+    acc, base = better.info["in_place"]["accuracy"], baseline.info["in_place"]["accuracy"]
     noise = 2 * math.hypot(standard_error(acc, images), standard_error(base, images))
     ratio = better.metrics["bitops"] / baseline.metrics["bitops"]
-    if ratio > COST_TOLERANCE:
-        verdict = "not at equal cost"
-    elif acc - base > noise:
-        verdict = "held"
-    elif base - acc > noise:
-        verdict = "did not hold"
-    else:
-        verdict = "inconclusive (within noise)"
     return {"accuracy": acc, "baseline_accuracy": base, "difference": acc - base, "noise_2se": noise,
-            "bitops_ratio": ratio, "verdict": verdict}
+            "bitops_ratio": ratio, "verdict": verdict(acc - base, noise, ratio)}
 
 
-def claims(uniform: list[Trial], runs: dict[str, list[Trial]], images: int) -> dict[str, list[dict[str, Any]]]:
-    """Claim 1 at each uniform cost level (vs the best uniform format there); claim 2 at each target."""
-    by_target = {label: {t.info["target"]["bitops"]: t for t in trials if t.feasible} for label, trials in runs.items()}
+def by_target(trials: list[Trial]) -> dict[float, Trial]:
+    return {t.info["target"]["bitops"]: t for t in trials if t.feasible}
+
+
+def claims(uniform: list[Trial], runs: dict[str, list[Trial]], scratch_uniform: dict[str, list[Trial]],
+           paired: Paired, images: int) -> dict[str, list[dict[str, Any]]]:
+    """Claim 1 at each uniform cost level (vs the best uniform format there); claim 2, the sweep and the paper's
+    setting at each target."""
+    mixed = by_target(runs["fliqs_mixed"])
     levels: dict[float, list[Trial]] = {}
     for trial in uniform:
         levels.setdefault(trial.metrics["bitops"], []).append(trial)
     first = []
     for level, trials in sorted(levels.items()):
         best = max(trials, key=lambda t: t.metrics["accuracy"])
-        mixed = by_target["fliqs_mixed"].get(level)
-        if mixed is not None:
-            first.append({"bitops": level, "best_uniform": best.info["format"], **compare(mixed, best, images)})
-    second = [{"target": target, **compare(joint, by_target["fliqs_mixed"][target], images)}
-              for target, joint in sorted(by_target["fliqnas_mixed"].items()) if target in by_target["fliqs_mixed"]]
-    return {"mixed_vs_uniform": first, "joint_vs_formats_only": second}
+        if level in mixed:
+            first.append({"bitops": level, "best_uniform": best.info["format"], **compare(mixed[level], best, paired)})
+    second = [{"target": target, **compare(joint, mixed[target], paired)}
+              for target, joint in sorted(by_target(runs["fliqnas_mixed"]).items()) if target in mixed]
+    sweep = [{"setting": label, "target": target, "cost_ratio": trial.info["cost_ratio"],
+              "final_entropy": trial.info["final_entropy"], "default_cost_ratio": mixed[target].info["cost_ratio"],
+              "default_final_entropy": mixed[target].info["final_entropy"], **compare(trial, mixed[target], paired)}
+             for label in SWEEP for target, trial in sorted(by_target(runs[label]).items()) if target in mixed]
+    scratch = by_target(runs[SCRATCH])
+    paper = [{"uniform": fmt, "target": target, **compare_in_place(scratch[target], baseline, images)}
+             for fmt, trials in scratch_uniform.items() for target, baseline in by_target(trials).items()
+             if target in scratch]
+    return {"mixed_vs_uniform": first, "joint_vs_formats_only": second, "entropy_and_beta": sweep,
+            "scratch_vs_uniform_scratch": paper}
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -182,30 +260,48 @@ def format_mix(trial: Trial) -> str:
                       for side, count in zip("WA", counts))
 
 
-def summary_markdown(uniform: list[Trial], runs: dict[str, list[Trial]], verdicts: dict[str, Any],
-                     setup: dict[str, Any]) -> str:
-    lines = ["# FLIQS study: int, fp and mixed format search, and FLIQNAS", "",
-             f"Scale: {setup['scale']}", "",
+def summary_markdown(uniform: list[Trial], runs: dict[str, list[Trial]], scratch_uniform: dict[str, list[Trial]],
+                     verdicts: dict[str, Any], setup: dict[str, Any]) -> str:
+    lines = ["# FLIQS study: int, fp and mixed format search, FLIQNAS, the schedule and the paper's setting", "",
+             f"- command: `{setup['command']}`", f"- machine: {setup['machine']}",
+             f"- wall time: {setup['wall']}", "", f"Scale: {setup['scale']}", "",
              "| run | target BitOps | BitOps | accuracy (shared estimator) | accuracy (FLIQS weights, no retraining) "
              "| final entropy | formats | depths | width |", "|---|---|---|---|---|---|---|---|---|"]
     for trial in uniform:
         lines.append(f"| uniform {trial.info['format']} | - | {trial.metrics['bitops']:.4g} | "
                      f"{trial.metrics['accuracy']:.4f} | - | - | {format_mix(trial)} | "
                      f"{trial.candidate.depths} | {trial.candidate.width_mult} |")
-    for label, trials in runs.items():
+    for label, trials in {**runs, **{f"uniform {fmt} from scratch": t for fmt, t in scratch_uniform.items()}}.items():
         for trial in trials:
             lines.append(f"| {label} | {trial.info['target']['bitops']:.4g} | {trial.metrics.get('bitops', 0):.4g} | "
                          f"{trial.metrics.get('accuracy', float('nan')):.4f} | "
                          f"{trial.info['in_place']['accuracy']:.4f} | {trial.info['final_entropy']:.3f} | "
                          f"{format_mix(trial)} | {trial.candidate.depths} | {trial.candidate.width_mult} |")
-    lines += ["", "## Claim 1: mixed int+fp search beats the best uniform format at equal BitOps", ""]
+
+    def difference(v: dict[str, Any]) -> str:
+        return (f"difference {v['difference']:+.4f} (noise ±{v['noise_2se']:.4f}), BitOps ratio "
+                f"{v['bitops_ratio']:.3f}: **{v['verdict']}**")
+
+    lines += ["", "## Claim 1: mixed int+fp search beats the best uniform format at equal BitOps", "",
+              "Shared estimator; noise is two paired standard errors (the same validation images).", ""]
     lines += [f"* {v['bitops']:.4g} BitOps: FLIQS mixed {v['accuracy']:.4f} vs best uniform ({v['best_uniform']}) "
-              f"{v['baseline_accuracy']:.4f}, difference {v['difference']:+.4f} (noise ±{v['noise_2se']:.4f}), "
-              f"BitOps ratio {v['bitops_ratio']:.3f}: **{v['verdict']}**" for v in verdicts["mixed_vs_uniform"]]
+              f"{v['baseline_accuracy']:.4f}, {difference(v)}" for v in verdicts["mixed_vs_uniform"]]
     lines += ["", "## Claim 2: joint architecture + format search beats format-only search", ""]
     lines += [f"* target {v['target']:.4g}: FLIQNAS {v['accuracy']:.4f} vs formats only {v['baseline_accuracy']:.4f}, "
-              f"difference {v['difference']:+.4f} (noise ±{v['noise_2se']:.4f}), "
-              f"BitOps ratio {v['bitops_ratio']:.3f}: **{v['verdict']}**" for v in verdicts["joint_vs_formats_only"]]
+              f"{difference(v)}" for v in verdicts["joint_vs_formats_only"]]
+    lines += ["", "## The entropy schedule and beta, against the default (0.05 -> -0.3, beta 1) on the mixed menus", "",
+              "'held': the setting's candidate is more accurate than the default's at the same target (shared "
+              "estimator, paired).", ""]
+    lines += [f"* {v['setting']} at {v['target']:.4g}: {v['accuracy']:.4f} vs default {v['baseline_accuracy']:.4f}, "
+              f"{difference(v)}; cost / target {v['cost_ratio']:.3f} (default {v['default_cost_ratio']:.3f}), final "
+              f"entropy {v['final_entropy']:.3f} (default {v['default_final_entropy']:.3f})"
+              for v in verdicts["entropy_and_beta"]]
+    lines += ["", "## The paper's setting: from scratch, the final candidate with its own weights", "",
+              "FLIQS with `init: scratch` on the mixed menus against uniform formats trained from scratch by the same "
+              "steps, batches and schedule; accuracies with each run's own weights (independent trainings: noise from "
+              "two binomial standard errors).", ""]
+    lines += [f"* target {v['target']:.4g}: FLIQS from scratch {v['accuracy']:.4f} vs uniform {v['uniform']} from "
+              f"scratch {v['baseline_accuracy']:.4f}, {difference(v)}" for v in verdicts["scratch_vs_uniform_scratch"]]
     lines += ["", "## Notes", ""] + [f"* {note}" for note in setup["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -265,6 +361,7 @@ def policy_figure(logs: dict[str, list[dict[str, Any]]], detail: str) -> bytes:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     space = SearchSpace.from_file(args.space)
     estimator = shared_estimator(space, args.supernet, args)
     cost = CostModel(space)
@@ -273,38 +370,52 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs_dir = args.out / "fliqs_runs"
     uniform, wall = reuse_or_run(runs_dir / "uniform", lambda: run_uniform(space, estimator, runs_dir / "uniform"))
     runs = {}
-    for label in VARIANTS:
+    for label in SETTINGS:
         out = runs_dir / label
         runs[label], seconds = reuse_or_run(out, lambda: run_variant(label, estimator, targets, out, args))
         wall += seconds
+    scratch_uniform = {}
+    for fmt, target in zip(SCRATCH_UNIFORM, (high, low)):
+        out = runs_dir / f"uniform_{fmt}_scratch"
+        scratch_uniform[fmt], seconds = reuse_or_run(
+            out, lambda: run_scratch_uniform(fmt, estimator, target, out, args))
+        wall += seconds
     others = {load_search_dir(path).strategy: load_search_dir(path).trials for path in args.compare}
     images = sum(len(labels) for _, labels in estimator.val)
-    verdicts = claims(uniform, runs, images)
+    verdicts = claims(uniform, runs, scratch_uniform,
+                      lambda a, b: estimator.paired_difference(a.candidate, b.candidate), images)
     setup = {
+        "command": shlex.join(["PYTHONPATH=.", f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+                               ".venv/bin/python", *sys.argv]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs, {torch.get_num_threads()} "
+                   f"torch thread(s), torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "wall": (f"FLIQS runs and baselines {wall / 60:.1f} min (their own timings, reused runs included), this "
+                 f"invocation {(time.perf_counter() - started) / 60:.1f} min, supernet training "
+                 f"{supernet_minutes(args.supernet):.1f} min"),
         "scale": (f"shared supernet {args.supernet}: {supernet_record(args.supernet)}. FLIQS {args.steps} steps per "
                   f"run (25 % warm-up), batch {args.batch_size}, weight lr {args.weight_lr}, policy lr "
-                  f"{args.policy_lr}; {len(VARIANTS)} variants x {len(targets)} targets; accuracies on {images} "
-                  f"validation images; {torch.get_num_threads()} torch thread on a shared 2-core machine; searches "
-                  f"and baselines {wall / 60:.1f} min wall"),
+                  f"{args.policy_lr}; {len(SETTINGS)} settings x {len(targets)} targets and {len(SCRATCH_UNIFORM)} "
+                  f"uniform formats from scratch; accuracies on {images} validation images"),
         "notes": [
             "fliqs_fp cannot go below 1.02e8 BitOps: FP8 is the only floating-point activation format of "
             "mbv2_fmnist, so its cheapest candidate is W fp4 / A fp8; the uniform 'fp4_e2m1' baseline uses int4 "
             "activations (SearchSpace.uniform with clamp=True picks the nearest format of each menu).",
             "Depthwise layers keep 8-bit weights and conv_stem/classifier int8 in every candidate (the space's "
             "overrides), uniform baselines included.",
-            "'No retraining' accuracies use each run's own weights, which trained for --steps more steps than the "
-            "shared supernet; compare strategies on the shared-estimator column.",
+            "'No retraining' accuracies of the runs that start from the shared supernet use weights trained for "
+            "--steps more steps than the shared supernet; compare those runs on the shared-estimator column. The "
+            "runs from scratch (the paper's setting and its uniform baselines) are compared on their own weights.",
             "Ray/Optuna one-shot search: " + (", ".join(others) if others else
-                                               "no search directory was given (--compare) or found under "
-                                               "experiments/results/ when this study ran, so it is not compared."),
+                                               "no search directory was given (--compare), so it is not compared."),
         ],
     }
     atomic_write_json(args.out / "fliqs_summary.json", {
         "setup": setup, "targets": targets, "claims": verdicts,
-        "uniform": [t.to_dict() for t in uniform], "runs": {k: [t.to_dict() for t in v] for k, v in runs.items()}})
-    atomic_write_text(args.out / "fliqs_summary.md", summary_markdown(uniform, runs, verdicts, setup))
+        "uniform": [t.to_dict() for t in uniform], "runs": {k: [t.to_dict() for t in v] for k, v in runs.items()},
+        "uniform_from_scratch": {k: [t.to_dict() for t in v] for k, v in scratch_uniform.items()}})
+    atomic_write_text(args.out / "fliqs_summary.md", summary_markdown(uniform, runs, scratch_uniform, verdicts, setup))
     (args.out / "fliqs_front.png").write_bytes(front_figure(uniform, runs, others))
-    logs = {label: list(read_jsonl(runs_dir / label / POLICY_LOG)) for label in VARIANTS}
+    logs = {label: list(read_jsonl(runs_dir / label / POLICY_LOG)) for label in SETTINGS}
     (args.out / "fliqs_policy.png").write_bytes(policy_figure(logs, "fliqnas_mixed"))
     print(f"wrote {args.out / 'fliqs_summary.md'}")
 
