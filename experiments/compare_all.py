@@ -264,7 +264,10 @@ def markdown(summary: Mapping[str, Any]) -> str:
         f"- machine: {host['platform']}, {host['cpu_count']} CPUs, torch {host['torch']} with {host['torch_threads']} "
         f"threads{', GPU ' + host['cuda'] if host['cuda'] else ', no GPU'}; 1-min load average "
         f"{summary['load_before'][0]:.1f} at the start, {summary['load_after'][0]:.1f} at the end",
-        f"- total wall time: {summary['wall_s'] / 60:.1f} min (supernet training: {training_text(supernet)})",
+        f"- wall time: {summary['wall_s'] / 60:.1f} min in this invocation; by stage: searches "
+        f"{sum(run.get('wall_s') or 0 for run in summary['strategies']) / 60:.1f} min in all (each in the table; a "
+        f"'kept' one ran in an earlier invocation), test-split measurement "
+        f"{(summary['final'].get('wall_s') or 0) / 60:.1f} min, supernet training: {training_text(supernet)}",
         "", *strategy_table(summary), "", *final_section(summary["final"]), "",
         "The fronts, per-layer formats and search costs are in [report.md](report.md) and the self-contained "
         "[report.html](report.html).",
