@@ -4,7 +4,9 @@ The table (``automq latency-table``) prices each candidate as the sum of its lay
 overhead entry (:class:`automq.cost.CostModel`); each candidate is then extracted from a trained supernet,
 BN-recalibrated, exported as ``automq export --onnx`` does it, compared with PyTorch on the whole test split (the
 figures are kept where the export's check would refuse the model) and the whole ONNX model is timed the way the
-table's layers were (:func:`automq.latency.measure_onnx`).
+table's layers were (:func:`automq.latency.measure_onnx`). Last, a search of the same space with the objectives
+accuracy and ``{metric: latency, mode: min}`` runs through Ray Tune from the table (:func:`search_check`), and every
+trial's latency is checked against the table's price.
 
     OMP_NUM_THREADS=1 automq latency-table spaces/mbv2_fmnist.yaml --out experiments/results/latency_table_mbv2_fmnist.json
     OMP_NUM_THREADS=1 .venv/bin/python experiments/latency_table.py /tmp/I_supernet \
@@ -28,6 +30,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import yaml
 
 from automq.cost import CostModel, integer_kernel, load_latency_table
 from automq.data import fixed_batches
@@ -37,6 +40,8 @@ from automq.model.arch import layer_specs
 from automq.model.onnx_export import (MIN_TOP1_AGREEMENT, MIN_WITHIN_TOLERANCE, OnnxExportError, compare_onnx,
                                       deployable_onnx, to_onnx)
 from automq.model.supernet import recalibrate_bn
+from automq.search.driver import run_search
+from automq.search.results import load_trials
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
@@ -44,6 +49,7 @@ from automq.space.space import SearchSpace
 RESULTS = Path(__file__).parent / "results"
 CALIB_IMAGES = 512  # as `automq export` recalibrates BN
 UNIFORM = [("int8", "int8"), ("int4", "int8"), ("fp8_e4m3", "fp8_e4m3"), ("int4", "int4")]
+SEARCH_TRIALS = 8
 
 
 def candidates(space: SearchSpace, seed: int, count: int) -> dict[str, Candidate]:
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                          "formats (w/a: layers)": dict(Counter(f"{w}/{a}" for _, w, a in candidate.formats)),
                          **check})
             print(label, {k: rows[-1][k] for k in ("predicted_ms", "measured_ms", "relative_error")}, flush=True)
+    search = search_check(args.supernet, args.table.resolve(), cost_model)
+    print("search check", search, flush=True)
     raw = json_table_metadata(args.table)
     meta = {
         "command": shlex.join([sys.executable, *sys.argv]),
@@ -119,9 +127,34 @@ def main(argv: list[str] | None = None) -> None:
            for name, group in split_by_fp8(rows).items()},
         **accuracy_summary(rows),
         **integer_summary(rows),
+        "search_check": search,
     }
     atomic_write_json(args.out.with_suffix(".json"), {**meta, "rows": rows})
     atomic_write_text(args.out.with_suffix(".md"), markdown(meta, rows))
+
+
+def search_check(supernet: Path, table: Path, cost_model: CostModel) -> dict:
+    """Search the supernet's space for accuracy and latency (``{metric: latency, mode: min}``, priced from
+    ``table``) with Ray Tune (random sampler, one worker) as ``automq search`` does; returns the trial count, how
+    many trials carry the latency the table prices for them, and the wall time."""
+    settings = yaml.safe_load((supernet / "space.yaml").read_text(encoding="utf-8"))
+    settings["objectives"] = [{"metric": "accuracy", "mode": "max"}, {"metric": "latency", "mode": "min"}]
+    settings["latency_table"] = str(table)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        space_file = Path(folder) / "space.yaml"
+        space_file.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+        run_search(space_file, out=Path(folder) / "search", supernet=supernet, strategy="tune", trials=SEARCH_TRIALS,
+                   options={"sampler": "random", "workers": 1}, progress=False)
+        trials = load_trials(Path(folder) / "search")
+    priced = [t for t in trials if abs(t.metrics["latency"] - cost_model.costs(t.candidate)["latency_ms"])
+              <= 1e-9 * t.metrics["latency"]]
+    return {"command": f"automq search SPACE --supernet {supernet} --strategy tune --sampler random --workers 1 "
+                       f"--trials {SEARCH_TRIALS}, SPACE with objectives accuracy (max) and latency (min) "
+                       f"and latency_table: {table}",
+            "trials": len(trials), "trials_priced_by_the_table": len(priced),
+            "latency_range_ms": [min(t.metrics["latency"] for t in trials), max(t.metrics["latency"] for t in trials)],
+            "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def exported(model: torch.nn.Module, candidate: Candidate, test: list) -> tuple[onnx.ModelProto, dict]:
@@ -214,6 +247,10 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"{', '.join(meta['refused_by_the_check']) or 'none'}.", "",
         "Measured: the whole exported model in one session, on a different standard normal noise image each run (as "
         "the table's layers); the next column times it on test images instead, one per run.", "",
+        f"**Search with a latency objective:** `{meta['search_check']['command']}`: "
+        f"{meta['search_check']['trials']} trials, {meta['search_check']['trials_priced_by_the_table']} of them with "
+        f"the latency the table prices ({meta['search_check']['latency_range_ms'][0]:.3f} to "
+        f"{meta['search_check']['latency_range_ms'][1]:.3f} ms), wall time {meta['search_check']['wall_s']} s.", "",
         "| candidate | predicted ms | measured ms | relative error | measured on test images ms | integer convs "
         "(priced) | float convs ms | PyTorch top-1 | ORT top-1 | top-1 agreement |",
         "|---|---|---|---|---|---|---|---|---|---|",
