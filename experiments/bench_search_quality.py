@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--no-refine", dest="refine", action="store_false",
                         help="--default-space: skip the searches' whole-validation-split refinement (the test-split "
                              "measurement still happens; a finished, unrefined search is then marked finished)")
+    parser.add_argument("--refine-finished", action="store_true",
+                        help="--default-space: also refine the finished searches that were not refined (resumed: no "
+                             "trial is added, the front is re-scored on the whole validation split)")
     parser.add_argument("--analyse", action="store_true",
                         help="--default-space: after running --searches, analyse every finished search")
     parser.add_argument("--name", default="bench_search_quality_default",
@@ -232,7 +235,7 @@ def default_space_benchmark(args: argparse.Namespace) -> None:
         if label in DEMO_SEARCHES:
             folders[f"{label}@demo"] = (runs / f"{label}-demo", strategy, options, space.search.trials)
     for folder, strategy, options, trials in folders.values():
-        if not _finished(folder):
+        if not _finished(folder) or (args.refine_finished and not _refined(folder)):
             run_search(DEFAULT_SPACE, out=folder, supernet=args.default_space, strategy=strategy, options=options,
                        trials=trials, progress=False, resume=(folder / "trials.jsonl").exists(), refine=args.refine)
     if args.analyse:
@@ -252,8 +255,16 @@ def with_seed_searches(labels: list[str]) -> list[str]:
 
 
 def _finished(folder: Path) -> bool:
+    return _run_record(folder).get("status") == "finished"
+
+
+def _refined(folder: Path) -> bool:
+    return _run_record(folder).get("refine") is not None
+
+
+def _run_record(folder: Path) -> dict:
     run = folder / RUN_FILE
-    return run.is_file() and json.loads(run.read_text()).get("status") == "finished"
+    return json.loads(run.read_text()) if run.is_file() else {}
 
 
 def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) -> dict:
