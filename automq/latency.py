@@ -16,7 +16,8 @@ branch-free vector code, 8.5 us either way), and the table underestimated FP8 ca
 Only the formats ONNX Runtime executes natively have a speed of their own: int8, int4 and FP8 weights and
 inputs (``QuantizeLinear``/``DequantizeLinear``). The others are simulated by the exporter and run on another path,
 measured once per shape and shared: weights without an ONNX type as float weights on their grid (the fp32
-path), integer inputs without one as ``Mul, Clip, Round, Mul``, float inputs without one on the fp32 path. The
+path), integer inputs without one as ``Mul, Clip, Round, Mul``; FP6/FP4 and fp16/bf16 inputs each on the ops
+that simulate them (one measurement per format); MX inputs, which the export refuses, on the fp32 path. The
 table's ``_simulated_formats`` lists them.
 
 A one-layer session pays a fixed cost per call (binding the input, allocating the output) that a whole model pays
@@ -102,12 +103,14 @@ def _weight_path(fmt: str) -> str:
 
 def _input_path(fmt: str) -> str:
     """The input format as run: its own QDQ type, one shared simulated-integer path (the same four ops for every
-    width; measured with the first such format met), or fp32."""
+    width; measured with the first such format met), its own simulated float grid or fp16/bf16 cast (the ops
+    depend on the format), or fp32 (MX inputs, which the export cannot express)."""
     from automq.model.onnx_export import QDQ_TYPES
 
-    if fmt in QDQ_TYPES or get_format(fmt).is_identity:
-        return fmt
-    return "int (simulated)" if get_format(fmt).family == "int" else FLOAT_PATH
+    family = get_format(fmt).family
+    if family == "int" and fmt not in QDQ_TYPES:
+        return "int (simulated)"
+    return FLOAT_PATH if family == "mx" else fmt
 
 
 def layer_configurations(space: SearchSpace) -> list[LayerConfig]:
@@ -292,6 +295,8 @@ def build_latency_table(space: SearchSpace, timing: Timing, progress: bool = Tru
     import numpy as np
     import onnxruntime as ort
 
+    from automq.model.onnx_export import QDQ_TYPES
+
     started = time.perf_counter()
     configs = layer_configurations(space)
     input_shape = (1, space.dataset.in_chans, space.dataset.input_size, space.dataset.input_size)
@@ -306,7 +311,7 @@ def build_latency_table(space: SearchSpace, timing: Timing, progress: bool = Tru
         if progress:
             _progress(index, len(configs), len(measured), started)
     simulated = sorted({fmt for c in configs for fmt in (c.spec.w_fmt, c.spec.a_fmt)
-                        if fmt not in (_weight_path(fmt), _input_path(fmt))})
+                        if fmt not in QDQ_TYPES and not get_format(fmt).is_identity})  # no ONNX type: float ops
     metadata = {
         "_machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
         "_runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider, sequential",

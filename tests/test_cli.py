@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from pathlib import Path
 
@@ -216,11 +217,14 @@ def test_export_writes_the_extracted_candidate_with_recalibrated_bn(run_dir, tmp
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn, seen in zip(norms, bn_inputs(model, calib), strict=True):
         mean, var = seen.mean(dim=(0, 2, 3)), seen.var(dim=(0, 2, 3), unbiased=True)
-        # torch accumulates the statistics in float64 on the CPU and stores them in float32 (eps/2 relative);
-        # the mean's rounding is relative to the spread it sits in, not to the mean, which may be near 0
-        torch.testing.assert_close(bn.running_var.double(), var, rtol=EPS32, atol=0)
+        # torch's CPU kernels reduce each channel's n values with cascade (pairwise) sums, in float64 on some paths
+        # and in float32 on others (channels-last), so the float32 statistics are within log2(n) eps of the float64
+        # reference, relative to the variance; the mean's error is relative to the spread it sits in, not to the
+        # mean, which may be near 0
+        ulps = EPS32 * math.log2(seen[:, 0].numel())
+        torch.testing.assert_close(bn.running_var.double(), var, rtol=ulps, atol=0)
         spread = float((mean.abs() + var.sqrt()).max())
-        torch.testing.assert_close(bn.running_mean.double(), mean, rtol=0, atol=EPS32 * spread)
+        torch.testing.assert_close(bn.running_mean.double(), mean, rtol=0, atol=ulps * spread)
 
 
 # ---------------------------------------------------------------------------------------- search, report

@@ -82,7 +82,8 @@ def test_entries_are_medians_and_the_metadata_names_machine_runtime_and_threads(
 
 
 def test_simulated_formats_share_the_measurement_of_the_path_they_run_on(space, table) -> None:
-    """int2 and MX weights both run as float weights; fp4 activations on the fp32 path: one measurement each."""
+    """int2 and MX weights both run as float weights, with fp4 activations on their own simulated path: one
+    measurement each."""
     dw = next(s for s in layer_specs(space, space.largest()) if s.name == "blocks.1.0.conv_dw")
     key = latency_key(dataclasses.replace(dw, out_fmt=None)).rsplit("/", 2)[0]
     assert table[f"{key}/int2/int8"] == table[f"{key}/mxfp4_e2m1/int8"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -22,12 +23,14 @@ from automq.model.onnx_export import OPSET, OnnxCheck, OnnxExportError, check_on
 from automq.cost import integer_kernel
 from automq.model.arch import layer_specs
 from automq.model.supernet import Supernet, load_model
+from automq.numerics.formats import get_format
 
 from _spaces import SpaceFactory
 
 EPS32 = float(torch.finfo(torch.float32).eps)
 FORMATS = {"weights": ["int4", "int8", "fp8_e4m3", "fp8_e5m2", "int2", "fp4_e2m1", "mxfp4_e2m1"],
-           "activations": ["int4", "int8", "fp8_e4m3", "fp8_e5m2", "int6", "fp4_e2m1"]}
+           "activations": ["int4", "int8", "fp8_e4m3", "fp8_e5m2", "int6", "fp4_e2m1", "fp6_e3m2", "fp6_e2m3", "fp16",
+                           "bf16", "mxint8"]}
 # Whether each layer's input can be negative in the tiny space's largest network, read off timm's MobileNetV2: the
 # normalised image, the DS block's output (its conv_pw has no activation) and every IR block's output are signed;
 # what follows a ReLU6 (or the pooled ReLU6 output the classifier reads) is not.
@@ -341,9 +344,60 @@ def test_compare_onnx_measures_a_graph_that_check_onnx_would_refuse(supernet, im
 
 
 def test_an_activation_format_without_an_onnx_equivalent_is_one_clear_error(supernet, images) -> None:
-    model, candidate = calibrated(supernet, "int8", "fp4_e2m1", images)
-    with pytest.raises(OnnxExportError, match="conv_stem: its input format fp4_e2m1 has no ONNX equivalent"):
+    model, candidate = calibrated(supernet, "int8", "mxint8", images)
+    with pytest.raises(OnnxExportError, match="conv_stem: its input format mxint8 has no ONNX equivalent"):
         to_onnx(model, candidate, images[:1])
+
+
+ML_DTYPES = {"fp4_e2m1": ml_dtypes.float4_e2m1fn, "fp6_e3m2": ml_dtypes.float6_e3m2fn,
+             "fp6_e2m3": ml_dtypes.float6_e2m3fn, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
+
+
+def grid_probes(dtype: Any, rng: np.random.Generator) -> np.ndarray:
+    """Values (float32) that a rounding to ``dtype`` can get wrong: every tie between neighbouring positive values
+    (for the 16-bit types, 2,000 random ones) and one float32 ulp either side, with their negatives, the largest
+    value and beyond it, zero, and random values over the range."""
+    finfo = ml_dtypes.finfo(dtype)
+    if finfo.bits == 16:
+        codes = rng.integers(1, np.array(finfo.max, dtype=dtype).view(np.uint16), 2000).astype(np.uint16)
+        low, high = codes.view(dtype).astype(np.float32), (codes + 1).view(dtype).astype(np.float32)
+    else:
+        grid = np.unique(np.linspace(0, float(finfo.max), 4001).astype(dtype).astype(np.float32))
+        low, high = grid[:-1], grid[1:]
+    ties = low + (high - low) / 2  # exact: float32 has more mantissa bits than every one of these types
+    near = np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(0)), low])
+    beyond = min(1.5 * float(finfo.max), float(np.finfo(np.float32).max))
+    edges = np.array([0.0, float(finfo.max), beyond, 1e30 if finfo.bits < 16 else beyond], np.float32)
+    spread = rng.uniform(-float(finfo.max), float(finfo.max), 1000).astype(np.float32)
+    return np.concatenate([near, -near, edges, -edges, spread])
+
+
+@pytest.mark.parametrize("fmt", list(ML_DTYPES))
+def test_simulated_float_inputs_are_the_dtype_s_values_bit_for_bit(supernet, images, fmt) -> None:
+    """A float input format without an ONNX type is simulated by float ops (the step of each binade, Round) or, for
+    fp16/bf16, a Cast round trip. Fed the stem every tie between neighbouring values and one ulp either side,
+    saturation and subnormals, ONNX Runtime must give what ml_dtypes' cast gives (after clipping to the largest
+    value for the scaled formats, which saturate), as PyTorch does. The scale is a power of two, so x / s is exact."""
+    model, candidate = calibrated(supernet, "int8", fmt, images)
+    dtype, scaled = ML_DTYPES[fmt], get_format(fmt).learnable_scale
+    scale = 2.0**-3 if scaled else 1.0
+    if scaled:
+        with torch.no_grad():
+            model.conv_stem.a_quant.scales[fmt].fill_(scale)
+    probes = grid_probes(dtype, np.random.default_rng(3))
+    limit = float(ml_dtypes.finfo(dtype).max)
+    values = np.clip(probes, -limit, limit) if scaled else probes
+    with np.errstate(over="ignore"):  # fp16 overflows to inf, as torch's cast does
+        expected = values.astype(dtype).astype(np.float32) * np.float32(scale)
+    pixels = np.resize(probes * np.float32(scale), -(-probes.size // 256) * 256).reshape(-1, 1, 16, 16)
+    expected = np.resize(expected, pixels.size).reshape(pixels.shape)
+    with torch.no_grad():
+        np.testing.assert_array_equal(model.conv_stem.a_quant(torch.from_numpy(pixels), fmt).numpy(), expected)
+    proto = to_onnx(model, candidate, images[:1])
+    stem_input = layer_nodes(proto.graph)[0].input[0]
+    got = with_outputs(proto, [stem_input]).run([stem_input], {"images": pixels})[0]
+    np.testing.assert_array_equal(got, expected)
+    assert fmt in {prop.key: prop.value for prop in proto.metadata_props}["automq.simulated_formats"]
 
 
 def test_an_uninitialised_scale_is_refused(supernet, images) -> None:

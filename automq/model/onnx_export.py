@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from automq.errors import AutomqError
 from automq.io import atomic_write_bytes
-from automq.numerics.formats import get_format
+from automq.numerics.formats import CastFormat, FloatElement, get_format
 from automq.numerics.quant import QuantConv2d, QuantLinear, Quantizer
 from automq.space.candidate import Candidate
 
@@ -263,10 +263,16 @@ def _input_nodes(operand: _Operand, prefix: str, source: str, output: str) -> tu
     fmt = get_format(operand.fmt)
     if fmt.is_identity:
         return [], [], "float"
-    if operand.fmt not in QDQ_TYPES and fmt.family != "int":
+    if isinstance(fmt, CastFormat):  # fp16 / bf16: a round trip through the dtype, as torch's .to()
+        elem_type = TensorProto.BFLOAT16 if fmt.dtype == torch.bfloat16 else TensorProto.FLOAT16
+        nodes = [helper.make_node("Cast", [source], [f"{prefix}_cast"], to=elem_type),
+                 helper.make_node("Cast", [f"{prefix}_cast"], [output], to=TensorProto.FLOAT)]
+        return nodes, [], f"simulated ({operand.fmt} by a Cast round trip)"
+    if operand.fmt not in QDQ_TYPES and fmt.family not in ("int", "float"):
         raise OnnxExportError(f"{operand.layer}: its input format {operand.fmt} has no ONNX equivalent (only "
-                              f"{', '.join(QDQ_TYPES)}, other integer widths and fp32 do); pick a candidate "
-                              "whose activation formats are among those")
+                              f"{', '.join(QDQ_TYPES)}, other integer and float widths, fp16/bf16 and fp32 do; MX "
+                              "block scales are not simulated); pick a candidate whose activation formats are among "
+                              "those")
     scale = _scale(operand).reshape(())
     inverse, scale_tensor = _tensor(f"{prefix}_inverse_scale", scale.reciprocal()), _tensor(f"{prefix}_scale", scale)
     scaled = helper.make_node("Mul", [source, inverse.name], [f"{prefix}_scaled"])
@@ -278,14 +284,42 @@ def _input_nodes(operand: _Operand, prefix: str, source: str, output: str) -> tu
                  helper.make_node("QuantizeLinear", [scaled.output[0], unit.name, zero.name], [f"{prefix}_codes"]),
                  helper.make_node("DequantizeLinear", [f"{prefix}_codes", scale_tensor.name, zero.name], [output])]
         return nodes, [inverse, unit, zero, scale_tensor], f"QDQ {_type_name(elem_type)} per tensor"
-    bits = fmt.bits
-    low, high = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if operand.quantizer.signed else (0.0, 2.0**bits - 1)
+    low, high = fmt.bounds(operand.quantizer.signed)
     bounds = [_tensor(f"{prefix}_low", torch.tensor(low)), _tensor(f"{prefix}_high", torch.tensor(high))]
-    nodes = [scaled,
-             helper.make_node("Clip", [scaled.output[0], bounds[0].name, bounds[1].name], [f"{prefix}_clipped"]),
-             helper.make_node("Round", [f"{prefix}_clipped"], [f"{prefix}_rounded"]),  # half to even, as torch
-             helper.make_node("Mul", [f"{prefix}_rounded", scale_tensor.name], [output])]
-    return nodes, [inverse, *bounds, scale_tensor], f"simulated ({operand.fmt} grid by Mul, Clip, Round, Mul)"
+    clip = helper.make_node("Clip", [scaled.output[0], bounds[0].name, bounds[1].name], [f"{prefix}_clipped"])
+    if fmt.family == "int":
+        nodes = [scaled, clip,
+                 helper.make_node("Round", [f"{prefix}_clipped"], [f"{prefix}_rounded"]),  # half to even, as torch
+                 helper.make_node("Mul", [f"{prefix}_rounded", scale_tensor.name], [output])]
+        return nodes, [inverse, *bounds, scale_tensor], f"simulated ({operand.fmt} grid by Mul, Clip, Round, Mul)"
+    grid_nodes, grid_values = _float_grid_nodes(fmt.element, prefix, f"{prefix}_clipped", f"{prefix}_rounded")
+    nodes = [scaled, clip, *grid_nodes, helper.make_node("Mul", [f"{prefix}_rounded", scale_tensor.name], [output])]
+    return (nodes, [inverse, *bounds, *grid_values, scale_tensor],
+            f"simulated ({operand.fmt} grid by Mul, Clip, its step per binade, Round, Mul)")
+
+
+def _float_grid_nodes(element: FloatElement, prefix: str, source: str, output: str) -> tuple[list, list]:
+    """Nodes rounding ``source`` (already clipped to the element's range) to the nearest element, half to even, as
+    :meth:`~automq.numerics.formats.FloatElement.round_` does: the step is ``2^(e - M)`` with ``e`` the exponent of
+    the value's binade (``emin`` below it, the subnormals), built as ``2^(emin - M)`` doubled once per power of two
+    ``2^k`` (``emin < k <= emax``) that ``|x|`` reaches: comparisons with powers of two, products by 1 or 2 and a
+    division by a power of two are all exact in float32, so ``Round(x / step) * step`` is the project's value bit for
+    bit (ONNX has no bit cast to read the exponent, which is how PyTorch does it)."""
+    one, two = _tensor(f"{prefix}_one", torch.ones(())), _tensor(f"{prefix}_two", torch.full((), 2.0))
+    step = _tensor(f"{prefix}_step_min", torch.tensor(2.0 ** (element.emin - element.man_bits)))
+    values, nodes = [one, two, step], [helper.make_node("Abs", [source], [f"{prefix}_magnitude"])]
+    current = step.name
+    for k in range(element.emin + 1, element.emax + 1):
+        power = _tensor(f"{prefix}_binade_{k}", torch.tensor(2.0**k))
+        values.append(power)
+        nodes += [helper.make_node("GreaterOrEqual", [f"{prefix}_magnitude", power.name], [f"{prefix}_reaches_{k}"]),
+                  helper.make_node("Where", [f"{prefix}_reaches_{k}", two.name, one.name], [f"{prefix}_doubles_{k}"]),
+                  helper.make_node("Mul", [current, f"{prefix}_doubles_{k}"], [f"{prefix}_step_{k}"])]
+        current = f"{prefix}_step_{k}"
+    nodes += [helper.make_node("Div", [source, current], [f"{prefix}_in_steps"]),
+              helper.make_node("Round", [f"{prefix}_in_steps"], [f"{prefix}_rounded_steps"]),
+              helper.make_node("Mul", [f"{prefix}_rounded_steps", current], [output])]
+    return nodes, values
 
 
 def _type_name(elem_type: int) -> str:
