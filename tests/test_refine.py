@@ -1,8 +1,8 @@
 """Refinement re-scores exactly the trials that could be on the front (hand-built cases whose paired standard
 errors are computed by hand), races them on an intermediate number of images first (a candidate clearly beaten there
 never reaches the whole split, and the front is what refining without the race gives), puts the trials it does not
-re-score onto the whole split's scale by the shift it measures on the refined ones (so it no longer chases trials
-that only the easier first images put ahead), keeps the search-time values, rewrites the search directory
+re-score onto the whole split's scale by the shift it measures on probe trials spread over the search (so it no
+longer chases trials that only the easier first images put ahead), keeps the search-time values, rewrites the search directory
 atomically, changes nothing when resumed, and is what ``run_search`` does at the end of a search with the one-shot
 estimator."""
 
@@ -49,8 +49,8 @@ def whole_split(first: np.ndarray, accuracy: float, images: int = ALL_IMAGES) ->
 #   beaten, although the binomial bound 2 * (0.0113 + 0.0119) = 0.046 is not.
 # D vs B: gap 0.15 > 2 * (0.0113 + 0.0145) = 0.052: beaten without asking for D's per-image outcomes.
 # On all images the first 1,000 images are easier for A (by 0.005) and B (0.03), harder for C (0.02). The shift
-# measured on A, B and C, (0.005 + 0.03 - 0.02) / 3 = 0.005, puts E at 0.83 - 0.005 = 0.825 > B's 0.82 at fewer
-# BitOps than C: E is on the front and refined next (0.81); the shift is then (0.005 + 0.03 - 0.02 + 0.02) / 4.
+# measured on one probe, A (the first trial), 0.005, puts E at 0.83 - 0.005 = 0.825 > B's 0.82 at fewer BitOps than
+# C: E is on the front and refined next (0.81).
 CASES = {
     "A": (10.0, outcomes(800), 0.795),
     "B": (20.0, outcomes(850), 0.82),
@@ -128,7 +128,7 @@ def test_near_front_keeps_the_front_and_what_paired_errors_cannot_separate_from_
 
 def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directory(table_search) -> None:
     log, refiner = table_search
-    refined = refine_front(log, refiner, race_fraction=None)
+    refined = refine_front(log, refiner, race_fraction=None, probes=1)
     # A, B and C first; B's drop to 0.82 leaves E (0.825 shifted, bitops 22) undominated: E next
     assert refiner.estimated == ["A", "B", "C", "E"] and [refiner.names[t.candidate.id] for t in refined] == \
         ["A", "B", "C", "E"]
@@ -137,21 +137,21 @@ def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directo
     assert c["accuracy"] == 0.86 and c["accuracy_images"] == ALL_IMAGES and c["accuracy_se"] == 0.005
     assert c["accuracy_search"] == 0.84 and c["loss_search"] == 0.5
     assert abs(c["accuracy_se_search"] - np.sqrt(0.84 * 0.16 / SEARCH_IMAGES)) < 1e-15
-    # D, not refined, is shifted by (0.005 + 0.03 - 0.02 + 0.02) / 4 = 0.00875 onto the whole split's scale
+    # D, not refined, is shifted by A's 0.005 onto the whole split's scale
     d = by_name["D"].metrics
-    assert d["accuracy"] == pytest.approx(0.70 - 0.00875) and d["accuracy_shift"] == pytest.approx(0.00875)
+    assert d["accuracy"] == pytest.approx(0.70 - 0.005) and d["accuracy_shift"] == pytest.approx(0.005)
     assert d["accuracy_search"] == 0.70 and d["accuracy_images"] == SEARCH_IMAGES and "loss_search" not in d
     saved = load_trials(log.dir)
     assert [t.to_dict() for t in saved] == [t.to_dict() for t in log.trials]
     pareto = json.loads((log.dir / PARETO_FILE).read_text())
-    # on all images: A 0.795 @ 10, B 0.82 @ 20, C 0.86 @ 25 optimal; E 0.81 @ 22 and D (shifted) 0.691 @ 30 not
+    # on all images: A 0.795 @ 10, B 0.82 @ 20, C 0.86 @ 25 optimal; E 0.81 @ 22 and D (shifted) 0.695 @ 30 not
     assert sorted(t["metrics"]["accuracy"] for t in pareto["trials"]) == [0.795, 0.82, 0.86]
     assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto["trials"])
     assert log.run_info["refine"] == {"nearest": 5, "near_front": 3, "raced": 0, "race_images": None,
                                       "rescored": 4, "images": ALL_IMAGES, "margin_se": 2.0,
-                                      "shift": {"1000": pytest.approx(0.00875)}}
+                                      "shift": {"1000": pytest.approx(0.005)}, "probes": [0]}
     refiner.estimated.clear()  # a resumed search refines again: selection on search-time values, nothing rescored
-    assert refine_front(log, refiner, race_fraction=None) == [] and refiner.estimated == []
+    assert refine_front(log, refiner, race_fraction=None, probes=1) == [] and refiner.estimated == []
     assert names_of(near_front(log.trials, log.objectives, refiner), refiner) == {"A", "B", "C"}
 
 
@@ -162,11 +162,11 @@ def test_a_capped_refinement_keeps_the_front_and_the_trials_nearest_to_it(table_
     for count, expected in ((0, {"A", "B"}), (1, {"A", "B", "C"}), (2, {"A", "B", "C", "E"})):
         kept = refine_module.nearest_to_front(log.trials, log.objectives, SEARCH_IMAGES, count)
         assert names_of(kept, refiner) == expected
-    refine_front(log, refiner, race_fraction=None, max_near_front=0)
-    # A and B first; what then reaches the front is refined all the same, the same front: the shift measured on A
-    # and B, (0.005 + 0.03) / 2, puts C at 0.8225 > B's 0.82 (E at 0.8125 < 0.82 is not yet); once C is refined
-    # the shift is 0.005 and E at 0.825 comes next
-    assert refiner.estimated == ["A", "B", "C", "E"] and log.run_info["refine"]["nearest"] == 2
+    refine_front(log, refiner, race_fraction=None, max_near_front=0, probes=1)
+    # A and B first; what then reaches the front is refined all the same, the same front: the shift measured on A,
+    # 0.005, puts E at 0.825 and C at 0.835 above B's 0.82 at more BitOps, so both come next
+    assert refiner.estimated[:2] == ["A", "B"] and sorted(refiner.estimated[2:]) == ["C", "E"]
+    assert log.run_info["refine"]["nearest"] == 2
     assert refiner.asked == []  # nothing left to decide by per-image outcomes: the front alone
 
 
@@ -176,35 +176,38 @@ def test_nothing_is_refined_when_the_search_already_used_every_image(table_searc
     assert refine_front(log, refiner) == [] and refiner.estimated == []
 
 
-# name: (bitops, search-time outcomes, accuracy on all images). The first 1,000 images are easier than all 5,000
-# for every candidate refined: A by 0.01, B by 0.03, G by 0.02; the shift is their mean, 0.02 (A's and B's too).
+# name: (bitops, search-time outcomes, accuracy on all images). Two probes, spread over the search: its first and
+# last trials, A and P; the first 1,000 images are easier than all 5,000 for both by 0.02: the shift is 0.02 (the
+# refined B's 0.03 does not count: B was refined for scoring high on them).
 # Search-time front: A 0.80 @ 10, B 0.86 @ 20; every other trial is below B at more BitOps, and with no trial kept
-# near the front (max_near_front=0) only the front is refined first. B drops to 0.83 on all images, then:
+# near the front (max_near_front=0) only the front and the probes are refined first. B drops to 0.83, then:
 # C, D, E (0.849, 0.847, 0.845 @ 24, 26, 28) beat B's 0.83 by 0.019, 0.017, 0.015, less than the shift: the easier
 #   images alone put them ahead (on the raw scores they would be refined one after another). Shifted, 0.829,
 #   0.827, 0.825: below B, not refined.
 # G (0.858 @ 30) beats B's 0.83 by 0.028, more than the shift: shifted, 0.838 > 0.83, on the front, refined (0.838).
 SHIFT_CASES = {
-    "A": (10.0, outcomes(800), 0.79),
+    "A": (10.0, outcomes(800), 0.78),
     "B": (20.0, outcomes(860), 0.83),
     "C": (24.0, outcomes(849), 0.829),
     "D": (26.0, outcomes(847), 0.827),
     "E": (28.0, outcomes(845), 0.825),
     "G": (30.0, outcomes(858), 0.838),
+    "P": (40.0, outcomes(700), 0.68),
 }
 
 
 @pytest.fixture()
 def shifted_search(tiny_space, tmp_path):
     log, refiner = table_log(tiny_space(), tmp_path, SHIFT_CASES)
-    refined = refine_front(log, refiner, race_fraction=None, max_near_front=0)
+    refined = refine_front(log, refiner, race_fraction=None, max_near_front=0, probes=2)
     return log, refiner, refined
 
 
 def test_the_trials_not_refined_are_shifted_by_how_much_easier_the_first_images_are(shifted_search) -> None:
     log, refiner, _ = shifted_search
-    # (0.80 - 0.79 + 0.86 - 0.83 + 0.858 - 0.838) / 3 over the refined A, B and G
+    # (0.80 - 0.78 + 0.70 - 0.68) / 2 over the probes A and P
     assert log.run_info["refine"]["shift"] == {str(SEARCH_IMAGES): pytest.approx(0.02)}
+    assert log.run_info["refine"]["probes"] == [0, 6]
     by_name = {refiner.names[t.candidate.id]: t.metrics for t in log.trials}
     for name, measured in (("C", 0.849), ("D", 0.847), ("E", 0.845)):
         metrics = by_name[name]
@@ -221,8 +224,8 @@ def test_the_trials_not_refined_are_shifted_by_how_much_easier_the_first_images_
 
 def test_the_refinement_chases_no_trial_that_only_the_easier_first_images_put_ahead(shifted_search) -> None:
     log, refiner, refined = shifted_search
-    assert refiner.estimated == ["A", "B", "G"] and names_of(refined, refiner) == {"A", "B", "G"}
-    assert log.run_info["refine"]["rescored"] == 3
+    assert refiner.estimated == ["A", "B", "P", "G"] and names_of(refined, refiner) == {"A", "B", "P", "G"}
+    assert log.run_info["refine"]["rescored"] == 4
     front = refine_module._front(log, [t for t in log.trials if t.feasible])
     assert names_of(front, refiner) == {"A", "B", "G"}
 
@@ -230,7 +233,7 @@ def test_the_refinement_chases_no_trial_that_only_the_easier_first_images_put_ah
 def test_the_front_written_after_a_refinement_was_all_measured_on_the_whole_split(shifted_search) -> None:
     log, _, _ = shifted_search
     pareto = json.loads((log.dir / PARETO_FILE).read_text())["trials"]
-    assert [t["metrics"]["accuracy"] for t in pareto] == [0.79, 0.83, 0.838]  # A, B, G by BitOps
+    assert [t["metrics"]["accuracy"] for t in pareto] == [0.78, 0.83, 0.838]  # A, B, G by BitOps
     assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto)
 
 
@@ -240,14 +243,15 @@ def test_a_resumed_refinement_rescores_nothing_and_changes_no_metric(shifted_sea
     shift = log.run_info["refine"]["shift"]
     refiner.estimated.clear()
     resumed = SearchLog(log.dir, log.space, strategy="random", resume=True)  # read back from the directory
-    assert refine_front(resumed, refiner, race_fraction=None, max_near_front=0) == [] and refiner.estimated == []
+    assert refine_front(resumed, refiner, race_fraction=None, max_near_front=0, probes=2) == []
+    assert refiner.estimated == []
     assert [t.to_dict() for t in resumed.trials] == before and (log.dir / TRIALS_FILE).read_text() == saved
     assert resumed.run_info["refine"]["shift"] == shift and resumed.run_info["refine"]["rescored"] == 0
 
 
-def test_with_no_trial_refined_the_shift_is_zero(table_search) -> None:
+def test_without_a_probe_the_shift_is_zero(table_search) -> None:
     log, refiner = table_search
-    assert refine_module._shift_to_whole_split(log.trials, refiner) == {SEARCH_IMAGES: 0.0}
+    assert refine_module._shift_to_whole_split(log.trials, refiner, []) == {SEARCH_IMAGES: 0.0}
     assert all(t.metrics["accuracy_shift"] == 0.0 and t.metrics["accuracy"] == t.metrics["accuracy_search"]
                for t in log.trials)
 
@@ -260,7 +264,8 @@ RACE_IMAGES = ALL_IMAGES // 2  # the default race fraction, one half
 #   sqrt((150/2500 - 0.02**2) / 2500) = 0.00488, 2 se = 0.0098 < 0.02: dropped (the binomial bound
 #   2 * (0.00714 + 0.00751) = 0.0293 could not decide it). S ties Q (30 images each way): survives.
 # All images: P 0.79 @ 10, Q 0.83 @ 20, S 0.84 @ 22 are the front. The race's 2,500 images were easier for P (by
-#   0.01), Q (0.02) and S (0.01): R's 0.83 raced is shifted by 0.04 / 3 to 0.8167 @ 25, dominated by S.
+#   0.01), Q (0.02) and S (0.01); the one probe, P (the first trial), gives the shift: R's 0.83 raced is shifted
+#   by 0.01 to 0.82 @ 25, dominated by S.
 RACE_CASES = {
     "P": (10.0, outcomes(800), outcomes(2000, images=RACE_IMAGES), 0.79),
     "Q": (20.0, outcomes(850), outcomes(2125, images=RACE_IMAGES), 0.83),
@@ -316,27 +321,27 @@ def test_racing_drops_a_candidate_beaten_at_the_intermediate_resolution_and_give
     space = tiny_space()
     raced_log, raced = race_search(space, tmp_path / "raced")
     plain_log, plain = race_search(space, tmp_path / "plain")
-    refine_front(raced_log, raced)
-    refine_front(plain_log, plain, race_fraction=None)
+    refine_front(raced_log, raced, probes=1)
+    refine_front(plain_log, plain, race_fraction=None, probes=1)
     assert sorted(raced.estimated) == [("P", RACE_IMAGES), ("P", ALL_IMAGES), ("Q", RACE_IMAGES),
                                        ("Q", ALL_IMAGES), ("R", RACE_IMAGES), ("S", RACE_IMAGES), ("S", ALL_IMAGES)]
     assert sorted(plain.estimated) == [(name, ALL_IMAGES) for name in "PQRS"]
     assert raced_log.run_info["refine"] == {"nearest": 4, "near_front": 4, "raced": 4, "race_images": RACE_IMAGES,
                                             "rescored": 3, "images": ALL_IMAGES, "margin_se": 2.0,
-                                            "shift": {str(RACE_IMAGES): pytest.approx(0.04 / 3)}}
+                                            "shift": {str(RACE_IMAGES): pytest.approx(0.01)}, "probes": [0]}
     assert plain_log.run_info["refine"]["shift"] == {}  # every trial measured on the whole split
     # the survivors end as refining without the race leaves them; the dropped R keeps its race score, shifted
     by_name = {raced.names[t.candidate.id]: t.metrics for t in raced_log.trials}
     plain_by_name = {plain.names[t.candidate.id]: t.metrics for t in plain_log.trials}
     assert all(by_name[name] == plain_by_name[name] for name in "PQS")
     r = by_name["R"]
-    assert r["accuracy"] == pytest.approx(0.83 - 0.04 / 3) and r["accuracy_shift"] == pytest.approx(0.04 / 3)
+    assert r["accuracy"] == pytest.approx(0.83 - 0.01) and r["accuracy_shift"] == pytest.approx(0.01)
     assert r["accuracy_images"] == RACE_IMAGES and r["accuracy_search"] == 0.84
     pareto = [json.loads((log.dir / PARETO_FILE).read_text())["trials"] for log in (raced_log, plain_log)]
     assert pareto[0] == pareto[1] and sorted(t["metrics"]["accuracy"] for t in pareto[0]) == [0.79, 0.83, 0.84]
     # resumed: R, which lost the race, is neither raced again nor (the front not taking it) refined
     before, raced.estimated = [t.to_dict() for t in raced_log.trials], []
-    assert refine_front(raced_log, raced) == [] and raced.estimated == []
+    assert refine_front(raced_log, raced, probes=1) == [] and raced.estimated == []
     assert [t.to_dict() for t in raced_log.trials] == before
     assert raced_log.run_info["refine"]["raced"] == 0
     assert raced_log.run_info["refine"]["shift"] == {str(RACE_IMAGES): by_name["R"]["accuracy_shift"]}
@@ -369,7 +374,9 @@ def test_run_search_refines_the_front_of_a_one_shot_search(tiny_space, tmp_path:
     for trial in refined:
         assert trial.metrics["accuracy"] == check.estimate(trial.candidate, images=200)["accuracy"]
         assert trial.metrics["accuracy_search"] == check.estimate(trial.candidate)["accuracy"]
-    whole = [check.correctness(t.candidate, images=200).bools() for t in refined]
+    probes = [t for t in log.trials if t.number in log.run_info["refine"]["probes"]]
+    assert probes and {t.number for t in probes} <= {t.number for t in refined}
+    whole = [check.correctness(t.candidate, images=200).bools() for t in probes]
     for trial in (t for t in log.trials if t not in refined):  # on the whole split's scale, shifted
         images = trial.metrics["accuracy_images"]
         shift = np.mean([c[:images].mean() - c.mean() for c in whole])
@@ -378,3 +385,15 @@ def test_run_search_refines_the_front_of_a_one_shot_search(tiny_space, tmp_path:
         assert trial.metrics["accuracy"] + trial.metrics["accuracy_shift"] == pytest.approx(measured)
         assert trial.metrics["accuracy_search"] == check.estimate(trial.candidate)["accuracy"]
     assert [t.to_dict() for t in load_trials(tmp_path / "search")] == [t.to_dict() for t in log.trials]
+
+
+def test_the_probes_are_spread_over_the_trials_scored_on_fewer_images_in_search_order(table_search) -> None:
+    """Of 10 trials, 3 already measured on the whole split: the probes are the first, middle and last of the other
+    7 by position (0, 3 and 6 of them: trials 0, 6 and 9), whatever they scored; never more than there are."""
+    log, _ = table_search
+    trials = [Trial(n, log.trials[0].candidate, {"accuracy": 0.5, "accuracy_images":
+                                                ALL_IMAGES if n in (1, 2, 5) else SEARCH_IMAGES}) for n in range(10)]
+    probed = refine_module.shift_probes(trials, ALL_IMAGES, 3)
+    assert [t.number for t in probed] == [0, 6, 9]
+    assert [t.number for t in refine_module.shift_probes(trials, ALL_IMAGES, 50)] == [0, 3, 4, 6, 7, 8, 9]
+    assert refine_module.shift_probes(trials, ALL_IMAGES, 0) == []

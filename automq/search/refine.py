@@ -18,22 +18,24 @@ All accuracies of a refined search are on one scale, the whole split's. The firs
 split are one random sample of it, and every candidate is scored on that same sample, so its luck is shared: on a
 trained supernet the first 2,000 were easier than all 10,000 for every candidate, by 0.2 to 1.3 points (0.5 on
 average). Compared with refined trials, a trial scored on them only looked better, entered the front, was refined,
-and the next one did the same (a refinement of 1,000 trials chased them for over 40 minutes). Being common to all
-candidates, that difficulty is measured on the refined ones (a paired, control-variates estimate): for each number
-of images ``r`` that a trial
-not refined was scored on (the search's, the race's), the shift is the mean over the trials refined on the whole
-split of their accuracy on its first ``r`` images (the start of their per-image outcomes) less their accuracy on
-all of it; 0 while none is refined. A trial not refined records ``accuracy`` = its measured accuracy less the
-shift, and ``accuracy_shift`` = the shift: ``accuracy + accuracy_shift`` is what was measured on
-``accuracy_images`` images. The shifts are recorded, as fractions like the accuracies, in
-``run_info["refine"]["shift"]`` keyed by ``r``.
+and the next one did the same (a refinement of 1,000 trials chased them for over 40 minutes). Being common to the
+candidates, that difficulty is measured (a paired, control-variates estimate) on ``probes`` trials spread evenly
+over the order in which the search made them (:func:`shift_probes`), which are scored on the whole split for it
+(and so count as refined): for each number of images ``r`` that a trial not refined was scored on (the search's,
+the race's), the shift is the probes' mean accuracy on the split's first ``r`` images (the start of their per-image
+outcomes) less their accuracy on all of it. Not the refined trials: those were chosen for scoring high on the first
+images, partly by luck on them, and on the 1,000-trial searches of the 8-epoch benchmark their shift was 0.3 points
+larger than that of random others (``experiments/results/refine_shift_bias.md``). A trial not refined records
+``accuracy`` = its measured accuracy less the shift, and ``accuracy_shift`` = the shift: ``accuracy +
+accuracy_shift`` is what was measured on ``accuracy_images`` images. The shifts are recorded, as fractions like the
+accuracies, in ``run_info["refine"]["shift"]`` keyed by ``r``, and the probes' trial numbers under ``"probes"``.
 
 A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``,
 a shifted one its search-time accuracy as ``accuracy_search``; ``accuracy_images`` says how many images
 ``accuracy`` was measured on. ``trials.jsonl`` and ``pareto.json`` are rewritten atomically. A resumed search is
 not refined twice: a trial already scored on the whole split is not scored again, one an earlier refinement
-raced is not raced again, and the shifts it recorded stand unless a trial is re-scored or one scored on fewer
-images carries none (a trial the resumed search added).
+raced is not raced again, and the shifts it recorded stand unless a trial scored on fewer images carries none (a
+trial the resumed search added): then they are measured again, on new probes.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ from automq.search.trial import Trial
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
 
-__all__ = ["MARGIN_SE", "MAX_NEAR_FRONT", "RACE_FRACTION", "Refiner", "near_front", "nearest_to_front", "race",
-           "race_images", "refine_front"]
+__all__ = ["MARGIN_SE", "MAX_NEAR_FRONT", "RACE_FRACTION", "SHIFT_PROBES", "Refiner", "near_front",
+           "nearest_to_front", "race", "race_images", "refine_front", "shift_probes"]
 
 MARGIN_SE = 2.0
 """Paired standard errors by which a front trial must beat another for the other not to be re-scored."""
@@ -65,6 +67,9 @@ dense front; deciding that alone took a validation pass per trial, and re-scorin
 CPU cores without ending. The front itself is still refined in full (see :func:`refine_front`)."""
 RACE_FRACTION = 0.5
 """Share of the validation split on which the candidates near the front are raced before the whole split."""
+SHIFT_PROBES = 16
+"""Trials scored on the whole split to measure the shift of the others (see the module docstring): the standard
+error of the mean shift of 16 random trials was 0.08-0.11 points on the 8-epoch benchmark's searches."""
 SEARCH_KEYS = ("accuracy", "accuracy_se", "loss")
 """Metrics re-scored by a refinement; the search-time values are kept under ``<key>_search``."""
 
@@ -82,15 +87,17 @@ class Refiner(Protocol):
 
 
 def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGIN_SE,
-                 race_fraction: float | None = RACE_FRACTION, max_near_front: int = MAX_NEAR_FRONT) -> list[Trial]:
+                 race_fraction: float | None = RACE_FRACTION, max_near_front: int = MAX_NEAR_FRONT,
+                 probes: int = SHIFT_PROBES) -> list[Trial]:
     """Re-score the trials of ``log`` that could be on its front on all ``estimator.max_images`` images, shift the
     others' accuracies onto that scale, record the refinement in ``log.run_info["refine"]`` and rewrite the search
     directory; returns the re-scored trials.
 
     ``race_fraction``: race the candidates near the front on this share of the split first (:func:`race`);
     ``None`` takes all of them to the whole split. ``max_near_front``: besides the front, at most this many of
-    the trials near it, the nearest first (:func:`nearest_to_front`). Nothing happens when accuracy is not an
-    objective or the search already scored on the whole split."""
+    the trials near it, the nearest first (:func:`nearest_to_front`). ``probes``: how many trials measure the
+    shift (:func:`shift_probes`; 0: no shift). Nothing happens when accuracy is not an objective or the search
+    already scored on the whole split."""
     if "accuracy" not in (o.metric for o in log.objectives) or estimator.val_images >= estimator.max_images:
         return []
     feasible = [t for t in log.trials if t.feasible]
@@ -98,28 +105,33 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
     nearest = nearest_to_front(feasible, log.objectives, estimator.val_images, max_near_front)
     chosen = near_front(nearest, log.objectives, estimator, margin_se=margin_se)
     pending = _unrefined(chosen + _front(log, feasible), estimator)
+    recorded = _recorded_shifts(log.trials, estimator.max_images)
+    # shifts to measure (a first refinement, a resumed search's new trials): on probes chosen before anything moves
+    probing = shift_probes(feasible, estimator.max_images, probes) if recorded is None else []
     raced, images = 0, race_images(estimator, race_fraction)
     if images:
         # a trial an earlier refinement raced (a resumed search) lost that race: like the others the race drops, it
         # goes on only if the front takes it
         pending = [t for t in pending if t.metrics.get("accuracy_images", 0) < images]
         raced, pending = len(pending), race(pending, log.objectives, estimator, images, margin_se=margin_se)
-    recorded = _recorded_shifts(log.trials, estimator.max_images)
+    pending = _unrefined(pending + probing, estimator)
     shifts, refined = recorded, []
     # the first images are easier than the whole split for every candidate alike: on their raw scores the trials not
     # refined would overtake the refined ones for that alone and be refined one after another. Shifted onto the
-    # whole split's scale (the shift measured anew after each round, on more refined trials), they reach the front
-    # only by more, and the front is refined until it was all measured on the whole split. Trials that carry no
-    # shift yet (a first refinement, a resumed search's new trials) are shifted even with nothing to re-score
+    # whole split's scale, they reach the front only by more, and the front is refined until it was all measured on
+    # the whole split. Trials that carry no shift yet are shifted even with nothing else to re-score
     while pending or shifts is None:
         for trial in pending:
             _rescore(trial, estimator, estimator.max_images)
         refined += pending
-        shifts = _shift_to_whole_split(log.trials, estimator)
+        if shifts is None:
+            shifts = _shift_to_whole_split(log.trials, estimator, probing)
         pending = _unrefined(_front(log, feasible), estimator)
+    earlier = log.run_info.get("refine", {}).get("probes", [])
     log.run_info["refine"] = {"nearest": len(nearest), "near_front": len(chosen), "raced": raced,
                               "race_images": images, "rescored": len(refined), "images": estimator.max_images,
-                              "margin_se": margin_se, "shift": {str(r): shift for r, shift in sorted(shifts.items())}}
+                              "margin_se": margin_se, "shift": {str(r): shift for r, shift in sorted(shifts.items())},
+                              "probes": [t.number for t in probing] if recorded is None else earlier}
     if refined or recorded is None:
         lines = "".join(json.dumps(t.to_dict()) + "\n" for t in log.trials)
         atomic_write_text(log.dir / TRIALS_FILE, lines)
@@ -234,12 +246,20 @@ def _rescore(trial: Trial, estimator: Refiner, images: int) -> None:
     trial.metrics = {**unshifted, **estimator.estimate(trial.candidate, images=images), **searched}
 
 
-def _shift_to_whole_split(trials: Sequence[Trial], estimator: Refiner) -> dict[int, float]:
-    """Put the accuracies of ``trials`` scored on fewer images than the whole split onto its scale; returns the
-    shift of each number of images (see the module's docstring)."""
+def shift_probes(trials: Sequence[Trial], max_images: int, count: int) -> list[Trial]:
+    """``count`` of the ``trials`` scored on fewer than ``max_images`` images, spread evenly over their order (the
+    first and the last among them included): chosen by when the search made them, not by how they scored."""
+    lower = _scored_on_fewer(trials, max_images)
+    if not lower or count < 1:
+        return []
+    return [lower[int(i)] for i in np.unique(np.round(np.linspace(0, len(lower) - 1, min(count, len(lower)))))]
+
+
+def _shift_to_whole_split(trials: Sequence[Trial], estimator: Refiner, probes: Sequence[Trial]) -> dict[int, float]:
+    """Put the accuracies of ``trials`` scored on fewer images than the whole split onto its scale, by the shift of
+    each number of images measured on ``probes`` (scored on the whole split; none: no shift); returns the shifts."""
     lower = _scored_on_fewer(trials, estimator.max_images)
-    whole = [estimator.correctness(t.candidate, images=estimator.max_images).bools() for t in trials
-             if t.metrics.get("accuracy_images") == estimator.max_images]
+    whole = [estimator.correctness(t.candidate, images=estimator.max_images).bools() for t in probes]
     shifts = {r: float(np.mean([c[:r].mean() - c.mean() for c in whole])) if whole else 0.0
               for r in sorted({int(t.metrics["accuracy_images"]) for t in lower})}
     for trial in lower:
