@@ -41,7 +41,7 @@ from automq.report import plots
 from automq.cost import cost_range
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.io import atomic_write_json, atomic_write_text
-from automq.search.results import hypervolume_scales, load_search_dir, pareto_trials, space_objectives
+from automq.search.results import TRIALS_FILE, hypervolume_scales, load_search_dir, pareto_trials, space_objectives
 from automq.search.driver import run_search
 from automq.space.space import SearchSpace
 from automq.strategies._archparams import ArchParams, DecisionTable
@@ -194,7 +194,9 @@ def find_tune_dirs(root: Path, space: SearchSpace) -> dict[str, Path]:
             info = json.loads(run_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if info.get("strategy") == "tune" and Path(str(info.get("space", ""))).name == Path(space.source).name:
+        has_trials = (run_file.parent / TRIALS_FILE).is_file()  # committed benchmarks keep some of them gzipped
+        if (info.get("strategy") == "tune" and has_trials
+                and Path(str(info.get("space", ""))).name == Path(space.source).name):
             found[f"tune ({run_file.parent.name})"] = run_file.parent
     return found
 
@@ -255,6 +257,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}, torch threads {report['threads']}.  ",
+        f"Wall time: supernet training {report['supernet']['train_s']:.0f} s, each search's in the table below (the "
+        "memory probes' are not recorded).  ",
         f"Supernet: `{report['supernet']['run']}`, {report['supernet']['training']['epochs']} epochs on "
         f"{report['supernet']['training']['train_size']} training images ({report['supernet']['train_s']:.0f} s); "
         f"last epoch: val accuracy largest {report['supernet']['epochs'][-1]['val_acc_largest']:.3f}, smallest "
