@@ -57,7 +57,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              "Shift: accuracy on the search's images less accuracy on the whole split, in points. 'recorded': the "
              "mean over the trials the refinement re-scored (what it subtracts from the others); 'random': the mean "
              "over trials drawn at random from those it did not re-score, ± its standard error.", "",
-             "| search | trials | re-scored | recorded shift | random shift | difference |", "|---|---:|---:|---:|---:|---:|"]
+             "| search | trials | re-scored | recorded shift | random shift | difference |",
+             "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row['search']} | {row['trials']} | {row['refined']} | {100 * row['recorded_shift']:.2f} | "
                      f"{100 * row['random_shift']:.2f} ± {100 * row['random_shift_se']:.2f} "

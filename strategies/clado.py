@@ -10,18 +10,18 @@ builds the matrix ``G``:
 * ``G[(i,s),(j,t)] = dL_ij(s,t) - dL_i(s) - dL_j(t)`` for ``i != j`` (measured once per unordered pair),
 
 so that ``x^T G x / 2`` is the second-order estimate of the loss change of the assignment ``x`` (one-hot per
-layer): the sum of single-layer effects plus every pairwise interaction.
+layer): the sum of single-layer effects plus every pairwise interaction. The highest-precision option changes
+nothing, so its row is zero and is never measured. ``G`` is projected onto the nearest positive semi-definite
+matrix (negative eigenvalues set to zero), as the paper does to make the estimate a convex, non-negative function;
+the all-highest-precision assignment then has the minimum value 0, which is the sanity check the authors report
+their released code fails.
 
 **Reference.** The paper measures every loss change against the full-precision model. Here the reference is each
 layer at the top of its menus (:func:`reference_choice`): fp32 wherever the space's menus hold it, as in the paper;
 the shipped spaces stop at int8/FP8, and there the reference is the best model the supernet can run. It cannot run
 fp32 there: a supernet layer runs only the formats it was trained with (its quantizers hold no fp32 state and
 refuse a format outside their menu), and latent weights that were never trained to work unquantized would measure
-a model no candidate is. A space that wants the paper's reference adds fp32 to its menus (and trains it). The highest-precision option changes
-nothing, so its row is zero and is never measured. ``G`` is projected onto the nearest positive semi-definite
-matrix (negative eigenvalues set to zero), as the paper does to make the estimate a convex, non-negative function;
-the all-highest-precision assignment then has the minimum value 0, which is the sanity check the authors report
-their released code fails.
+a model no candidate is. A space that wants the paper's reference adds fp32 to its menus (and trains it).
 
 **Cost.** For ``n`` non-reference options the measurement needs ``n`` single and about ``n^2 / 2`` pair loss
 evaluations: ``spaces/mpq_only.yaml`` (36 searched layers; 5 non-reference weight formats on 24 of them, 1 on the

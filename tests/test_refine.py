@@ -2,9 +2,9 @@
 errors are computed by hand), races them on an intermediate number of images first (a candidate clearly beaten there
 never reaches the whole split, and the front is what refining without the race gives), puts the trials it does not
 re-score onto the whole split's scale by the shift it measures on probe trials spread over the search (so it no
-longer chases trials that only the easier first images put ahead), keeps the search-time values, rewrites the search directory
-atomically, changes nothing when resumed, and is what ``run_search`` does at the end of a search with the one-shot
-estimator."""
+longer chases trials that only the easier first images put ahead), keeps the search-time values, rewrites the
+search directory atomically, changes nothing when resumed, and is what ``run_search`` does at the end of a search
+with the one-shot estimator."""
 
 from __future__ import annotations
 

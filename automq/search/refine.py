@@ -16,8 +16,8 @@ take it back.
 
 All accuracies of a refined search are on one scale, the whole split's. The first images of the (seeded, shuffled)
 split are one random sample of it, and every candidate is scored on that same sample, so its luck is shared: on a
-trained supernet the first 2,000 were easier than all 10,000 for every candidate, by 0.2 to 1.3 points (0.5 on
-average). Compared with refined trials, a trial scored on them only looked better, entered the front, was refined,
+trained supernet the first 2,000 were easier than all 10,000, by 0.45 to 1.14 points on average over random trials
+of five searches (``experiments/results/refine_shift_bias.md``). Compared with refined trials, a trial scored on them only looked better, entered the front, was refined,
 and the next one did the same (a refinement of 1,000 trials chased them for over 40 minutes). Being common to the
 candidates, that difficulty is measured (a paired, control-variates estimate) on ``probes`` trials spread evenly
 over the order in which the search made them (:func:`shift_probes`), which are scored on the whole split for it
