@@ -17,18 +17,19 @@ take it back.
 All accuracies of a refined search are on one scale, the whole split's. The first images of the (seeded, shuffled)
 split are one random sample of it, and every candidate is scored on that same sample, so its luck is shared: on a
 trained supernet the first 2,000 were easier than all 10,000, by 0.45 to 1.14 points on average over random trials
-of five searches (``experiments/results/refine_shift_bias.md``). Compared with refined trials, a trial scored on them only looked better, entered the front, was refined,
-and the next one did the same (a refinement of 1,000 trials chased them for over 40 minutes). Being common to the
-candidates, that difficulty is measured (a paired, control-variates estimate) on ``probes`` trials spread evenly
-over the order in which the search made them (:func:`shift_probes`), which are scored on the whole split for it
-(and so count as refined): for each number of images ``r`` that a trial not refined was scored on (the search's,
-the race's), the shift is the probes' mean accuracy on the split's first ``r`` images (the start of their per-image
-outcomes) less their accuracy on all of it. Not the refined trials: those were chosen for scoring high on the first
-images, partly by luck on them, and on the 1,000-trial searches of the 8-epoch benchmark their shift was 0.3 points
-larger than that of random others (``experiments/results/refine_shift_bias.md``). A trial not refined records
-``accuracy`` = its measured accuracy less the shift, and ``accuracy_shift`` = the shift: ``accuracy +
-accuracy_shift`` is what was measured on ``accuracy_images`` images. The shifts are recorded, as fractions like the
-accuracies, in ``run_info["refine"]["shift"]`` keyed by ``r``, and the probes' trial numbers under ``"probes"``.
+of five searches (``experiments/results/refine_shift_bias.md``). Compared with refined trials, a trial scored on
+them only looked better, entered the front, was refined, and the next one did the same (a refinement of 1,000 trials
+chased them for over 40 minutes). Being common to the candidates, that difficulty is measured (a paired,
+control-variates estimate) on ``probes`` trials spread evenly over the order in which the search made them
+(:func:`shift_probes`), which are scored on the whole split for it (and so count as refined): for each number of
+images ``r`` that a trial not refined was scored on (the search's, the race's), the shift is the probes' mean
+accuracy on the split's first ``r`` images (the start of their per-image outcomes) less their accuracy on all of it.
+Not the refined trials: those were chosen for scoring high on the first images, partly by luck on them, and on the
+1,000-trial searches of the 8-epoch benchmark their shift was 0.3 points larger than that of random others
+(``experiments/results/refine_shift_bias.md``). A trial not refined records ``accuracy`` = its measured accuracy
+less the shift, and ``accuracy_shift`` = the shift: ``accuracy + accuracy_shift`` is what was measured on
+``accuracy_images`` images. The shifts are recorded, as fractions like the accuracies, in
+``run_info["refine"]["shift"]`` keyed by ``r``, and the probes' trial numbers under ``"probes"``.
 
 A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``,
 a shifted one its search-time accuracy as ``accuracy_search``; ``accuracy_images`` says how many images
