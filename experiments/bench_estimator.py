@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import multiprocessing as mp
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -51,6 +50,7 @@ from automq.search.refine import RACE_FRACTION, refine_front
 from automq.search.results import pareto_trials
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
+from provenance import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PER_MINUTE = 20.0
@@ -86,14 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.warmup, args.path_steps, args.search_trials) < 0:
         parser.error("--warmup, --path-steps and --search-trials must be at least 0")
     return args
-
-
-def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
 def supernet_note(run: str | None) -> str:

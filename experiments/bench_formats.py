@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -29,6 +27,7 @@ from torch import nn
 from automq.numerics.formats import get_format
 from automq.io import atomic_write_json, atomic_write_text
 from automq.numerics.quant import quantize_modules_
+from provenance import command, header, machine
 
 FORMATS = ("int8", "int4", "fp8_e4m3", "fp4_e2m1", "mxfp4_e2m1")
 TARGETS = {"int": 1.5, "float": 1.5, "mx": 2.5}  # max allowed step-time ratio per format family
@@ -126,12 +125,14 @@ def summarise_run(times: dict[str, dict[str, list[float]]], threads: int, load: 
 
 
 def markdown(summary: dict) -> str:
-    setup, machine = summary["setup"], summary["machine"]
+    setup = summary["setup"]
     lines = [
         "# Fake-quantization training-step cost (CPU)",
         "",
+        *header(summary),
+        "",
         f"`{setup['model']}`, batch {setup['batch_size']}, {setup['input_size']}x{setup['input_size']}, "
-        f"torch {summary['torch']}, timm {summary['timm']}, {machine['processor']} ({machine['cpus']} CPUs). "
+        f"torch {summary['torch']}, timm {summary['timm']}. "
         "Forward + backward + SGD step, weights and activations in the same format. `ratio` is the median "
         f"over {setup['rounds']} interleaved rounds of {setup['steps']} step(s) of (format time / fp32 time in "
         "the same round); `cpu` uses process CPU time instead of wall time; `best` divides the fastest steps.",
@@ -152,21 +153,18 @@ def markdown(summary: dict) -> str:
                 f"| {fmt} | {row['step_ms']:.1f} | {row['ratio']:.2f} | {row['ratio_cpu']:.2f} "
                 f"| {row['ratio_best']:.2f} | {target} | {met} |"
             )
-    lines += ["", f"Command: `{summary['command']}`", ""]
+    lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = time.perf_counter()
     summary = {
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": command(),
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine(),
         "setup": {k: v for k, v in vars(args).items() if k not in ("out", "formats", "threads")},
         "runs": [],
     }
@@ -178,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["runs"].append(run)
         for fmt, row in run["results"].items():
             print(f"{threads} thread(s) {fmt:>12} {row['step_ms']:8.1f} ms  x{row['ratio']:.2f}", flush=True)
+    summary["wall_s"] = time.perf_counter() - started
     atomic_write_json(args.out.with_suffix(".json"), summary)
     atomic_write_text(args.out.with_suffix(".md"), markdown(summary))
     met = [row.get("meets_target", True) for run in summary["runs"] for row in run["results"].values()]

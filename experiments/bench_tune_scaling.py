@@ -18,7 +18,6 @@ used. Run it on an idle machine: the load average is recorded with the results.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -35,6 +34,8 @@ from automq.search.strategy import Budget
 from automq.search.trial import Trial
 from automq.model.supernet import Supernet
 from automq.oneshot.train import load_space_data
+from automq.io import atomic_write_json, atomic_write_text
+from provenance import command, header, machine
 
 
 class TimedLog(SearchLog):
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results")
     args = parser.parse_args()
 
+    started = time.perf_counter()
     torch.set_num_threads(1)
     space = SearchSpace.from_file(args.space)
     if args.supernet:
@@ -87,20 +89,20 @@ def main() -> None:
             for b in sorted({1, args.batch_size}) for w in (1, 2)]
     by = {(r["workers"], r["batch_size"]): r for r in runs}
     speedup = {b: by[(2, b)]["trials_per_min"] / by[(1, b)]["trials_per_min"] for b in sorted({1, args.batch_size})}
-    result = {"space": args.space, "supernet": args.supernet or "freshly initialised (timing only)",
+    result = {"command": command(), "machine": machine(), "space": args.space, "supernet": args.supernet or "freshly initialised (timing only)",
               "eval_size": space.search.eval_size, "calib_size": space.search.calib_size,
               "cpu_count": os.cpu_count(), "load_average_before": load_before,
-              "load_average_after": os.getloadavg(), "runs": runs, "speedup_2_over_1": speedup}
+              "load_average_after": os.getloadavg(), "runs": runs, "speedup_2_over_1": speedup,
+              "wall_s": time.perf_counter() - started}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_tune_scaling.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench_tune_scaling.md").write_text(markdown(result))
+    atomic_write_json(out / "bench_tune_scaling.json", result)
+    atomic_write_text(out / "bench_tune_scaling.md", markdown(result))
     print(markdown(result))
 
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Ray Tune scaling of the `tune` strategy", "",
+        "# Ray Tune scaling of the `tune` strategy", "", *header(result), "",
         f"Space `{result['space']}`, one-shot estimator at the default scale ({result['eval_size']} validation and "
         f"{result['calib_size']} calibration images), supernet: {result['supernet']}; {result['cpu_count']} CPU "
         f"cores; load average before/after: {', '.join(f'{x:.2f}' for x in result['load_average_before'])} / "

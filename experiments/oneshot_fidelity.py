@@ -65,6 +65,7 @@ from automq.oneshot.train import (SUPERNET, load_space_data, load_supernet, trai
 from fidelity_stats import (BOOTSTRAP, LOCAL_WINDOW, TARGET_SPEARMAN, TARGET_TAU, column, correlations, fmt_ci,
                             measured_noise_ceiling, paired_difference, rank_figures, search_figures)
 from fidelity_variants import VARIANTS, variants
+from provenance import machine
 
 ROOT = Path(__file__).resolve().parent
 UNIFORM = ("int8", "int4", "fp8_e4m3")
@@ -673,14 +674,6 @@ def partner_indices(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
     """Index pairs (base, partner) of the neighbour pairs both of whose members are among ``rows``."""
     index = {r["id"]: k for k, r in enumerate(rows)}
     return [(index[r["neighbour_of"]], index[r["id"]]) for r in rows if r.get("neighbour_of") in index]
-
-
-def machine() -> dict[str, Any]:
-    """What the study ran on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "usable_cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def save_rows(rows: list[dict[str, Any]], meta: dict[str, Any], wall_s: float, out: Path) -> None:

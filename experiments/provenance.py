@@ -1,0 +1,41 @@
+"""What a benchmark's result file records about its run: the command line, the machine and the wall time."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def command() -> str:
+    """The command line of this process, as one could paste it into a shell."""
+    return shlex.join([sys.executable, *sys.argv])
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (the CPU by name: timings on another one are not comparable)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def machine_text(info: dict[str, Any]) -> str:
+    """``machine()`` in one line for a Markdown header."""
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    return (f"{info['cpu']} ({info['usable_cpus']} usable of {info['cpu_count']} CPUs){gpu}, Python "
+            f"{info['python']}, torch {info['torch']}, {info['platform']}")
+
+
+def header(result: dict[str, Any]) -> list[str]:
+    """The Markdown lines naming a result's ``command``, ``machine`` and ``wall_s``."""
+    return [f"- command: `{result['command']}`", f"- machine: {machine_text(result['machine'])}",
+            f"- wall time: {result['wall_s']:.0f} s"]
