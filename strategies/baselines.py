@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from automq.errors import AutomqError
-from automq.numerics.formats import get_format
 from automq.search.strategy import Evaluator, Strategy, TrialRecorder, budget_violations, register_strategy
 
 if TYPE_CHECKING:
@@ -57,19 +56,13 @@ class Uniform(Strategy):
     def candidates(self, space: SearchSpace) -> list[tuple[Candidate, dict[str, Any]]]:
         """The distinct uniform candidates in trial order, each with its ``info``: format pair, clamped layers."""
         planned: dict[str, tuple[Candidate, dict[str, Any]]] = {}
-        for arch, (w_fmt, a_fmt) in itertools.product(self.archs, uniform_pairs(space)):
+        for arch, (w_fmt, a_fmt) in itertools.product(self.archs, space.uniform_pairs()):
             candidate = space.uniform(w_fmt, a_fmt, arch, clamp=True)
             clamped = [name for name, w, a in candidate.formats if (w, a) != (w_fmt, a_fmt)]
             info = {"format": f"{w_fmt}/{a_fmt}", "w_fmt": w_fmt, "a_fmt": a_fmt, "arch": arch,
                     "clamped_layers": clamped}
             planned.setdefault(candidate.id, (candidate, info))
         return list(planned.values())
-
-
-def uniform_pairs(space: SearchSpace) -> list[tuple[str, str]]:
-    """Every ``(w_fmt, a_fmt)`` of the space's default menus, most bits first (weights, then activations)."""
-    pairs = itertools.product(space.weight_formats, space.activation_formats)
-    return sorted(pairs, key=lambda p: (-get_format(p[0]).bits_per_element, -get_format(p[1]).bits_per_element))
 
 
 @register_strategy

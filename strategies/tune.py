@@ -41,7 +41,6 @@ from optuna.trial import TrialState
 
 from automq.space.candidate import Candidate
 from automq.cost import CostModel
-from automq.strategies.baselines import uniform_pairs
 from automq.search.strategy import Budget, Evaluator, Strategy, TrialRecorder, evaluate_candidate, register_strategy
 from automq.search.trial import Trial
 
@@ -153,8 +152,7 @@ def seed_candidates(space: SearchSpace, limit: int) -> list[Candidate]:
     never reached the accuracy of uniform int8; seeded, its first generation spans the front from end to end.
     """
     model = CostModel(space)
-    pool = [*(space.uniform(w_fmt, a_fmt, "largest", clamp=True) for w_fmt, a_fmt in uniform_pairs(space)),
-            space.smallest()]
+    pool = [*space.uniform_references(), space.smallest()]
     costs = {c.id: model.metrics(c) for c in pool}
     unique = {c.id: c for c in pool if all(v <= 0 for v in constraint_values(space, costs[c.id]).values())}
     feasible = sorted(unique.values(), key=lambda c: costs[c.id]["bitops"])

@@ -8,7 +8,7 @@ import pytest
 from automq.space.candidate import Candidate
 from automq.cost import CostModel
 from automq.space.space import SearchSpace
-from automq.strategies.baselines import RandomSearch, Uniform, uniform_pairs
+from automq.strategies.baselines import RandomSearch, Uniform
 from automq.search.strategy import Budget, create_strategy
 
 from _spaces import SpaceFactory
@@ -45,7 +45,7 @@ def space(tiny_space: SpaceFactory) -> SearchSpace:
 
 
 def test_uniform_applies_every_pair_to_every_layer(space: SearchSpace) -> None:
-    assert uniform_pairs(space) == [("int8", "int8"), ("int8", "fp8_e4m3"), ("mxfp4_e2m1", "int8"),
+    assert space.uniform_pairs() == [("int8", "int8"), ("int8", "fp8_e4m3"), ("mxfp4_e2m1", "int8"),
                                     ("mxfp4_e2m1", "fp8_e4m3"), ("int4", "int8"), ("int4", "fp8_e4m3")]
     evaluator = CostOnlyEvaluator(space)
     trials = create_strategy("uniform", archs=("largest", "smallest")).run(space, evaluator, Budget(100))

@@ -3,7 +3,8 @@ errors are computed by hand), races them on an intermediate number of images fir
 never reaches the whole split, and the front is what refining without the race gives), puts the trials it does not
 re-score onto the whole split's scale by the shift it measures on probe trials spread over the search (so it no
 longer chases trials that only the easier first images put ahead), keeps the search-time values, rewrites the
-search directory atomically, changes nothing when resumed, and is what ``run_search`` does at the end of a search
+search directory atomically, always re-scores the uniform-precision references (so a searched candidate replaces
+one only by the whole split), changes nothing when resumed, and is what ``run_search`` does at the end of a search
 with the one-shot estimator."""
 
 from __future__ import annotations
@@ -95,13 +96,17 @@ def table_search(tiny_space, tmp_path):
     return table_log(tiny_space(), tmp_path, CASES)
 
 
-def table_log(space, folder: Path, cases: dict) -> tuple[SearchLog, TableRefiner]:
-    """A search log of one trial per case, scored as the search would (on its first 1,000 images)."""
+def table_log(space, folder: Path, cases: dict, references: tuple[str, ...] = ()) -> tuple[SearchLog, TableRefiner]:
+    """A search log of one trial per case, scored as the search would (on its first 1,000 images); the cases named
+    in ``references`` are the space's uniform-precision references, the others random candidates."""
     rng = np.random.default_rng(0)
+    uniform = iter(space.uniform_references())
     candidates = {}
-    while len(candidates) < len(cases):
-        candidate = space.sample(rng)
-        candidates.setdefault(candidate.id, candidate)
+    for name in cases:
+        candidate = next(uniform) if name in references else space.sample(rng)
+        while candidate.id in candidates:
+            candidate = space.sample(rng)
+        candidates[candidate.id] = candidate
     log = SearchLog(folder, space, strategy="random")
     names = {}
     for number, ((name, (bitops, correct, _)), candidate) in enumerate(zip(cases.items(), candidates.values())):
@@ -148,7 +153,7 @@ def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directo
     assert sorted(t["metrics"]["accuracy"] for t in pareto["trials"]) == [0.795, 0.82, 0.86]
     assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto["trials"])
     assert log.run_info["refine"] == {"nearest": 5, "near_front": 3, "raced": 0, "race_images": None,
-                                      "rescored": 4, "images": ALL_IMAGES, "margin_se": 2.0,
+                                      "references": 0, "rescored": 4, "images": ALL_IMAGES, "margin_se": 2.0,
                                       "shift": {"1000": pytest.approx(0.005)}, "probes": [0]}
     refiner.estimated.clear()  # a resumed search refines again: selection on search-time values, nothing rescored
     assert refine_front(log, refiner, race_fraction=None, probes=1) == [] and refiner.estimated == []
@@ -168,6 +173,20 @@ def test_a_capped_refinement_keeps_the_front_and_the_trials_nearest_to_it(table_
     assert refiner.estimated[:2] == ["A", "B"] and sorted(refiner.estimated[2:]) == ["C", "E"]
     assert log.run_info["refine"]["nearest"] == 2
     assert refiner.asked == []  # nothing left to decide by per-image outcomes: the front alone
+
+
+# R, a uniform-precision reference, scored 0.78 at search time at B's BitOps: beaten by B's 0.85 beyond the binomial
+# bound 2 * (0.0113 + 0.0131) = 0.049, so neither on nor near the front. On the whole split it scores 0.83, above
+# B's 0.82: re-scored as a reference, it takes B's place on the front.
+REFERENCE_CASES = {"A": CASES["A"], "B": CASES["B"], "R": (20.0, outcomes(780), 0.83)}
+
+
+def test_the_uniform_references_are_always_rescored_and_replace_a_front_trial_they_beat(tiny_space, tmp_path) -> None:
+    log, refiner = table_log(tiny_space(), tmp_path, REFERENCE_CASES, references=("R",))
+    assert names_of(near_front(log.trials, log.objectives, refiner), refiner) == {"A", "B"}
+    assert names_of(refine_front(log, refiner, race_fraction=None, probes=0), refiner) == {"A", "B", "R"}
+    assert log.run_info["refine"]["references"] == 1
+    assert names_of(refine_module._front(log, log.trials), refiner) == {"A", "R"}
 
 
 def test_nothing_is_refined_when_the_search_already_used_every_image(table_search) -> None:
@@ -239,14 +258,16 @@ def test_the_front_written_after_a_refinement_was_all_measured_on_the_whole_spli
 
 def test_a_resumed_refinement_rescores_nothing_and_changes_no_metric(shifted_search) -> None:
     log, refiner, _ = shifted_search
+    log.finish()  # run.json now holds the refinement's record, as after run_search
     before, saved = [t.to_dict() for t in log.trials], (log.dir / TRIALS_FILE).read_text()
-    shift = log.run_info["refine"]["shift"]
+    record = dict(log.run_info["refine"])
     refiner.estimated.clear()
     resumed = SearchLog(log.dir, log.space, strategy="random", resume=True)  # read back from the directory
     assert refine_front(resumed, refiner, race_fraction=None, max_near_front=0, probes=2) == []
     assert refiner.estimated == []
     assert [t.to_dict() for t in resumed.trials] == before and (log.dir / TRIALS_FILE).read_text() == saved
-    assert resumed.run_info["refine"]["shift"] == shift and resumed.run_info["refine"]["rescored"] == 0
+    # the record goes on: the probes that measured the shifts, and the 4 trials the first refinement re-scored
+    assert resumed.run_info["refine"] == record and record["rescored"] == 4 and record["probes"] == [0, 6]
 
 
 def test_without_a_probe_the_shift_is_zero(table_search) -> None:
@@ -327,7 +348,7 @@ def test_racing_drops_a_candidate_beaten_at_the_intermediate_resolution_and_give
                                        ("Q", ALL_IMAGES), ("R", RACE_IMAGES), ("S", RACE_IMAGES), ("S", ALL_IMAGES)]
     assert sorted(plain.estimated) == [(name, ALL_IMAGES) for name in "PQRS"]
     assert raced_log.run_info["refine"] == {"nearest": 4, "near_front": 4, "raced": 4, "race_images": RACE_IMAGES,
-                                            "rescored": 3, "images": ALL_IMAGES, "margin_se": 2.0,
+                                            "references": 0, "rescored": 3, "images": ALL_IMAGES, "margin_se": 2.0,
                                             "shift": {str(RACE_IMAGES): pytest.approx(0.01)}, "probes": [0]}
     assert plain_log.run_info["refine"]["shift"] == {}  # every trial measured on the whole split
     # the survivors end as refining without the race leaves them; the dropped R keeps its race score, shifted
@@ -343,7 +364,7 @@ def test_racing_drops_a_candidate_beaten_at_the_intermediate_resolution_and_give
     before, raced.estimated = [t.to_dict() for t in raced_log.trials], []
     assert refine_front(raced_log, raced, probes=1) == [] and raced.estimated == []
     assert [t.to_dict() for t in raced_log.trials] == before
-    assert raced_log.run_info["refine"]["raced"] == 0
+    assert raced_log.run_info["refine"]["raced"] == 4  # the first refinement's four; none raced again
     assert raced_log.run_info["refine"]["shift"] == {str(RACE_IMAGES): by_name["R"]["accuracy_shift"]}
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from automq.cost import CostModel
-from automq.search.results import SearchLog, load_search_dir, load_trials
+from automq.search.results import RUN_FILE, SearchLog, load_search_dir, load_trials
 from automq.search.trial import Trial
 
 
@@ -68,6 +68,17 @@ def test_existing_trials_need_resume(space, tmp_path):
         SearchLog(tmp_path, space, strategy="random")
     resumed = SearchLog(tmp_path, space, strategy="random", resume=True)
     assert len(resumed.trials) == 3 and resumed.run_info["resumed_with_trials"] == 3
+
+
+def test_a_resumed_log_keeps_the_earlier_refinement_record_and_nothing_else(space, tmp_path):
+    log = SearchLog(tmp_path, space, strategy="random")
+    log.run_info.update(refine={"probes": [0, 5], "rescored": 7}, label="earlier")
+    log.finish()
+    resumed = SearchLog(tmp_path, space, strategy="tune", resume=True)
+    assert resumed.run_info["refine"] == {"probes": [0, 5], "rescored": 7}
+    assert resumed.run_info["strategy"] == "tune" and "label" not in resumed.run_info
+    (tmp_path / RUN_FILE).write_text("{torn")
+    assert "refine" not in SearchLog(tmp_path, space, strategy="tune", resume=True).run_info
 
 
 def test_torn_and_malformed_records_are_skipped_with_a_note(space, tmp_path):

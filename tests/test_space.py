@@ -190,6 +190,26 @@ def test_uniform_formats_and_clamping():
         space.uniform("int7", "int8")
 
 
+def test_uniform_references_are_the_largest_architecture_in_every_format_pair_most_bits_first():
+    space = SearchSpace.from_file("mbv2_fmnist")
+    # weight bits, then activation bits, descending (mxfp4: 4.25 bits); equal bits keep the file's order
+    assert space.weight_formats == ("int2", "int4", "int8", "fp4_e2m1", "fp8_e4m3", "mxfp4_e2m1")
+    assert space.activation_formats == ("int4", "int8", "fp8_e4m3")
+    assert space.uniform_pairs() == [
+        ("int8", "int8"), ("int8", "fp8_e4m3"), ("fp8_e4m3", "int8"), ("fp8_e4m3", "fp8_e4m3"),  # 8 / 8
+        ("int8", "int4"), ("fp8_e4m3", "int4"),  # 8 / 4
+        ("mxfp4_e2m1", "int8"), ("mxfp4_e2m1", "fp8_e4m3"), ("mxfp4_e2m1", "int4"),  # 4.25 / 8, 4
+        ("int4", "int8"), ("int4", "fp8_e4m3"), ("fp4_e2m1", "int8"), ("fp4_e2m1", "fp8_e4m3"),  # 4 / 8
+        ("int4", "int4"), ("fp4_e2m1", "int4"),  # 4 / 4
+        ("int2", "int8"), ("int2", "fp8_e4m3"), ("int2", "int4")]  # 2 / 8, 4
+    references = space.uniform_references()
+    assert len({c.id for c in references}) == len(references) == 18  # no two pairs clamp to the same candidate
+    for candidate, (w_fmt, a_fmt) in zip(references, space.uniform_pairs()):
+        assert candidate.blocks == space.largest().blocks and candidate.width_mult == space.largest().width_mult
+        pointwise = {f for name, f in candidate.layer_formats().items() if name.endswith(("conv_pw", "conv_pwl"))}
+        assert pointwise == {(w_fmt, a_fmt)}
+
+
 def test_sample_uniform_draws_one_format_pair_for_every_layer_that_allows_it():
     space = SearchSpace.from_file("mbv2_fmnist")
     pairs = set()

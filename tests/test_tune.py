@@ -33,7 +33,6 @@ from automq.strategies.tune import (
     seed_candidates,
     tell,
 )
-from automq.strategies.baselines import uniform_pairs
 from automq.search.strategy import Budget, evaluate_candidate
 
 from _killed_search import kill_then_resume
@@ -251,7 +250,7 @@ def test_repeated_proposals_are_answered_from_the_record_not_evaluated(tiny):
 
 def test_seeds_are_the_feasible_uniform_points_and_the_smallest_spread_over_bitops(budgeted):
     model = CostModel(budgeted)
-    pool = [budgeted.uniform(w, a, "largest", clamp=True) for w, a in uniform_pairs(budgeted)]
+    pool = [budgeted.uniform(w, a, "largest", clamp=True) for w, a in budgeted.uniform_pairs()]
     pool.append(budgeted.smallest())
     limit = budgeted.budgets["bitops"]
     feasible = sorted({c.id: c for c in pool if model.metrics(c)["bitops"] <= limit}.values(),

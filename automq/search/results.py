@@ -97,6 +97,8 @@ class SearchLog:
             "resumed_with_trials": len(previous),
             "status": "running",
         }
+        if resume:  # the trials on disk carry an earlier refinement's shifts: its record (probes, counts) goes on
+            self.run_info.update({key: value for key, value in _earlier_run(self.dir).items() if key == "refine"})
         if space.path and not (self.dir / SPACE_FILE).exists():
             shutil.copyfile(space.path, self.dir / SPACE_FILE)
         self._write_run()
@@ -172,6 +174,15 @@ class SearchResult:
     @property
     def strategy(self) -> str:
         return str(self.run.get("label") or self.run.get("strategy") or self.path.name)
+
+
+def _earlier_run(path: Path) -> dict[str, Any]:
+    """The ``run.json`` an earlier run left in ``path``; empty when there is none or it is unreadable."""
+    try:
+        run = json.loads((path / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return run if isinstance(run, dict) else {}
 
 
 def load_search_dir(search_dir: str | Path) -> SearchResult:

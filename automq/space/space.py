@@ -300,6 +300,17 @@ class SearchSpace:
 
         return self.build(pick)
 
+    def uniform_pairs(self) -> list[tuple[str, str]]:
+        """Every ``(w_fmt, a_fmt)`` of the space's format lists, most bits first (weights, then activations)."""
+        pairs = [(w_fmt, a_fmt) for w_fmt in self.weight_formats for a_fmt in self.activation_formats]
+        return sorted(pairs, key=lambda p: (-get_format(p[0]).bits_per_element, -get_format(p[1]).bits_per_element))
+
+    def uniform_references(self) -> list[Candidate]:
+        """The largest architecture in each of :meth:`uniform_pairs` (clamped to each layer's menu), each once:
+        what a user deploys without a search, so the points a searched candidate has to beat."""
+        references = (self.uniform(w_fmt, a_fmt, "largest", clamp=True) for w_fmt, a_fmt in self.uniform_pairs())
+        return list({c.id: c for c in references}.values())
+
     def mutate(self, candidate: Candidate, rng: RngLike = None, prob: float = 0.1) -> Candidate:
         """Re-draw each active multi-choice decision with probability ``prob`` (always to a different value);
         blocks that a deeper depth activates get uniform values."""
