@@ -119,8 +119,9 @@ def main() -> None:
                         help="--default-space: skip the searches' whole-validation-split refinement (the test-split "
                              "measurement still happens; a finished, unrefined search is then marked finished)")
     parser.add_argument("--refine-finished", action="store_true",
-                        help="--default-space: also refine the finished searches that were not refined (resumed: no "
-                             "trial is added, the front is re-scored on the whole validation split)")
+                        help="--default-space: also refine the finished searches, again where an earlier refinement "
+                             "ran (resumed: no trial is added, what the current refinement would re-score on the "
+                             "whole validation split and has not is scored, nothing is scored twice)")
     parser.add_argument("--analyse", action="store_true",
                         help="--default-space: after running --searches, analyse every finished search")
     parser.add_argument("--name", default="bench_search_quality_default",
@@ -211,13 +212,14 @@ DEFAULT_SEARCHES = {  # label -> (strategy, options); every search runs in-proce
     # the sensitivity strategies assign the formats of the largest architecture, one integer program per BitOps
     # level: the mixed candidates next to the uniform points that the samplers rarely visit (issue 17)
     "limpq": ("limpq", {}),
+    "limpq-mx-error": ("limpq", {"mx_step": "error"}),  # the earlier MX indicator, for comparison (issue 20)
     "clado": ("clado", {"calib_images": 256, "batch_size": 256, "time_limit": 5}),
     # evolution seeded with their assignments (run after them)
     "evolution-seeded": ("evolution", {"workers": 0}),
 }
-SWEEP_SEARCHES = ("limpq", "clado")  # one candidate per level: SWEEP_LEVELS levels, not --evaluations trials
+SWEEP_SEARCHES = ("limpq", "limpq-mx-error", "clado")  # one candidate per level: SWEEP_LEVELS levels
 SWEEP_LEVELS = 100
-SEEDED = {"evolution-seeded": SWEEP_SEARCHES}  # search -> the searches whose candidates seed it
+SEEDED = {"evolution-seeded": ("limpq", "clado")}  # search -> the searches whose candidates seed it
 DEMO_SEARCHES = ("evolution", "tune-nsga2")  # also run at the demo's size, search.trials, as `automq demo` would
 DEFAULT_CHECKPOINTS = (100, 300, 1000)
 
@@ -235,9 +237,11 @@ def default_space_benchmark(args: argparse.Namespace) -> None:
         if label in DEMO_SEARCHES:
             folders[f"{label}@demo"] = (runs / f"{label}-demo", strategy, options, space.search.trials)
     for folder, strategy, options, trials in folders.values():
-        if not _finished(folder) or (args.refine_finished and not _refined(folder)):
+        finished = _finished(folder)
+        if not finished or args.refine_finished:  # a finished search gets no trial more (a sweep retries no level)
             run_search(DEFAULT_SPACE, out=folder, supernet=args.default_space, strategy=strategy, options=options,
-                       trials=trials, progress=False, resume=(folder / "trials.jsonl").exists(), refine=args.refine)
+                       trials=len(load_trials(folder)) if finished else trials, progress=False,
+                       resume=(folder / "trials.jsonl").exists(), refine=args.refine)
     if args.analyse:
         result = analyse_default(args, space, runs)
         out = Path(args.out)
@@ -256,10 +260,6 @@ def with_seed_searches(labels: list[str]) -> list[str]:
 
 def _finished(folder: Path) -> bool:
     return _run_record(folder).get("status") == "finished"
-
-
-def _refined(folder: Path) -> bool:
-    return _run_record(folder).get("refine") is not None
 
 
 def _run_record(folder: Path) -> dict:

@@ -18,11 +18,24 @@ The indicator of a format is the quantization step it learned:
 * scaled float formats (FP8/FP6/FP4): the learned range per level, ``s * max_value / (2^(bits-1) - 1)``, which is
   the LSQ step for an int format and, for a float grid, the step of a uniform grid of as many levels over the
   same learned clipping range;
-* formats without a learned scale (OCP MX, fp16/bf16 casts, fp32) get no learned step; they get the step of the
-  uniform grid with the same rounding error, ``sqrt(12) * RMS(Q(x) - x)``, measured on the weight and on a batch
-  of the layer's inputs (fp32: 0). It has the units of a learned step (for a uniform grid without clipping the
-  two coincide) but it is measured, not learned: it reflects the tensor's distribution, not the importance the
-  joint training assigns, so an MX option competes on a different footing from the learned ones beside it.
+* OCP MX formats learn no scale (each block of 32 takes a power of two from its own range). ``mx_step`` says
+  what stands in for their step:
+
+  - ``"element"`` (default): the learned step of the scaled format with the same element grid (``fp4_e2m1``
+    for ``mxfp4_e2m1``, ``int8`` for ``mxint8``) in the same layer, times the ratio of the two formats' RMS
+    rounding errors on the tensor (the weight, or a batch of the layer's inputs). The MX option then sits
+    beside its element format on the joint training's scale, below it exactly when block scaling rounds that
+    tensor more finely. A layer whose menu lacks the element format learned nothing to compare with: there the
+    MX format takes the ``"error"`` step;
+  - ``"error"`` (the project's earlier variant): the step of the uniform grid with the same rounding error,
+    ``sqrt(12) * RMS(Q(x) - x)``. It has a step's units (for a uniform grid without clipping the two coincide)
+    but is measured, not learned: it reflects the tensor's distribution, not the importance the joint training
+    assigns, so an MX option competed on a different footing from the learned ones beside it.
+
+  Cast formats (fp16/bf16, fp32) have no element counterpart and always take the error-derived step (fp32: 0).
+  On the 8-epoch supernet the two tie (``experiments/results/bench_search_quality_default_8ep_limpq_mx.md``: each
+  front 0 wins, 6 ties, 2 losses against the best uniform format on the test split); ``"element"`` is the default
+  because it compares like with like.
 
 ``indicator`` says how they enter the ILP: ``"step"`` (default, the paper) uses the steps as they are;
 ``"normalised"`` (the project's earlier variant) divides each by the RMS of the tensor it quantizes, which keeps
@@ -67,7 +80,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from automq.model.arch import layer_specs
-from automq.numerics.formats import get_format
+from automq.numerics.formats import FixedPointElement, format_names, get_format
 from automq.numerics.quant import Quantizer
 from automq.strategies._assign import FormatAssignmentStrategy, FormatProblem, Solver, supernet_and_data
 from automq.strategies._checkpoint import PhaseCheckpoint
@@ -90,6 +103,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "limpq_indicators"  # in the search directory: the indicator run's state, then its result
 SCHEDULES = ("uniform_plus_random", "random")
 INDICATOR_KINDS = ("step", "normalised")
+MX_STEPS = ("element", "error")
 Configuration = dict[str, tuple[str, str]]  # layer -> (w_fmt, a_fmt)
 
 
@@ -165,13 +179,14 @@ def learn_indicators(
     seed: int = 0,
     schedule: str = "uniform_plus_random",
     indicator: str = "step",
+    mx_step: str = "element",
     checkpoint: PhaseCheckpoint | None = None,
 ) -> Indicators:
     """The joint indicator-training run on a copy of ``supernet`` (the original is left untouched): ``steps``
     SGD steps of cross-entropy on ``train``, each over the configurations of ``schedule`` (see the module
     docstring), then the ``indicator`` of every format. With ``checkpoint``, the run saves its state there at
     intervals, and the indicators when it ends, and continues from what it finds there."""
-    _check_scheme(schedule, indicator)
+    _check_scheme(schedule, indicator, mx_step)
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None and "indicators" in saved:
         return Indicators(**saved["indicators"])
@@ -211,16 +226,16 @@ def learn_indicators(
     for name, layer in layers.items():
         layer.set_active(specs[name])
     indicators = _measure_indicators(net, layers, menus, next(endless_batches(train, batch_size, seed + 1))[0],
-                                     normalise=indicator == "normalised")
+                                     normalise=indicator == "normalised", mx_step=mx_step)
     if checkpoint is not None:
         checkpoint.save({"indicators": dataclasses.asdict(indicators)})
     return indicators
 
 
-def _check_scheme(schedule: str, indicator: str) -> None:
-    if schedule not in SCHEDULES or indicator not in INDICATOR_KINDS:
-        raise ValueError(f"LIMPQ: schedule must be one of {SCHEDULES} and indicator one of {INDICATOR_KINDS}; "
-                         f"got {schedule!r} and {indicator!r}")
+def _check_scheme(schedule: str, indicator: str, mx_step: str) -> None:
+    if schedule not in SCHEDULES or indicator not in INDICATOR_KINDS or mx_step not in MX_STEPS:
+        raise ValueError(f"LIMPQ: schedule must be one of {SCHEDULES}, indicator one of {INDICATOR_KINDS} and "
+                         f"mx_step one of {MX_STEPS}; got {schedule!r}, {indicator!r} and {mx_step!r}")
 
 
 def _activate(layers: dict[str, ElasticQuantLayer], specs: Mapping[str, Any], configuration: Configuration) -> None:
@@ -232,9 +247,9 @@ def _activate(layers: dict[str, ElasticQuantLayer], specs: Mapping[str, Any], co
 @torch.no_grad()
 def _measure_indicators(net: nn.Module, layers: dict[str, ElasticQuantLayer],
                         menus: dict[str, tuple[tuple[str, ...], tuple[str, ...]]], images: Tensor, *,
-                        normalise: bool) -> Indicators:
-    """The steps of every layer's formats, on its active weight and its inputs of ``images``; with ``normalise``,
-    each divided by the RMS of the tensor it quantizes."""
+                        normalise: bool, mx_step: str = "element") -> Indicators:
+    """The steps of every layer's formats, on its active weight and its inputs of ``images`` (MX formats' by
+    ``mx_step``); with ``normalise``, each divided by the RMS of the tensor it quantizes."""
     inputs = _layer_inputs(net, layers, images.to(next(net.parameters()).device))
     weights, activations = {}, {}
     for name, layer in layers.items():
@@ -242,8 +257,8 @@ def _measure_indicators(net: nn.Module, layers: dict[str, ElasticQuantLayer],
         weight = layer.weight_of(layer.active)
         # an all-zero tensor keeps its raw steps
         w_unit, a_unit = (max(_rms(weight), 1e-12), max(_rms(inputs[name]), 1e-12)) if normalise else (1.0, 1.0)
-        weights[name] = {f: _step(layer.w_quant, f, weight) / w_unit for f in w_menu}
-        activations[name] = {f: _step(layer.a_quant, f, inputs[name]) / a_unit for f in a_menu}
+        weights[name] = {f: _step(layer.w_quant, f, weight, mx_step) / w_unit for f in w_menu}
+        activations[name] = {f: _step(layer.a_quant, f, inputs[name], mx_step) / a_unit for f in a_menu}
     return Indicators(weights, activations)
 
 
@@ -264,15 +279,37 @@ def _layer_inputs(net: nn.Module, layers: dict[str, ElasticQuantLayer], images: 
     return inputs
 
 
-def _step(quantizer: Quantizer, fmt: str, x: Tensor) -> float:
+@torch.no_grad()
+def _step(quantizer: Quantizer, fmt: str, x: Tensor, mx_step: str = "element") -> float:
     """The quantization step of ``fmt`` on ``x`` (see the module docstring): learned when the format has a
-    learned scale, else that of the uniform grid with the same RMS error."""
+    learned scale; for an MX format with ``mx_step="element"``, its element format's, scaled by the ratio of
+    their rounding errors; else that of the uniform grid with the same RMS error."""
     spec = get_format(fmt)
-    quantized = quantizer(x, fmt)  # also initialises, from x, a scale the run happened never to draw
-    if not spec.learnable_scale:
-        return math.sqrt(12.0) * _rms(quantized - x)  # 0 for fp32
-    scale = quantizer.scale(fmt, x.shape[0] if quantizer.channels is not None else 1)
-    return float(scale.detach().abs().mean()) * spec.max_value / (2.0 ** (spec.bits - 1) - 1)
+    error = _rms(quantizer(x, fmt) - x)  # also initialises, from x, a scale the run happened never to draw
+    if spec.learnable_scale:
+        scale = quantizer.scale(fmt, x.shape[0] if quantizer.channels is not None else 1)
+        return float(scale.detach().abs().mean()) * spec.max_value / (2.0 ** (spec.bits - 1) - 1)
+    counterpart = element_counterpart(fmt) if mx_step == "element" else None
+    if counterpart not in quantizer.formats:  # None too: no counterpart, or the error-derived step asked for
+        return math.sqrt(12.0) * error  # 0 for fp32
+    counterpart_error = _rms(quantizer(x, counterpart) - x)
+    return _step(quantizer, counterpart, x) * error / counterpart_error if counterpart_error > 0 else 0.0
+
+
+def element_counterpart(fmt: str) -> str | None:
+    """The registered format with a learned scale on the element grid of the MX format ``fmt`` (a float element:
+    the float format of that element; MXINT8's fixed-point element: the int format of its bits), or ``None``."""
+    spec = get_format(fmt)
+    element = getattr(spec, "element", None)
+    if spec.family != "mx" or element is None:
+        return None
+    for name in format_names():
+        other = get_format(name)
+        same_float = other.family == "float" and getattr(other, "element", None) == element
+        same_int = isinstance(element, FixedPointElement) and other.family == "int" and other.bits == element.bits
+        if other.learnable_scale and (same_float or same_int):
+            return name
+    return None
 
 
 def _rms(x: Tensor) -> float:
@@ -290,6 +327,8 @@ class LIMPQ(FormatAssignmentStrategy):
             authors' scheme) or ``"random"`` (one random configuration per batch).
         indicator: ``"step"`` (the learned steps, the paper) or ``"normalised"`` (divided by the RMS of the
             quantized tensor).
+        mx_step: what stands in for an MX format's step: ``"element"`` (its element format's learned step times
+            the ratio of their rounding errors) or ``"error"`` (the step of a uniform grid with its rounding error).
         batch_size, lr: of that run (SGD, Nesterov momentum 0.9, no weight decay).
         arch, metric, time_limit: see :class:`~automq.strategies._assign.FormatAssignmentStrategy`.
     """
@@ -298,13 +337,14 @@ class LIMPQ(FormatAssignmentStrategy):
     options = "joint"
 
     def __init__(self, *, alpha: float = 2.0, steps: int = 300, batch_size: int = 128, lr: float = 0.01,
-                 schedule: str = "uniform_plus_random", indicator: str = "step", **kwargs: Any) -> None:
+                 schedule: str = "uniform_plus_random", indicator: str = "step", mx_step: str = "element",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if alpha < 0 or steps < 1:
             raise ValueError(f"LIMPQ needs alpha >= 0 and steps >= 1, got alpha={alpha}, steps={steps}")
-        _check_scheme(schedule, indicator)
+        _check_scheme(schedule, indicator, mx_step)
         self.alpha, self.steps, self.batch_size, self.lr = alpha, steps, batch_size, lr
-        self.schedule, self.indicator = schedule, indicator
+        self.schedule, self.indicator, self.mx_step = schedule, indicator, mx_step
 
     def prepare(self, formats: FormatProblem, evaluator: Evaluator, *, seed: int,
                 state_dir: Path | None = None) -> tuple[Solver, dict[str, Any]]:
@@ -312,10 +352,10 @@ class LIMPQ(FormatAssignmentStrategy):
         start = time.perf_counter()
         checkpoint = PhaseCheckpoint(state_dir, CHECKPOINT_NAME, {
             "arch": formats.arch.id, "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "seed": seed,
-            "schedule": self.schedule, "indicator": self.indicator})
+            "schedule": self.schedule, "indicator": self.indicator, "mx_step": self.mx_step})
         indicators = learn_indicators(supernet, evaluator.space, formats.arch, data.train, steps=self.steps,
                                       batch_size=self.batch_size, lr=self.lr, seed=seed, schedule=self.schedule,
-                                      indicator=self.indicator, checkpoint=checkpoint)
+                                      indicator=self.indicator, mx_step=self.mx_step, checkpoint=checkpoint)
         seconds = time.perf_counter() - start
         logger.info("LIMPQ indicator training: %d steps in %.1f s", self.steps, seconds)
         objective = indicators.objective(formats, self.alpha)
@@ -326,4 +366,5 @@ class LIMPQ(FormatAssignmentStrategy):
         erased = sorted(f"{operand}:{layer}:{fmt}" for operand, table in indicators.erased().items()
                         for layer, names in table.items() for fmt in names)
         return solve, {"indicator_steps": self.steps, "indicator_s": seconds, "alpha": self.alpha,
-                       "schedule": self.schedule, "indicator": self.indicator, "erased": erased}
+                       "schedule": self.schedule, "indicator": self.indicator, "mx_step": self.mx_step,
+                       "erased": erased}

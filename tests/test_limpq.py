@@ -127,7 +127,7 @@ def test_an_interrupted_indicator_run_resumes_to_the_uninterrupted_indicators(
 def test_step_is_the_learned_range_per_level_or_the_error_equivalent_step() -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 64)
-    quant = Quantizer(["int4", "fp8_e4m3", "mxfp4_e2m1"], channels=4, signed=True)
+    quant = Quantizer(["int4", "fp8_e4m3", "mxfp4_e2m1"], channels=4, signed=True)  # no fp4_e2m1: MX takes "error"
     quant(x, "int4")
     with torch.no_grad():
         quant.scales["int4"].copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
@@ -140,8 +140,32 @@ def test_step_is_the_learned_range_per_level_or_the_error_equivalent_step() -> N
     assert _step(quant, "fp8_e4m3", x) == pytest.approx(0.01 * 448 / 127, rel=tolerance)  # range / 127 levels
     error = quant(x, "mxfp4_e2m1") - x
     # a uniform grid of step d has RMS error d / sqrt(12); both sides take the same float32 mean of squares
-    assert _step(quant, "mxfp4_e2m1", x) == pytest.approx(math.sqrt(12 * float(error.square().mean())),
-                                                          rel=tolerance)
+    for mx_step in ("element", "error"):
+        assert _step(quant, "mxfp4_e2m1", x, mx_step) == pytest.approx(
+            math.sqrt(12 * float(error.square().mean())), rel=tolerance)
+
+
+def test_an_mx_step_is_its_element_formats_learned_step_scaled_by_their_rounding_errors() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 64)
+    quant = Quantizer(["fp4_e2m1", "mxfp4_e2m1"], channels=4, signed=True)
+    quant(x, "fp4_e2m1")
+    with torch.no_grad():
+        quant.scales["fp4_e2m1"].copy_(torch.tensor([0.2, 0.3, 0.4, 0.5]))
+        mx_error = float((quant(x, "mxfp4_e2m1") - x).square().mean().sqrt())
+        fp4_error = float((quant(x, "fp4_e2m1") - x).square().mean().sqrt())
+    assert 0 < mx_error < fp4_error  # blocks of 32 fit their range better than these coarse per-row scales
+    fp4_step = 0.35 * 6 / 7  # mean scale times E2M1's largest element over its 7 positive levels
+    tolerance = 16 * EPS32  # the float32 scales and means of squares, then a few products
+    assert _step(quant, "mxfp4_e2m1", x) == pytest.approx(fp4_step * mx_error / fp4_error, rel=tolerance)
+    assert _step(quant, "mxfp4_e2m1", x, "error") == pytest.approx(math.sqrt(12) * mx_error, rel=tolerance)
+
+
+def test_the_element_counterpart_of_each_mx_format_has_its_grid_and_a_learned_scale() -> None:
+    assert {fmt: limpq.element_counterpart(fmt) for fmt in ("mxfp8_e4m3", "mxfp6_e3m2", "mxfp4_e2m1", "mxint8",
+                                                          "fp4_e2m1", "int8", "fp16", "fp32")} == {
+        "mxfp8_e4m3": "fp8_e4m3", "mxfp6_e3m2": "fp6_e3m2", "mxfp4_e2m1": "fp4_e2m1", "mxint8": "int8",
+        "fp4_e2m1": None, "int8": None, "fp16": None, "fp32": None}
 
 
 def test_objective_is_activation_plus_alpha_times_weight(space: SearchSpace, indicators: Indicators) -> None:
@@ -256,6 +280,8 @@ def test_rejects_bad_hyper_parameters() -> None:
         LIMPQ(schedule="uniform")
     with pytest.raises(ValueError, match="indicator one of"):
         LIMPQ(indicator="rms")
+    with pytest.raises(ValueError, match="mx_step one of"):
+        LIMPQ(mx_step="learned")
     with pytest.raises(ValueError, match="metric"):
         LIMPQ(metric="accuracy")
     assert np.isfinite(LIMPQ().alpha)
