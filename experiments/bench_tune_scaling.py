@@ -89,7 +89,8 @@ def main() -> None:
             for b in sorted({1, args.batch_size}) for w in (1, 2)]
     by = {(r["workers"], r["batch_size"]): r for r in runs}
     speedup = {b: by[(2, b)]["trials_per_min"] / by[(1, b)]["trials_per_min"] for b in sorted({1, args.batch_size})}
-    result = {"command": command(), "machine": machine(), "space": args.space, "supernet": args.supernet or "freshly initialised (timing only)",
+    result = {"command": command(), "machine": machine(), "space": args.space,
+              "supernet": args.supernet or "freshly initialised (timing only)",
               "eval_size": space.search.eval_size, "calib_size": space.search.calib_size,
               "cpu_count": os.cpu_count(), "load_average_before": load_before,
               "load_average_after": os.getloadavg(), "runs": runs, "speedup_2_over_1": speedup,
