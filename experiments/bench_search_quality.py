@@ -48,6 +48,7 @@ from automq.oneshot.evaluate import OneShotEstimator
 from automq.report.comparison import analyse_runs, find_baselines
 from automq.report.final import measure_final, pairings, verdict
 from automq.search.driver import run_search
+from automq.io import atomic_write_text
 from automq.search.refine import SEARCH_KEYS
 from automq.search.results import (RUN_FILE, SearchResult, hypervolume_scales, load_trials, pareto_trials,
                                    space_objectives)
@@ -126,6 +127,8 @@ def main() -> None:
                         help="--default-space: after running --searches, analyse every finished search")
     parser.add_argument("--name", default="bench_search_quality_default",
                         help="--default-space: file name (no suffix) of the results in --out")
+    parser.add_argument("--render", action="store_true",
+                        help="--default-space: only write --name's Markdown again from its JSON in --out")
     parser.add_argument("--space", default="spaces/tiny_enum.yaml")
     parser.add_argument("--run", default="runs/bench_tiny_enum", help="supernet run folder (trained if empty)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -137,6 +140,11 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
+    if args.default_space and args.render:
+        out = Path(args.out)
+        result = json.loads((out / f"{args.name}.json").read_text())
+        atomic_write_text(out / f"{args.name}.md", default_markdown(result))
+        return
     if args.default_space:
         default_space_benchmark(args)
         return
@@ -365,7 +373,27 @@ def default_markdown(result: dict) -> str:
                      f"{c['searched_bitops']:.4g} | {100 * c['searched_val_accuracy']:.2f} | "
                      f"{100 * c['searched_test_accuracy']:.2f} | {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} | "
                      f"{c['verdict']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ceiling_lines(result["final"])) + "\n"
+
+
+def ceiling_lines(final: dict) -> list[str]:
+    """What any search could win here: the most accurate candidate measured on the test split, at any cost and from
+    any search, and its paired comparisons with the best uniform formats it was compared with. Where even it ties
+    a uniform format, no measured candidate wins a budget whose best uniform format that is."""
+    best = max(final["candidates"], key=lambda c: c["test_accuracy"])
+    versus = {(c["uniform"], c["uniform_trial"]): c for c in final["comparisons"]
+              if c.get("searched_id") == best["candidate_id"]}
+    lines = ["", "## Ceiling", "",
+             f"The most accurate candidate measured on the test split, at any cost and from any search: "
+             f"{100 * best['test_accuracy']:.2f}% ({best['run']}, {best['bitops']:.4g} BitOps)."]
+    for (uniform, _), c in sorted(versus.items()):
+        budgets = [f"{b['budget']:.4g}" for b in final["comparisons"] if b["uniform"] == uniform
+                   and b["run"] == c["run"]]
+        out_of_reach = c["verdict"] == "tie"
+        lines.append(f"Against uniform {uniform} ({100 * c['uniform_test_accuracy']:.2f}%, the best uniform format at "
+                     f"{', '.join(budgets)} BitOps): {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} points, "
+                     f"a {c['verdict']}" + (": no measured candidate wins those budgets." if out_of_reach else "."))
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""The search-quality benchmark's pure parts (experiments/bench_search_quality.py), on hand-built records: the
+ceiling names the most accurate candidate measured at any cost and says which budgets even it cannot win, and the
+searches that seed another run before it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
+from bench_search_quality import ceiling_lines, with_seed_searches  # noqa: E402
+
+
+def comparison(run: str, budget: float, uniform: str, searched_id: str | None, difference: float, se: float,
+               verdict: str) -> dict:
+    trial, accuracy = {"int2/int4": (1, 0.85), "int4/int8": (2, 0.888)}[uniform]
+    return {"run": run, "budget": budget, "uniform": uniform, "uniform_trial": trial,
+            "uniform_test_accuracy": accuracy, "searched_id": searched_id,
+            "difference": difference, "se": se, "verdict": verdict}
+
+
+FINAL = {
+    "candidates": [
+        {"run": "evo", "candidate_id": "a", "bitops": 3.0e7, "test_accuracy": 0.862},
+        {"run": "evo", "candidate_id": "b", "bitops": 1.3e8, "test_accuracy": 0.8888},  # the most accurate
+        {"run": "uniform", "candidate_id": "u", "bitops": 1.0e8, "test_accuracy": 0.888},
+    ],
+    "comparisons": [
+        comparison("evo", 4e7, "int2/int4", "a", 0.012, 0.003, "win"),
+        comparison("evo", 1e8, "int4/int8", "u", 0.0, 0.0, "tie"),
+        comparison("evo", 1.5e8, "int4/int8", "b", 0.0008, 0.0014, "tie"),
+        comparison("nsga", 1.5e8, "int4/int8", "u", 0.0, 0.0, "tie"),
+    ],
+}
+
+
+def test_the_ceiling_is_the_most_accurate_candidate_and_the_budgets_it_ties() -> None:
+    assert ceiling_lines(FINAL) == [
+        "", "## Ceiling", "",
+        "The most accurate candidate measured on the test split, at any cost and from any search: 88.88% (evo, "
+        "1.3e+08 BitOps).",
+        "Against uniform int4/int8 (88.80%, the best uniform format at 1e+08, 1.5e+08 BitOps): +0.08 ± 0.14 points, "
+        "a tie: no measured candidate wins those budgets."]
+
+
+def test_a_ceiling_that_beats_the_uniform_format_claims_nothing_out_of_reach() -> None:
+    won = {**FINAL, "comparisons": [{**c, "difference": 0.01, "verdict": "win"} if c["searched_id"] == "b" else c
+                                     for c in FINAL["comparisons"]]}
+    assert ceiling_lines(won)[-1].endswith("+1.00 ± 0.14 points, a win.")
+
+
+def test_seeding_searches_run_before_the_search_they_seed() -> None:
+    assert with_seed_searches(["evolution-seeded", "tune-nsga2"]) == ["tune-nsga2", "limpq", "clado",
+                                                                      "evolution-seeded"]
+    assert with_seed_searches(["clado", "evolution-seeded"]) == ["clado", "limpq", "evolution-seeded"]
