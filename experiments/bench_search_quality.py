@@ -48,7 +48,7 @@ from automq.oneshot.evaluate import OneShotEstimator
 from automq.report.comparison import analyse_runs, find_baselines
 from automq.report.final import measure_final, pairings, verdict
 from automq.search.driver import run_search
-from automq.io import atomic_write_text
+from automq.io import atomic_write_json, atomic_write_text
 from automq.search.refine import SEARCH_KEYS
 from automq.search.results import (RUN_FILE, SearchResult, hypervolume_scales, load_trials, pareto_trials,
                                    space_objectives)
@@ -57,6 +57,7 @@ from automq.strategies.tune import TuneStrategy
 from automq.search.strategy import Budget
 from automq.search.trial import Trial
 from automq.oneshot.train import SUPERNET, train_supernet
+from provenance import command, header, machine
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
@@ -148,6 +149,7 @@ def main() -> None:
     if args.default_space:
         default_space_benchmark(args)
         return
+    started = time.perf_counter()
     space = SearchSpace.from_file(args.space)
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,22 +173,23 @@ def main() -> None:
     def summarise(values: dict[str, list[list[float]]]) -> dict[str, list[dict[str, float]]]:
         return {s: [{"mean": statistics.mean(col), "std": statistics.pstdev(col), "min": min(col)}
                     for col in zip(*runs)] for s, runs in values.items()}
-    result = {"space": args.space, "candidates": len(all_trials), "run": str(run), "epochs": args.epochs,
+    result = {"command": command(), "machine": machine(), "space": args.space, "candidates": len(all_trials),
+              "run": str(run), "epochs": args.epochs,
               "train_subset": args.train_subset, "eval_size": args.eval_size,
               "enumeration_s": json.loads((run / "exhaustive_table.json").read_text())["seconds"],
               "exhaustive_front_size": len(front), "exhaustive_hypervolume": reference,
               "checkpoints": args.checkpoints, "seeds": args.seeds, "ratios": ratios, "summary": summarise(ratios),
               "front_recall": recalls, "front_recall_summary": summarise(recalls),
-              "load_average": os.getloadavg()}
-    (out / "bench_search_quality.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench_search_quality.md").write_text(markdown(result))
+              "load_average": os.getloadavg(), "wall_s": time.perf_counter() - started}
+    atomic_write_json(out / "bench_search_quality.json", result)
+    atomic_write_text(out / "bench_search_quality.md", markdown(result))
     print(markdown(result))
 
 
 def markdown(result: dict) -> str:
     checkpoints = result["checkpoints"]
     lines = [
-        "# Search quality of the `tune` samplers against the exhaustive front", "",
+        "# Search quality of the `tune` samplers against the exhaustive front", "", *header(result), "",
         f"Space `{result['space']}` ({result['candidates']} candidates). Supernet trained for {result['epochs']} "
         f"epochs on {result['train_subset']} images; every candidate scored by the one-shot estimator on "
         f"{result['eval_size']} validation images ({result['enumeration_s']:.0f} s in all). Exhaustive front: "
