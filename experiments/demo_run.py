@@ -107,8 +107,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "On the test split, against the best uniform format at each uniform budget (a win or loss only "
               "beyond 2 paired standard errors):", ""]
     for name, counts in final["summary"].items():
-        lines.append(f"- {name}: {counts['win']} wins, {counts['tie']} ties, {counts['loss']} losses of "
-                     f"{counts['budgets']} budgets")
+        verdicts = ", ".join(_count(counts[key], word) for key, word in (("win", "win"), ("tie", "tie"),
+                                                                          ("loss", "loss")))
+        lines.append(f"- {name}: {verdicts} of {counts['budgets']} budgets")
     lines += ["", "| search | BitOps budget | best uniform | uniform test % | searched BitOps | searched test % | "
               "difference [points] | verdict |", "|---|---:|---|---:|---:|---:|---|---|"]
     for c in final["comparisons"]:
@@ -117,6 +118,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {c['run']} | {c['budget']:.4g} | {c['uniform']} | {100 * c['uniform_test_accuracy']:.2f} | "
                      f"{searched} | {c['verdict']} |")
     return "\n".join(lines + [""])
+
+
+def _count(number: int, word: str) -> str:
+    return f"{number} {word}{'' if number == 1 else 'es' if word.endswith('s') else 's'}"
 
 
 if __name__ == "__main__":
