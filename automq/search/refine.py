@@ -34,7 +34,11 @@ Not the refined trials: those were chosen for scoring high on the first images, 
 (``experiments/results/refine_shift_bias.md``). A trial not refined records ``accuracy`` = its measured accuracy
 less the shift, and ``accuracy_shift`` = the shift: ``accuracy + accuracy_shift`` is what was measured on
 ``accuracy_images`` images. The shifts are recorded, as fractions like the accuracies, in
-``run_info["refine"]["shift"]`` keyed by ``r``, and the probes' trial numbers under ``"probes"``.
+``run_info["refine"]["shift"]`` keyed by ``r``, and the probes' trial numbers under ``"probes"``. The shift is one
+number per ``r``, but it depends on the candidate: the first images favour weak candidates more, by 0.33 points of
+shift per point of accuracy on the 8-epoch benchmark (``experiments/results/shift_by_accuracy.md``), so a strong
+trial that is not re-scored is under-rated by up to about a point against the probes' mean; the uniform
+references are re-scored for that reason.
 
 A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``,
 a shifted one its search-time accuracy as ``accuracy_search``; ``accuracy_images`` says how many images
