@@ -231,7 +231,7 @@ DEFAULT_SEARCHES = {  # label -> (strategy, options); every search runs in-proce
 SWEEP_SEARCHES = ("limpq", "limpq-mx-error", "clado")  # one candidate per level: SWEEP_LEVELS levels
 SWEEP_LEVELS = 100
 SEEDED = {"evolution-seeded": ("limpq", "clado")}  # search -> the searches whose candidates seed it
-DEMO_SEARCHES = ("evolution", "tune-nsga2")  # also run at the demo's size, search.trials, as `automq demo` would
+DEMO_SEARCHES = ("evolution", "tune-nsga2", "evolution-seeded")  # also run at the demo's size, search.trials
 DEFAULT_CHECKPOINTS = (100, 300, 1000)
 
 
