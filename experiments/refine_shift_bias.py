@@ -15,10 +15,6 @@ each scored on the whole split here, with its standard error.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +24,7 @@ import torch
 from automq.io import atomic_write_json, atomic_write_text
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.search.results import load_search_dir
+from provenance import command, header, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,7 +48,7 @@ def measure(folder: Path, estimator: OneShotEstimator, sample: int, seed: int) -
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     lines = ["# The refinement's shift: refined trials against random ones", "",
-             f"- command: `{meta['command']}`", f"- machine: {meta['machine']}", f"- wall time: {meta['wall_s']} s",
+             *header(meta),
              f"- supernet: {meta['supernet']}; the search's images: the first {meta['val_images']} of the "
              f"{meta['max_images']} validation images", "",
              "Shift: accuracy on the search's images less accuracy on the whole split, in points. 'recorded': the "
@@ -78,11 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     estimator = OneShotEstimator.from_run(args.supernet)
     rows = [measure(folder, estimator, args.sample, args.seed) for folder in args.searches]
-    meta = {"command": shlex.join(["PYTHONPATH=.", f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
-                                   ".venv/bin/python", *sys.argv]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs, 1 torch thread, torch "
-                       f"{torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-            "supernet": str(args.supernet), "val_images": estimator.val_images, "max_images": estimator.max_images,
+    meta = {"command": command(), "machine": machine(), "supernet": str(args.supernet), "val_images": estimator.val_images, "max_images": estimator.max_images,
             "wall_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(args.out.with_suffix(".json"), {**meta, "rows": rows})
     atomic_write_text(args.out.with_suffix(".md"), markdown(meta, rows))
