@@ -284,16 +284,21 @@ def _step(quantizer: Quantizer, fmt: str, x: Tensor, mx_step: str = "element") -
     """The quantization step of ``fmt`` on ``x`` (see the module docstring): learned when the format has a
     learned scale; for an MX format with ``mx_step="element"``, its element format's, scaled by the ratio of
     their rounding errors; else that of the uniform grid with the same RMS error."""
-    spec = get_format(fmt)
     error = _rms(quantizer(x, fmt) - x)  # also initialises, from x, a scale the run happened never to draw
-    if spec.learnable_scale:
-        scale = quantizer.scale(fmt, x.shape[0] if quantizer.channels is not None else 1)
-        return float(scale.detach().abs().mean()) * spec.max_value / (2.0 ** (spec.bits - 1) - 1)
+    if get_format(fmt).learnable_scale:
+        return _learned_step(quantizer, fmt, x)
     counterpart = element_counterpart(fmt) if mx_step == "element" else None
     if counterpart not in quantizer.formats:  # None too: no counterpart, or the error-derived step asked for
         return math.sqrt(12.0) * error  # 0 for fp32
     counterpart_error = _rms(quantizer(x, counterpart) - x)
-    return _step(quantizer, counterpart, x) * error / counterpart_error if counterpart_error > 0 else 0.0
+    return _learned_step(quantizer, counterpart, x) * error / counterpart_error if counterpart_error > 0 else 0.0
+
+
+def _learned_step(quantizer: Quantizer, fmt: str, x: Tensor) -> float:
+    """The learned range per level of ``fmt``, whose scale ``quantizer`` holds (mean over channels)."""
+    spec = get_format(fmt)
+    scale = quantizer.scale(fmt, x.shape[0] if quantizer.channels is not None else 1)
+    return float(scale.detach().abs().mean()) * spec.max_value / (2.0 ** (spec.bits - 1) - 1)
 
 
 def element_counterpart(fmt: str) -> str | None:
