@@ -34,9 +34,7 @@ import dataclasses
 import itertools
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -57,7 +55,7 @@ from automq.strategies.tune import TuneStrategy
 from automq.search.strategy import Budget
 from automq.search.trial import Trial
 from automq.oneshot.train import SUPERNET, train_supernet
-from provenance import command, header, machine
+from provenance import command, header, machine, machine_text
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
@@ -300,9 +298,8 @@ def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) ->
     final = measure_final(folders, args.default_space, runs / "final")
     for label, counts in final["summary"].items():
         searches[Path(final["searches"][label]).name]["final"] = counts
-    return {"command": " ".join([sys.executable, *sys.argv]), "space": DEFAULT_SPACE,
-            "supernet": args.default_space, "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                          time.gmtime()),
+    return {"command": command(), "space": DEFAULT_SPACE, "supernet": args.default_space, "machine": machine(),
+            "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "eval_size": estimator.val_images, "searches": searches, "final_wall_s": time.perf_counter() - start,
             "final": final}
 
@@ -328,17 +325,11 @@ def budgets_beaten(trials: list[Trial], uniform: SearchResult, estimator: OneSho
             "budgets": len(verdicts)}
 
 
-def _machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "shared": "2-core CPU shared with other developers' jobs", "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
-
-
 def default_markdown(result: dict) -> str:
     """The committed summary of a default-space benchmark."""
     lines = ["# Search quality on the default space (`spaces/mbv2_fmnist.yaml`)", "",
              f"`{result['command']}`", "",
-             f"- supernet: {result['supernet']}; machine: {result['machine']}; {result['date']}",
+             f"- supernet: {result['supernet']}; machine: {machine_text(result['machine'])}; {result['date']}",
              f"- every search in-process on one torch thread, scored by the one-shot estimator on the first "
              f"{result['eval_size']} validation images; `refined`: whether its front was then re-scored on the whole "
              "validation split (the final comparison picks each candidate by that validation accuracy); time: the "

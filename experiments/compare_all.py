@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import shutil
 import sys
 import time
@@ -57,6 +55,7 @@ from automq.search.driver import run_search
 from automq.space.space import SearchSpace
 from automq.search.strategy import create_strategy, strategy_names
 from automq.oneshot.train import SUPERNET, train_supernet, training_summary, training_text
+from provenance import command, machine, machine_text
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs"
@@ -244,16 +243,10 @@ def copy_searches(folders: Mapping[str, Path], destination: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ summary
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def markdown(summary: Mapping[str, Any]) -> str:
     """The run record: command, machine, load, wall times, evaluations and hypervolumes per strategy, and the
     test-split comparison; the fronts themselves are in report.md."""
-    host, supernet = summary["machine"], summary["supernet"]
+    supernet = summary["supernet"]
     lines = [
         f"# Strategy comparison: config `{summary['config']}`", "",
         summary["description"], "",
@@ -261,9 +254,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
         f"- space: `{summary['space']}`; {summary['evaluations']} evaluations per strategy; per-level strategies at "
         f"{summary['evaluations']} levels from {min(summary['levels']):g} to {max(summary['levels']):g} of the "
         "largest candidate's BitOps",
-        f"- machine: {host['platform']}, {host['cpu_count']} CPUs, torch {host['torch']} with {host['torch_threads']} "
-        f"threads{', GPU ' + host['cuda'] if host['cuda'] else ', no GPU'}; 1-min load average "
-        f"{summary['load_before'][0]:.1f} at the start, {summary['load_after'][0]:.1f} at the end",
+        f"- machine: {machine_text(summary['machine'])}; 1-min load average {summary['load_before'][0]:.1f} at the "
+        f"start, {summary['load_after'][0]:.1f} at the end",
         f"- wall time: {summary['wall_s'] / 60:.1f} min in this invocation; by stage: searches "
         f"{sum(run.get('wall_s') or 0 for run in summary['strategies']) / 60:.1f} min in all (each in the table; a "
         f"'kept' one ran in an earlier invocation), test-split measurement "
@@ -367,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     copy_searches(present, results / "searches")
     final = measure_on_test(list(present.values()), Path(supernet["path"]), results, args.data, args.test_images)
     report = build_report(list(present.values()), results)
-    summary = {"config": config.name, "description": config.description, "command": shlex.join(sys.argv),
+    summary = {"config": config.name, "description": config.description, "command": command(),
                "space": str(config.space), "evaluations": config.evaluations, "levels": list(config.levels),
                "machine": machine(), "load_before": load_before, "load_after": os.getloadavg(),
                "wall_s": time.time() - start, "supernet": supernet, "strategies": runs,

@@ -24,15 +24,23 @@ def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
                platform.processor() or platform.machine())
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def machine_text(info: dict[str, Any]) -> str:
-    """``machine()`` in one line for a Markdown header."""
-    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
-    return (f"{info['cpu']} ({info['usable_cpus']} usable of {info['cpu_count']} CPUs){gpu}, Python "
-            f"{info['python']}, torch {info['torch']}, {info['platform']}")
+    """``machine()`` in one line for a Markdown header; also the records of the scripts' earlier copies of it, which
+    lack some of its keys, name the GPU ``cuda`` and add ``shared`` and ``load_average``."""
+    usable, count, gpu = info.get("usable_cpus"), info.get("cpu_count"), info.get("gpu") or info.get("cuda")
+    cpus = (f"{usable} usable of {count} CPUs" if usable and count else
+            f"{usable} usable CPUs" if usable else f"{count} CPUs")
+    torch_threads = info.get("torch_threads")
+    threads = f" with {torch_threads} thread{'' if torch_threads == 1 else 's'}" if torch_threads else ""
+    parts = [f"{info['cpu']} ({cpus})" if "cpu" in info else cpus, f"GPU {gpu}" if gpu else "",
+             f"Python {info['python']}" if "python" in info else "", f"torch {info['torch']}{threads}",
+             info.get("platform", ""), info.get("shared", ""),
+             f"1-min load average {info['load_average'][0]:.1f}" if "load_average" in info else ""]
+    return ", ".join(part for part in parts if part)
 
 
 def header(result: dict[str, Any]) -> list[str]:

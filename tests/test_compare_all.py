@@ -23,6 +23,7 @@ from automq.search.results import load_trials
 from _spaces import SpaceFactory
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "compare_all.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the scripts import their siblings
 
 
 @pytest.fixture(scope="module")
