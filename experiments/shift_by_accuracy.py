@@ -13,6 +13,13 @@ other (least squares, with a bootstrap interval over candidates) says whether th
 The candidates are each search's probe trials (chosen by search order, not by score) and the space's uniform
 references among its trials (the strongest full-width candidates), each scored once on the whole split.
 
+A dependence on accuracy would call for a shift that depends on the candidate; but the refinement knows only a
+trial's search-time score ``acc(A)``, whose own noise hides much of it. So the study also asks whether a line
+predicting the whole split's accuracy from ``acc(A)`` (least squares) beats the one mean shift: fitted on the probes,
+how far off are the references (the strong candidates a shift must not under-rate), and over all candidates, the
+leave-one-out error of each rule. Every candidate's per-image outcomes on the whole split are kept (``.npz``, bits
+packed, with the split's labels) for studies of the split's order that need no re-scoring.
+
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python experiments/shift_by_accuracy.py runs/fidelity/supernet \\
         runs/bench8p/evolution runs/bench8p/tune-nsga2 ...
 """
@@ -20,13 +27,15 @@ references among its trials (the strongest full-width candidates), each scored o
 from __future__ import annotations
 
 import argparse
+import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from automq.io import atomic_write_json, atomic_write_text
+from automq.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.search.results import load_search_dir
 from automq.space.space import SearchSpace
@@ -62,6 +71,29 @@ def slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
+def prediction_errors(search: np.ndarray, whole: np.ndarray, probe: np.ndarray) -> dict:
+    """How well the one mean shift and a line predict ``whole`` from ``search`` (accuracies, fractions): their
+    error on the candidates not in ``probe`` when fitted on those in it (mean and standard error), and each rule's
+    leave-one-out root mean square error over all candidates."""
+
+    def rules(fit: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        shift = float(np.mean(search[fit] - whole[fit]))
+        line = np.polyfit(search[fit], whole[fit], 1)
+        return {"mean shift": lambda x: x - shift, "line": lambda x: np.polyval(line, x)}
+
+    held_out = ~probe
+    errors = {name: rule(search[held_out]) - whole[held_out] for name, rule in rules(probe).items()}
+    every = np.arange(len(search))
+    loo = {name: [] for name in errors}
+    for i in every:
+        for name, rule in rules(every != i).items():
+            loo[name].append(float(rule(search[i:i + 1])[0] - whole[i]))
+    return {"line_slope": float(np.polyfit(search[probe], whole[probe], 1)[0]),
+            "held_out": {name: {"n": int(held_out.sum()), "mean": float(e.mean()),
+                                "se": float(e.std(ddof=1) / np.sqrt(len(e)))} for name, e in errors.items()},
+            "loo_rmse": {name: float(np.sqrt(np.mean(np.square(e)))) for name, e in loo.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("supernet", type=Path, help="the run folder whose estimator the searches used")
@@ -71,11 +103,14 @@ def main() -> None:
     started = time.perf_counter()
     torch.set_num_threads(1)
     estimator = OneShotEstimator.from_run(args.supernet)
-    rows = []
+    rows, every_outcome = [], []
     for group, candidate in candidates(args.searches).values():
         outcomes = estimator.correctness(candidate, images=estimator.max_images).bools()
         a, b, c, whole = parts(outcomes, estimator.val_images)
         rows.append({"id": candidate.id, "group": group, "acc_a": a, "acc_b": b, "acc_c": c, "acc_all": whole})
+        every_outcome.append(outcomes)
+    labels = estimator.data.val.tensors[1].numpy()
+    save_outcomes(args.out.with_suffix(".npz"), rows, np.array(every_outcome), labels)
     x = np.array([r["acc_c"] for r in rows])
     y = np.array([r["acc_a"] - r["acc_b"] for r in rows])
     rng = np.random.default_rng(0)
@@ -87,10 +122,21 @@ def main() -> None:
               "slope_ci95": [float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))],
               "shift_by_group": {g: {"n": len(v), "mean": float(np.mean(v)),
                                      "se": float(np.std(v, ddof=1) / np.sqrt(len(v)))} for g, v in groups.items() if v},
+              "prediction": prediction_errors(*(np.array([r[k] for r in rows]) for k in ("acc_a", "acc_all")),
+                                              np.array([r["group"] == "probe" for r in rows])),
               "wall_s": time.perf_counter() - started}
     atomic_write_json(args.out.with_suffix(".json"), result)
     atomic_write_text(args.out.with_suffix(".md"), markdown(result))
     print(markdown(result))
+
+
+def save_outcomes(path: Path, rows: list[dict], outcomes: np.ndarray, labels: np.ndarray) -> None:
+    """Per-image outcomes (candidates x images, bits packed along images), candidate ids and groups, and the
+    validation labels, written atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, outcomes=np.packbits(outcomes, axis=1), images=outcomes.shape[1], labels=labels,
+                        ids=np.array([r["id"] for r in rows]), groups=np.array([r["group"] for r in rows]))
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def markdown(result: dict) -> str:
@@ -107,6 +153,16 @@ def markdown(result: dict) -> str:
              "| group | candidates | mean shift ± SE |", "|---|---:|---|"]
     for group, s in result["shift_by_group"].items():
         lines.append(f"| {group} | {s['n']} | {100 * s['mean']:.2f} ± {100 * s['se']:.2f} |")
+    prediction = result["prediction"]
+    lines += ["", "Predicting the whole split's accuracy from the search-time score acc(A), the only thing the "
+              "refinement knows of a trial it does not re-score: the one mean shift against a least-squares line "
+              f"(fitted on the probes: whole = {prediction['line_slope']:.3f} x acc(A) + c). Error = predicted less "
+              "measured, points:", "",
+              "| rule | fitted on the probes: error on the references (mean ± SE) | leave-one-out RMSE, all |",
+              "|---|---:|---:|"]
+    for rule, held in prediction["held_out"].items():
+        lines.append(f"| {rule} | {100 * held['mean']:+.2f} ± {100 * held['se']:.2f} (n={held['n']}) | "
+                     f"{100 * prediction['loo_rmse'][rule]:.3f} |")
     return "\n".join(lines + [""])
 
 

@@ -38,7 +38,10 @@ less the shift, and ``accuracy_shift`` = the shift: ``accuracy + accuracy_shift`
 number per ``r``, but it depends on the candidate: the first images favour weak candidates more, by 0.33 points of
 shift per point of accuracy on the 8-epoch benchmark (``experiments/results/shift_by_accuracy.md``), so a strong
 trial that is not re-scored is under-rated by up to about a point against the probes' mean; the uniform
-references are re-scored for that reason.
+references are re-scored for that reason. A shift predicted from a trial's search-time score (a line fitted on the
+probes) was measured and does no better there (``shift_by_accuracy.md``: the score's own noise hides the
+dependence), and the shift of the trials agreeing with it on the most search images does only a little better
+(``prefix_noise.md``: as good as 20% more images), so the shift stays one number per ``r``.
 
 A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``,
 a shifted one its search-time accuracy as ``accuracy_search``; ``accuracy_images`` says how many images
