@@ -28,9 +28,7 @@ import argparse
 import dataclasses
 import multiprocessing as mp
 import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +48,7 @@ from automq.search.refine import RACE_FRACTION, refine_front
 from automq.search.results import pareto_trials
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
-from provenance import machine
+from provenance import command, machine, machine_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PER_MINUTE = 20.0
@@ -160,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                   flush=True)
     best = max(rows, key=lambda row: row["per_minute"])
     result = {
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": command(),
         "machine": machine(),
         "space": args.space,
         "supernet": supernet_note(args.run),
@@ -184,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 
 def report(result: dict) -> str:
-    box, best = result["machine"], result["best"]
+    best = result["best"]
     verdict = "meets" if result["meets_target"] else "MISSES"
     return "\n".join([
         "# One-shot estimator throughput",
@@ -194,7 +192,7 @@ def report(result: dict) -> str:
         f"- space: `{result['space']}`, supernet: {result['supernet']}",
         f"- per candidate: BN recalibration on {result['calib_images']} train images (batch "
         f"{result['calib_batch']}), validation on {result['val_images']} val images (batch {result['eval_batch']})",
-        f"- machine: {box['cpu']}, {box['usable_cpus']} usable CPUs, torch {box['torch']}; the load averages are "
+        f"- machine: {machine_text(result['machine'])}; the load averages are "
         "those of the whole machine when the row started and ended (other jobs may share the cores)",
         "- each row runs that many estimator processes at once, each with that many torch threads; s/candidate "
         "is per estimate in one process, candidates/min counts all processes together",
@@ -332,7 +330,7 @@ def front_errors(log: Any) -> dict[str, Any]:
 def main_resolution(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     study = resolution_study(args)
-    result = {"command": shlex.join([sys.executable, *sys.argv]), "machine": machine(), "space": args.space,
+    result = {"command": command(), "machine": machine(), "space": args.space,
               "supernet": supernet_note(args.run), "candidates": args.candidates, **study,
               "wall_s": time.perf_counter() - start}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -343,12 +341,12 @@ def main_resolution(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report_resolution(result: dict) -> str:
-    box, search = result["machine"], result["search"]
+    search = result["search"]
     lines = [
         "# One-shot estimator resolution (issue 16)", "",
         f"`{result['command']}`", "",
         f"- space: `{result['space']}`, supernet: {result['supernet']}",
-        f"- machine: {box['cpu']}, {box['usable_cpus']} usable CPUs, torch {box['torch']}; one estimator process "
+        f"- machine: {machine_text(result['machine'])}; one estimator process "
         f"on one torch thread, next to other jobs (load averages below); wall time {result['wall_s']:.0f} s",
         "",
         "## Cost and noise per resolution",

@@ -65,7 +65,7 @@ from automq.oneshot.train import (SUPERNET, load_space_data, load_supernet, trai
 from fidelity_stats import (BOOTSTRAP, LOCAL_WINDOW, TARGET_SPEARMAN, TARGET_TAU, column, correlations, fmt_ci,
                             measured_noise_ceiling, paired_difference, rank_figures, search_figures)
 from fidelity_variants import VARIANTS, variants
-from provenance import machine
+from provenance import machine, machine_text
 
 ROOT = Path(__file__).resolve().parent
 UNIFORM = ("int8", "int4", "fp8_e4m3")
@@ -439,8 +439,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"wall time {result['wall_s'] / 60:.1f} min on {result['threads']} torch thread; 1-min load average "
         f"{result['load_start']:.1f} at the start and {result['load_end']:.1f} at the end on {os.cpu_count()} "
         "CPUs (other jobs share the machine)",
-        *([f"- machine: {box['cpu']}, {box['usable_cpus']} usable CPUs, torch {box['torch']}, GPU "
-           f"{box['gpu'] or 'none'}"] if (box := result.get("machine")) else []),
+        *([f"- machine: {machine_text(result['machine'])}"] if result.get("machine") else []),
         f"- supernet: {result['supernet']} ({training_text(result.get('supernet_training') or {})}); space "
         f"`{result['space']}`",
         f"- scale `{result['scale_name']}` ({s['purpose']}): {s['candidates']} BitOps-stratified candidates + "

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +29,8 @@ from automq.oneshot.train import load_space_data, load_supernet, training_summar
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
 from fidelity_stats import column, fmt_ci, paired_difference, search_figures
-from oneshot_fidelity import SEARCH_KEYS, machine, partner_indices
+from oneshot_fidelity import SEARCH_KEYS, partner_indices
+from provenance import command, machine, machine_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "supernet_recipes_study"
@@ -84,18 +83,17 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
         baseline = scores if baseline is None else baseline
         recipes.append(recipe)
         print(f"{name}: " + ", ".join(f"{key} {figures[key]:.3f}" for key in SEARCH_KEYS), flush=True)
-    return {"command": shlex.join([sys.executable, *sys.argv]), "study": str(args.study), "machine": machine(),
+    return {"command": command(), "study": str(args.study), "machine": machine(),
             "n_candidates": len(rows), "noise_ceiling": ceiling, "recipes": recipes,
             "bitops_alone": study["search_fidelity"]["bitops"], "wall_s": time.perf_counter() - start}
 
 
 def markdown(result: dict[str, Any]) -> str:
     base = result["recipes"][0]["name"]
-    m = result["machine"]
     lines = [
         "# Supernet recipes judged by what a search needs", "",
         f"- command: `{result['command']}`",
-        f"- machine: {m['cpu']}, {m['usable_cpus']} usable CPUs, torch {m['torch']}; wall time "
+        f"- machine: {machine_text(result['machine'])}; wall time "
         f"{result['wall_s'] / 60:.1f} min (one-shot scoring; the supernets' training times are below)",
         f"- ground truth: the {result['n_candidates']} stand-alone candidates of `{result['study']}`; the one-shot "
         "settings are that study's. Ratio: the figure over the ground truth's measured noise ceiling.", "",
