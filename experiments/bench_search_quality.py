@@ -54,7 +54,7 @@ from automq.space.space import SearchSpace
 from automq.strategies.tune import TuneStrategy
 from automq.search.strategy import Budget
 from automq.search.trial import Trial
-from automq.oneshot.train import SUPERNET, train_supernet
+from automq.oneshot.train import SUPERNET, train_supernet, training_summary, training_text
 from provenance import command, header, machine, machine_text
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
@@ -298,7 +298,8 @@ def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) ->
     final = measure_final(folders, args.default_space, runs / "final")
     for label, counts in final["summary"].items():
         searches[Path(final["searches"][label]).name]["final"] = counts
-    return {"command": command(), "space": DEFAULT_SPACE, "supernet": args.default_space, "machine": machine(),
+    return {"command": command(), "space": DEFAULT_SPACE, "supernet": args.default_space,
+            "supernet_training": training_summary(args.default_space), "machine": machine(),
             "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "eval_size": estimator.val_images, "searches": searches, "final_wall_s": time.perf_counter() - start,
             "final": final}
@@ -325,11 +326,17 @@ def budgets_beaten(trials: list[Trial], uniform: SearchResult, estimator: OneSho
             "budgets": len(verdicts)}
 
 
+def supernet_scale(result: dict) -> str:
+    """The supernet's training in words, in brackets (nothing for the records made before they kept it)."""
+    return f" ({training_text(result['supernet_training'])})" if "supernet_training" in result else ""
+
+
 def default_markdown(result: dict) -> str:
     """The committed summary of a default-space benchmark."""
     lines = ["# Search quality on the default space (`spaces/mbv2_fmnist.yaml`)", "",
              f"`{result['command']}`", "",
-             f"- supernet: {result['supernet']}; machine: {machine_text(result['machine'])}; {result['date']}",
+             f"- supernet: {result['supernet']}{supernet_scale(result)}; machine: {machine_text(result['machine'])}; "
+             f"{result['date']}",
              f"- every search in-process on one torch thread, scored by the one-shot estimator on the first "
              f"{result['eval_size']} validation images; `refined`: whether its front was then re-scored on the whole "
              "validation split (the final comparison picks each candidate by that validation accuracy); time: the "

@@ -1,6 +1,6 @@
 """The search-quality benchmark's pure parts (experiments/bench_search_quality.py), on hand-built records: the
-ceiling names the most accurate candidate measured at any cost and says which budgets even it cannot win, and the
-searches that seed another run before it."""
+ceiling names the most accurate candidate measured at any cost and says which budgets even it cannot win, the
+searches that seed another run before it, and a record names its supernet's training where it kept it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from bench_search_quality import ceiling_lines, with_seed_searches  # noqa: E402
+from bench_search_quality import ceiling_lines, supernet_scale, with_seed_searches  # noqa: E402
 
 
 def comparison(run: str, budget: float, uniform: str, searched_id: str | None, difference: float, se: float,
@@ -53,3 +53,12 @@ def test_seeding_searches_run_before_the_search_they_seed() -> None:
     assert with_seed_searches(["evolution-seeded", "tune-nsga2"]) == ["tune-nsga2", "limpq", "clado",
                                                                       "evolution-seeded"]
     assert with_seed_searches(["clado", "evolution-seeded"]) == ["clado", "limpq", "evolution-seeded"]
+
+
+def test_the_supernet_is_named_with_its_training_where_the_record_kept_it() -> None:
+    training = {"epochs": 16, "train_images": 40000, "num_random": 3, "smallest": False, "training_wall_s": 2700.0,
+                "val_acc_largest": 0.912, "val_acc_smallest": 0.867}
+    assert supernet_scale({"supernet_training": training}) == (
+        " (16 epochs on 40000 train images, the largest + 3 random candidates per step, 45 min; val accuracy largest "
+        "0.912, smallest 0.867)")
+    assert supernet_scale({}) == ""  # the records made before it was kept
