@@ -387,6 +387,12 @@ def ceiling_lines(final: dict) -> list[str]:
     lines = ["", "## Ceiling", "",
              f"The most accurate candidate measured on the test split, at any cost and from any search: "
              f"{100 * best['test_accuracy']:.2f}% ({best['run']}, {best['bitops']:.4g} BitOps)."]
+    if "ceiling" in final:  # the records made before the final measurement paired it with the best uniform one
+        c = final["ceiling"]
+        lines.append(f"Against the most accurate uniform candidate measured, {c['uniform']} "
+                     f"({100 * c['uniform_test_accuracy']:.2f}%, {c['uniform_bitops']:.4g} BitOps): "
+                     f"{100 * c['difference']:+.2f} ± {100 * c['se']:.2f} points, a {c['verdict']} (both picked by "
+                     "their test accuracy: an optimistic bound on any budget's gain).")
     for (uniform, _), c in sorted(versus.items()):
         budgets = [f"{b['budget']:.4g}" for b in final["comparisons"] if b["uniform"] == uniform
                    and b["run"] == c["run"]]

@@ -49,6 +49,15 @@ def test_a_ceiling_that_beats_the_uniform_format_claims_nothing_out_of_reach() -
     assert ceiling_lines(won)[-1].endswith("+1.00 ± 0.14 points, a win.")
 
 
+def test_the_ceiling_states_its_pairing_with_the_most_accurate_uniform_candidate_where_the_record_has_it() -> None:
+    paired = {**FINAL, "ceiling": {"uniform": "int8/int8", "uniform_test_accuracy": 0.8891, "uniform_bitops": 1.5e8,
+                                   "difference": 0.0004, "se": 0.0011, "verdict": "tie"}}
+    assert ceiling_lines(paired)[4] == (
+        "Against the most accurate uniform candidate measured, int8/int8 (88.91%, 1.5e+08 BitOps): +0.04 ± 0.11 "
+        "points, a tie (both picked by their test accuracy: an optimistic bound on any budget's gain).")
+    assert ceiling_lines(paired)[5:] == ceiling_lines(FINAL)[4:]  # the comparisons at the budgets follow
+
+
 def test_seeding_searches_run_before_the_search_they_seed() -> None:
     assert with_seed_searches(["evolution-seeded", "tune-nsga2"]) == ["tune-nsga2", "limpq", "clado",
                                                                       "evolution-seeded"]

@@ -22,8 +22,8 @@ from automq.model.supernet import load_model
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.paired import Correctness
 from automq.oneshot.train import load_space_data, train_supernet
-from automq.report.comparison import analyse_runs, find_baselines
-from automq.report.final import FINAL_FILE, Z95, compare, measure_final, pairings
+from automq.report.comparison import Baseline, analyse_runs, find_baselines
+from automq.report.final import FINAL_FILE, Z95, ceiling, compare, measure_final, pairings
 from automq.search.driver import run_search
 from automq.search.results import SearchResult
 from automq.search.trial import Trial
@@ -104,6 +104,28 @@ def test_pairings_choose_by_validation_accuracy_within_each_uniform_budget(tiny_
         ("random", 100, 0, 0), ("random", 200, 1, 0), ("random", 400, 1, 2)]
 
 
+def test_the_ceiling_pairs_the_most_accurate_candidate_with_the_most_accurate_uniform_one(
+        tiny_space: SpaceFactory) -> None:
+    space = tiny_space()
+    rng = np.random.default_rng(1)
+    mixed = [space.sample(rng), space.sample(rng)]
+    u4, u8 = space.uniform("int4", "int8"), space.uniform("int8", "int8")
+    trials = [_trial(0, mixed[0], 0.0, 90), _trial(1, mixed[1], 0.0, 300), _trial(0, u4, 0.0, 100),
+              _trial(1, u8, 0.0, 400)]
+    correct = {mixed[0].id: outcomes(1, 1, 0, 0, 0, 0, 0, 0, 0, 0), mixed[1].id: outcomes(1, 1, 1, 1, 1, 1, 1, 0, 0, 0),
+               u4.id: outcomes(1, 1, 1, 1, 0, 0, 0, 0, 0, 0), u8.id: outcomes(1, 1, 1, 1, 1, 0, 0, 0, 0, 1)}
+    measured = [("random", trials[0]), ("random", trials[1]), ("uniform", trials[2]), ("uniform", trials[3])]
+    baselines = [Baseline("W int4 / A int8", "uniform", trials[2]), Baseline("int8", "uniform", trials[3])]
+    result = ceiling(measured, baselines, correct)
+    # 0.7 against int8's 0.6: d = (0,0,0,0,0,1,1,0,0,-1), mean 0.1, mean of d^2 0.3
+    assert (result["run"], result["trial"], result["candidate_id"], result["bitops"]) == ("random", 1, mixed[1].id,
+                                                                                        300)
+    assert (result["uniform"], result["uniform_trial"], result["uniform_bitops"]) == ("int8", 1, 400)
+    assert (result["test_accuracy"], result["uniform_test_accuracy"]) == (0.7, 0.6)
+    assert abs(result["difference"] - 0.1) <= TOL
+    assert abs(result["se"] - math.sqrt((0.3 - 0.1**2) / 10)) <= TOL and result["verdict"] == "tie"
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def measured(tiny_space: SpaceFactory, tmp_path_factory: pytest.TempPathFactory):
@@ -125,6 +147,13 @@ def exported_test_outcomes(run: Path, search: Path, trial: int, space, tmp_path:
     test = load_space_data(space, with_test=True).test
     with torch.no_grad():
         return np.concatenate([(model(x).argmax(1) == y).numpy() for x, y in fixed_batches(test, len(test), 64)])
+
+
+def test_the_final_ceiling_is_the_most_accurate_candidate_measured(measured) -> None:
+    *_, result, _ = measured
+    best = max(c["test_accuracy"] for c in result["candidates"])
+    best_uniform = max(c["test_accuracy"] for c in result["candidates"] if c["run"] == "uniform")
+    assert abs(result["ceiling"]["difference"] - (best - best_uniform)) <= TOL
 
 
 def test_final_scores_equal_the_exported_models_on_the_test_split(measured, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from automq.search.trial import Trial
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
 
-__all__ = ["FINAL_FILE", "MARGIN_SE", "RECIPE", "Z95", "Pairing", "compare", "deploy", "load_final",
+__all__ = ["FINAL_FILE", "MARGIN_SE", "RECIPE", "Z95", "Pairing", "ceiling", "compare", "deploy", "load_final",
            "measure_final", "pairings", "summarise", "verdict"]
 
 FINAL_FILE = "final.json"
@@ -156,12 +156,28 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
         "candidates": [_candidate_record(t, run, correct[t.candidate.id]) for run, t in _measured_trials(runs,
                                                                                                         baselines)],
         "comparisons": [_comparison_record(p, correct, margin_se) for p in chosen],
+        "ceiling": ceiling(_measured_trials(runs, baselines), baselines, correct, margin_se),
         "wall_s": time.time() - start,
     }
     result["summary"] = summarise(result["comparisons"])
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(out_dir) / FINAL_FILE, result)
     return result
+
+
+def ceiling(measured: Sequence[tuple[str, Trial]], baselines: Sequence[Baseline], correct: Mapping[str, Correctness],
+            margin_se: float = MARGIN_SE) -> dict[str, Any]:
+    """The most accurate of the ``measured`` (run label, trial) pairs on the test split against the most accurate
+    uniform baseline there, paired. Both are picked by their test accuracy, so this is an optimistic bound on what
+    any budget could gain over uniform precision: where even it ties, no measured candidate wins a budget whose
+    best uniform format is about as accurate."""
+    run, best = max(measured, key=lambda pair: correct[pair[1].candidate.id].accuracy)
+    uniform = max(baselines, key=lambda b: correct[b.trial.candidate.id].accuracy)
+    best_score, uniform_score = correct[best.candidate.id], correct[uniform.trial.candidate.id]
+    return {"run": run, "trial": best.number, "candidate_id": best.candidate.id, COST: best.metrics[COST],
+            "test_accuracy": best_score.accuracy, "uniform": uniform.name, "uniform_run": uniform.run,
+            "uniform_trial": uniform.trial.number, f"uniform_{COST}": uniform.trial.metrics[COST],
+            "uniform_test_accuracy": uniform_score.accuracy, **compare(best_score, uniform_score, margin_se)}
 
 
 def _test_batches(data: DataSplits, images: int | None) -> list[Any]:
