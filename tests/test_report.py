@@ -304,6 +304,19 @@ def test_findings_state_the_final_tables_verdicts_once_measured(disagreeing, tmp
     assert "+5.00 points" not in page  # the validation lead over w4a8 is no longer told as a finding
 
 
+def test_findings_bound_the_gain_by_the_most_accurate_candidates_measured(disagreeing, tmp_path):
+    dirs, final, int8 = disagreeing
+    ceiling = {"run": "random", "trial": 1, "bitops": int8.metrics["bitops"], "test_accuracy": 0.83,
+               "uniform": "int8", "uniform_test_accuracy": 0.80, "difference": 0.03, "se": 0.01, "verdict": "win"}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "final.json").write_text(json.dumps({**final, "ceiling": ceiling}))
+    findings = build_report(dirs, tmp_path / "out")["findings"]
+    assert findings[3] == (f"The most accurate candidate measured (random trial #1, 83.00% at "
+                           f"{int8.metrics['bitops']:.4g} BitOps) against the most accurate uniform one (int8, "
+                           "80.00%): +3.00 ± 1.00 points, a win. Both are picked by their test accuracy, so this "
+                           "bounds from above what mixed precision gains over the best uniform format here.")
+
+
 def test_fidelity_rank_correlations_by_hand(report):
     out, summary = report
     # one swapped pair out of 6: tau = (5 - 1) / 6; squared rank differences 1 + 1: rho = 1 - 6 * 2 / (4 * 15)

@@ -393,9 +393,23 @@ def final_findings(final: dict[str, Any]) -> list[str]:
     lines = [f"On the test split{images}, {_verdict_count(run, counts)}"
              + (f" ({'; '.join(decided[run])})." if run in decided else ".")
              for run, counts in summarise(final["comparisons"]).items()]
-    return lines + [f"A win is a lead of more than {final.get('margin_se', 2):g} paired standard errors over the best "
-                    "uniform format at or below the budget (Final measurement); the validation accuracies the search "
-                    "saw choose the candidates compared but decide no win."]
+    return lines + _ceiling_findings(final) + [
+        f"A win is a lead of more than {final.get('margin_se', 2):g} paired standard errors over the best uniform "
+        "format at or below the budget (Final measurement); the validation accuracies the search saw choose the "
+        "candidates compared but decide no win."]
+
+
+def _ceiling_findings(final: dict[str, Any]) -> list[str]:
+    """The most accurate candidate measured against the most accurate uniform one (``final.json``'s ``ceiling``;
+    none in the files written before it was kept)."""
+    c = final.get("ceiling")
+    if c is None:
+        return []
+    return [f"The most accurate candidate measured ({c['run']} trial #{c['trial']}, {100 * c['test_accuracy']:.2f}% "
+            f"at {c['bitops']:.4g} BitOps) against the most accurate uniform one ({c['uniform']}, "
+            f"{100 * c['uniform_test_accuracy']:.2f}%): {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} points, a "
+            f"{c['verdict']}. Both are picked by their test accuracy, so this bounds from above what mixed precision "
+            "gains over the best uniform format here."]
 
 
 def _verdict_count(run: str, counts: dict[str, int]) -> str:
