@@ -140,7 +140,9 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
         raise DataError(f"no uniform-precision search with {COST} among {', '.join(map(str, search_dirs))}: run "
                         "`automq search --strategy uniform` with the same supernet and pass its folder too")
     chosen = pairings(runs, baselines)
-    candidates = _candidates_to_measure(runs, baselines)
+    measured = _measured_trials(runs, baselines)
+    # each distinct candidate once (searches often find the same one)
+    candidates = {t.candidate.id: t.candidate for _, t in measured}
     space = SearchSpace.from_file(Path(supernet_dir) / SPACE_FILE)
     data = load_space_data(space, root=data_root, with_test=True)
     test = _test_batches(data, test_images)
@@ -153,10 +155,9 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
         "supernet": str(supernet_dir), "searches": {run.label: str(run.result.path) for run in runs},
         "test_images": images,
         "margin_se": margin_se, "notes": notes,
-        "candidates": [_candidate_record(t, run, correct[t.candidate.id]) for run, t in _measured_trials(runs,
-                                                                                                        baselines)],
+        "candidates": [_candidate_record(t, run, correct[t.candidate.id]) for run, t in measured],
         "comparisons": [_comparison_record(p, correct, margin_se) for p in chosen],
-        "ceiling": ceiling(_measured_trials(runs, baselines), baselines, correct, margin_se),
+        "ceiling": ceiling(measured, baselines, correct, margin_se),
         "wall_s": time.time() - start,
     }
     result["summary"] = summarise(result["comparisons"])
@@ -193,11 +194,6 @@ def _measured_trials(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline])
     """The (run label, trial) pairs measured: each non-uniform run's front, then every uniform baseline."""
     fronts = [(run.label, t) for run in runs if not run.is_uniform for t in front_2d(run.result.trials, COST)]
     return fronts + [(b.run, b.trial) for b in baselines]
-
-
-def _candidates_to_measure(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> dict[str, Candidate]:
-    """Each distinct candidate of :func:`_measured_trials`, once (searches often find the same one)."""
-    return {t.candidate.id: t.candidate for _, t in _measured_trials(runs, baselines)}
 
 
 def _candidate_record(trial: Trial, run: str, correct: Correctness) -> dict[str, Any]:
