@@ -307,7 +307,8 @@ def test_findings_state_the_final_tables_verdicts_once_measured(disagreeing, tmp
 def test_findings_bound_the_gain_by_the_most_accurate_candidates_measured(disagreeing, tmp_path):
     dirs, final, int8 = disagreeing
     ceiling = {"run": "random", "trial": 1, "bitops": int8.metrics["bitops"], "test_accuracy": 0.83,
-               "uniform": "int8", "uniform_test_accuracy": 0.80, "difference": 0.03, "se": 0.01, "verdict": "win"}
+               "uniform": "int8", "uniform_run": "uniform", "uniform_trial": 0, "uniform_test_accuracy": 0.80,
+               "difference": 0.03, "se": 0.01, "verdict": "win"}
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "final.json").write_text(json.dumps({**final, "ceiling": ceiling}))
     findings = build_report(dirs, tmp_path / "out")["findings"]
@@ -315,6 +316,12 @@ def test_findings_bound_the_gain_by_the_most_accurate_candidates_measured(disagr
                            f"{int8.metrics['bitops']:.4g} BitOps) against the most accurate uniform one (int8, "
                            "80.00%): +3.00 ± 1.00 points, a win. Both are picked by their test accuracy, so this "
                            "bounds from above what mixed precision gains over the best uniform format here.")
+    itself = {**ceiling, "run": "uniform", "trial": 0, "uniform_run": "uniform", "uniform_trial": 0,
+              "difference": 0.0, "se": 0.0, "verdict": "tie"}
+    (tmp_path / "out" / "final.json").write_text(json.dumps({**final, "ceiling": itself}))
+    assert build_report(dirs, tmp_path / "out")["findings"][3] == (
+        "The most accurate candidate measured is uniform int8 (80.00%): no candidate measured is more accurate than "
+        "the best uniform format, at any cost.")
 
 
 def test_fidelity_rank_correlations_by_hand(report):

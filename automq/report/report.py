@@ -405,6 +405,10 @@ def _ceiling_findings(final: dict[str, Any]) -> list[str]:
     c = final.get("ceiling")
     if c is None:
         return []
+    if (c["run"], c["trial"]) == (c["uniform_run"], c["uniform_trial"]):
+        return [f"The most accurate candidate measured is uniform {c['uniform']} "
+                f"({100 * c['uniform_test_accuracy']:.2f}%): no candidate measured is more accurate than the best "
+                "uniform format, at any cost."]
     return [f"The most accurate candidate measured ({c['run']} trial #{c['trial']}, {100 * c['test_accuracy']:.2f}% "
             f"at {c['bitops']:.4g} BitOps) against the most accurate uniform one ({c['uniform']}, "
             f"{100 * c['uniform_test_accuracy']:.2f}%): {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} points, a "
