@@ -39,7 +39,6 @@ has variance proportional to ``1/r - 1/N``).
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +70,7 @@ def stratified_order(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 def load_outcomes(path: Path) -> dict[str, np.ndarray]:
     """Per-image outcomes (candidates x images, bool), candidate groups and the validation labels of ``path``."""
-    with np.load(io.BytesIO(path.read_bytes())) as saved:
+    with np.load(path) as saved:
         images = int(saved["images"])
         return {"outcomes": np.unpackbits(saved["outcomes"], axis=1)[:, :images].astype(bool),
                 "groups": saved["groups"], "labels": saved["labels"]}

@@ -88,7 +88,7 @@ def prediction_errors(search: np.ndarray, whole: np.ndarray, probe: np.ndarray) 
     for i in every:
         for name, rule in rules(every != i).items():
             loo[name].append(float(rule(search[i:i + 1])[0] - whole[i]))
-    return {"line_slope": float(np.polyfit(search[probe], whole[probe], 1)[0]),
+    return {"line_slope": slope(search[probe], whole[probe]),
             "held_out": {name: {"n": int(held_out.sum()), "mean": float(e.mean()),
                                 "se": float(e.std(ddof=1) / np.sqrt(len(e)))} for name, e in errors.items()},
             "loo_rmse": {name: float(np.sqrt(np.mean(np.square(e)))) for name, e in loo.items()}}
