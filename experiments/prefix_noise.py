@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "prefix_noise", help="path, no suffix")
     args = parser.parse_args(argv)
+    if not args.outcomes.is_file():
+        parser.error(f"{args.outcomes} is not a file: run experiments/shift_by_accuracy.py first, it writes the .npz")
     started = time.perf_counter()
     result = {"command": command(), "machine": machine(), "outcomes": str(args.outcomes), "repeats": args.repeats,
               "close": args.close, "seed": args.seed,

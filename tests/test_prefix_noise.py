@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from prefix_noise import neighbour_shift_errors, prefix_errors, shuffled_equivalent, stratified_order  # noqa: E402
+from prefix_noise import main, neighbour_shift_errors, prefix_errors, shuffled_equivalent, stratified_order  # noqa: E402
 
 
 def worst_share_gap(order: np.ndarray, strata: np.ndarray) -> float:
@@ -66,3 +66,12 @@ def test_a_neighbour_shift_is_that_of_the_candidates_agreeing_on_the_most_prefix
     assert errors["1"] == pytest.approx(0.0625, abs=1e-15)
     assert errors["all"] == pytest.approx((0.25 + 0.015625) / 2, abs=1e-15)
     assert errors["2"] == errors["all"]  # with two others, the two nearest are all of them
+
+
+def test_a_missing_outcomes_file_is_one_error_line_naming_the_script_that_writes_it(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "none.npz"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("none.npz is not a file: run experiments/shift_by_accuracy.py first, it writes the .npz")
+    assert not (tmp_path / "out.json").exists()
