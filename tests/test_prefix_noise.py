@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from prefix_noise import main, neighbour_shift_errors, prefix_errors, shuffled_equivalent, stratified_order  # noqa: E402
+from prefix_noise import (  # noqa: E402
+    main, neighbour_shift_errors, prefix_errors, shuffled_equivalent, stratified_order)
 
 
 def worst_share_gap(order: np.ndarray, strata: np.ndarray) -> float:
