@@ -325,11 +325,14 @@ def _print_final(final: dict[str, Any]) -> None:
 
 
 def _cmd_final(args: argparse.Namespace) -> None:
-    from automq.report.final import FINAL_FILE, measure_final
+    from automq.report.final import FINAL_FILE, FineTune, measure_final
     from automq.report.report import build_report
 
+    if args.finetune_images < 0:
+        raise AutomqError(f"--finetune-images must be at least 0 (0: no fine-tuning), got {args.finetune_images}")
+    finetune = FineTune(args.finetune_images, args.finetune_epochs) if args.finetune_images else None
     final = measure_final(args.search_dirs, args.supernet, args.out, data_root=args.data,
-                          test_images=args.test_images)
+                          test_images=args.test_images, finetune=finetune)
     _print_final(final)
     build_report(args.search_dirs, args.out)
     print(f"final measurement written to {args.out}/{FINAL_FILE}; report in {args.out}/report.html")
@@ -458,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     final.add_argument("--out", required=True, help="report folder: final.json, then the report that shows it")
     final.add_argument("--test-images", type=int, metavar="N", help="score on the first N test images (default: all)")
     final.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    final.add_argument("--finetune-images", type=int, default=0, metavar="N",
+                       help="fine-tune every measured candidate alike (QAT in its formats, the space's recipe) on the "
+                            "first N training images before scoring it (default 0: no fine-tuning); a stopped "
+                            "measurement continues where it stopped")
+    final.add_argument("--finetune-epochs", type=int, default=1, metavar="E",
+                       help="epochs of that fine-tune (default 1)")
     final.set_defaults(func=_cmd_final)
     return parser
 

@@ -44,7 +44,7 @@ from automq.space.candidate import Candidate
 from automq.cost import CostModel
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.report.comparison import analyse_runs, find_baselines
-from automq.report.final import measure_final, pairings, verdict
+from automq.report.final import FineTune, measure_final, pairings, verdict
 from automq.search.driver import run_search
 from automq.io import atomic_write_json, atomic_write_text
 from automq.search.refine import SEARCH_KEYS
@@ -124,6 +124,10 @@ def main() -> None:
                              "whole validation split and has not is scored, nothing is scored twice)")
     parser.add_argument("--analyse", action="store_true",
                         help="--default-space: after running --searches, analyse every finished search")
+    parser.add_argument("--finetune-images", type=int, default=0, metavar="N",
+                        help="--default-space: the final measurement fine-tunes every candidate on N training images "
+                             "first (automq final --finetune-images; default 0: none)")
+    parser.add_argument("--finetune-epochs", type=int, default=1, help="--default-space: epochs of that fine-tune")
     parser.add_argument("--name", default="bench_search_quality_default",
                         help="--default-space: file name (no suffix) of the results in --out")
     parser.add_argument("--render", action="store_true",
@@ -278,7 +282,7 @@ def _run_record(folder: Path) -> dict:
 
 def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) -> dict:
     """Per search: hypervolume, trial time and budgets beaten after each checkpoint, and the test-split results."""
-    folders = sorted(f for f in runs.iterdir() if _finished(f) and f.name != "final")
+    folders = sorted(f for f in runs.iterdir() if _finished(f) and not f.name.startswith("final"))
     estimator = OneShotEstimator.from_run(args.default_space)  # scores on the searches' own validation images
     uniform = SearchResult(runs / "uniform", {"strategy": "uniform"}, as_searched(load_trials(runs / "uniform")))
     objectives, scales = space_objectives(space), hypervolume_scales(space)
@@ -295,7 +299,9 @@ def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) ->
                              **budgets_beaten(trials[:n], uniform, estimator)} for n in checkpoints],
         }
     start = time.perf_counter()
-    final = measure_final(folders, args.default_space, runs / "final")
+    finetune = FineTune(args.finetune_images, args.finetune_epochs) if args.finetune_images else None
+    final_dir = runs / (f"final-finetune{args.finetune_images}x{args.finetune_epochs}" if finetune else "final")
+    final = measure_final(folders, args.default_space, final_dir, finetune=finetune)
     for label, counts in final["summary"].items():
         searches[Path(final["searches"][label]).name]["final"] = counts
     return {"command": command(), "space": DEFAULT_SPACE, "supernet": args.default_space,

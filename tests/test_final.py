@@ -15,15 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from automq.cli import main
 from automq.data import fixed_batches
+from automq.errors import DataError
 from automq.model.supernet import load_model
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.paired import Correctness
-from automq.oneshot.train import load_space_data, train_supernet
+from automq.oneshot.train import load_space_data, load_supernet, train_supernet
 from automq.report.comparison import Baseline, analyse_runs, find_baselines
-from automq.report.final import FINAL_FILE, Z95, ceiling, compare, measure_final, pairings
+from automq.report import final as final_module
+from automq.report.final import (FINAL_FILE, SCORES_FILE, Z95, FineTune, ceiling, compare, deploy, measure_final,
+                                 pairings)
 from automq.search.driver import run_search
 from automq.search.results import SearchResult
 from automq.search.trial import Trial
@@ -187,6 +191,86 @@ def test_the_estimator_never_loads_the_test_split_and_its_images_are_disjoint_fr
     assert image_bytes(estimator.data.val).isdisjoint(test) and image_bytes(estimator.data.train).isdisjoint(test)
 
 
+# ------------------------------------------------------------------------------------------------ fine-tuned
+FINETUNE = FineTune(images=256, epochs=2)
+
+
+def mean_loss(model, batches) -> float:
+    model.eval()
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(x), y, reduction="sum").item() for x, y in batches]
+    return sum(losses) / sum(len(y) for _, y in batches)
+
+
+def test_a_fine_tuned_deployment_trains_on_the_images_and_ignores_the_callers_thread_count(measured) -> None:
+    space, run, *_ = measured
+    data = load_space_data(space)
+    supernet = load_supernet(run, space)
+    candidate = space.largest()
+    calibration = fixed_batches(data.train, 64, 32)
+    train = fixed_batches(data.train, FINETUNE.images, 64)
+    plain = deploy(supernet, candidate, calibration)
+    tuned = deploy(supernet, candidate, calibration, finetune=(FINETUNE, space, data.train))
+    # 16 SGD steps on 256 images it is scored on: the loss there falls well beyond float noise
+    assert mean_loss(tuned, train) < 0.95 * mean_loss(plain, train)
+    torch.set_num_threads(2)
+    try:
+        again = deploy(supernet, candidate, calibration, finetune=(FINETUNE, space, data.train))
+    finally:
+        torch.set_num_threads(1)
+    for (name, a), (_, b) in zip(tuned.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def counting_deploy(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> list[str]:
+    """Replace the final measurement's deploy by one that records each candidate it deploys (and raises on the
+    ``fail_at``-th call, as a killed measurement would stop)."""
+    calls: list[str] = []
+    real = final_module.deploy
+
+    def deploy_and_count(supernet, candidate, calibration, **kwargs):
+        calls.append(candidate.id)
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt
+        return real(supernet, candidate, calibration, **kwargs)
+
+    monkeypatch.setattr(final_module, "deploy", deploy_and_count)
+    return calls
+
+
+def test_a_stopped_fine_tuned_measurement_continues_without_measuring_a_candidate_twice(
+        measured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    space, run, searches, plain, _ = measured
+    out = tmp_path / "tuned"
+    counting_deploy(monkeypatch, fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        measure_final(searches, run, out, finetune=FINETUNE, calib_images=64)
+    assert len((out / SCORES_FILE).read_text().splitlines()) == 2
+    calls = counting_deploy(monkeypatch)
+    tuned = measure_final(searches, run, out, finetune=FINETUNE, calib_images=64)
+    measured_ids = {c["candidate_id"] for c in tuned["candidates"]}
+    assert len(calls) == len(measured_ids) - 2 and len(set(calls)) == len(calls)
+    assert "fine-tuned in its formats for 2 epoch(s) on the first 256 training images" in tuned["recipe"]
+    assert tuned["finetune"] == {"images": 256, "epochs": 2, "seed": 0} and plain["finetune"] is None
+    # the fine-tune changed what the candidates get right
+    before = {c["candidate_id"]: c["test_accuracy"] for c in plain["candidates"]}
+    assert any(before[c["candidate_id"]] != c["test_accuracy"] for c in tuned["candidates"])
+    calls = counting_deploy(monkeypatch)
+    again = measure_final(searches, run, out, finetune=FINETUNE, calib_images=64)
+    assert calls == [] and again["candidates"] == tuned["candidates"]
+    assert again["comparisons"] == tuned["comparisons"]
+    # another recipe (no fine-tune) in the same folder measures everything again: nothing stored matches it
+    calls = counting_deploy(monkeypatch)
+    measure_final(searches, run, out, calib_images=64)
+    assert sorted(calls) == sorted(measured_ids)
+
+
+def test_a_fine_tune_without_images_or_epochs_is_refused() -> None:
+    for images, epochs in ((0, 1), (10, 0)):
+        with pytest.raises(DataError, match="at least one image and one epoch"):
+            FineTune(images, epochs)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_final_writes_final_json_and_the_report_section(measured, capsys) -> None:
     _, run, searches, _, report = measured
@@ -208,6 +292,20 @@ def test_cli_final_without_a_uniform_search_is_one_error_line(measured, capsys) 
     assert main(["final", str(random_dir), "--supernet", str(run), "--out", str(report.parent / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("automq: error: no uniform-precision search") and err.count("\n") == 1
+
+
+def test_cli_final_fine_tunes_and_says_so_in_the_report(measured, capsys) -> None:
+    _, run, searches, _, report = measured
+    out = report.parent / "cli-tuned"
+    assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), "--test-images", "100",
+                 "--finetune-images", "64"]) == 0
+    final = json.loads((out / FINAL_FILE).read_text())
+    assert final["finetune"] == {"images": 64, "epochs": 1, "seed": 0}
+    assert "fine-tuned in its formats for 1 epoch(s) on the first 64 training images" in (out / "report.md").read_text()
+    for option in (["--finetune-images", "-1"], ["--finetune-images", "5", "--finetune-epochs", "0"]):
+        assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), *option]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("automq: error:") and err.count("\n") == 1
 
 
 def test_cli_final_refuses_more_test_images_than_the_split_holds(measured, capsys) -> None:

@@ -38,24 +38,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from automq.cost import CostModel
-from automq.data import DataSplits, fixed_batches, head, make_loader
+from automq.data import DataSplits, fixed_batches, head
 from automq.device import module_device
 from automq.errors import DataError
 from automq.numerics.quant import scales_restored
 from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.paired import Correctness, Difference, paired_difference
-from automq.oneshot.train import (
-    EVAL_BATCH_SIZE,
-    SPACE_FILE,
-    build_optimizer,
-    build_scheduler,
-    deterministic,
-    epoch_seed,
-    load_space_data,
-    load_supernet,
-    run_epoch,
-)
+from automq.oneshot.train import (EVAL_BATCH_SIZE, SPACE_FILE, deterministic, load_space_data, load_supernet,
+                                  train_model)
 
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
@@ -398,21 +389,7 @@ def _train_and_score(
     with deterministic():
         torch.manual_seed(seed)
         model = (supernet if init == "supernet" else Supernet(space).to(device)).extract(candidate)
-        optimizer = build_optimizer(model, spec)
-        steps_per_epoch = -(-len(data.train) // spec.batch_size)
-        scheduler = build_scheduler(optimizer, spec, steps_per_epoch)
-
-        def step(images: Tensor, labels: Tensor) -> list[float]:
-            loss = F.cross_entropy(model(images), labels)
-            loss.backward()
-            return [loss.item()]
-
-        train_loss = float("nan")
-        for epoch in range(spec.epochs):
-            loader = make_loader(data.train, spec.batch_size, shuffle=True, seed=epoch_seed(seed, epoch),
-                                 device=device)
-            train_loss = run_epoch(model, loader, step, optimizer, scheduler, epoch=epoch,
-                                   first_step=epoch * steps_per_epoch)["loss_0"]
+        train_loss = train_model(model, data.train, spec, seed=seed)
         val_images = val_images or space.search.eval_size or len(data.val)
         score = score_model(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE, device=device))
     record = {**score.metrics(), "train_loss": train_loss, "epochs": spec.epochs, "seed": seed, "init": init,

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from automq.data import DEFAULT_VAL_SIZE, DataSplits, fixed_batches, load_dataset, make_loader
+from automq.device import module_device
 from automq.errors import CheckpointError, SpaceError, TrainingDivergedError
 from automq.io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, safe_torch_load
 from automq.numerics.quant import Quantizer
@@ -237,6 +238,31 @@ def run_epoch(
 def epoch_seed(seed: int, epoch: int) -> int:
     """The shuffling seed of one epoch: a function of (seed, epoch) only, so a resumed run needs no loader state."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def train_model(model: nn.Module, train: Dataset, spec: TrainingSpec, *, seed: int) -> float:
+    """Train one stand-alone ``model`` in place on ``train`` with the recipe ``spec`` (SGD, warm-up and cosine
+    schedule over ``spec.epochs``, gradient clipping), on the model's device; each epoch shuffled by
+    :func:`epoch_seed`. Returns the last epoch's mean training loss (nan for 0 epochs).
+
+    The ground truths of the fidelity studies (a candidate trained alone) and the optional fine-tune of the final
+    measurement both train through here, so they follow the same recipe."""
+    device = module_device(model)
+    optimizer = build_optimizer(model, spec)
+    steps_per_epoch = -(-len(train) // spec.batch_size)
+    scheduler = build_scheduler(optimizer, spec, steps_per_epoch)
+
+    def step(images: Tensor, labels: Tensor) -> list[float]:
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        return [loss.item()]
+
+    train_loss = float("nan")
+    for epoch in range(spec.epochs):
+        loader = make_loader(train, spec.batch_size, shuffle=True, seed=epoch_seed(seed, epoch), device=device)
+        train_loss = run_epoch(model, loader, step, optimizer, scheduler, epoch=epoch,
+                               first_step=epoch * steps_per_epoch)["loss_0"]
+    return train_loss
 
 
 def endless_batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:

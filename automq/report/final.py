@@ -5,7 +5,8 @@ estimates flatters the winner. :func:`measure_final` therefore measures, on the 
 seen by training, search or refinement), the Pareto-optimal candidates of each search (accuracy against ``bitops``)
 and every trial of the uniform-precision searches (``--strategy uniform``), each after the deployment recipe a user
 applies (:data:`RECIPE`: extract the candidate from the supernet as a stand-alone model, recalibrate its batch norms
-on training images, as ``automq export`` does; no fine-tuning).
+on training images, as ``automq export`` does; optionally, :class:`FineTune`, a short quantization-aware fine-tune
+of every measured candidate alike, searched and uniform, on training images with the space's recipe).
 
 For each uniform budget (the BitOps of a uniform format, :func:`~automq.report.comparison.uniform_budgets`) and each
 search, the candidate compared is chosen *before* the test split is read: the search's most accurate candidate at or
@@ -14,11 +15,15 @@ validation accuracy). Both are scored on the same test images, so their differen
 (:func:`~automq.oneshot.paired.paired_difference`); a search *wins* a budget only when it leads by more than
 :data:`MARGIN_SE` paired standard errors, *loses* when it trails by that much, and *ties* otherwise. The 95% interval
 is the difference ± :data:`Z95` standard errors. The results go to ``final.json`` (:data:`FINAL_FILE`), which the
-report shows beside the search-time estimates.
+report shows beside the search-time estimates. Each candidate's per-image outcomes are appended to
+``final_scores.jsonl`` (:data:`SCORES_FILE`) as soon as it is measured, keyed by the supernet and the recipe, so a
+measurement that was stopped (fine-tuning makes it minutes per candidate) continues where it stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -26,13 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from automq.data import DataSplits, fixed_batches
+import torch
+from torch.utils.data import Dataset
+
+from automq.data import DataSplits, fixed_batches, head
 from automq.errors import DataError
-from automq.io import atomic_write_json
+from automq.io import append_jsonl, atomic_write_json, read_jsonl
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.evaluate import CALIBRATION_THREADS, score_model, torch_threads
 from automq.oneshot.paired import Correctness, Difference, paired_difference
-from automq.oneshot.train import EVAL_BATCH_SIZE, deterministic, load_space_data, load_supernet
+from automq.oneshot.train import (EVAL_BATCH_SIZE, SUPERNET, deterministic, load_space_data, load_supernet,
+                                  train_model)
 from automq.report.comparison import (Baseline, RunAnalysis, analyse_runs, find_baselines, front_2d,
                                       uniform_budgets)
 from automq.search.results import SPACE_FILE, load_search_dir
@@ -40,10 +49,11 @@ from automq.search.trial import Trial
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
 
-__all__ = ["FINAL_FILE", "MARGIN_SE", "RECIPE", "Z95", "Pairing", "ceiling", "compare", "deploy", "load_final",
-           "measure_final", "pairings", "summarise", "verdict"]
+__all__ = ["FINAL_FILE", "MARGIN_SE", "RECIPE", "SCORES_FILE", "Z95", "FineTune", "Pairing", "ceiling", "compare",
+           "deploy", "load_final", "measure_final", "pairings", "summarise", "verdict"]
 
 FINAL_FILE = "final.json"
+SCORES_FILE = "final_scores.jsonl"
 MARGIN_SE = 2.0
 """Paired standard errors by which a searched candidate must lead (or trail) the uniform reference to win (lose)."""
 Z95 = 1.959963984540054
@@ -52,8 +62,9 @@ DEPLOY_CALIB_IMAGES = 512
 DEPLOY_CALIB_BATCH = 128
 """BN recalibration of a deployed candidate: the first 512 training images in batches of 128, as ``automq export``."""
 RECIPE = ("Supernet.extract(candidate) as a stand-alone timm model with its own quantizers, batch norms recalibrated "
-          "on the first {calib} training images (batches of {batch}), as `automq export` does; no fine-tuning; "
+          "on the first {calib} training images (batches of {batch}), as `automq export` does; {finetune}; "
           "scored on the first {test} images of the dataset's test split")
+NO_FINETUNE = "no fine-tuning"
 COST = "bitops"
 
 
@@ -112,25 +123,58 @@ def _most_accurate(items: Sequence[Any], *, key: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def deploy(supernet: Supernet, candidate: Candidate, calibration: Sequence[Any]) -> Any:
-    """The deployed model of ``candidate``: extracted from ``supernet`` and its batch norms recalibrated on
-    ``calibration`` batches (summed on :data:`CALIBRATION_THREADS` threads so the result does not depend on the
-    caller's thread count)."""
+@dataclass(frozen=True)
+class FineTune:
+    """A short quantization-aware fine-tune of each deployed candidate: ``epochs`` over the first ``images``
+    training images with the space's training recipe (SGD, warm-up, cosine schedule, its learning rate and batch
+    size), shuffled by ``seed``. Every candidate measured, searched or uniform, gets the same one, so a comparison
+    stays paired; it shows whether a win survives the training a user would give the model before shipping it."""
+
+    images: int
+    epochs: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.images < 1 or self.epochs < 1:
+            raise DataError(f"a fine-tune needs at least one image and one epoch, got {self.images} images and "
+                            f"{self.epochs} epochs (--finetune-images 0, the default, measures without one)")
+
+    def describe(self, space: SearchSpace, train_images: int) -> str:
+        spec = space.training
+        return (f"then fine-tuned in its formats for {self.epochs} epoch(s) on the first "
+                f"{min(self.images, train_images)} training images (SGD lr {spec.lr:g}, batch {spec.batch_size}, "
+                f"the space's warm-up and cosine schedule, seed {self.seed}, {CALIBRATION_THREADS} torch thread)")
+
+
+def deploy(supernet: Supernet, candidate: Candidate, calibration: Sequence[Any], *,
+           finetune: tuple[FineTune, SearchSpace, Dataset] | None = None) -> Any:
+    """The deployed model of ``candidate``: extracted from ``supernet``, its batch norms recalibrated on
+    ``calibration`` batches and, with ``finetune`` (the fine-tune, the space whose recipe it follows, the training
+    images), fine-tuned. Everything runs on :data:`CALIBRATION_THREADS` threads so the result does not depend on
+    the caller's thread count."""
     with deterministic(), torch_threads(CALIBRATION_THREADS):
         model = supernet.extract(candidate)
         recalibrate_bn(model, calibration)
+        if finetune is not None:
+            settings, space, train = finetune
+            torch.manual_seed(settings.seed)
+            spec = dataclasses.replace(space.training, epochs=settings.epochs)
+            train_model(model, head(train, settings.images), spec, seed=settings.seed)
     return model.eval()
 
 
 def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, out_dir: str | Path, *,
                   data_root: str | Path | None = None, test_images: int | None = None,
-                  calib_images: int = DEPLOY_CALIB_IMAGES, margin_se: float = MARGIN_SE) -> dict[str, Any]:
+                  calib_images: int = DEPLOY_CALIB_IMAGES, margin_se: float = MARGIN_SE,
+                  finetune: FineTune | None = None) -> dict[str, Any]:
     """Measure the fronts of ``search_dirs`` and their uniform baselines on the test split, compare them budget by
     budget, write ``out_dir/final.json`` atomically and return its content.
 
     ``supernet_dir`` is the training run the searches scored with; ``test_images`` limits the test images (default:
-    all). Raises :class:`~automq.errors.DataError` when the dataset has no test split or no search has a uniform
-    baseline to compare with."""
+    all); ``finetune`` fine-tunes every candidate before it is scored. Candidates already in
+    ``out_dir/final_scores.jsonl`` under the same supernet and recipe are not measured again. Raises
+    :class:`~automq.errors.DataError` when the dataset has no test split or no search has a uniform baseline to
+    compare with."""
     start = time.time()
     notes: list[str] = []
     runs = analyse_runs([load_search_dir(d) for d in search_dirs], notes)
@@ -148,10 +192,21 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     test = _test_batches(data, test_images)
     calibration = fixed_batches(data.train, calib_images, DEPLOY_CALIB_BATCH)
     supernet = load_supernet(supernet_dir, space)
-    correct = {cid: score_model(deploy(supernet, c, calibration), test).correctness for cid, c in candidates.items()}
+    recipe = RECIPE.format(calib=min(calib_images, len(data.train)), batch=DEPLOY_CALIB_BATCH,
+                           test=sum(len(labels) for _, labels in test),
+                           finetune=finetune.describe(space, len(data.train)) if finetune else NO_FINETUNE)
+    scores = Path(out_dir) / SCORES_FILE
+    key = {"supernet": _file_digest(Path(supernet_dir) / SUPERNET), "recipe": recipe}
+    correct = _stored_scores(scores, key)
+    tuning = (finetune, space, data.train) if finetune else None
+    for cid, candidate in candidates.items():
+        if cid not in correct:
+            correct[cid] = score_model(deploy(supernet, candidate, calibration, finetune=tuning), test).correctness
+            append_jsonl(scores, {**key, "candidate_id": cid, "images": correct[cid].images,
+                                  "bits": correct[cid].bits.hex()})
     images = next(iter(correct.values())).images
     result = {
-        "recipe": RECIPE.format(calib=min(calib_images, len(data.train)), batch=DEPLOY_CALIB_BATCH, test=images),
+        "recipe": recipe, "finetune": dataclasses.asdict(finetune) if finetune else None,
         "supernet": str(supernet_dir), "searches": {run.label: str(run.result.path) for run in runs},
         "test_images": images,
         "margin_se": margin_se, "notes": notes,
@@ -179,6 +234,27 @@ def ceiling(measured: Sequence[tuple[str, Trial]], baselines: Sequence[Baseline]
             "test_accuracy": best_score.accuracy, "uniform": uniform.name, "uniform_run": uniform.run,
             "uniform_trial": uniform.trial.number, f"uniform_{COST}": uniform.trial.metrics[COST],
             "uniform_test_accuracy": uniform_score.accuracy, **compare(best_score, uniform_score, margin_se)}
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file: which trained supernet a stored score came from (its path may be reused)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stored_scores(path: Path, key: Mapping[str, str]) -> dict[str, Correctness]:
+    """The per-image outcomes already measured with the same supernet and recipe (``key``), by candidate id."""
+    stored = {}
+    for record in read_jsonl(path):
+        if all(record.get(k) == v for k, v in key.items()):
+            try:
+                stored[record["candidate_id"]] = Correctness(bytes.fromhex(record["bits"]), int(record["images"]))
+            except (KeyError, TypeError, ValueError):
+                continue  # a damaged line: that candidate is measured again
+    return stored
 
 
 def _test_batches(data: DataSplits, images: int | None) -> list[Any]:
