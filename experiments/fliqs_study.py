@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -64,6 +63,7 @@ from automq.search.strategy import Budget, evaluate_candidate
 from automq.search.trial import Trial
 from automq.oneshot.train import METRICS as TRAIN_METRICS
 from automq.oneshot.train import SUPERNET, load_space_data, load_supernet, train_supernet
+from provenance import machine, machine_text
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs"
@@ -263,7 +263,7 @@ def format_mix(trial: Trial) -> str:
 def summary_markdown(uniform: list[Trial], runs: dict[str, list[Trial]], scratch_uniform: dict[str, list[Trial]],
                      verdicts: dict[str, Any], setup: dict[str, Any]) -> str:
     lines = ["# FLIQS study: int, fp and mixed format search, FLIQNAS, the schedule and the paper's setting", "",
-             f"- command: `{setup['command']}`", f"- machine: {setup['machine']}",
+             f"- command: `{setup['command']}`", f"- machine: {machine_text(setup['machine'])}; {setup['date']}",
              f"- wall time: {setup['wall']}", "", f"Scale: {setup['scale']}", "",
              "| run | target BitOps | BitOps | accuracy (shared estimator) | accuracy (FLIQS weights, no retraining) "
              "| final entropy | formats | depths | width |", "|---|---|---|---|---|---|---|---|---|"]
@@ -387,8 +387,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup = {
         "command": shlex.join(["PYTHONPATH=.", f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
                                ".venv/bin/python", *sys.argv]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs, {torch.get_num_threads()} "
-                   f"torch thread(s), torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall": (f"FLIQS runs and baselines {wall / 60:.1f} min (their own timings, reused runs included), this "
                  f"invocation {(time.perf_counter() - started) / 60:.1f} min, supernet training "
                  f"{supernet_minutes(args.supernet):.1f} min"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -45,6 +44,7 @@ from automq.search.results import load_trials
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
+from provenance import machine, machine_text
 
 RESULTS = Path(__file__).parent / "results"
 CALIB_IMAGES = 512  # as `automq export` recalibrates BN
@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     raw = json_table_metadata(args.table)
     meta = {
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other jobs), "
-                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, ONNX Runtime threads {args.threads}",
+        "machine": machine(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "onnxruntime_threads": args.threads,
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
@@ -215,8 +216,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"({table['_configurations']} layer configurations, {table['_measured']} measured, wall time "
         f"{table['_wall_time_s']} s, {table['_runtime']}, threads {table['_threads']}, median of {table['_runs']} "
         f"runs after {table['_warmup']}, a different random input each run, overhead entry {table['model/overhead']:.4f} ms)  ",
-        f"Machine: {meta['machine']}; load average {meta['load_average_before_after'][0]} before, "
-        f"{meta['load_average_before_after'][1]} after (2 cores shared with other jobs: timings are noisy, hence "
+        f"Machine: {machine_text(meta['machine'])}, OMP_NUM_THREADS={meta['omp_num_threads']}, ONNX Runtime threads "
+        f"{meta['onnxruntime_threads']}; load average {meta['load_average_before_after'][0]} before, "
+        f"{meta['load_average_before_after'][1]} after (other jobs share the machine: timings are noisy, hence "
         f"medians); {meta['time']}; {meta['versions']}  ",
         f"Supernet: {meta['supernet']} ({training_text(training_summary(meta['supernet']))}); ORT vs PyTorch on "
         f"{meta['test_images']} of the {meta['test_split']} test images; wall time {meta['wall_s']} s", "",

@@ -17,8 +17,6 @@ For each candidate (of ``latency_table.py``'s 20, by id), extracted and BN-recal
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -41,6 +39,7 @@ from automq.numerics.quant import QuantConv2d, QuantLinear
 from automq.oneshot.train import load_space_data, load_supernet
 from automq.space.space import SearchSpace
 from latency_table import CALIB_IMAGES, candidates
+from provenance import machine, machine_text
 
 RESULTS = Path(__file__).parent / "results"
 Batches = list[tuple[Tensor, Tensor]]
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
                      **agreements(proto, model, test)})
         print(rows[-1], flush=True)
     meta = {"command": shlex.join([sys.executable, *sys.argv]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs), 1 torch thread",
+            "machine": machine(),
             "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
             "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "supernet": str(args.supernet),
             "test_images": sum(len(labels) for _, labels in test), "op_images": args.op_images,
@@ -197,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
 def markdown(meta: dict, rows: list[dict]) -> str:
     lines = ["# ONNX Runtime vs PyTorch: where the top-1 classes part (issue 19)", "",
              f"Command: `OMP_NUM_THREADS=1 {meta['command']}`  ",
-             f"Machine: {meta['machine']}; {meta['time']}; {meta['versions']}; wall time {meta['wall_s']} s  ",
+             f"Machine: {machine_text(meta['machine'])}; {meta['time']}; {meta['versions']}; "
+             f"wall time {meta['wall_s']} s  ",
              f"Supernet: {meta['supernet']} (a short demo training: these candidates are near chance, 10 classes)", "",
              f"Ops in isolation (first {meta['op_images']} test images): each PyTorch op fed the tensor ONNX Runtime "
              "fed its own node; outputs that differ bit for bit.", "",

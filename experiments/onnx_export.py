@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from automq.model.onnx_export import export_onnx, optimized_graph
 from automq.model.supernet import recalibrate_bn
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 from automq.space.space import SearchSpace
+from provenance import machine, machine_text
 
 RESULTS = Path(__file__).parent / "results"
 CALIB_IMAGES = 512  # as `automq export` recalibrates BN
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             print(label, rows[-1], flush=True)
     meta = {
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
-                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+        "machine": machine(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
         "supernet": str(args.supernet),
@@ -98,7 +98,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [
         "# ONNX export: ONNX Runtime vs PyTorch on the test split", "",
         f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['time']}; {meta['versions']}  ",
+        f"Machine: {machine_text(meta['machine'])}, OMP_NUM_THREADS={meta['omp_num_threads']}; {meta['time']}; "
+        f"{meta['versions']}  ",
         f"Supernet: {meta['supernet']} ({meta['supernet_text']}); {meta['test_images']} test images; wall time "
         f"{meta['wall_s']} s", "",
         "Each candidate is extracted, BN-recalibrated on 512 training images and exported as `automq export --onnx` "
