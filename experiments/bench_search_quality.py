@@ -36,6 +36,7 @@ import json
 import os
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -44,7 +45,8 @@ from automq.space.candidate import Candidate
 from automq.cost import CostModel
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.report.comparison import analyse_runs, find_baselines
-from automq.report.final import FineTune, measure_final, pairings, verdict
+from automq.oneshot.paired import Correctness
+from automq.report.final import FineTune, compare, measure_final, measured_outcomes, pairings, verdict
 from automq.search.driver import run_search
 from automq.io import atomic_write_json, atomic_write_text
 from automq.search.refine import SEARCH_KEYS
@@ -235,6 +237,7 @@ SWEEP_LEVELS = 100
 SEEDED = {"evolution-seeded": ("limpq", "clado")}  # search -> the searches whose candidates seed it
 DEMO_SEARCHES = ("evolution", "tune-nsga2", "evolution-seeded")  # also run at the demo's size, search.trials
 DEFAULT_CHECKPOINTS = (100, 300, 1000)
+HEAD_TO_HEAD_REFERENCE = "tune-nsga2"  # the sampler that issue 17's search has to beat with as many evaluations
 
 
 def default_space_benchmark(args: argparse.Namespace) -> None:
@@ -304,11 +307,32 @@ def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) ->
     final = measure_final(folders, args.default_space, final_dir, finetune=finetune)
     for label, counts in final["summary"].items():
         searches[Path(final["searches"][label]).name]["final"] = counts
+    versus = head_to_head(final, measured_outcomes(final_dir, final))
     return {"command": command(), "space": DEFAULT_SPACE, "supernet": args.default_space,
             "supernet_training": training_summary(args.default_space), "machine": machine(),
             "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "eval_size": estimator.val_images, "searches": searches, "final_wall_s": time.perf_counter() - start,
-            "final": final}
+            "final": final, "head_to_head": versus}
+
+
+def head_to_head(final: dict, outcomes: dict[str, Correctness], reference: str = HEAD_TO_HEAD_REFERENCE) -> list[dict]:
+    """At each uniform budget, each search of :data:`DEMO_SEARCHES` against ``reference`` with as many trials (a
+    ``-demo`` folder against the reference's ``-demo`` one): both candidates chosen by their validation accuracy,
+    before the test split is read, then paired on its images. Which search serves a user better, budget by
+    budget; the comparisons with uniform precision cannot tell two searches that both beat it apart."""
+    folder = {label: Path(path).name for label, path in final["searches"].items()}
+    picks = {(folder[c["run"]], c["budget"]): c for c in final["comparisons"]}
+    rows = []
+    for (name, budget), pick in picks.items():
+        base = name.removesuffix("-demo")
+        versus = picks.get((reference + name[len(base):], budget))
+        if base not in DEMO_SEARCHES or base == reference or versus is None or None in (
+                pick["searched_trial"], versus["searched_trial"]):
+            continue
+        rows.append({"search": name, "reference": reference + name[len(base):], "budget": budget,
+                     "searched_id": pick["searched_id"], "reference_id": versus["searched_id"],
+                     **compare(outcomes[pick["searched_id"]], outcomes[versus["searched_id"]])})
+    return rows
 
 
 def as_searched(trials: list[Trial]) -> list[Trial]:
@@ -380,7 +404,27 @@ def default_markdown(result: dict) -> str:
                      f"{c['searched_bitops']:.4g} | {100 * c['searched_val_accuracy']:.2f} | "
                      f"{100 * c['searched_test_accuracy']:.2f} | {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} | "
                      f"{c['verdict']} |")
-    return "\n".join(lines + ceiling_lines(result["final"])) + "\n"
+    return "\n".join(lines + head_to_head_lines(result) + ceiling_lines(result["final"])) + "\n"
+
+
+def head_to_head_lines(result: dict) -> list[str]:
+    """The Markdown of :func:`head_to_head` (nothing for the records made before it)."""
+    rows = result.get("head_to_head")
+    if not rows:
+        return []
+    lines = ["", "## Head to head (test split)", "",
+             "At each uniform budget, the search's candidate against the candidate of the search named, with as many "
+             "trials, both chosen by validation accuracy, paired on the same test images (points ± paired SE; a win "
+             "or loss beyond 2 SE).", ""]
+    for name in dict.fromkeys(row["search"] for row in rows):
+        mine = [row for row in rows if row["search"] == name]
+        counts = Counter(row["verdict"] for row in mine)
+        lines.append(f"- {name} against {mine[0]['reference']}, {result['searches'][name]['trials']} trials each: "
+                     f"{counts['win']} wins, {counts['tie']} ties, {counts['loss']} losses of {len(mine)} budgets")
+    lines += ["", "| search | against | BitOps budget | difference | verdict |", "|---|---|---:|---|---|"]
+    lines += [f"| {row['search']} | {row['reference']} | {row['budget']:.4g} | {100 * row['difference']:+.2f} ± "
+              f"{100 * row['se']:.2f} | {row['verdict']} |" for row in rows]
+    return lines
 
 
 def ceiling_lines(final: dict) -> list[str]:

@@ -7,8 +7,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from automq.oneshot.paired import Correctness
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from bench_search_quality import ceiling_lines, supernet_scale, with_seed_searches  # noqa: E402
+from bench_search_quality import (ceiling_lines, head_to_head, head_to_head_lines, supernet_scale,  # noqa: E402
+                                  with_seed_searches)
 
 
 def comparison(run: str, budget: float, uniform: str, searched_id: str | None, difference: float, se: float,
@@ -71,3 +76,37 @@ def test_the_supernet_is_named_with_its_training_where_the_record_kept_it() -> N
         " (16 epochs on 40000 train images, the largest + 3 random candidates per step, 45 min; val accuracy largest "
         "0.912, smallest 0.867)")
     assert supernet_scale({}) == ""  # the records made before it was kept
+
+
+def outcomes(right: int, images: int = 10) -> Correctness:
+    """The first ``right`` of ``images`` images classified right."""
+    return Correctness.from_bools(np.arange(images) < right)
+
+
+def pick(run: str, budget: float, searched_id: str | None) -> dict:
+    return {"run": run, "budget": budget, "searched_trial": None if searched_id is None else 0,
+            "searched_id": searched_id}
+
+
+def test_head_to_head_pairs_each_search_with_the_reference_of_its_size_at_each_budget() -> None:
+    final = {"searches": {"evolution (evolution)": "runs/b/evolution", "evolution (evolution-demo)": "runs/b/"
+                          "evolution-demo", "tune-nsga2 (tune-nsga2)": "runs/b/tune-nsga2",
+                          "tune-nsga2 (tune-nsga2-demo)": "runs/b/tune-nsga2-demo", "clado": "runs/b/clado"},
+             "comparisons": [pick("evolution (evolution)", 1.0, "e1"), pick("tune-nsga2 (tune-nsga2)", 1.0, "t1"),
+                             pick("evolution (evolution-demo)", 1.0, "d1"),
+                             pick("tune-nsga2 (tune-nsga2-demo)", 1.0, "td1"), pick("clado", 1.0, "c1"),
+                             pick("evolution (evolution)", 2.0, "e2"), pick("tune-nsga2 (tune-nsga2)", 2.0, None)]}
+    # 10 images: e1 right on the first 9, t1 on the first 4 (5 images right only in e1); d1 = td1
+    scores = {"e1": outcomes(9), "t1": outcomes(4), "d1": outcomes(6), "td1": outcomes(6), "c1": outcomes(1),
+              "e2": outcomes(9)}
+    rows = head_to_head(final, scores)
+    # clado is not one of the searches run at two sizes; at budget 2.0 the reference has no candidate
+    assert [(r["search"], r["reference"], r["budget"]) for r in rows] == [
+        ("evolution", "tune-nsga2", 1.0), ("evolution-demo", "tune-nsga2-demo", 1.0)]
+    # d = 1 on 5 of 10 images: mean 0.5, mean of d^2 0.5, SE sqrt((0.5 - 0.25) / 10)
+    assert abs(rows[0]["difference"] - 0.5) < 1e-12 and abs(rows[0]["se"] - 0.25 ** 0.5 / 10 ** 0.5) < 1e-12
+    assert rows[0]["verdict"] == "win" and rows[1]["difference"] == 0.0 and rows[1]["verdict"] == "tie"
+    lines = "\n".join(head_to_head_lines({"head_to_head": rows, "searches": {"evolution": {"trials": 1000},
+                                                                             "evolution-demo": {"trials": 100}}}))
+    assert "- evolution against tune-nsga2, 1000 trials each: 1 wins, 0 ties, 0 losses of 1 budgets" in lines
+    assert "| evolution | tune-nsga2 | 1 | +50.00 ± 15.81 | win |" in lines

@@ -50,7 +50,7 @@ from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
 
 __all__ = ["FINAL_FILE", "MARGIN_SE", "RECIPE", "SCORES_FILE", "Z95", "FineTune", "Pairing", "ceiling", "compare",
-           "deploy", "load_final", "measure_final", "pairings", "summarise", "verdict"]
+           "deploy", "load_final", "measure_final", "measured_outcomes", "pairings", "summarise", "verdict"]
 
 FINAL_FILE = "final.json"
 SCORES_FILE = "final_scores.jsonl"
@@ -196,7 +196,7 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
                            test=sum(len(labels) for _, labels in test),
                            finetune=finetune.describe(space, len(data.train)) if finetune else NO_FINETUNE)
     scores = Path(out_dir) / SCORES_FILE
-    key = {"supernet": _file_digest(Path(supernet_dir) / SUPERNET), "recipe": recipe}
+    key = _scores_key(supernet_dir, recipe)
     correct = _stored_scores(scores, key)
     tuning = (finetune, space, data.train) if finetune else None
     for cid, candidate in candidates.items():
@@ -234,6 +234,16 @@ def ceiling(measured: Sequence[tuple[str, Trial]], baselines: Sequence[Baseline]
             "test_accuracy": best_score.accuracy, "uniform": uniform.name, "uniform_run": uniform.run,
             "uniform_trial": uniform.trial.number, f"uniform_{COST}": uniform.trial.metrics[COST],
             "uniform_test_accuracy": uniform_score.accuracy, **compare(best_score, uniform_score, margin_se)}
+
+
+def measured_outcomes(out_dir: str | Path, final: Mapping[str, Any]) -> dict[str, Correctness]:
+    """The per-image test outcomes behind ``final`` (the ``final.json`` of ``out_dir``), by candidate id: what a
+    paired comparison of two searches' candidates needs."""
+    return _stored_scores(Path(out_dir) / SCORES_FILE, _scores_key(final["supernet"], final["recipe"]))
+
+
+def _scores_key(supernet_dir: str | Path, recipe: str) -> dict[str, str]:
+    return {"supernet": _file_digest(Path(supernet_dir) / SUPERNET), "recipe": recipe}
 
 
 def _file_digest(path: Path) -> str:
