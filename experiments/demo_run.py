@@ -2,7 +2,7 @@
 
 What a new user does: clone the repository and run ``make demo``. This script clones the current commit into a
 fresh folder, runs ``make setup data`` there (the virtual environment and packages: timed on its own, since a
-machine with a warm pip cache is faster), then ``make demo`` (the supernet, the tune search with its refinement,
+machine with a warm pip cache is faster), then ``make demo`` (the supernet, the evolution search with its refinement,
 the uniform baselines, the test-split measurement and the report), and writes ``demo_run.md``/``.json`` from what
 the demo wrote: the supernet's training record, each search's ``run.json`` and the report's ``final.json``. A
 finished clone is deleted (it holds a virtual environment of several GB) unless ``--keep``; a failed one is kept

@@ -254,16 +254,15 @@ def test_search_prints_what_the_measurement_and_each_solve_cost(space_file, run_
 
 def test_tune_shortcuts_merge_with_options(space_file, run_dir, tmp_path) -> None:
     out = tmp_path / "tune"
-    assert run_cli("search", space_file, "--supernet", run_dir, "--sampler", "random", "--workers", 0,
-                   "--option", "batch_size=2", "--trials", 2, "--out", out) == 0
+    assert run_cli("search", space_file, "--supernet", run_dir, "--strategy", "tune", "--sampler", "random",
+                   "--workers", 0, "--option", "batch_size=2", "--trials", 2, "--out", out) == 0
     assert run_options(out) == {"batch_size": 2, "sampler": "random", "workers": 0}
     assert len(load_trials(out)) == 2
 
 
-def test_evolution_takes_the_workers_shortcut(space_file, run_dir, tmp_path) -> None:
+def test_evolution_is_the_default_search_and_takes_the_workers_shortcut(space_file, run_dir, tmp_path) -> None:
     out = tmp_path / "evolution"
-    assert run_cli("search", space_file, "--supernet", run_dir, "--strategy", "evolution", "--workers", 0,
-                   "--trials", 3, "--out", out) == 0
+    assert run_cli("search", space_file, "--supernet", run_dir, "--workers", 0, "--trials", 3, "--out", out) == 0
     assert run_options(out) == {"workers": 0}
     assert [t.strategy for t in load_trials(out)] == ["evolution"] * 3
 
@@ -277,7 +276,9 @@ def test_evolution_takes_the_workers_shortcut(space_file, run_dir, tmp_path) -> 
     (["--strategy", "limpq", "--sampler", "tpe"], "--sampler is not an option of the 'limpq' strategy"),
     (["--strategy", "uniform", "--workers", "0"], "--workers is not an option of the 'uniform' strategy"),
     (["--strategy", "evolution", "--sampler", "tpe"], "--sampler is not an option of the 'evolution' strategy"),
-    (["--sampler", "tpe", "--option", "sampler=gp"], "the strategy option 'sampler' is given twice"),
+    (["--sampler", "tpe"], "--sampler is not an option of the 'evolution' strategy but of tune (--strategy tune)"),
+    (["--strategy", "tune", "--sampler", "tpe", "--option", "sampler=gp"], "the strategy option 'sampler' is given "
+                                                                           "twice"),
     (["--strategy", "nope"], "unknown strategy 'nope'"),
 ])
 def test_bad_search_options_fail_before_anything_is_written(arguments, message, space_file, tmp_path,
@@ -318,10 +319,10 @@ def test_demo_trains_searches_and_reports_end_to_end(space_file, tmp_path) -> No
     out = tmp_path / "demo"
     assert run_cli("demo", space_file, "--out", out, "--trials", 3, "--workers", 0) == 0
     assert len((out / "supernet" / "metrics.jsonl").read_text().splitlines()) == 2  # the space's epochs
-    assert len(load_trials(out / "search-tune")) == 3
+    assert len(load_trials(out / "search-evolution")) == 3
     assert len(load_trials(out / "search-uniform")) == UNIFORM_PAIRS
-    assert run_options(out / "search-tune") == {"sampler": "nsga2", "workers": 0}
+    assert run_options(out / "search-evolution") == {"workers": 0}
     assert (out / "report" / "report.html").is_file()
     final = json.loads((out / "report" / "final.json").read_text())  # the front measured on the test split
-    assert set(final["summary"]) == {"tune-nsga2"} and final["test_images"] > 0
+    assert set(final["summary"]) == {"evolution"} and final["test_images"] > 0
     assert "Final measurement (test split)" in (out / "report" / "report.md").read_text()

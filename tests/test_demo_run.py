@@ -36,7 +36,7 @@ def demo(tiny_space: SpaceFactory, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_the_record_holds_what_the_demo_wrote(demo: Path) -> None:
     record = demo_record(demo)
     assert record["supernet"]["epochs"] == 2 and record["supernet"]["train_images"] == 128
-    assert set(record["searches"]) == {"search-tune", "search-uniform"}
+    assert set(record["searches"]) == {"search-evolution", "search-uniform"}
     for name, search in record["searches"].items():
         assert search["trials"]["ok"] == len(load_trials(demo / name))
     final = json.loads((demo / "report" / "final.json").read_text())
@@ -49,9 +49,9 @@ def test_the_markdown_names_its_run_and_has_a_row_per_comparison(demo: Path) -> 
               "demo_s": 345.6, "wall_s": 400.0, **demo_record(demo)}
     text = markdown(result)
     assert "- wall time: 400 s" in text and "| `make demo` in all | 346 |" in text
-    tune_trials = len(load_trials(demo / "search-tune"))
-    assert "| search-tune (tune) | " in text and f"{tune_trials} trials ({tune_trials} ok)" in text
+    searched = len(load_trials(demo / "search-evolution"))
+    assert "| search-evolution (evolution) | " in text and f"{searched} trials ({searched} ok)" in text
     comparisons = json.loads((demo / "report" / "final.json").read_text())["comparisons"]
-    rows = [line for line in text.splitlines() if line.startswith("| tune-nsga2 |")]
+    rows = [line for line in text.splitlines() if line.startswith("| evolution |")]
     assert len(rows) == len(comparisons) > 0
     assert all(row.endswith(f"| {c['verdict']} |") for row, c in zip(rows, comparisons))

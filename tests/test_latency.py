@@ -176,8 +176,8 @@ def test_a_latency_objective_searches_with_a_table_the_command_built(tmp_path, c
     _write(space_file, data)
     run, out = tmp_path / "run", tmp_path / "search"
     assert main(["train-supernet", str(space_file), "--out", str(run)]) == 0
-    assert main(["search", str(space_file), "--supernet", str(run), "--sampler", "random", "--workers", "0",
-                 "--trials", "3", "--out", str(out)]) == 0
+    assert main(["search", str(space_file), "--supernet", str(run), "--strategy", "tune", "--sampler", "random",
+                 "--workers", "0", "--trials", "3", "--out", str(out)]) == 0
     table = json.loads((tmp_path / "latency.json").read_text())
     space = SearchSpace.from_file(space_file)
     trials = load_trials(out)
