@@ -372,7 +372,7 @@ def default_markdown(result: dict) -> str:
              "validation split (the final comparison picks each candidate by that validation accuracy); time: the "
              "summed trial times",
              "- wall time: the searches' summed trial times below; the final measurement "
-             f"{result['final_wall_s']:.0f} s",
+             f"{result['final_wall_s']:.0f} s{measuring_time(result['final'])}",
              "", "## During the search (validation images)", "",
              "Hypervolume of the first n trials; budgets beaten: uniform budgets at which the search's best candidate "
              "leads the best uniform format by more than 2 paired SE on the search's own images (both chosen on "
@@ -405,6 +405,15 @@ def default_markdown(result: dict) -> str:
                      f"{100 * c['searched_test_accuracy']:.2f} | {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} | "
                      f"{c['verdict']} |")
     return "\n".join(lines + head_to_head_lines(result) + ceiling_lines(result["final"])) + "\n"
+
+
+def measuring_time(final: dict) -> str:
+    """How long measuring the candidates took in all, when a stored measurement made this run shorter."""
+    seconds = final.get("measure_s")
+    if seconds is None:
+        return ""
+    return (f" in this run; measuring its {final['candidates_measured']} candidates took {seconds:.0f} s (summed over "
+            "the runs that measured them)")
 
 
 def head_to_head_lines(result: dict) -> list[str]:

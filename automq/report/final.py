@@ -197,13 +197,17 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
                            finetune=finetune.describe(space, len(data.train)) if finetune else NO_FINETUNE)
     scores = Path(out_dir) / SCORES_FILE
     key = _scores_key(supernet_dir, recipe)
-    correct = _stored_scores(scores, key)
+    stored = _stored_scores(scores, key)
     tuning = (finetune, space, data.train) if finetune else None
     for cid, candidate in candidates.items():
-        if cid not in correct:
-            correct[cid] = score_model(deploy(supernet, candidate, calibration, finetune=tuning), test).correctness
-            append_jsonl(scores, {**key, "candidate_id": cid, "images": correct[cid].images,
-                                  "bits": correct[cid].bits.hex()})
+        if cid not in stored:
+            begun = time.perf_counter()
+            outcome = score_model(deploy(supernet, candidate, calibration, finetune=tuning), test).correctness
+            stored[cid] = (outcome, time.perf_counter() - begun)
+            append_jsonl(scores, {**key, "candidate_id": cid, "images": outcome.images, "bits": outcome.bits.hex(),
+                                  "wall_s": stored[cid][1]})
+    correct = {cid: outcome for cid, (outcome, _) in stored.items()}
+    seconds = [stored[cid][1] for cid in candidates]
     images = next(iter(correct.values())).images
     result = {
         "recipe": recipe, "finetune": dataclasses.asdict(finetune) if finetune else None,
@@ -214,6 +218,8 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
         "comparisons": [_comparison_record(p, correct, margin_se) for p in chosen],
         "ceiling": ceiling(measured, baselines, correct, margin_se),
         "wall_s": time.time() - start,
+        # what measuring every candidate took, over all the runs that measured them (None: a record lacks its time)
+        "measure_s": None if None in seconds else sum(seconds), "candidates_measured": len(candidates),
     }
     result["summary"] = summarise(result["comparisons"])
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -239,7 +245,8 @@ def ceiling(measured: Sequence[tuple[str, Trial]], baselines: Sequence[Baseline]
 def measured_outcomes(out_dir: str | Path, final: Mapping[str, Any]) -> dict[str, Correctness]:
     """The per-image test outcomes behind ``final`` (the ``final.json`` of ``out_dir``), by candidate id: what a
     paired comparison of two searches' candidates needs."""
-    return _stored_scores(Path(out_dir) / SCORES_FILE, _scores_key(final["supernet"], final["recipe"]))
+    stored = _stored_scores(Path(out_dir) / SCORES_FILE, _scores_key(final["supernet"], final["recipe"]))
+    return {cid: outcome for cid, (outcome, _) in stored.items()}
 
 
 def _scores_key(supernet_dir: str | Path, recipe: str) -> dict[str, str]:
@@ -255,13 +262,15 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stored_scores(path: Path, key: Mapping[str, str]) -> dict[str, Correctness]:
-    """The per-image outcomes already measured with the same supernet and recipe (``key``), by candidate id."""
+def _stored_scores(path: Path, key: Mapping[str, str]) -> dict[str, tuple[Correctness, float | None]]:
+    """The per-image outcomes already measured with the same supernet and recipe (``key``), by candidate id, with
+    the seconds each took (None where the record lacks them)."""
     stored = {}
     for record in read_jsonl(path):
         if all(record.get(k) == v for k, v in key.items()):
             try:
-                stored[record["candidate_id"]] = Correctness(bytes.fromhex(record["bits"]), int(record["images"]))
+                outcome = Correctness(bytes.fromhex(record["bits"]), int(record["images"]))
+                stored[record["candidate_id"]] = (outcome, record.get("wall_s"))
             except (KeyError, TypeError, ValueError):
                 continue  # a damaged line: that candidate is measured again
     return stored
