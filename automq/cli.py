@@ -334,7 +334,11 @@ def _cmd_final(args: argparse.Namespace) -> None:
 
     if args.finetune_images < 0:
         raise AutomqError(f"--finetune-images must be at least 0 (0: no fine-tuning), got {args.finetune_images}")
-    finetune = FineTune(args.finetune_images, args.finetune_epochs) if args.finetune_images else None
+    if not args.finetune_images and (args.finetune_epochs, args.finetune_lr) != (None, None):
+        raise AutomqError("--finetune-epochs and --finetune-lr set a fine-tune: give its images with "
+                          "--finetune-images N too")
+    epochs = 1 if args.finetune_epochs is None else args.finetune_epochs
+    finetune = FineTune(args.finetune_images, epochs, lr=args.finetune_lr) if args.finetune_images else None
     final = measure_final(args.search_dirs, args.supernet, args.out, data_root=args.data,
                           test_images=args.test_images, finetune=finetune)
     _print_final(final)
@@ -468,11 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     final.add_argument("--test-images", type=int, metavar="N", help="score on the first N test images (default: all)")
     final.add_argument("--data", help="dataset folder (overrides dataset.root)")
     final.add_argument("--finetune-images", type=int, default=0, metavar="N",
-                       help="fine-tune every measured candidate alike (QAT in its formats, the space's recipe) on the "
-                            "first N training images before scoring it (default 0: no fine-tuning); a stopped "
+                       help="fine-tune every measured candidate alike (QAT in its formats, the space's optimiser) on "
+                            "the first N training images before scoring it (default 0: no fine-tuning); a stopped "
                             "measurement continues where it stopped")
-    final.add_argument("--finetune-epochs", type=int, default=1, metavar="E",
-                       help="epochs of that fine-tune (default 1)")
+    final.add_argument("--finetune-epochs", type=int, metavar="E", help="epochs of that fine-tune (default 1)")
+    final.add_argument("--finetune-lr", type=float, metavar="LR",
+                       help="its peak learning rate, decayed by a cosine without warm-up (default: the space's "
+                            "training.lr)")
     final.set_defaults(func=_cmd_final)
     return parser
 

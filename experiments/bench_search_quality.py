@@ -143,6 +143,9 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[25, 50, 100])
     parser.add_argument("--out", default="experiments/results")
     args = parser.parse_args()
+    if args.finetune_images < 0 or args.finetune_epochs < 1:
+        parser.error(f"--finetune-images must be >= 0 and --finetune-epochs >= 1, got {args.finetune_images} and "
+                     f"{args.finetune_epochs}")
 
     torch.set_num_threads(1)
     if args.default_space and args.render:
@@ -302,12 +305,12 @@ def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) ->
                              **budgets_beaten(trials[:n], uniform, estimator)} for n in checkpoints],
         }
     start = time.perf_counter()
-    finetune = FineTune(args.finetune_images, args.finetune_epochs) if args.finetune_images else None
+    finetune = FineTune(args.finetune_images, args.finetune_epochs) if args.finetune_images > 0 else None
     final_dir = runs / (f"final-finetune{args.finetune_images}x{args.finetune_epochs}" if finetune else "final")
     final = measure_final(folders, args.default_space, final_dir, finetune=finetune)
     for label, counts in final["summary"].items():
         searches[Path(final["searches"][label]).name]["final"] = counts
-    versus = head_to_head(final, measured_outcomes(final_dir, final))
+    versus = head_to_head(final, measured_outcomes(final_dir, final), {k: v["trials"] for k, v in searches.items()})
     return {"command": command(), "space": DEFAULT_SPACE, "supernet": args.default_space,
             "supernet_training": training_summary(args.default_space), "machine": machine(),
             "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -315,21 +318,24 @@ def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) ->
             "final": final, "head_to_head": versus}
 
 
-def head_to_head(final: dict, outcomes: dict[str, Correctness], reference: str = HEAD_TO_HEAD_REFERENCE) -> list[dict]:
+def head_to_head(final: dict, outcomes: dict[str, Correctness], trials: dict[str, int],
+                 reference: str = HEAD_TO_HEAD_REFERENCE) -> list[dict]:
     """At each uniform budget, each search of :data:`DEMO_SEARCHES` against ``reference`` with as many trials (a
-    ``-demo`` folder against the reference's ``-demo`` one): both candidates chosen by their validation accuracy,
-    before the test split is read, then paired on its images. Which search serves a user better, budget by
-    budget; the comparisons with uniform precision cannot tell two searches that both beat it apart."""
+    ``-demo`` folder against the reference's ``-demo`` one; ``trials`` by folder name, and a pair whose counts
+    differ is left out): both candidates chosen by their validation accuracy, before the test split is read, then
+    paired on its images. Which search serves a user better, budget by budget; the comparisons with uniform
+    precision cannot tell two searches that both beat it apart."""
     folder = {label: Path(path).name for label, path in final["searches"].items()}
     picks = {(folder[c["run"]], c["budget"]): c for c in final["comparisons"]}
     rows = []
     for (name, budget), pick in picks.items():
         base = name.removesuffix("-demo")
         versus = picks.get((reference + name[len(base):], budget))
+        other = reference + name[len(base):]
         if base not in DEMO_SEARCHES or base == reference or versus is None or None in (
-                pick["searched_trial"], versus["searched_trial"]):
+                pick["searched_trial"], versus["searched_trial"]) or trials[name] != trials[other]:
             continue
-        rows.append({"search": name, "reference": reference + name[len(base):], "budget": budget,
+        rows.append({"search": name, "reference": other, "trials": trials[name], "budget": budget,
                      "searched_id": pick["searched_id"], "reference_id": versus["searched_id"],
                      **compare(outcomes[pick["searched_id"]], outcomes[versus["searched_id"]])})
     return rows
@@ -428,7 +434,8 @@ def head_to_head_lines(result: dict) -> list[str]:
     for name in dict.fromkeys(row["search"] for row in rows):
         mine = [row for row in rows if row["search"] == name]
         counts = Counter(row["verdict"] for row in mine)
-        lines.append(f"- {name} against {mine[0]['reference']}, {result['searches'][name]['trials']} trials each: "
+        count = mine[0].get("trials", result["searches"][name]["trials"])  # the first records kept no count
+        lines.append(f"- {name} against {mine[0]['reference']}, {count} trials each: "
                      f"{counts['win']} wins, {counts['tie']} ties, {counts['loss']} losses of {len(mine)} budgets")
     lines += ["", "| search | against | BitOps budget | difference | verdict |", "|---|---|---:|---|---|"]
     lines += [f"| {row['search']} | {row['reference']} | {row['budget']:.4g} | {100 * row['difference']:+.2f} ± "

@@ -281,17 +281,18 @@ class EvolutionStrategy(TuneStrategy):
         jump_prob: share of mutated decisions that jump to any other choice instead of a neighbouring one.
         seed_from: search directories (``--out`` of earlier searches, e.g. a ``limpq`` or ``clado`` search's
             assignments) whose candidates are evaluated first too, after the uniform-precision ones.
-        workers, address, batch_size, max_failures, seed_fraction: as for ``tune``; the seeds also include the
-            largest candidate.
+        workers, address, batch_size, max_failures, seed_fraction, gpus_per_trial: as for ``tune``; the seeds
+            also include the largest candidate.
     """
 
     name = "evolution"
 
     def __init__(self, *, population: int | None = None, crossover_prob: float = 0.5, jump_prob: float = 0.2,
                  seed_from: Sequence[str] = (), workers: int | None = None, address: str | None = None,
-                 batch_size: int = 4, max_failures: int = 2, seed_fraction: float = 0.25) -> None:
+                 batch_size: int = 4, max_failures: int = 2, seed_fraction: float = 0.25,
+                 gpus_per_trial: float = 0.0) -> None:
         super().__init__(workers=workers, address=address, batch_size=batch_size, max_failures=max_failures,
-                         seed_fraction=seed_fraction)
+                         seed_fraction=seed_fraction, gpus_per_trial=gpus_per_trial)
         if population is not None and population < 2:
             raise ValueError(f"population must be >= 2 (or None for a tenth of the trials), got {population}")
         for name, value in (("crossover_prob", crossover_prob), ("jump_prob", jump_prob)):

@@ -99,13 +99,16 @@ def test_head_to_head_pairs_each_search_with_the_reference_of_its_size_at_each_b
     # 10 images: e1 right on the first 9, t1 on the first 4 (5 images right only in e1); d1 = td1
     scores = {"e1": outcomes(9), "t1": outcomes(4), "d1": outcomes(6), "td1": outcomes(6), "c1": outcomes(1),
               "e2": outcomes(9)}
-    rows = head_to_head(final, scores)
+    trials = {"evolution": 1000, "tune-nsga2": 1000, "evolution-demo": 100, "tune-nsga2-demo": 100, "clado": 90}
+    rows = head_to_head(final, scores, trials)
     # clado is not one of the searches run at two sizes; at budget 2.0 the reference has no candidate
     assert [(r["search"], r["reference"], r["budget"]) for r in rows] == [
         ("evolution", "tune-nsga2", 1.0), ("evolution-demo", "tune-nsga2-demo", 1.0)]
     # d = 1 on 5 of 10 images: mean 0.5, mean of d^2 0.5, SE sqrt((0.5 - 0.25) / 10)
     assert abs(rows[0]["difference"] - 0.5) < 1e-12 and abs(rows[0]["se"] - 0.25 ** 0.5 / 10 ** 0.5) < 1e-12
     assert rows[0]["verdict"] == "win" and rows[1]["difference"] == 0.0 and rows[1]["verdict"] == "tie"
+    # searches with different numbers of trials are not compared
+    assert [r["search"] for r in head_to_head(final, scores, {**trials, "tune-nsga2": 999})] == ["evolution-demo"]
     lines = "\n".join(head_to_head_lines({"head_to_head": rows, "searches": {"evolution": {"trials": 1000},
                                                                              "evolution-demo": {"trials": 100}}}))
     assert "- evolution against tune-nsga2, 1000 trials each: 1 wins, 0 ties, 0 losses of 1 budgets" in lines

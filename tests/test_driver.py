@@ -75,31 +75,36 @@ def test_progress_line_is_rewritten_in_place_on_a_terminal(tiny, tmp_path):
 
 
 def test_resume_runs_only_the_missing_trials(tiny, tmp_path):
-    run_search(tiny, out=tmp_path, trials=8, options=LOCAL_NSGA2, evaluator=ProxyEvaluator(tiny), progress=False)
+    run_search(tiny, out=tmp_path, strategy="tune", trials=8,
+               options=LOCAL_NSGA2, evaluator=ProxyEvaluator(tiny), progress=False)
     first = [t.to_dict() for t in load_trials(tmp_path)]
     with pytest.raises(AutomqError, match="already holds 8 trials; pass --resume"):
-        run_search(tiny, out=tmp_path, trials=14, options=LOCAL_NSGA2, evaluator=ProxyEvaluator(tiny))
+        run_search(tiny, out=tmp_path, strategy="tune", trials=14, options=LOCAL_NSGA2, evaluator=ProxyEvaluator(tiny))
     evaluator = ProxyEvaluator(tiny)
-    run_search(tiny, out=tmp_path, trials=14, resume=True, options=LOCAL_NSGA2, evaluator=evaluator, progress=False)
+    run_search(tiny, out=tmp_path, strategy="tune", trials=14, resume=True,
+               options=LOCAL_NSGA2, evaluator=evaluator, progress=False)
     saved = load_trials(tmp_path)
     assert [t.to_dict() for t in saved[:8]] == first and [t.number for t in saved] == list(range(14))
     assert len(evaluator.calls) == 6
     finished = ProxyEvaluator(tiny)
-    run_search(tiny, out=tmp_path, trials=14, resume=True, options=LOCAL_NSGA2, evaluator=finished, progress=False)
+    run_search(tiny, out=tmp_path, strategy="tune", trials=14, resume=True,
+               options=LOCAL_NSGA2, evaluator=finished, progress=False)
     assert finished.calls == [] and len(load_trials(tmp_path)) == 14
 
 
 def test_resume_refuses_a_different_space(tiny, tmp_path):
-    run_search(tiny, out=tmp_path, trials=2, options=LOCAL_NSGA2, evaluator=ProxyEvaluator(tiny), progress=False)
+    run_search(tiny, out=tmp_path, strategy="tune", trials=2,
+               options=LOCAL_NSGA2, evaluator=ProxyEvaluator(tiny), progress=False)
     other = SearchSpace.from_file(REPO / "spaces/mbv2_fmnist.yaml")
     with pytest.raises(SpaceError, match="differs from .*space.yaml"):
-        run_search(other, out=tmp_path, trials=4, resume=True, options=LOCAL_NSGA2, evaluator=ProxyEvaluator(other))
+        run_search(other, out=tmp_path, strategy="tune", trials=4, resume=True,
+                   options=LOCAL_NSGA2, evaluator=ProxyEvaluator(other))
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({}, "--supernet is required"),
     ({"strategy": "annealing"}, "unknown strategy 'annealing'"),
-    ({"options": {"sampler": "cmaes"}}, "unknown sampler 'cmaes'"),
+    ({"strategy": "tune", "options": {"sampler": "cmaes"}}, "unknown sampler 'cmaes'"),
     ({"options": {"colour": "red"}}, "unexpected keyword argument 'colour'"),
     ({"trials": 0}, "at least 1"),
 ])

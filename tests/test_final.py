@@ -210,14 +210,17 @@ def test_a_fine_tuned_deployment_trains_on_the_images_and_ignores_the_callers_th
     calibration = fixed_batches(data.train, 64, 32)
     train = fixed_batches(data.train, FINETUNE.images, 64)
     plain = deploy(supernet, candidate, calibration)
-    tuned = deploy(supernet, candidate, calibration, finetune=(FINETUNE, space, data.train))
+    rng = torch.get_rng_state()
+    tuned = deploy(supernet, candidate, calibration, finetune=FINETUNE, space=space, train=data.train)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is left alone
     # 16 SGD steps on 256 images it is scored on: the loss there falls well beyond float noise
     assert mean_loss(tuned, train) < 0.95 * mean_loss(plain, train)
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        again = deploy(supernet, candidate, calibration, finetune=(FINETUNE, space, data.train))
+        again = deploy(supernet, candidate, calibration, finetune=FINETUNE, space=space, train=data.train)
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
     for (name, a), (_, b) in zip(tuned.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -251,7 +254,12 @@ def test_a_stopped_fine_tuned_measurement_continues_without_measuring_a_candidat
     measured_ids = {c["candidate_id"] for c in tuned["candidates"]}
     assert len(calls) == len(measured_ids) - 2 and len(set(calls)) == len(calls)
     assert "fine-tuned in its formats for 2 epoch(s) on the first 256 training images" in tuned["recipe"]
-    assert tuned["finetune"] == {"images": 256, "epochs": 2, "seed": 0} and plain["finetune"] is None
+    assert "cosine schedule without warm-up" in tuned["recipe"]
+    assert tuned["finetune"] == {"images": 256, "epochs": 2, "seed": 0, "lr": None} and plain["finetune"] is None
+    # the resumed measurement equals one that was never stopped
+    monkeypatch.undo()
+    whole = measure_final(searches, run, tmp_path / "whole", finetune=FINETUNE, calib_images=64)
+    assert whole["candidates"] == tuned["candidates"] and whole["comparisons"] == tuned["comparisons"]
     # the fine-tune changed what the candidates get right
     before = {c["candidate_id"]: c["test_accuracy"] for c in plain["candidates"]}
     assert any(before[c["candidate_id"]] != c["test_accuracy"] for c in tuned["candidates"])
@@ -261,16 +269,43 @@ def test_a_stopped_fine_tuned_measurement_continues_without_measuring_a_candidat
     # the time of measuring each candidate is kept with it: the resumed total is that of the runs that measured them
     assert again["measure_s"] == tuned["measure_s"] > 0 and tuned["candidates_measured"] == len(measured_ids)
     assert again["comparisons"] == tuned["comparisons"]
-    # another recipe (no fine-tune) in the same folder measures everything again: nothing stored matches it
+    # another recipe (no fine-tune, other calibration or test images) in the same folder measures everything
+    # again: nothing stored matches it
+    for changed in ({}, {"calib_images": 32}, {"test_images": 150}):
+        calls = counting_deploy(monkeypatch)
+        measure_final(searches, run, out, **{"calib_images": 64, **changed})
+        assert sorted(calls) == sorted(measured_ids), changed
+
+
+def test_damaged_stored_scores_are_measured_again_not_trusted(
+        measured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    space, run, searches, plain, _ = measured
+    out = tmp_path / "damaged"
+    first = measure_final(searches, run, out)
+    lines = (out / SCORES_FILE).read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    short = {**records[0], "bits": records[0]["bits"][:4]}  # outcomes of 16 images where 200 are needed
+    untimed = {**records[1], "wall_s": "soon"}
+    (out / SCORES_FILE).write_text("\n".join(["42", "null", json.dumps(short), json.dumps(untimed),
+                                              *map(json.dumps, records[2:])]) + "\n")
     calls = counting_deploy(monkeypatch)
-    measure_final(searches, run, out, calib_images=64)
-    assert sorted(calls) == sorted(measured_ids)
+    again = measure_final(searches, run, out)
+    assert sorted(calls) == sorted([records[0]["candidate_id"], records[1]["candidate_id"]])
+    assert again["candidates"] == first["candidates"] == plain["candidates"]
 
 
-def test_a_fine_tune_without_images_or_epochs_is_refused() -> None:
-    for images, epochs in ((0, 1), (10, 0)):
-        with pytest.raises(DataError, match="at least one image and one epoch"):
-            FineTune(images, epochs)
+def test_a_fine_tune_on_more_images_than_the_training_split_is_refused(measured, tmp_path: Path) -> None:
+    space, run, searches, *_ = measured
+    held = len(load_space_data(space).train)
+    with pytest.raises(DataError, match=f"--finetune-images {held + 1} is out of range: the training split holds "
+                                        f"{held} images"):
+        measure_final(searches, run, tmp_path, finetune=FineTune(held + 1))
+
+
+def test_a_fine_tune_without_images_epochs_or_learning_rate_is_refused() -> None:
+    for images, epochs, lr in ((0, 1, None), (10, 0, None), (10, 1, 0.0), (10, 1, float("nan"))):
+        with pytest.raises(DataError, match="at least one image, one epoch and a learning rate above 0"):
+            FineTune(images, epochs, lr=lr)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -302,9 +337,10 @@ def test_cli_final_fine_tunes_and_says_so_in_the_report(measured, capsys) -> Non
     assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), "--test-images", "100",
                  "--finetune-images", "64"]) == 0
     final = json.loads((out / FINAL_FILE).read_text())
-    assert final["finetune"] == {"images": 64, "epochs": 1, "seed": 0}
+    assert final["finetune"] == {"images": 64, "epochs": 1, "seed": 0, "lr": None}
     assert "fine-tuned in its formats for 1 epoch(s) on the first 64 training images" in (out / "report.md").read_text()
-    for option in (["--finetune-images", "-1"], ["--finetune-images", "5", "--finetune-epochs", "0"]):
+    for option in (["--finetune-images", "-1"], ["--finetune-images", "5", "--finetune-epochs", "0"],
+                   ["--finetune-epochs", "2"], ["--finetune-images", "10000000"]):
         assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), *option]) == 2
         err = capsys.readouterr().err
         assert err.startswith("automq: error:") and err.count("\n") == 1

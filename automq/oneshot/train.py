@@ -66,6 +66,7 @@ __all__ = [
     "sandwich_step",
     "space_fingerprint",
     "SupernetTrainer",
+    "train_model",
     "train_supernet",
     "training_summary",
     "training_text",
@@ -246,7 +247,9 @@ def train_model(model: nn.Module, train: Dataset, spec: TrainingSpec, *, seed: i
     :func:`epoch_seed`. Returns the last epoch's mean training loss (nan for 0 epochs).
 
     The ground truths of the fidelity studies (a candidate trained alone) and the optional fine-tune of the final
-    measurement both train through here, so they follow the same recipe."""
+    measurement both train through here, so they follow the same recipe. The caller seeds torch and holds
+    :func:`deterministic` when it wants a reproducible run, and gives ``train`` on the model's device (an in-memory
+    dataset is not moved)."""
     device = module_device(model)
     optimizer = build_optimizer(model, spec)
     steps_per_epoch = -(-len(train) // spec.batch_size)

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+import automq
+
 from automq.data import DataSplits, fixed_batches, head
 from automq.errors import DataError
 from automq.io import append_jsonl, atomic_write_json, read_jsonl
@@ -47,7 +49,7 @@ from automq.report.comparison import (Baseline, RunAnalysis, analyse_runs, find_
 from automq.search.results import SPACE_FILE, load_search_dir
 from automq.search.trial import Trial
 from automq.space.candidate import Candidate
-from automq.space.space import SearchSpace
+from automq.space.space import SearchSpace, TrainingSpec
 
 __all__ = ["FINAL_FILE", "MARGIN_SE", "RECIPE", "SCORES_FILE", "Z95", "FineTune", "Pairing", "ceiling", "compare",
            "deploy", "load_final", "measure_final", "measured_outcomes", "pairings", "summarise", "verdict"]
@@ -126,40 +128,49 @@ def _most_accurate(items: Sequence[Any], *, key: Any) -> Any:
 @dataclass(frozen=True)
 class FineTune:
     """A short quantization-aware fine-tune of each deployed candidate: ``epochs`` over the first ``images``
-    training images with the space's training recipe (SGD, warm-up, cosine schedule, its learning rate and batch
-    size), shuffled by ``seed``. Every candidate measured, searched or uniform, gets the same one, so a comparison
-    stays paired; it shows whether a win survives the training a user would give the model before shipping it."""
+    training images with the space's optimiser (SGD, its momentum, weight decay and batch size) at ``lr`` (default:
+    the space's), a cosine schedule without warm-up (the weights are trained already), shuffled by ``seed``. Every
+    candidate measured, searched or uniform, gets the same one, so a comparison stays paired; it shows whether a
+    win survives the training a user would give the model before shipping it."""
 
     images: int
     epochs: int = 1
     seed: int = 0
+    lr: float | None = None
 
     def __post_init__(self) -> None:
-        if self.images < 1 or self.epochs < 1:
-            raise DataError(f"a fine-tune needs at least one image and one epoch, got {self.images} images and "
-                            f"{self.epochs} epochs (--finetune-images 0, the default, measures without one)")
+        if self.images < 1 or self.epochs < 1 or (self.lr is not None and not self.lr > 0):
+            raise DataError(f"a fine-tune needs at least one image, one epoch and a learning rate above 0, got "
+                            f"--finetune-images {self.images}, --finetune-epochs {self.epochs}, --finetune-lr "
+                            f"{self.lr} (--finetune-images 0, the default, measures without one)")
 
-    def describe(self, space: SearchSpace, train_images: int) -> str:
-        spec = space.training
-        return (f"then fine-tuned in its formats for {self.epochs} epoch(s) on the first "
-                f"{min(self.images, train_images)} training images (SGD lr {spec.lr:g}, batch {spec.batch_size}, "
-                f"the space's warm-up and cosine schedule, seed {self.seed}, {CALIBRATION_THREADS} torch thread)")
+    def spec(self, space: SearchSpace) -> TrainingSpec:
+        """The training recipe of the fine-tune: the space's, with these epochs and learning rate, no warm-up."""
+        return dataclasses.replace(space.training, epochs=self.epochs, warmup_epochs=0,
+                                   lr=space.training.lr if self.lr is None else self.lr)
+
+    def describe(self, space: SearchSpace) -> str:
+        spec = self.spec(space)
+        return (f"then fine-tuned in its formats for {self.epochs} epoch(s) on the first {self.images} training "
+                f"images (SGD lr {spec.lr:g}, momentum {spec.momentum:g}, weight decay {spec.weight_decay:g}, batch "
+                f"{spec.batch_size}, cosine schedule without warm-up, seed {self.seed}, {CALIBRATION_THREADS} torch "
+                "thread)")
 
 
 def deploy(supernet: Supernet, candidate: Candidate, calibration: Sequence[Any], *,
-           finetune: tuple[FineTune, SearchSpace, Dataset] | None = None) -> Any:
+           finetune: FineTune | None = None, space: SearchSpace | None = None, train: Dataset | None = None) -> Any:
     """The deployed model of ``candidate``: extracted from ``supernet``, its batch norms recalibrated on
-    ``calibration`` batches and, with ``finetune`` (the fine-tune, the space whose recipe it follows, the training
-    images), fine-tuned. Everything runs on :data:`CALIBRATION_THREADS` threads so the result does not depend on
-    the caller's thread count."""
-    with deterministic(), torch_threads(CALIBRATION_THREADS):
+    ``calibration`` batches and, with ``finetune``, fine-tuned on ``train`` (the training images, on the supernet's
+    device) with ``space``'s recipe. Everything runs on :data:`CALIBRATION_THREADS` threads so the result does not
+    depend on the caller's thread count, and the caller's random state is left as it was."""
+    with deterministic(), torch_threads(CALIBRATION_THREADS), torch.random.fork_rng(devices=[]):
         model = supernet.extract(candidate)
         recalibrate_bn(model, calibration)
         if finetune is not None:
-            settings, space, train = finetune
-            torch.manual_seed(settings.seed)
-            spec = dataclasses.replace(space.training, epochs=settings.epochs)
-            train_model(model, head(train, settings.images), spec, seed=settings.seed)
+            if space is None or train is None:
+                raise ValueError("a fine-tuned deployment needs the space (its recipe) and the training images")
+            torch.manual_seed(finetune.seed)
+            train_model(model, head(train, finetune.images), finetune.spec(space), seed=finetune.seed)
     return model.eval()
 
 
@@ -192,17 +203,25 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     test = _test_batches(data, test_images)
     calibration = fixed_batches(data.train, calib_images, DEPLOY_CALIB_BATCH)
     supernet = load_supernet(supernet_dir, space)
-    recipe = RECIPE.format(calib=min(calib_images, len(data.train)), batch=DEPLOY_CALIB_BATCH,
-                           test=sum(len(labels) for _, labels in test),
-                           finetune=finetune.describe(space, len(data.train)) if finetune else NO_FINETUNE)
+    if finetune and finetune.images > len(data.train):
+        raise DataError(f"--finetune-images {finetune.images} is out of range: the training split holds "
+                        f"{len(data.train)} images")
+    test_count = sum(len(labels) for _, labels in test)
+    recipe = RECIPE.format(calib=min(calib_images, len(data.train)), batch=DEPLOY_CALIB_BATCH, test=test_count,
+                           finetune=finetune.describe(space) if finetune else NO_FINETUNE)
     scores = Path(out_dir) / SCORES_FILE
-    key = _scores_key(supernet_dir, recipe)
-    stored = _stored_scores(scores, key)
-    tuning = (finetune, space, data.train) if finetune else None
+    key = _scores_key(supernet_dir, recipe, [*test, *calibration, *fixed_batches(data.train, finetune.images,
+                                                                                  EVAL_BATCH_SIZE)]
+                      if finetune else [*test, *calibration])
+    stored = _stored_scores(scores, key, test_count)
+    if stored:
+        print(f"final measurement: {len(stored.keys() & candidates.keys())} of {len(candidates)} candidates "
+              f"measured before with this code, supernet, data and recipe are taken from {scores}", flush=True)
     for cid, candidate in candidates.items():
         if cid not in stored:
             begun = time.perf_counter()
-            outcome = score_model(deploy(supernet, candidate, calibration, finetune=tuning), test).correctness
+            model = deploy(supernet, candidate, calibration, finetune=finetune, space=space, train=data.train)
+            outcome = score_model(model, test).correctness
             stored[cid] = (outcome, time.perf_counter() - begun)
             append_jsonl(scores, {**key, "candidate_id": cid, "images": outcome.images, "bits": outcome.bits.hex(),
                                   "wall_s": stored[cid][1]})
@@ -210,7 +229,7 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     seconds = [stored[cid][1] for cid in candidates]
     images = next(iter(correct.values())).images
     result = {
-        "recipe": recipe, "finetune": dataclasses.asdict(finetune) if finetune else None,
+        "recipe": recipe, "finetune": dataclasses.asdict(finetune) if finetune else None, "scores_key": key,
         "supernet": str(supernet_dir), "searches": {run.label: str(run.result.path) for run in runs},
         "test_images": images,
         "margin_se": margin_se, "notes": notes,
@@ -244,13 +263,22 @@ def ceiling(measured: Sequence[tuple[str, Trial]], baselines: Sequence[Baseline]
 
 def measured_outcomes(out_dir: str | Path, final: Mapping[str, Any]) -> dict[str, Correctness]:
     """The per-image test outcomes behind ``final`` (the ``final.json`` of ``out_dir``), by candidate id: what a
-    paired comparison of two searches' candidates needs."""
-    stored = _stored_scores(Path(out_dir) / SCORES_FILE, _scores_key(final["supernet"], final["recipe"]))
+    paired comparison of two searches' candidates needs. Raises :class:`~automq.errors.DataError` when the stored
+    outcomes lack a candidate of ``final`` (the scores file is gone, or the supernet changed since)."""
+    path = Path(out_dir) / SCORES_FILE
+    stored = _stored_scores(path, final["scores_key"], final["test_images"])
+    missing = sorted({c["candidate_id"] for c in final["candidates"]} - stored.keys())
+    if missing:
+        raise DataError(f"{path} lacks the outcomes of {len(missing)} candidates of {Path(out_dir) / FINAL_FILE} "
+                        f"(e.g. {missing[0]}): run the final measurement again")
     return {cid: outcome for cid, (outcome, _) in stored.items()}
 
 
-def _scores_key(supernet_dir: str | Path, recipe: str) -> dict[str, str]:
-    return {"supernet": _file_digest(Path(supernet_dir) / SUPERNET), "recipe": recipe}
+def _scores_key(supernet_dir: str | Path, recipe: str, batches: Sequence[Any]) -> dict[str, str]:
+    """What a stored score is valid for: the supernet's weights, the deployment recipe, the images and labels it
+    read (``batches``) and the code of automq that computed it, so no edit of any of them reuses a stale score."""
+    return {"supernet": _file_digest(Path(supernet_dir) / SUPERNET), "recipe": recipe,
+            "data": _tensors_digest(batches), "code": _code_digest()}
 
 
 def _file_digest(path: Path) -> str:
@@ -262,17 +290,48 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stored_scores(path: Path, key: Mapping[str, str]) -> dict[str, tuple[Correctness, float | None]]:
-    """The per-image outcomes already measured with the same supernet and recipe (``key``), by candidate id, with
-    the seconds each took (None where the record lacks them)."""
+def _tensors_digest(batches: Sequence[Any]) -> str:
+    digest = hashlib.sha256()
+    for images, labels in batches:
+        digest.update(images.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(labels.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _code_digest() -> str:
+    """SHA-256 of the source files of the automq package (what deploys and scores a candidate), in a fixed order."""
+    digest = hashlib.sha256()
+    root = Path(automq.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _outcome(record: Any, images: int) -> tuple[Correctness, float | None] | None:
+    """A stored record's outcomes on ``images`` test images and its seconds, or None for a damaged record."""
+    if not isinstance(record, dict):
+        return None
+    bits, count, seconds = record.get("bits"), record.get("images"), record.get("wall_s")
+    if not isinstance(bits, str) or count != images or not (seconds is None or isinstance(seconds, (int, float))):
+        return None
+    try:
+        packed = bytes.fromhex(bits)
+    except ValueError:
+        return None
+    return (Correctness(packed, images), seconds) if len(packed) == -(-images // 8) else None
+
+
+def _stored_scores(path: Path, key: Mapping[str, str],
+                   images: int) -> dict[str, tuple[Correctness, float | None]]:
+    """The per-image outcomes already measured under ``key`` on ``images`` test images, by candidate id, with the
+    seconds each took (None where the record lacks them); a damaged record is skipped (measured again)."""
     stored = {}
     for record in read_jsonl(path):
-        if all(record.get(k) == v for k, v in key.items()):
-            try:
-                outcome = Correctness(bytes.fromhex(record["bits"]), int(record["images"]))
-                stored[record["candidate_id"]] = (outcome, record.get("wall_s"))
-            except (KeyError, TypeError, ValueError):
-                continue  # a damaged line: that candidate is measured again
+        if isinstance(record, dict) and all(record.get(k) == v for k, v in key.items()):
+            outcome = _outcome(record, images)
+            if outcome is not None and isinstance(record.get("candidate_id"), str):
+                stored[record["candidate_id"]] = outcome
     return stored
 
 

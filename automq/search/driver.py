@@ -89,7 +89,7 @@ def run_search(
     *,
     out: str | Path,
     supernet: str | Path | None = None,
-    strategy: str = "tune",
+    strategy: str = "evolution",
     trials: int | None = None,
     seed: int | None = None,
     resume: bool = False,
@@ -107,8 +107,9 @@ def run_search(
         out: the search directory (``trials.jsonl``, ``pareto.json``, ``run.json``, ``space.yaml``).
         supernet: a training run folder (``automq train-supernet --out``); its one-shot estimator scores the
             candidates. Not needed when ``evaluator`` is given.
-        strategy: a registered strategy name; ``options`` are its constructor's keyword arguments, e.g.
-            ``{"sampler": "nsga2", "workers": 2, "address": "auto"}`` for ``tune``.
+        strategy: a registered strategy name (default ``evolution``, as ``automq search``); ``options`` are its
+            constructor's keyword arguments, e.g. ``{"sampler": "nsga2", "workers": 2, "address": "auto"}`` for
+            ``tune``.
         trials: the total number of trials of the search, resumed ones included (default: the space's
             ``search.trials``).
         seed: default: the space's ``seed``.
