@@ -311,3 +311,23 @@ def test_rescoring_on_more_images_continues_the_cached_score_and_equals_a_fresh_
     assert abs(continued.pop("loss") - expected.pop("loss")) < 1e-12
     assert continued == expected
     assert estimator.correctness(candidate, images=200) == fresh.correctness(candidate, images=200)
+
+
+def test_a_narrower_copy_of_the_space_is_scored_by_the_runs_supernet_as_the_run_scores_it(
+        run_dir: Path, space: SearchSpace, tiny_space: SpaceFactory, tmp_path: Path) -> None:
+    # hardware without 8-bit weights: the weight menu narrowed to int4, no new supernet trained
+    narrow = tiny_space(SPACE_CHANGES, folder=tmp_path, name="narrow", formats={"weights": ["int4"]})
+    narrow_estimator = OneShotEstimator.from_run(run_dir, space=narrow)
+    own = OneShotEstimator.from_run(run_dir)
+    rng = np.random.default_rng(3)
+    for candidate in [narrow.largest(), narrow.smallest(), *(narrow.sample(rng) for _ in range(3))]:
+        assert narrow_estimator.estimate(candidate) == own.estimate(candidate)
+    with pytest.raises(CandidateError):  # a candidate outside the narrower menu stays refused there
+        narrow_estimator.estimate(space.largest())
+
+
+def test_a_wider_space_than_the_runs_is_refused_naming_what_is_outside(
+        run_dir: Path, tiny_space: SpaceFactory, tmp_path: Path) -> None:
+    wider = tiny_space(SPACE_CHANGES, folder=tmp_path, name="wider", formats={"weights": ["int4", "int8", "int2"]})
+    with pytest.raises(CheckpointError, match="another search space .*'int2' is not one of"):
+        OneShotEstimator.from_run(run_dir, space=wider)

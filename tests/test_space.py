@@ -633,3 +633,44 @@ def test_shipped_spaces_are_found_in_a_source_tree_that_is_not_installed(tmp_pat
     package, spaces = done.stdout.split()
     assert Path(package) == root / "automq" / "__init__.py"
     assert Path(spaces) == root / "spaces" and (Path(spaces) / "mbv2_fmnist.yaml").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ narrower copies
+def _tiny(**changes) -> SearchSpace:
+    return SearchSpace.from_dict(tiny_space_data(changes), source="<tiny>")
+
+
+NARROWER = {  # each: a copy of the tiny space every candidate of which is one of the tiny space's
+    "fewer weight formats": {"formats": {"weights": ["int4"]}},
+    "fewer kernels and expansions": {"network": {"stages": [DS_STAGE, {**IR_STAGE, "kernel_size": [5],
+                                                                         "expand_ratio": [3]}]}},
+    "shallower": {"network": {"stages": [DS_STAGE, {**IR_STAGE, "depth": [1]}]}},
+    "one width": {"network": {"width_mult": [0.5]}},
+    "other objectives and training": {"objectives": [{"metric": "accuracy"}, {"metric": "size"}],
+                                      "training": {"epochs": 1}},
+}
+WIDER = {  # each: a copy with a candidate outside the tiny space, and the field that says so
+    "another weight format": ({"formats": {"weights": ["int4", "int2"]}}, "conv_stem.w_fmt: 'int2' is not one of"),
+    "deeper": ({"network": {"stages": [DS_STAGE, {**IR_STAGE, "depth": [1, 3]}]}}, "stages.1.depth: 3"),
+    "another kernel": ({"network": {"stages": [DS_STAGE, {**IR_STAGE, "kernel_size": [7]}]}},
+                       "blocks.1.0.kernel_size: 7"),
+    "wider": ({"network": {"width_mult": [1.0, 1.5]}}, "width_mult: 1.5"),
+    "another stride": ({"network": {"stages": [DS_STAGE, {**IR_STAGE, "stride": 1}]}}, "network.stages[1]"),
+    "another head": ({"network": {"head": {"channels": 48}}}, "network: the stem, the head"),
+    "other images": ({"dataset": {"input_size": 32}}, "dataset.input_size is 32, not 16"),
+}
+
+
+@pytest.mark.parametrize("name", NARROWER)
+def test_a_narrower_copy_is_inside_and_each_of_its_candidates_is_one_of_the_wider_space(name: str) -> None:
+    outer, inner = _tiny(), _tiny(**NARROWER[name])
+    assert inner.outside(outer) is None
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        outer.validate_candidate(inner.sample(rng))  # the oracle: the wider space's own check
+
+
+@pytest.mark.parametrize("name", WIDER)
+def test_a_copy_with_other_choices_names_the_first_one_outside(name: str) -> None:
+    changes, reason = WIDER[name]
+    assert reason in _tiny(**changes).outside(_tiny())

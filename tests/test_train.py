@@ -308,6 +308,11 @@ def test_resume_refuses_a_checkpoint_of_another_space(space: SearchSpace, tiny_s
     same_weights = tiny_space(SPACE_CHANGES, folder=tmp_path, name="same",
                               objectives=[{"metric": "accuracy"}, {"metric": "size"}])
     load_supernet(out, same_weights)
+    # a narrower copy (fewer formats) is scored by the run's supernet, but training cannot continue with it
+    narrower = tiny_space(SPACE_CHANGES, folder=tmp_path, name="narrower", formats={"weights": ["int4"]})
+    load_supernet(out, narrower)
+    with pytest.raises(CheckpointError, match="another search space"):
+        train_supernet(narrower, out, resume=True, progress=False)
 
 
 def test_a_supernet_is_refused_on_another_validation_split(space: SearchSpace, tiny_space: SpaceFactory,

@@ -572,26 +572,54 @@ def _diverged_hint(out: Path, epoch: int) -> str:
 
 def load_supernet(path: str | Path, space: SearchSpace, *, device: torch.device | str = "cpu") -> Supernet:
     """The supernet of ``space`` with the weights of a run's ``supernet.pt`` (a run folder or the file), on
-    ``device`` (whatever device it was trained on)."""
+    ``device`` (whatever device it was trained on). ``space`` may also be a narrower copy of the run's own space
+    (:meth:`SearchSpace.outside`: fewer formats, kernels, depths, widths): the supernet is then the run's, and scores
+    every candidate of ``space``."""
     path = Path(path)
     path = path / SUPERNET if path.is_dir() else path
     state = safe_torch_load(path)
     if not isinstance(state, dict) or state.get("kind") != _SUPERNET_KIND:
         raise CheckpointError(f"{path}: not a trained supernet (expected the {SUPERNET} that "
                               "`automq train-supernet` writes)")
-    _check_space(path, state, space)
-    supernet = Supernet(space)
+    supernet = Supernet(_trained_space(path, state, space))
     supernet.load_state_dict(state["state_dict"])
     return supernet.to(device)
 
 
 # ------------------------------------------------------------------------------------------------ run folder helpers
-def _check_space(path: Path, state: dict[str, Any], space: SearchSpace) -> None:
+def _trained_space(path: Path, state: dict[str, Any], space: SearchSpace) -> SearchSpace:
+    """The space whose supernet the weights fit: ``space`` itself, or the run's saved space when ``space`` is a
+    narrower copy of it. Raises :class:`CheckpointError` otherwise, or when the validation splits differ."""
+    trained = space
     if state.get("space") != space_fingerprint(space):
-        raise CheckpointError(
-            f"{path} was trained on another search space (fingerprint {state.get('space')}, but {space.source} "
-            f"has {space_fingerprint(space)}: its dataset, network or format menus differ). Use the space file "
-            f"saved beside it ({path.parent / SPACE_FILE}), or train a new supernet for this space")
+        saved = path.parent / SPACE_FILE
+        trained = SearchSpace.from_file(saved) if saved.is_file() else None
+        if trained is None or space_fingerprint(trained) != state.get("space"):
+            reason = "its dataset, network or format menus differ"
+        else:
+            reason = space.outside(trained)
+        if reason is not None:
+            raise _other_space(path, state, space, f"{reason}. Use the space file saved beside it ({saved}) or a "
+                                                   "narrower copy of it")
+    _check_split(path, state, space)
+    return trained
+
+
+def _check_space(path: Path, state: dict[str, Any], space: SearchSpace) -> None:
+    """A training checkpoint continues with its own space only (a narrower one would train other weights)."""
+    if state.get("space") != space_fingerprint(space):
+        raise _other_space(path, state, space, "its dataset, network or format menus differ. Use the space file "
+                                               f"saved beside it ({path.parent / SPACE_FILE})")
+    _check_split(path, state, space)
+
+
+def _other_space(path: Path, state: dict[str, Any], space: SearchSpace, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path} was trained on another search space (fingerprint {state.get('space')}, but "
+                           f"{space.source} has {space_fingerprint(space)}: {reason}), or train a new supernet for "
+                           "this space")
+
+
+def _check_split(path: Path, state: dict[str, Any], space: SearchSpace) -> None:
     trained, now = state.get("split") or _saved_split(path.parent / SPACE_FILE), data_split(space)
     if trained is not None and trained != now:
         raise CheckpointError(

@@ -230,6 +230,29 @@ class SearchSpace:
         values = _choices_dict(candidate)
         return {d.name: values[d.name] for d in self._active_decisions(candidate) if len(d.choices) > 1}
 
+    def outside(self, outer: SearchSpace) -> str | None:
+        """Why a candidate of this space may not be one of ``outer`` (the first difference, naming the field), or
+        None when every candidate of this space is one of ``outer``: same data and network skeleton, and every
+        decision's choices among ``outer``'s. A supernet trained on ``outer`` then scores this space's candidates,
+        e.g. a menu narrowed to the formats a target chip runs, without training another one."""
+        for field in ("name", "input_size", "in_chans", "num_classes"):
+            mine, theirs = getattr(self.dataset, field), getattr(outer.dataset, field)
+            if mine != theirs:
+                return f"dataset.{field} is {mine!r}, not {theirs!r}"
+        net, other = self.network, outer.network
+        if (net.stem_channels, net.head_channels, len(net.stages)) != (
+                other.stem_channels, other.head_channels, len(other.stages)):
+            return "network: the stem, the head or the number of stages differ"
+        for i, (stage, theirs) in enumerate(zip(net.stages, other.stages)):
+            if (stage.type, stage.channels, stage.stride) != (theirs.type, theirs.channels, theirs.stride):
+                return f"network.stages[{i}]: the block type, channels or stride differ"
+        known = {d.name: d.choices for d in outer._max_decisions}
+        for decision in self._max_decisions:
+            extra = [c for c in decision.choices if c not in known.get(decision.name, ())]
+            if extra:
+                return f"{decision.name}: {extra[0]!r} is not one of {list(known.get(decision.name, ()))}"
+        return None
+
     def validate_candidate(self, candidate: Candidate) -> None:
         """Raise :class:`CandidateError` naming the first field of ``candidate`` outside this space."""
         stages = len(self.network.stages)
