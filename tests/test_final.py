@@ -266,6 +266,7 @@ def test_a_stopped_fine_tuned_measurement_continues_without_measuring_a_candidat
     calls = counting_deploy(monkeypatch)
     again = measure_final(searches, run, out, finetune=FINETUNE, calib_images=64)
     assert calls == [] and again["candidates"] == tuned["candidates"]
+    assert f"{len(measured_ids)} of {len(measured_ids)} candidates were measured before" in again["notes"][-1]
     # the time of measuring each candidate is kept with it: the resumed total is that of the runs that measured them
     assert again["measure_s"] == tuned["measure_s"] > 0 and tuned["candidates_measured"] == len(measured_ids)
     assert again["comparisons"] == tuned["comparisons"]

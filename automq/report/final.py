@@ -214,9 +214,10 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
                                                                                   EVAL_BATCH_SIZE)]
                       if finetune else [*test, *calibration])
     stored = _stored_scores(scores, key, test_count)
-    if stored:
-        print(f"final measurement: {len(stored.keys() & candidates.keys())} of {len(candidates)} candidates "
-              f"measured before with this code, supernet, data and recipe are taken from {scores}", flush=True)
+    reused = len(stored.keys() & candidates.keys())
+    if reused:
+        notes.append(f"{reused} of {len(candidates)} candidates were measured before with this code, supernet, data "
+                     f"and recipe: their outcomes are taken from {scores}")
     for cid, candidate in candidates.items():
         if cid not in stored:
             begun = time.perf_counter()
