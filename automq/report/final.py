@@ -16,8 +16,9 @@ validation accuracy). Both are scored on the same test images, so their differen
 :data:`MARGIN_SE` paired standard errors, *loses* when it trails by that much, and *ties* otherwise. The 95% interval
 is the difference ± :data:`Z95` standard errors. The results go to ``final.json`` (:data:`FINAL_FILE`), which the
 report shows beside the search-time estimates. Each candidate's per-image outcomes are appended to
-``final_scores.jsonl`` (:data:`SCORES_FILE`) as soon as it is measured, keyed by the supernet and the recipe, so a
-measurement that was stopped (fine-tuning makes it minutes per candidate) continues where it stopped.
+``final_scores.jsonl`` (:data:`SCORES_FILE`) as soon as it is measured, keyed by the supernet, the recipe, the images
+and automq's code, so a measurement that was stopped (fine-tuning makes it minutes per candidate) continues where it
+stopped and no score outlives what it was measured with.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
 
     ``supernet_dir`` is the training run the searches scored with; ``test_images`` limits the test images (default:
     all); ``finetune`` fine-tunes every candidate before it is scored. Candidates already in
-    ``out_dir/final_scores.jsonl`` under the same supernet and recipe are not measured again. Raises
+    ``out_dir/final_scores.jsonl`` under the same supernet, recipe, images and code are not measured again. Raises
     :class:`~automq.errors.DataError` when the dataset has no test split or no search has a uniform baseline to
     compare with."""
     start = time.time()
@@ -228,11 +229,10 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
                                   "wall_s": stored[cid][1]})
     correct = {cid: outcome for cid, (outcome, _) in stored.items()}
     seconds = [stored[cid][1] for cid in candidates]
-    images = next(iter(correct.values())).images
     result = {
         "recipe": recipe, "finetune": dataclasses.asdict(finetune) if finetune else None, "scores_key": key,
         "supernet": str(supernet_dir), "searches": {run.label: str(run.result.path) for run in runs},
-        "test_images": images,
+        "test_images": test_count,
         "margin_se": margin_se, "notes": notes,
         "candidates": [_candidate_record(t, run, correct[t.candidate.id]) for run, t in measured],
         "comparisons": [_comparison_record(p, correct, margin_se) for p in chosen],
