@@ -21,7 +21,9 @@ enumerate) instead, with the one-shot estimator of a trained supernet as the eva
 2. after the first 100, 300 and 1,000 trials of each: the hypervolume, the summed trial time, and the uniform
    budgets at which the search's best candidate (chosen on the search's own validation images) beats the best
    uniform format by more than 2 paired standard errors on those images;
-3. the final measurement (:func:`automq.report.final.measure_final`) of every search's front on the test split.
+3. the final measurement (:func:`automq.report.final.measure_final`) of every search's front on the test split,
+   each search against tune NSGA-II with as many trials (head to head), and, for the searches repeated with other
+   seeds (``--search-seeds 1 2 3``: folders ``<search>-seed<N>``), how many of the runs win each budget.
 
     python experiments/bench_search_quality.py --default-space /tmp/H_supernet --runs /tmp/H_bench \
         [--evaluations 1000] [--searches evolution tune-nsga2 ...] [--out experiments/results]
@@ -34,9 +36,10 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import statistics
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
@@ -120,6 +123,10 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=1000, help="--default-space: trials per search")
     parser.add_argument("--searches", nargs="+", choices=sorted(DEFAULT_SEARCHES), default=sorted(DEFAULT_SEARCHES),
                         help="--default-space: which searches to run (finished ones are reused)")
+    parser.add_argument("--search-seeds", type=int, nargs="+", metavar="SEED",
+                        help="--default-space: run every search of --searches but the sweeps once per seed (default: "
+                             "the space's seed); a seed other than the space's goes to the folder <search>-seed<SEED>, "
+                             "so repeated searches show how reliably a search finds what it found once")
     parser.add_argument("--no-refine", dest="refine", action="store_false",
                         help="--default-space: skip the searches' whole-validation-split refinement (the test-split "
                              "measurement still happens; a finished, unrefined search is then marked finished)")
@@ -243,26 +250,31 @@ SWEEP_LEVELS = 100
 SEEDED = {"evolution-seeded": ("limpq", "clado")}  # search -> the searches whose candidates seed it
 DEMO_SEARCHES = ("evolution", "tune-nsga2", "evolution-seeded")  # also run at the demo's size, search.trials
 DEFAULT_CHECKPOINTS = (100, 300, 1000)
+SEED_SUFFIX = "-seed"  # <search>-seed<N>[-demo]: the search repeated with seed N (--search-seeds)
+SEARCH_FOLDER = re.compile(rf"^(?P<label>.+?)(?P<variant>(?:{SEED_SUFFIX}\d+)?(?:-demo)?)$")
 HEAD_TO_HEAD_REFERENCE = "tune-nsga2"  # the sampler that issue 17's search has to beat with as many evaluations
 
 
 def default_space_benchmark(args: argparse.Namespace) -> None:
     """Run the requested searches of the default space, then (with ``--analyse``) measure and write the results."""
     space, runs = SearchSpace.from_file(args.space_file), Path(args.runs)
-    folders = {"uniform": (runs / "uniform", "uniform", {}, None)}
-    for label in with_seed_searches(args.searches):
+    folders = {runs / "uniform": ("uniform", {}, None, space.seed)}
+    for label, seed in itertools.product(with_seed_searches(args.searches), args.search_seeds or [space.seed]):
+        if label in SWEEP_SEARCHES and seed != space.seed:
+            continue  # a sweep solves one program per level: another seed would repeat it
         strategy, options = DEFAULT_SEARCHES[label]
         if label in SEEDED:
-            options = {**options, "seed_from": [str(runs / seed) for seed in SEEDED[label]]}
+            options = {**options, "seed_from": [str(runs / seeder) for seeder in SEEDED[label]]}
         trials = SWEEP_LEVELS if label in SWEEP_SEARCHES else args.evaluations
-        folders[label] = (runs / label, strategy, options, trials)
+        name = label if seed == space.seed else f"{label}{SEED_SUFFIX}{seed}"
+        folders[runs / name] = (strategy, options, trials, seed)
         if label in DEMO_SEARCHES:
-            folders[f"{label}@demo"] = (runs / f"{label}-demo", strategy, options, space.search.trials)
-    for folder, strategy, options, trials in folders.values():
+            folders[runs / f"{name}-demo"] = (strategy, options, space.search.trials, seed)
+    for folder, (strategy, options, trials, seed) in folders.items():
         finished = _finished(folder)
         if not finished or args.refine_finished:  # a finished search gets no trial more (a sweep retries no level)
             run_search(args.space_file, out=folder, supernet=args.default_space, strategy=strategy, options=options,
-                       trials=len(load_trials(folder)) if finished else trials, progress=False,
+                       trials=len(load_trials(folder)) if finished else trials, seed=seed, progress=False,
                        resume=(folder / "trials.jsonl").exists(), refine=args.refine)
     if args.analyse:
         result = analyse_default(args, space, runs)
@@ -314,12 +326,13 @@ def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) ->
     final = measure_final(folders, args.default_space, final_dir, finetune=finetune)
     for label, counts in final["summary"].items():
         searches[Path(final["searches"][label]).name]["final"] = counts
-    versus = head_to_head(final, measured_outcomes(final_dir, final), {k: v["trials"] for k, v in searches.items()})
+    trials = {name: search["trials"] for name, search in searches.items()}
+    versus = head_to_head(final, measured_outcomes(final_dir, final), trials)
     return {"command": command(), "space": args.space_file, "supernet": args.default_space,
             "supernet_training": training_summary(args.default_space), "machine": machine(),
             "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "eval_size": estimator.val_images, "searches": searches, "final_wall_s": time.perf_counter() - start,
-            "final": final, "head_to_head": versus}
+            "final": final, "head_to_head": versus, "seed_repeats": seed_repeats(final, trials)}
 
 
 def head_to_head(final: dict, outcomes: dict[str, Correctness], trials: dict[str, int],
@@ -327,15 +340,16 @@ def head_to_head(final: dict, outcomes: dict[str, Correctness], trials: dict[str
     """At each uniform budget, each search of :data:`DEMO_SEARCHES` against ``reference`` with as many trials (a
     ``-demo`` folder against the reference's ``-demo`` one; ``trials`` by folder name, and a pair whose counts
     differ is left out): both candidates chosen by their validation accuracy, before the test split is read, then
-    paired on its images. Which search serves a user better, budget by budget; the comparisons with uniform
-    precision cannot tell two searches that both beat it apart."""
+    paired on its images; a repeat with another seed meets the reference's repeat with that seed. Which search serves
+    a user better, budget by budget; the comparisons with uniform precision cannot tell two searches that both beat
+    it apart."""
     folder = {label: Path(path).name for label, path in final["searches"].items()}
     picks = {(folder[c["run"]], c["budget"]): c for c in final["comparisons"]}
     rows = []
     for (name, budget), pick in picks.items():
-        base = name.removesuffix("-demo")
-        versus = picks.get((reference + name[len(base):], budget))
-        other = reference + name[len(base):]
+        base, variant = search_variant(name)
+        other = reference + variant
+        versus = picks.get((other, budget))
         if base not in DEMO_SEARCHES or base == reference or versus is None or None in (
                 pick["searched_trial"], versus["searched_trial"]) or trials[name] != trials[other]:
             continue
@@ -343,6 +357,28 @@ def head_to_head(final: dict, outcomes: dict[str, Correctness], trials: dict[str
                      "searched_id": pick["searched_id"], "reference_id": versus["searched_id"],
                      **compare(outcomes[pick["searched_id"]], outcomes[versus["searched_id"]])})
     return rows
+
+
+def search_variant(name: str) -> tuple[str, str]:
+    """A search folder's name split into the search (a :data:`DEFAULT_SEARCHES` label) and its variant, the seed
+    and size suffixes: ``evolution-seed2-demo`` -> (``evolution``, ``-seed2-demo``)."""
+    match = SEARCH_FOLDER.match(name)
+    return match["label"], match["variant"]
+
+
+def seed_repeats(final: dict, trials: dict[str, int]) -> list[dict]:
+    """Per search run with several seeds (``--search-seeds``) at one number of trials, at each uniform budget: each
+    run's difference from the best uniform format on the test split and its verdict. How reliably a search finds
+    what one run of it found; a single run cannot tell a search's merit from its luck."""
+    folder = {label: Path(path).name for label, path in final["searches"].items()}
+    groups: dict[tuple[str, int, float], list[dict]] = defaultdict(list)
+    for c in final["comparisons"]:
+        name = folder[c["run"]]
+        groups[(search_variant(name)[0], trials[name], c["budget"])].append({**c, "folder": name})
+    return [{"search": label, "trials": count, "budget": budget, "runs": [c["folder"] for c in runs],
+             "differences": [c.get("difference") for c in runs], "ses": [c.get("se") for c in runs],
+             "verdicts": [c["verdict"] for c in runs]}
+            for (label, count, budget), runs in sorted(groups.items()) if len(runs) > 1]
 
 
 def as_searched(trials: list[Trial]) -> list[Trial]:
@@ -416,7 +452,8 @@ def default_markdown(result: dict) -> str:
                      f"{c['searched_bitops']:.4g} | {100 * c['searched_val_accuracy']:.2f} | "
                      f"{100 * c['searched_test_accuracy']:.2f} | {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} | "
                      f"{c['verdict']} |")
-    return "\n".join(lines + head_to_head_lines(result) + ceiling_lines(result["final"])) + "\n"
+    return "\n".join(lines + head_to_head_lines(result) + seed_repeat_lines(result)
+                     + ceiling_lines(result["final"])) + "\n"
 
 
 def measuring_time(final: dict) -> str:
@@ -446,6 +483,36 @@ def head_to_head_lines(result: dict) -> list[str]:
     lines += ["", "| search | against | BitOps budget | difference | verdict |", "|---|---|---:|---|---|"]
     lines += [f"| {row['search']} | {row['reference']} | {row['budget']:.4g} | {100 * row['difference']:+.2f} ± "
               f"{100 * row['se']:.2f} | {row['verdict']} |" for row in rows]
+    return lines
+
+
+def seed_repeat_lines(result: dict) -> list[str]:
+    """The Markdown of :func:`seed_repeats` (nothing for the records without repeated searches)."""
+    rows = result.get("seed_repeats")
+    if not rows:
+        return []
+    lines = ["", "## Repeated searches (test split)", "",
+             "Searches run again with other seeds (`--search-seeds`), each run measured as above: at each uniform "
+             "budget, how many runs beat the best uniform format by more than 2 paired SE, and each run's difference "
+             "(points ± paired SE, in the order of the runs named).", ""]
+    for (search, trials), group in itertools.groupby(rows, key=lambda row: (row["search"], row["trials"])):
+        group = list(group)
+        runs = group[0]["runs"]
+        wins = [sum(row["verdicts"][i] == "win" for row in group) for i in range(len(runs))]
+        every = sum(all(v == "win" for v in row["verdicts"]) for row in group)
+        some = sum(any(v == "win" for v in row["verdicts"]) for row in group)
+        losses = sum(row["verdicts"].count("loss") for row in group)
+        lines.append(f"- {search}, {trials} trials, {len(runs)} runs ({', '.join(runs)}): budgets won per run "
+                     f"{', '.join(map(str, wins))}; won by every run {every}, by at least one {some}, of "
+                     f"{len(group)}; losses in all runs together {losses}")
+    lines += ["", "| search | trials | BitOps budget | wins | ties | losses | differences per run |",
+              "|---|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        counts = Counter(row["verdicts"])
+        differences = ", ".join("-" if d is None else f"{100 * d:+.2f} ± {100 * se:.2f}"
+                                for d, se in zip(row["differences"], row["ses"]))
+        lines.append(f"| {row['search']} | {row['trials']} | {row['budget']:.4g} | {counts['win']} | {counts['tie']} "
+                     f"| {counts['loss']} | {differences} |")
     return lines
 
 

@@ -12,8 +12,8 @@ import numpy as np
 from automq.oneshot.paired import Correctness
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from bench_search_quality import (ceiling_lines, head_to_head, head_to_head_lines, supernet_scale,  # noqa: E402
-                                  with_seed_searches)
+from bench_search_quality import (ceiling_lines, head_to_head, head_to_head_lines, search_variant,  # noqa: E402
+                                  seed_repeat_lines, seed_repeats, supernet_scale, with_seed_searches)
 
 
 def comparison(run: str, budget: float, uniform: str, searched_id: str | None, difference: float, se: float,
@@ -113,3 +113,56 @@ def test_head_to_head_pairs_each_search_with_the_reference_of_its_size_at_each_b
                                                                              "evolution-demo": {"trials": 100}}}))
     assert "- evolution against tune-nsga2, 1000 trials each: 1 wins, 0 ties, 0 losses of 1 budgets" in lines
     assert "| evolution | tune-nsga2 | 1 | +50.00 ± 15.81 | win |" in lines
+
+
+def test_a_search_folder_splits_into_its_search_and_its_seed_and_size() -> None:
+    assert search_variant("evolution") == ("evolution", "")
+    assert search_variant("evolution-seed2-demo") == ("evolution", "-seed2-demo")
+    assert search_variant("tune-nsga2-seed13") == ("tune-nsga2", "-seed13")
+    # a search whose name starts like a seed suffix is not split there
+    assert search_variant("evolution-seeded-demo") == ("evolution-seeded", "-demo")
+    assert search_variant("evolution-seeded") == ("evolution-seeded", "")
+
+
+def test_a_repeated_search_meets_the_reference_repeated_with_the_same_seed() -> None:
+    final = {"searches": {f"{s} ({s}{v})": f"runs/b/{s}{v}" for s in ("evolution", "tune-nsga2")
+                          for v in ("", "-seed1")},
+             "comparisons": [pick("evolution (evolution)", 1.0, "e0"), pick("evolution (evolution-seed1)", 1.0, "e1"),
+                             pick("tune-nsga2 (tune-nsga2)", 1.0, "t0"),
+                             pick("tune-nsga2 (tune-nsga2-seed1)", 1.0, "t1")]}
+    scores = {"e0": outcomes(9), "e1": outcomes(5), "t0": outcomes(4), "t1": outcomes(5)}
+    trials = {name: 1000 for name in ("evolution", "evolution-seed1", "tune-nsga2", "tune-nsga2-seed1")}
+    rows = head_to_head(final, scores, trials)
+    assert [(r["search"], r["reference"], r["difference"]) for r in rows] == [
+        ("evolution", "tune-nsga2", 0.5), ("evolution-seed1", "tune-nsga2-seed1", 0.0)]
+
+
+def verdict_of(run: str, budget: float, difference: float | None, verdict: str) -> dict:
+    if difference is None:
+        return {"run": run, "budget": budget, "searched_trial": None, "verdict": "none"}
+    return {"run": run, "budget": budget, "searched_trial": 0, "difference": difference, "se": 0.002,
+            "verdict": verdict}
+
+
+def test_repeated_searches_count_the_runs_that_win_each_budget() -> None:
+    names = ["evolution", "evolution-seed1", "evolution-seed2", "evolution-demo", "tune-nsga2"]
+    final = {"searches": {name: f"runs/b/{name}" for name in names},
+             "comparisons": [verdict_of("evolution", 1.0, 0.012, "win"), verdict_of("evolution-seed1", 1.0, 0.010,
+                                                                                  "win"),
+                             verdict_of("evolution-seed2", 1.0, 0.011, "win"), verdict_of("evolution-demo", 1.0, 0.02,
+                                                                                        "win"),
+                             verdict_of("tune-nsga2", 1.0, 0.02, "win"),
+                             verdict_of("evolution", 2.0, 0.006, "win"), verdict_of("evolution-seed1", 2.0, None, ""),
+                             verdict_of("evolution-seed2", 2.0, -0.005, "loss")]}
+    trials = {"evolution": 1000, "evolution-seed1": 1000, "evolution-seed2": 1000, "evolution-demo": 100,
+              "tune-nsga2": 1000}
+    rows = seed_repeats(final, trials)
+    # one group (the demo-size run and tune-nsga2 ran once each), one row per budget, the runs in order
+    assert [(r["search"], r["trials"], r["budget"], r["verdicts"]) for r in rows] == [
+        ("evolution", 1000, 1.0, ["win", "win", "win"]), ("evolution", 1000, 2.0, ["win", "none", "loss"])]
+    assert rows[1]["runs"] == ["evolution", "evolution-seed1", "evolution-seed2"]
+    lines = seed_repeat_lines({"seed_repeats": rows})
+    assert ("- evolution, 1000 trials, 3 runs (evolution, evolution-seed1, evolution-seed2): budgets won per run 2, 1, "
+            "1; won by every run 1, by at least one 2, of 2; losses in all runs together 1") in lines
+    assert "| evolution | 1000 | 2 | 1 | 0 | 1 | +0.60 ± 0.20, -, -0.50 ± 0.20 |" in lines
+    assert seed_repeat_lines({}) == []  # the records without repeated searches
