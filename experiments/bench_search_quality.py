@@ -450,10 +450,20 @@ def default_markdown(result: dict) -> str:
             continue
         lines.append(f"| {c['run']} | {c['budget']:.4g} | {c['uniform']} | {100 * c['uniform_test_accuracy']:.2f} | "
                      f"{c['searched_bitops']:.4g} | {100 * c['searched_val_accuracy']:.2f} | "
-                     f"{100 * c['searched_test_accuracy']:.2f} | {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} | "
+                     f"{100 * c['searched_test_accuracy']:.2f} | {points(c['difference'], c['se'])} | "
                      f"{c['verdict']} |")
     return "\n".join(lines + head_to_head_lines(result) + seed_repeat_lines(result)
                      + ceiling_lines(result["final"])) + "\n"
+
+
+def points(difference: float, se: float) -> str:
+    """A paired difference of accuracies in points with its standard error: ``+0.67 ± 0.21``."""
+    return f"{100 * difference:+.2f} ± {100 * se:.2f}"
+
+
+def section(title: str, text: str) -> list[str]:
+    """The Markdown lines that open a section: its heading and the paragraph that says what it shows."""
+    return ["", f"## {title}", "", text, ""]
 
 
 def measuring_time(final: dict) -> str:
@@ -470,10 +480,10 @@ def head_to_head_lines(result: dict) -> list[str]:
     rows = result.get("head_to_head")
     if not rows:
         return []
-    lines = ["", "## Head to head (test split)", "",
-             "At each uniform budget, the search's candidate against the candidate of the search named, with as many "
-             "trials, both chosen by validation accuracy, paired on the same test images (points ± paired SE; a win "
-             "or loss beyond 2 SE).", ""]
+    lines = section("Head to head (test split)",
+                    "At each uniform budget, the search's candidate against the candidate of the search named, with as "
+                    "many trials, both chosen by validation accuracy, paired on the same test images (points ± paired "
+                    "SE; a win or loss beyond 2 SE).")
     for name in dict.fromkeys(row["search"] for row in rows):
         mine = [row for row in rows if row["search"] == name]
         counts = Counter(row["verdict"] for row in mine)
@@ -481,8 +491,8 @@ def head_to_head_lines(result: dict) -> list[str]:
         lines.append(f"- {name} against {mine[0]['reference']}, {count} trials each: "
                      f"{counts['win']} wins, {counts['tie']} ties, {counts['loss']} losses of {len(mine)} budgets")
     lines += ["", "| search | against | BitOps budget | difference | verdict |", "|---|---|---:|---|---|"]
-    lines += [f"| {row['search']} | {row['reference']} | {row['budget']:.4g} | {100 * row['difference']:+.2f} ± "
-              f"{100 * row['se']:.2f} | {row['verdict']} |" for row in rows]
+    lines += [f"| {row['search']} | {row['reference']} | {row['budget']:.4g} | {points(row['difference'], row['se'])} | "
+              f"{row['verdict']} |" for row in rows]
     return lines
 
 
@@ -491,10 +501,10 @@ def seed_repeat_lines(result: dict) -> list[str]:
     rows = result.get("seed_repeats")
     if not rows:
         return []
-    lines = ["", "## Repeated searches (test split)", "",
-             "Searches run again with other seeds (`--search-seeds`), each run measured as above: at each uniform "
-             "budget, how many runs beat the best uniform format by more than 2 paired SE, and each run's difference "
-             "(points ± paired SE, in the order of the runs named).", ""]
+    lines = section("Repeated searches (test split)",
+                    "Searches run again with other seeds (`--search-seeds`), each run measured as above: at each "
+                    "uniform budget, how many runs beat the best uniform format by more than 2 paired SE, and each "
+                    "run's difference (points ± paired SE, in the order of the runs named).")
     for (search, trials), group in itertools.groupby(rows, key=lambda row: (row["search"], row["trials"])):
         group = list(group)
         runs = group[0]["runs"]
@@ -509,7 +519,7 @@ def seed_repeat_lines(result: dict) -> list[str]:
               "|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         counts = Counter(row["verdicts"])
-        differences = ", ".join("-" if d is None else f"{100 * d:+.2f} ± {100 * se:.2f}"
+        differences = ", ".join("-" if d is None else points(d, se)
                                 for d, se in zip(row["differences"], row["ses"]))
         lines.append(f"| {row['search']} | {row['trials']} | {row['budget']:.4g} | {counts['win']} | {counts['tie']} "
                      f"| {counts['loss']} | {differences} |")
@@ -530,14 +540,14 @@ def ceiling_lines(final: dict) -> list[str]:
         c = final["ceiling"]
         lines.append(f"Against the most accurate uniform candidate measured, {c['uniform']} "
                      f"({100 * c['uniform_test_accuracy']:.2f}%, {c['uniform_bitops']:.4g} BitOps): "
-                     f"{100 * c['difference']:+.2f} ± {100 * c['se']:.2f} points, a {c['verdict']} (both picked by "
+                     f"{points(c['difference'], c['se'])} points, a {c['verdict']} (both picked by "
                      "their test accuracy: an optimistic bound on any budget's gain).")
     for (uniform, _), c in sorted(versus.items()):
         budgets = [f"{b['budget']:.4g}" for b in final["comparisons"] if b["uniform"] == uniform
                    and b["run"] == c["run"]]
         out_of_reach = c["verdict"] == "tie"
         lines.append(f"Against uniform {uniform} ({100 * c['uniform_test_accuracy']:.2f}%, the best uniform format at "
-                     f"{', '.join(budgets)} BitOps): {100 * c['difference']:+.2f} ± {100 * c['se']:.2f} points, "
+                     f"{', '.join(budgets)} BitOps): {points(c['difference'], c['se'])} points, "
                      f"a {c['verdict']}" + (": no measured candidate wins those budgets." if out_of_reach else "."))
     return lines
 
