@@ -491,8 +491,8 @@ def head_to_head_lines(result: dict) -> list[str]:
         lines.append(f"- {name} against {mine[0]['reference']}, {count} trials each: "
                      f"{counts['win']} wins, {counts['tie']} ties, {counts['loss']} losses of {len(mine)} budgets")
     lines += ["", "| search | against | BitOps budget | difference | verdict |", "|---|---|---:|---|---|"]
-    lines += [f"| {row['search']} | {row['reference']} | {row['budget']:.4g} | {points(row['difference'], row['se'])} | "
-              f"{row['verdict']} |" for row in rows]
+    lines += [f"| {row['search']} | {row['reference']} | {row['budget']:.4g} | "
+              f"{points(row['difference'], row['se'])} | {row['verdict']} |" for row in rows]
     return lines
 
 
