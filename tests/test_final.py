@@ -347,6 +347,19 @@ def test_cli_final_fine_tunes_and_says_so_in_the_report(measured, capsys) -> Non
         assert err.startswith("automq: error:") and err.count("\n") == 1
 
 
+def test_cli_final_recalibrates_on_the_calibration_images_asked_for(measured, capsys) -> None:
+    _, run, searches, _, report = measured
+    out = report.parent / "cli-calib"
+    assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), "--test-images", "100",
+                 "--calib-images", "64"]) == 0
+    assert "batch norms recalibrated on the first 64 training images" in json.loads((out / FINAL_FILE).read_text())[
+        "recipe"]
+    capsys.readouterr()
+    assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), "--calib-images", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("automq: error: --calib-images must be at least 1") and err.count("\n") == 1
+
+
 def test_cli_final_refuses_more_test_images_than_the_split_holds(measured, capsys) -> None:
     _, run, searches, _, report = measured
     assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(report.parent / "y"),
