@@ -343,7 +343,7 @@ def head_to_head(final: dict, outcomes: dict[str, Correctness], trials: dict[str
     paired on its images; a repeat with another seed meets the reference's repeat with that seed. Which search serves
     a user better, budget by budget; the comparisons with uniform precision cannot tell two searches that both beat
     it apart."""
-    folder = {label: Path(path).name for label, path in final["searches"].items()}
+    folder = folder_names(final)
     picks = {(folder[c["run"]], c["budget"]): c for c in final["comparisons"]}
     rows = []
     for (name, budget), pick in picks.items():
@@ -359,6 +359,11 @@ def head_to_head(final: dict, outcomes: dict[str, Correctness], trials: dict[str
     return rows
 
 
+def folder_names(final: dict) -> dict[str, str]:
+    """The search folder's name of each search label of a final measurement."""
+    return {label: Path(path).name for label, path in final["searches"].items()}
+
+
 def search_variant(name: str) -> tuple[str, str]:
     """A search folder's name split into the search (a :data:`DEFAULT_SEARCHES` label) and its variant, the seed
     and size suffixes: ``evolution-seed2-demo`` -> (``evolution``, ``-seed2-demo``)."""
@@ -370,7 +375,7 @@ def seed_repeats(final: dict, trials: dict[str, int]) -> list[dict]:
     """Per search run with several seeds (``--search-seeds``) at one number of trials, at each uniform budget: each
     run's difference from the best uniform format on the test split and its verdict. How reliably a search finds
     what one run of it found; a single run cannot tell a search's merit from its luck."""
-    folder = {label: Path(path).name for label, path in final["searches"].items()}
+    folder = folder_names(final)
     groups: dict[tuple[str, int, float], list[dict]] = defaultdict(list)
     for c in final["comparisons"]:
         name = folder[c["run"]]

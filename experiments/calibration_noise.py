@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -134,7 +133,7 @@ def candidate_rows(final: dict, candidates: dict[str, Candidate], outcomes: dict
     for cid in candidates:
         first = next(iter(outcomes.values()))[cid][0]
         rows.append({"candidate_id": cid, "final_test_accuracy": recorded.get(cid),
-                     "image_se": 100 * math.sqrt(first.accuracy * (1 - first.accuracy) / first.images),
+                     "image_se": 100 * first.se,
                      "block0": 100 * first.accuracy, "block0_copied_shift": 100 * layout[cid],
                      **{f"calib{size}": spread([o.accuracy for o in outcomes[size][cid]]) for size in outcomes}})
     return rows
