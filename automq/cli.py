@@ -332,7 +332,7 @@ def _print_final(final: dict[str, Any]) -> None:
 
 
 def _cmd_final(args: argparse.Namespace) -> None:
-    from automq.report.final import FINAL_FILE, FineTune, measure_final
+    from automq.report.final import CALIB_BLOCKS, FINAL_FILE, FineTune, measure_final
     from automq.report.report import build_report
 
     if args.finetune_images < 0:
@@ -340,13 +340,12 @@ def _cmd_final(args: argparse.Namespace) -> None:
     if not args.finetune_images and (args.finetune_epochs, args.finetune_lr) != (None, None):
         raise AutomqError("--finetune-epochs and --finetune-lr set a fine-tune: give its images with "
                           "--finetune-images N too")
-    if args.calib_images < 1:
-        raise AutomqError(f"--calib-images must be at least 1 (the batch norms are recalibrated on them), got "
-                          f"{args.calib_images}")
     epochs = 1 if args.finetune_epochs is None else args.finetune_epochs
     finetune = FineTune(args.finetune_images, epochs, lr=args.finetune_lr) if args.finetune_images else None
     final = measure_final(args.search_dirs, args.supernet, args.out, data_root=args.data,
-                          test_images=args.test_images, calib_images=args.calib_images, finetune=finetune)
+                          test_images=args.test_images, calib_images=args.calib_images,
+                          calib_blocks=CALIB_BLOCKS if args.calib_blocks is None else args.calib_blocks,
+                          finetune=finetune)
     _print_final(final)
     build_report(args.search_dirs, args.out)
     print(f"final measurement written to {args.out}/{FINAL_FILE}; report in {args.out}/report.html")
@@ -477,10 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     final.add_argument("--out", required=True, help="report folder: final.json, then the report that shows it")
     final.add_argument("--test-images", type=int, metavar="N", help="score on the first N test images (default: all)")
     final.add_argument("--data", help="dataset folder (overrides dataset.root)")
-    final.add_argument("--calib-images", type=int, default=512, metavar="N",
-                       help="recalibrate every candidate's batch norms on the first N training images (default 512, "
-                            "as automq export; a deployed candidate's accuracy moves with them: more images, less "
-                            "noise, see experiments/calibration_noise.py)")
+    final.add_argument("--calib-images", type=int, metavar="N",
+                       help="recalibrate every candidate's batch norms on blocks of N training images (default 512, "
+                            "as automq export; fewer where the training split is too small); more images, less noise "
+                            "(experiments/calibration_noise.py)")
+    final.add_argument("--calib-blocks", type=int, metavar="K",
+                       help="deploy every candidate K times, each on another block of training images after those "
+                            "the searches calibrated on, and average: the standard errors count the calibration too "
+                            "(default 4; each block costs one deployment of every candidate)")
     final.add_argument("--finetune-images", type=int, default=0, metavar="N",
                        help="fine-tune every measured candidate alike (QAT in its formats, the space's optimiser) on "
                             "the first N training images before scoring it (default 0: no fine-tuning); a stopped "

@@ -2,8 +2,9 @@
 
 Oracles: paired differences and standard errors computed by hand from constructed per-image outcomes; the
 candidate chosen at each budget worked out by hand from hand-set accuracies and costs; test accuracies recomputed
-through an independent path (``automq export`` writes the deployed model, which is loaded back and run over the
-test split in a plain loop); and the images themselves, compared byte for byte, for the split separation.
+through an independent path (``automq export`` writes the candidate's model, which is loaded back, recalibrated on
+each block's images and run over the test split in a plain loop); and the images themselves, compared byte for
+byte, for the split separation and for the calibration blocks' separation from the searches' calibration.
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ import torch.nn.functional as F
 from automq.cli import main
 from automq.data import fixed_batches
 from automq.errors import DataError
-from automq.model.supernet import load_model
-from automq.oneshot.evaluate import OneShotEstimator
-from automq.oneshot.paired import Correctness
+from automq.model.supernet import load_model, recalibrate_bn
+from automq.oneshot.evaluate import CALIBRATION_THREADS, OneShotEstimator, torch_threads
+from automq.oneshot.paired import BlockCorrectness, Correctness, Difference, crossed_mean
 from automq.oneshot.train import load_space_data, load_supernet, train_supernet
 from automq.report.comparison import Baseline, analyse_runs, find_baselines
 from automq.report import final as final_module
 from automq.report.final import (FINAL_FILE, SCORES_FILE, Z95, FineTune, ceiling, compare, deploy, measure_final,
-                                 pairings)
+                                 measured_outcomes, pairings, verdict)
 from automq.search.driver import run_search
-from automq.search.results import SearchResult
+from automq.search.results import SearchResult, load_trials
 from automq.search.trial import Trial
 
 from _spaces import SpaceFactory
@@ -69,6 +70,24 @@ def test_compare_wins_and_loses_only_beyond_two_paired_standard_errors() -> None
     assert abs(win["difference"] - 0.18) <= TOL and abs(win["se"] - se) <= TOL and win["verdict"] == "win"
     assert abs(loss["difference"] + 0.18) <= TOL and loss["verdict"] == "loss"
     assert compare(a, b, margin_se=0.18 / se + 0.01)["verdict"] == "tie"  # just beyond the lead
+
+
+def test_a_lead_beyond_two_errors_of_few_degrees_of_freedom_needs_its_interval_above_zero_too() -> None:
+    from scipy.stats import t
+
+    # 2.5 standard errors: a win when the error is known from many images, a tie when 2 blocks carry it (the 95%
+    # quantile of t with 2 degrees of freedom is 4.30)
+    assert verdict(Difference(0.005, 0.002)) == "win" and verdict(Difference(-0.005, 0.002)) == "loss"
+    assert verdict(Difference(0.005, 0.002, 2.0)) == "tie" == verdict(Difference(-0.005, 0.002, 2.0))
+    assert verdict(Difference(0.002 * t.ppf(0.975, 2.0) + 1e-6, 0.002, 2.0)) == "win"
+    # the interval of a comparison over blocks is t's
+    blocks = [Correctness.from_bools(np.arange(100) < n) for n in (70, 72, 75)]
+    reference = [Correctness.from_bools(np.arange(100) < n) for n in (60, 66, 61)]
+    result = compare(BlockCorrectness(tuple(blocks)), BlockCorrectness(tuple(reference)))
+    expected = crossed_mean(np.stack([b.bools().astype(int) - r.bools() for b, r in zip(blocks, reference)], axis=1))
+    half = t.ppf(0.975, expected.df) * expected.se
+    assert abs(result["ci95"][0] - (expected.value - half)) <= TOL and abs(result["df"] - expected.df) <= TOL
+    assert result["difference_blocks"] == [0.70 - 0.60, 0.72 - 0.66, 0.75 - 0.61]
 
 
 def test_z95_is_the_normal_quantile() -> None:
@@ -143,14 +162,23 @@ def measured(tiny_space: SpaceFactory, tmp_path_factory: pytest.TempPathFactory)
     return space, run, searches, measure_final(searches, run, folder / "report"), folder / "report"
 
 
-def exported_test_outcomes(run: Path, search: Path, trial: int, space, tmp_path: Path) -> np.ndarray:
-    """Per-image test outcomes of a trial's candidate through ``automq export`` and a plain loop."""
+def exported_test_outcomes(run: Path, search: Path, trial: int, space, tmp_path: Path, blocks: list[int],
+                           size: int) -> np.ndarray:
+    """Per-image test outcomes (images x blocks) of a trial's candidate through ``automq export`` without
+    recalibration, loaded back, recalibrated on training images ``first`` to ``first + size`` for each ``first`` of
+    ``blocks`` (batches of 128) and run over the test split in a plain loop."""
     path = tmp_path / f"{search.name}-{trial}.pt"
-    assert main(["export", str(run), f"{search}:{trial}", "--out", str(path), "--calib-images", "512"]) == 0
-    model, _ = load_model(path)
-    test = load_space_data(space, with_test=True).test
-    with torch.no_grad():
-        return np.concatenate([(model(x).argmax(1) == y).numpy() for x, y in fixed_batches(test, len(test), 64)])
+    assert main(["export", str(run), f"{search}:{trial}", "--out", str(path), "--calib-images", "0"]) == 0
+    data = load_space_data(space, with_test=True)
+    columns = []
+    for first in blocks:
+        model, _ = load_model(path)
+        with torch_threads(CALIBRATION_THREADS):
+            recalibrate_bn(model, fixed_batches(data.train, first + size, 128, start=first))
+        with torch.no_grad():
+            columns.append(np.concatenate([(model.eval()(x).argmax(1) == y).numpy()
+                                           for x, y in fixed_batches(data.test, len(data.test), 64)]))
+    return np.stack(columns, axis=1)
 
 
 def test_the_final_ceiling_is_the_most_accurate_candidate_measured(measured) -> None:
@@ -164,21 +192,51 @@ def test_final_scores_equal_the_exported_models_on_the_test_split(measured, tmp_
     space, run, (random_dir, uniform_dir), final, report = measured
     assert json.loads((report / FINAL_FILE).read_text()) == final
     assert final["test_images"] == 200 and "no fine-tuning" in final["recipe"]
+    # 1000 training images, the first 64 the searches' calibration: 4 blocks of (1000 - 64) // 4 images after them
+    assert final["calibration"] == {"images": 234, "blocks": 4, "first": 64, "batch": 128}
+    assert "each of the 4 calibration blocks has 234 images instead of 512" in final["notes"][-1]
+    assert "each of 4 disjoint blocks of 234 training images (images 64 to 999" in final["recipe"]
     compared = [c for c in final["comparisons"] if c["searched_trial"] is not None]
     assert len(final["comparisons"]) == len({c["budget"] for c in final["comparisons"]}) >= 2 and compared
+    blocks = [64, 298, 532, 766]
     for c in compared:
-        searched = exported_test_outcomes(run, random_dir, c["searched_trial"], space, tmp_path)
+        searched = exported_test_outcomes(run, random_dir, c["searched_trial"], space, tmp_path, blocks, 234)
         assert c["uniform_run"] == "uniform"
-        reference = exported_test_outcomes(run, uniform_dir, c["uniform_trial"], space, tmp_path)
-        assert c["searched_test_accuracy"] == searched.mean() and c["uniform_test_accuracy"] == reference.mean()
-        n10, n01 = int(np.sum(searched & ~reference)), int(np.sum(reference & ~searched))
-        assert abs(c["difference"] - (n10 - n01) / 200) <= TOL
-        assert abs(c["se"] ** 2 - ((n10 + n01) / 200 - ((n10 - n01) / 200) ** 2) / 200) <= TOL
+        reference = exported_test_outcomes(run, uniform_dir, c["uniform_trial"], space, tmp_path, blocks, 234)
+        assert c["searched_test_accuracy"] == searched.sum() / searched.size
+        assert c["uniform_test_accuracy"] == reference.sum() / reference.size
+        by_block = searched.mean(axis=0) - reference.mean(axis=0)
+        assert np.allclose(c["difference_blocks"], by_block, rtol=0, atol=TOL)
+        # the error from the images x blocks table of per-image differences (oracle: the tests of crossed_mean)
+        expected = crossed_mean(searched.astype(int) - reference)
+        assert abs(c["difference"] - by_block.mean()) <= TOL and abs(c["se"] - expected.se) <= TOL
+
+
+def test_the_calibration_blocks_leave_out_the_images_the_searches_calibrated_on(measured) -> None:
+    space, run, _, final, report = measured
+    estimator = OneShotEstimator.from_run(run)
+    searched = image_bytes_of(estimator.calib)
+    assert len(searched) == 64  # the space's search.calib_size
+    train = load_space_data(space).train
+    first, size = final["calibration"]["first"], final["calibration"]["images"]
+    blocks = [image_bytes_of(fixed_batches(train, start + size, 128, start=start))
+              for start in range(first, first + 4 * size, size)]
+    assert all(len(block) == size and block.isdisjoint(searched) for block in blocks)
+    assert all(a.isdisjoint(b) for i, a in enumerate(blocks) for b in blocks[i + 1:])
+    # the stored outcomes come back per block, in the order measured
+    outcomes = measured_outcomes(report, final)
+    record = final["candidates"][0]
+    assert outcomes[record["candidate_id"]].accuracies == record["test_accuracy_blocks"]
 
 
 def image_bytes(dataset) -> set[bytes]:
     """Each image of ``dataset`` as its raw bytes: equal images, equal bytes."""
-    return {x.numpy().tobytes() for x, _ in fixed_batches(dataset, len(dataset), 1)}
+    return image_bytes_of(fixed_batches(dataset, len(dataset), 1))
+
+
+def image_bytes_of(batches) -> set[bytes]:
+    """Each image of a list of (images, labels) batches as its raw bytes."""
+    return {x.cpu().numpy().tobytes() for images, _ in batches for x in images}
 
 
 def test_the_estimator_never_loads_the_test_split_and_its_images_are_disjoint_from_it(measured) -> None:
@@ -225,14 +283,15 @@ def test_a_fine_tuned_deployment_trains_on_the_images_and_ignores_the_callers_th
         assert torch.equal(a, b), name
 
 
-def counting_deploy(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> list[str]:
-    """Replace the final measurement's deploy by one that records each candidate it deploys (and raises on the
-    ``fail_at``-th call, as a killed measurement would stop)."""
-    calls: list[str] = []
+def counting_deploy(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> list[tuple[str, bytes]]:
+    """Replace the final measurement's deploy by one that records each candidate it deploys with the first
+    calibration image's bytes (which block), and raises on the ``fail_at``-th call, as a killed measurement would
+    stop."""
+    calls: list[tuple[str, bytes]] = []
     real = final_module.deploy
 
     def deploy_and_count(supernet, candidate, calibration, **kwargs):
-        calls.append(candidate.id)
+        calls.append((candidate.id, calibration[0][0][0].numpy().tobytes()))
         if fail_at is not None and len(calls) == fail_at:
             raise KeyboardInterrupt
         return real(supernet, candidate, calibration, **kwargs)
@@ -252,7 +311,7 @@ def test_a_stopped_fine_tuned_measurement_continues_without_measuring_a_candidat
     calls = counting_deploy(monkeypatch)
     tuned = measure_final(searches, run, out, finetune=FINETUNE, calib_images=64)
     measured_ids = {c["candidate_id"] for c in tuned["candidates"]}
-    assert len(calls) == len(measured_ids) - 2 and len(set(calls)) == len(calls)
+    assert len(calls) == 4 * len(measured_ids) - 2 and len(set(calls)) == len(calls)  # 4 blocks each
     assert "fine-tuned in its formats for 2 epoch(s) on the first 256 training images" in tuned["recipe"]
     assert "cosine schedule without warm-up" in tuned["recipe"]
     assert tuned["finetune"] == {"images": 256, "epochs": 2, "seed": 0, "lr": None} and plain["finetune"] is None
@@ -275,7 +334,12 @@ def test_a_stopped_fine_tuned_measurement_continues_without_measuring_a_candidat
     for changed in ({}, {"calib_images": 32}, {"test_images": 150}):
         calls = counting_deploy(monkeypatch)
         measure_final(searches, run, out, **{"calib_images": 64, **changed})
-        assert sorted(calls) == sorted(measured_ids), changed
+        assert sorted(cid for cid, _ in calls) == sorted(4 * list(measured_ids)), changed
+    # a fifth block measures that block only: the four others are stored under their own keys
+    calls = counting_deploy(monkeypatch)
+    five = measure_final(searches, run, out, calib_images=64, calib_blocks=5)
+    assert sorted(cid for cid, _ in calls) == sorted(measured_ids) and len({block for _, block in calls}) == 1
+    assert all(len(c["test_accuracy_blocks"]) == 5 for c in five["candidates"])
 
 
 def test_damaged_stored_scores_are_measured_again_not_trusted(
@@ -291,7 +355,7 @@ def test_damaged_stored_scores_are_measured_again_not_trusted(
                                               *map(json.dumps, records[2:])]) + "\n")
     calls = counting_deploy(monkeypatch)
     again = measure_final(searches, run, out)
-    assert sorted(calls) == sorted([records[0]["candidate_id"], records[1]["candidate_id"]])
+    assert sorted(cid for cid, _ in calls) == sorted([records[0]["candidate_id"], records[1]["candidate_id"]])
     assert again["candidates"] == first["candidates"] == plain["candidates"]
 
 
@@ -351,13 +415,23 @@ def test_cli_final_recalibrates_on_the_calibration_images_asked_for(measured, ca
     _, run, searches, _, report = measured
     out = report.parent / "cli-calib"
     assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), "--test-images", "100",
-                 "--calib-images", "64"]) == 0
-    assert "batch norms recalibrated on the first 64 training images" in json.loads((out / FINAL_FILE).read_text())[
-        "recipe"]
+                 "--calib-images", "64", "--calib-blocks", "2"]) == 0
+    final = json.loads((out / FINAL_FILE).read_text())
+    assert ("batch norms recalibrated on each of 2 disjoint blocks of 64 training images (images 64 to 191, after "
+            "the first 64 that the searches' estimates calibrated on)") in final["recipe"]
+    assert all(len(c["test_accuracy_blocks"]) == 2 for c in final["candidates"])
     capsys.readouterr()
-    assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), "--calib-images", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("automq: error: --calib-images must be at least 1") and err.count("\n") == 1
+    for option, message in ((["--calib-images", "0"], "--calib-images and --calib-blocks must be at least 1, got 0 "
+                                                      "and 4"),
+                            (["--calib-blocks", "0"], "--calib-images and --calib-blocks must be at least 1, got 512 "
+                                                      "and 0"),
+                            (["--calib-blocks", "5", "--calib-images", "200"],
+                             "--calib-blocks 5 of --calib-images 200 need 1000 training images after the first 64 "
+                             "the searches calibrated on, but the training split holds 1000: give fewer or smaller "
+                             "blocks")):
+        assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(out), *option]) == 2
+        err = capsys.readouterr().err
+        assert err == f"automq: error: {message}\n", option
 
 
 def test_cli_final_refuses_more_test_images_than_the_split_holds(measured, capsys) -> None:

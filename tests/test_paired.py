@@ -1,5 +1,7 @@
 """Per-image correctness packs losslessly; binomial and paired standard errors equal hand-computed values and
-scipy's standard error of the mean of the per-image differences."""
+scipy's standard error of the mean of the per-image differences; the error over calibration blocks equals a
+two-way analysis of variance worked by hand, and on tables drawn from the crossed random-effects model it estimates
+the known variance of the mean and its t intervals cover the known mean as often as they claim."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import pytest
 from scipy import stats
 
 from automq.errors import DataError
-from automq.oneshot.paired import Correctness, binomial_se, paired_difference
+from automq.oneshot.paired import (BlockCorrectness, Correctness, binomial_se, block_difference, crossed_mean,
+                                   paired_difference)
 
 # float64 sums of at most a few thousand terms of size <= 1
 TOLERANCE = 1e-12
@@ -47,7 +50,7 @@ def test_paired_difference_equals_the_hand_computed_wald_error() -> None:
     reverse = paired_difference(Correctness.from_bools(B), Correctness.from_bools(A))
     assert abs(reverse.value + 0.1) < TOLERANCE and reverse.se == difference.se
     same = paired_difference(Correctness.from_bools(A), Correctness.from_bools(A))
-    assert same == (0.0, 0.0)
+    assert (same.value, same.se) == (0.0, 0.0)
 
 
 def test_paired_difference_equals_scipy_sem_of_per_image_differences() -> None:
@@ -81,3 +84,70 @@ def test_scores_on_different_images_or_non_boolean_outcomes_are_refused() -> Non
         paired_difference(Correctness.from_bools(A), Correctness.from_bools(B[:9]))
     with pytest.raises(DataError, match="1-D bool array"):
         Correctness.from_bools(np.array([1, 0, 1]))
+
+
+# ------------------------------------------------------------------------------------------------ calibration blocks
+def test_crossed_mean_equals_the_two_way_analysis_of_variance_by_hand() -> None:
+    table = np.array([[1, 0], [1, 0], [1, 1], [0, 0]])
+    # grand mean 1/2; image means 1/2, 1/2, 1, 0; block means 3/4, 1/4; every residual is +-1/4
+    # MS_images = 2 * (0 + 0 + 1/4 + 1/4) / 3 = 1/3, MS_blocks = 4 * (1/16 + 1/16) / 1 = 1/2, MS_res = 8/16 / 3 = 1/6
+    result = crossed_mean(table)
+    assert result.value == 0.5
+    assert abs(result.se - math.sqrt((1 / 3 + 1 / 2 - 1 / 6) / 8)) <= TOLERANCE
+    # Satterthwaite: (2/3)^2 / ((1/3)^2 / 3 + (1/2)^2 / 1 + (1/6)^2 / 3) = 3/2
+    assert abs(result.df - 1.5) <= TOLERANCE
+
+
+def test_crossed_mean_never_falls_below_the_larger_one_way_part() -> None:
+    table = np.array([[1, 0], [1, 1], [0, 0]])
+    # MS_images = 2 * (0 + 1/4 + 1/4) / 2 = 1/2, MS_blocks = 3 * (1/36 + 1/36) = 1/6, MS_res = (1/3) / 2 = 1/6:
+    # the sum 1/2 is no more than MS_images, which is kept, with its 2 degrees of freedom
+    result = crossed_mean(table)
+    assert abs(result.se - math.sqrt(0.5 / 6)) <= TOLERANCE and result.df == 2
+
+
+def test_one_block_is_the_paired_difference_and_the_binomial_error() -> None:
+    a, b = Correctness.from_bools(A), Correctness.from_bools(B)
+    one = block_difference(BlockCorrectness((a,)), BlockCorrectness((b,)))
+    paired = paired_difference(a, b)
+    assert abs(one.value - paired.value) <= TOLERANCE and abs(one.se - paired.se) <= TOLERANCE
+    assert math.isinf(one.df)
+    assert abs(BlockCorrectness((a,)).se - binomial_se(0.7, 10)) <= TOLERANCE
+
+
+def test_block_difference_pairs_block_k_with_block_k() -> None:
+    a = BlockCorrectness((Correctness.from_bools(A), Correctness.from_bools(B)))
+    b = BlockCorrectness((Correctness.from_bools(B), Correctness.from_bools(B)))
+    # block 1 is the same outcomes in both: differences 0.1 and 0.0
+    assert a.accuracies == [0.7, 0.6] and a.accuracy == 0.65
+    result = block_difference(a, b)
+    expected = crossed_mean(np.stack([A.astype(int) - B, np.zeros(10, dtype=int)], axis=1))
+    assert abs(result.value - 0.05) <= TOLERANCE and result == expected
+
+
+def test_outcomes_on_other_images_or_other_block_counts_are_refused() -> None:
+    ten, eight = Correctness.from_bools(A), Correctness.from_bools(A[:8])
+    with pytest.raises(DataError, match="all on the same images"):
+        BlockCorrectness((ten, eight))
+    with pytest.raises(DataError, match="cannot be paired"):
+        block_difference(BlockCorrectness((ten, ten)), BlockCorrectness((ten,)))
+
+
+def test_crossed_error_estimates_the_variance_of_the_mean_and_its_intervals_cover() -> None:
+    rng = np.random.default_rng(0)
+    images, blocks, draws = 50, 4, 2000
+    image_sd, block_sd, noise_sd = 1.0, 0.5, 0.7
+    variance = image_sd**2 / images + block_sd**2 / blocks + noise_sd**2 / (images * blocks)
+    estimates, covered, covered_by_images = [], 0, 0
+    for _ in range(draws):
+        table = (3.0 + image_sd * rng.standard_normal((images, 1)) + block_sd * rng.standard_normal((1, blocks))
+                 + noise_sd * rng.standard_normal((images, blocks)))
+        result = crossed_mean(table)
+        estimates.append(result.se**2)
+        covered += abs(result.value - 3.0) <= stats.t.ppf(0.975, result.df) * result.se
+        images_only = stats.sem(table.mean(axis=1))  # the error of the images alone, as if one block were all
+        covered_by_images += abs(result.value - 3.0) <= 1.959964 * images_only
+    # unbiased up to the rare floor (a block variance below the interaction's): within 4 Monte Carlo errors
+    assert abs(np.mean(estimates) - variance) <= 4 * np.std(estimates) / math.sqrt(draws)
+    # a 95% interval covers about 95% (binomial sd of the share 0.5 points); the images alone cover far less
+    assert 0.93 <= covered / draws <= 0.965 and covered_by_images / draws < 0.8

@@ -5,16 +5,25 @@ estimates flatters the winner. :func:`measure_final` therefore measures, on the 
 seen by training, search or refinement), the Pareto-optimal candidates of each search (accuracy against ``bitops``)
 and every trial of the uniform-precision searches (``--strategy uniform``), each after the deployment recipe a user
 applies (:data:`RECIPE`: extract the candidate from the supernet as a stand-alone model, recalibrate its batch norms
-on training images, as ``automq export`` does; optionally, :class:`FineTune`, a short quantization-aware fine-tune
-of every measured candidate alike, searched and uniform, on training images with the space's recipe).
+on training images; optionally, :class:`FineTune`, a short quantization-aware fine-tune of every measured candidate
+alike, searched and uniform, on training images with the space's recipe).
+
+Which training images recalibrate the batch norms moves a deployed candidate's test accuracy by an SD of 0.1-0.2
+points (``experiments/results/calibration_noise_16ep.md``), and the searches' estimator calibrates on the first
+``search.calib_size`` training images, so a search also selects candidates whose calibration there happens to suit
+them. Each candidate is therefore deployed once per calibration block (:data:`CALIB_BLOCKS` disjoint blocks of
+:data:`DEPLOY_CALIB_IMAGES` training images, all after the images any of the searches calibrated on) and its test
+accuracy is the mean over the blocks; the standard errors count both the test images and the blocks
+(:func:`~automq.oneshot.paired.crossed_mean`), so a win is a property of the candidate, not of its calibration.
 
 For each uniform budget (the BitOps of a uniform format, :func:`~automq.report.comparison.uniform_budgets`) and each
 search, the candidate compared is chosen *before* the test split is read: the search's most accurate candidate at or
 below the budget by its validation accuracy, against the most accurate uniform baseline at or below it (also by
-validation accuracy). Both are scored on the same test images, so their difference gets a paired standard error
-(:func:`~automq.oneshot.paired.paired_difference`); a search *wins* a budget only when it leads by more than
-:data:`MARGIN_SE` paired standard errors, *loses* when it trails by that much, and *ties* otherwise. The 95% interval
-is the difference ± :data:`Z95` standard errors. The results go to ``final.json`` (:data:`FINAL_FILE`), which the
+validation accuracy). Both are scored on the same test images under the same calibration blocks, so their difference
+gets a paired standard error (:func:`~automq.oneshot.paired.block_difference`); a search *wins* a budget only when
+it leads by more than :data:`MARGIN_SE` paired standard errors and its 95% interval (Student's t with the error's
+degrees of freedom, which few blocks make small) lies above zero, *loses* when it trails by that much, and *ties*
+otherwise. The results go to ``final.json`` (:data:`FINAL_FILE`), which the
 report shows beside the search-time estimates. Each candidate's per-image outcomes are appended to
 ``final_scores.jsonl`` (:data:`SCORES_FILE`) as soon as it is measured, keyed by the supernet, the recipe, the images
 and automq's code, so a measurement that was stopped (fine-tuning makes it minutes per candidate) continues where it
@@ -26,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy.stats import t as student_t
 from torch.utils.data import Dataset
 
 import automq
@@ -42,7 +53,7 @@ from automq.errors import DataError
 from automq.io import append_jsonl, atomic_write_json, read_jsonl
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.evaluate import CALIBRATION_THREADS, score_model, torch_threads
-from automq.oneshot.paired import Correctness, Difference, paired_difference
+from automq.oneshot.paired import BlockCorrectness, Correctness, Difference, as_blocks, block_difference
 from automq.oneshot.train import (EVAL_BATCH_SIZE, SUPERNET, deterministic, load_space_data, load_supernet,
                                   train_model)
 from automq.report.comparison import (Baseline, RunAnalysis, analyse_runs, find_baselines, front_2d,
@@ -52,8 +63,9 @@ from automq.search.trial import Trial
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace, TrainingSpec
 
-__all__ = ["FINAL_FILE", "MARGIN_SE", "RECIPE", "SCORES_FILE", "Z95", "FineTune", "Pairing", "ceiling", "compare",
-           "deploy", "load_final", "measure_final", "measured_outcomes", "pairings", "summarise", "verdict"]
+__all__ = ["CALIB_BLOCKS", "DEPLOY_CALIB_IMAGES", "FINAL_FILE", "MARGIN_SE", "RECIPE", "SCORES_FILE", "Z95",
+           "FineTune", "Pairing", "calibration_skip", "ceiling", "compare", "deploy", "interval_quantile",
+           "load_final", "measure_final", "measured_outcomes", "pairings", "summarise", "verdict"]
 
 FINAL_FILE = "final.json"
 SCORES_FILE = "final_scores.jsonl"
@@ -63,31 +75,49 @@ Z95 = 1.959963984540054
 """The two-sided 95% quantile of the normal distribution (``scipy.stats.norm.ppf(0.975)``)."""
 DEPLOY_CALIB_IMAGES = 512
 DEPLOY_CALIB_BATCH = 128
-"""BN recalibration of a deployed candidate: the first 512 training images in batches of 128, as ``automq export``."""
+"""BN recalibration of a deployed candidate: 512 training images in batches of 128, as ``automq export``."""
+CALIB_BLOCKS = 4
+"""Calibration blocks per candidate: four halve the calibration's share of the error at four times the cost of one."""
 RECIPE = ("Supernet.extract(candidate) as a stand-alone timm model with its own quantizers, batch norms recalibrated "
-          "on the first {calib} training images (batches of {batch}), as `automq export` does; {finetune}; "
-          "scored on the first {test} images of the dataset's test split")
+          "on {calibration} (batches of {batch}); {finetune}; scored on the first {test} images of the dataset's "
+          "test split")
+BLOCKS = ("each of {blocks} disjoint blocks of {size} training images (images {first} to {last}, after the first "
+          "{skip} that the searches' estimates calibrated on), the accuracy averaged over the blocks")
+BLOCK = "training images {first} to {last}"
 NO_FINETUNE = "no fine-tuning"
 COST = "bitops"
 
 
 # ------------------------------------------------------------------------------------------------ statistics
+def interval_quantile(df: float) -> float:
+    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom (:data:`Z95` for infinitely many)."""
+    return Z95 if math.isinf(df) else float(student_t.ppf(0.975, df))
+
+
 def verdict(difference: Difference, margin_se: float = MARGIN_SE) -> str:
-    """``"win"`` when the difference exceeds ``margin_se`` paired standard errors, ``"loss"`` when it is below
-    minus that, else ``"tie"`` (a zero difference with a zero error, two identical candidates, is a tie)."""
-    if difference.value > margin_se * difference.se:
+    """``"win"`` when the difference exceeds ``margin_se`` paired standard errors and its 95% interval lies above
+    zero, ``"loss"`` when it is below minus that, else ``"tie"`` (a zero difference with a zero error, two
+    identical candidates, is a tie). With an error of many degrees of freedom the interval is the weaker condition;
+    with few (few calibration blocks carrying it) it is the stronger one."""
+    threshold = max(margin_se, interval_quantile(difference.df)) * difference.se
+    if difference.value > threshold:
         return "win"
-    if difference.value < -margin_se * difference.se:
+    if difference.value < -threshold:
         return "loss"
     return "tie"
 
 
-def compare(searched: Correctness, reference: Correctness, margin_se: float = MARGIN_SE) -> dict[str, Any]:
-    """``accuracy(searched) - accuracy(reference)`` on the same images: value, paired SE, 95% interval, verdict."""
-    difference = paired_difference(searched, reference)
-    half = Z95 * difference.se
+def compare(searched: BlockCorrectness | Correctness, reference: BlockCorrectness | Correctness,
+            margin_se: float = MARGIN_SE) -> dict[str, Any]:
+    """``accuracy(searched) - accuracy(reference)`` on the same images under the same calibration blocks: value,
+    paired SE and its degrees of freedom, 95% interval, verdict, and the difference under each block."""
+    difference = block_difference(searched, reference)
+    half = interval_quantile(difference.df) * difference.se
+    by_block = [a - b for a, b in zip(as_blocks(searched).accuracies, as_blocks(reference).accuracies)]
     return {"difference": difference.value, "se": difference.se,
-            "ci95": [difference.value - half, difference.value + half], "verdict": verdict(difference, margin_se)}
+            "df": None if math.isinf(difference.df) else difference.df,
+            "ci95": [difference.value - half, difference.value + half], "verdict": verdict(difference, margin_se),
+            "difference_blocks": by_block}
 
 
 # ------------------------------------------------------------------------------------------------ what to compare
@@ -177,16 +207,19 @@ def deploy(supernet: Supernet, candidate: Candidate, calibration: Sequence[Any],
 
 def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, out_dir: str | Path, *,
                   data_root: str | Path | None = None, test_images: int | None = None,
-                  calib_images: int = DEPLOY_CALIB_IMAGES, margin_se: float = MARGIN_SE,
-                  finetune: FineTune | None = None) -> dict[str, Any]:
+                  calib_images: int | None = None, calib_blocks: int = CALIB_BLOCKS,
+                  margin_se: float = MARGIN_SE, finetune: FineTune | None = None) -> dict[str, Any]:
     """Measure the fronts of ``search_dirs`` and their uniform baselines on the test split, compare them budget by
     budget, write ``out_dir/final.json`` atomically and return its content.
 
     ``supernet_dir`` is the training run the searches scored with; ``test_images`` limits the test images (default:
-    all); ``finetune`` fine-tunes every candidate before it is scored. Candidates already in
-    ``out_dir/final_scores.jsonl`` under the same supernet, recipe, images and code are not measured again. Raises
-    :class:`~automq.errors.DataError` when the dataset has no test split or no search has a uniform baseline to
-    compare with."""
+    all); every candidate is deployed ``calib_blocks`` times, recalibrated on another block of ``calib_images``
+    training images each time (default: :data:`DEPLOY_CALIB_IMAGES`, fewer where the training split is too small
+    for that, with a note; :func:`calibration_skip` says where the blocks begin); ``finetune`` fine-tunes every
+    candidate before it is scored. Candidates already in ``out_dir/final_scores.jsonl`` under the same supernet,
+    recipe, images and code are not measured again (per block: more blocks later reuse the earlier ones). Raises
+    :class:`~automq.errors.DataError` when the dataset has no test split, the training split is too small for the
+    blocks or no search has a uniform baseline to compare with."""
     start = time.time()
     notes: list[str] = []
     runs = analyse_runs([load_search_dir(d) for d in search_dirs], notes)
@@ -202,35 +235,41 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     space = SearchSpace.from_file(Path(supernet_dir) / SPACE_FILE)
     data = load_space_data(space, root=data_root, with_test=True)
     test = _test_batches(data, test_images)
-    calibration = fixed_batches(data.train, calib_images, DEPLOY_CALIB_BATCH)
+    skip = calibration_skip(search_dirs, space)
+    calib_images = _block_size(len(data.train), skip, calib_blocks, calib_images, notes)
+    blocks = _calibration_blocks(data.train, skip, calib_images, calib_blocks)
     supernet = load_supernet(supernet_dir, space)
     if finetune and finetune.images > len(data.train):
         raise DataError(f"--finetune-images {finetune.images} is out of range: the training split holds "
                         f"{len(data.train)} images")
     test_count = sum(len(labels) for _, labels in test)
-    recipe = RECIPE.format(calib=min(calib_images, len(data.train)), batch=DEPLOY_CALIB_BATCH, test=test_count,
-                           finetune=finetune.describe(space) if finetune else NO_FINETUNE)
+    tuned = finetune.describe(space) if finetune else NO_FINETUNE
+    recipe = _recipe(BLOCKS.format(blocks=calib_blocks, size=calib_images, first=skip,
+                                   last=skip + calib_blocks * calib_images - 1, skip=skip), test_count, tuned)
+    tuning = fixed_batches(data.train, finetune.images, EVAL_BATCH_SIZE) if finetune else []
     scores = Path(out_dir) / SCORES_FILE
-    key = _scores_key(supernet_dir, recipe, [*test, *calibration, *fixed_batches(data.train, finetune.images,
-                                                                                  EVAL_BATCH_SIZE)]
-                      if finetune else [*test, *calibration])
-    stored = _stored_scores(scores, key, test_count)
-    reused = len(stored.keys() & candidates.keys())
+    # one key per block: a measurement with more blocks reuses the outcomes of the blocks it shares with an earlier one
+    keys = [_scores_key(supernet_dir, _recipe(BLOCK.format(first=first, last=first + calib_images - 1), test_count,
+                                              tuned), [*test, *calibration, *tuning]) for first, calibration in blocks]
+    stored = [_stored_scores(scores, key, test_count) for key in keys]
+    reused = sum(all(cid in block for block in stored) for cid in candidates)
     if reused:
         notes.append(f"{reused} of {len(candidates)} candidates were measured before with this code, supernet, data "
                      f"and recipe: their outcomes are taken from {scores}")
     for cid, candidate in candidates.items():
-        if cid not in stored:
-            begun = time.perf_counter()
-            model = deploy(supernet, candidate, calibration, finetune=finetune, space=space, train=data.train)
-            outcome = score_model(model, test).correctness
-            stored[cid] = (outcome, time.perf_counter() - begun)
-            append_jsonl(scores, {**key, "candidate_id": cid, "images": outcome.images, "bits": outcome.bits.hex(),
-                                  "wall_s": stored[cid][1]})
-    correct = {cid: outcome for cid, (outcome, _) in stored.items()}
-    seconds = [stored[cid][1] for cid in candidates]
+        for key, block, (_, calibration) in zip(keys, stored, blocks):
+            if cid not in block:
+                begun = time.perf_counter()
+                model = deploy(supernet, candidate, calibration, finetune=finetune, space=space, train=data.train)
+                outcome = score_model(model, test).correctness
+                block[cid] = (outcome, time.perf_counter() - begun)
+                append_jsonl(scores, {**key, "candidate_id": cid, "images": outcome.images,
+                                      "bits": outcome.bits.hex(), "wall_s": block[cid][1]})
+    correct = {cid: BlockCorrectness(tuple(block[cid][0] for block in stored)) for cid in candidates}
+    seconds = [block[cid][1] for cid in candidates for block in stored]
     result = {
-        "recipe": recipe, "finetune": dataclasses.asdict(finetune) if finetune else None, "scores_key": key,
+        "recipe": recipe, "finetune": dataclasses.asdict(finetune) if finetune else None, "scores_keys": keys,
+        "calibration": {"images": calib_images, "blocks": calib_blocks, "first": skip, "batch": DEPLOY_CALIB_BATCH},
         "supernet": str(supernet_dir), "searches": {run.label: str(run.result.path) for run in runs},
         "test_images": test_count,
         "margin_se": margin_se, "notes": notes,
@@ -247,8 +286,51 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     return result
 
 
-def ceiling(measured: Sequence[tuple[str, Trial]], baselines: Sequence[Baseline], correct: Mapping[str, Correctness],
-            margin_se: float = MARGIN_SE) -> dict[str, Any]:
+def _recipe(calibration: str, test_images: int, finetune: str) -> str:
+    return RECIPE.format(calibration=calibration, batch=DEPLOY_CALIB_BATCH, test=test_images, finetune=finetune)
+
+
+def calibration_skip(search_dirs: Sequence[str | Path], space: SearchSpace) -> int:
+    """How many of the first training images the searches' estimates recalibrated batch norms on (the largest
+    ``search.calib_size`` of ``space``, the supernet's, and of each search folder's own space file): the final
+    measurement's calibration blocks begin after them, so that no search selected on the calibration it is judged
+    with."""
+    sizes = [space.search.calib_size]
+    for folder in search_dirs:
+        path = Path(folder) / SPACE_FILE
+        if path.is_file():
+            sizes.append(SearchSpace.from_file(path).search.calib_size)
+    return max(sizes)
+
+
+def _block_size(train_images: int, skip: int, blocks: int, asked: int | None, notes: list[str]) -> int:
+    """The calibration images per block: ``asked``, else :data:`DEPLOY_CALIB_IMAGES` or, on a training split too
+    small for that many blocks of it after the searches' images, as many as fit (said in ``notes``)."""
+    if asked is not None:
+        return asked
+    fits = (train_images - skip) // max(blocks, 1)
+    if 1 <= fits < DEPLOY_CALIB_IMAGES:
+        notes.append(f"the training split holds {train_images} images, {skip} of them the searches' calibration: "
+                     f"each of the {blocks} calibration blocks has {fits} images instead of {DEPLOY_CALIB_IMAGES}")
+        return fits
+    return DEPLOY_CALIB_IMAGES
+
+
+def _calibration_blocks(train: Dataset, skip: int, images: int, blocks: int) -> list[tuple[int, list[Any]]]:
+    """``blocks`` disjoint runs of ``images`` consecutive training images after the first ``skip`` (the split is a
+    seeded permutation, so each is a random sample), each with its first image's index, in calibration batches."""
+    if images < 1 or blocks < 1:
+        raise DataError(f"--calib-images and --calib-blocks must be at least 1, got {images} and {blocks}")
+    if skip + images * blocks > len(train):
+        raise DataError(f"--calib-blocks {blocks} of --calib-images {images} need {images * blocks} training images "
+                        f"after the first {skip} the searches calibrated on, but the training split holds "
+                        f"{len(train)}: give fewer or smaller blocks")
+    firsts = [skip + block * images for block in range(blocks)]
+    return [(first, fixed_batches(train, first + images, DEPLOY_CALIB_BATCH, start=first)) for first in firsts]
+
+
+def ceiling(measured: Sequence[tuple[str, Trial]], baselines: Sequence[Baseline],
+            correct: Mapping[str, BlockCorrectness | Correctness], margin_se: float = MARGIN_SE) -> dict[str, Any]:
     """The most accurate of the ``measured`` (run label, trial) pairs on the test split against the most accurate
     uniform baseline there, paired. Both are picked by their test accuracy, so this is an optimistic bound on what
     any budget could gain over uniform precision: where even it ties, no measured candidate wins a budget whose
@@ -262,17 +344,19 @@ def ceiling(measured: Sequence[tuple[str, Trial]], baselines: Sequence[Baseline]
             "uniform_test_accuracy": uniform_score.accuracy, **compare(best_score, uniform_score, margin_se)}
 
 
-def measured_outcomes(out_dir: str | Path, final: Mapping[str, Any]) -> dict[str, Correctness]:
-    """The per-image test outcomes behind ``final`` (the ``final.json`` of ``out_dir``), by candidate id: what a
-    paired comparison of two searches' candidates needs. Raises :class:`~automq.errors.DataError` when the stored
-    outcomes lack a candidate of ``final`` (the scores file is gone, or the supernet changed since)."""
+def measured_outcomes(out_dir: str | Path, final: Mapping[str, Any]) -> dict[str, BlockCorrectness]:
+    """The per-image test outcomes behind ``final`` (the ``final.json`` of ``out_dir``) under each calibration block,
+    by candidate id: what a paired comparison of two searches' candidates needs. Raises
+    :class:`~automq.errors.DataError` when the stored outcomes lack a candidate of ``final`` (the scores file is
+    gone, or the supernet changed since)."""
     path = Path(out_dir) / SCORES_FILE
-    stored = _stored_scores(path, final["scores_key"], final["test_images"])
-    missing = sorted({c["candidate_id"] for c in final["candidates"]} - stored.keys())
+    stored = [_stored_scores(path, key, final["test_images"]) for key in final["scores_keys"]]
+    wanted = {c["candidate_id"] for c in final["candidates"]}
+    missing = sorted(wanted - set.intersection(*(set(block) for block in stored)))
     if missing:
         raise DataError(f"{path} lacks the outcomes of {len(missing)} candidates of {Path(out_dir) / FINAL_FILE} "
                         f"(e.g. {missing[0]}): run the final measurement again")
-    return {cid: outcome for cid, (outcome, _) in stored.items()}
+    return {cid: BlockCorrectness(tuple(block[cid][0] for block in stored)) for cid in wanted}
 
 
 def _scores_key(supernet_dir: str | Path, recipe: str, batches: Sequence[Any]) -> dict[str, str]:
@@ -351,10 +435,10 @@ def _measured_trials(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline])
     return fronts + [(b.run, b.trial) for b in baselines]
 
 
-def _candidate_record(trial: Trial, run: str, correct: Correctness) -> dict[str, Any]:
+def _candidate_record(trial: Trial, run: str, correct: BlockCorrectness) -> dict[str, Any]:
     return {"run": run, "trial": trial.number, "candidate_id": trial.candidate.id, COST: trial.metrics[COST],
             "val_accuracy": trial.metrics["accuracy"], "search_accuracy": _search_accuracy(trial),
-            "test_accuracy": correct.accuracy, "test_se": correct.se}
+            "test_accuracy": correct.accuracy, "test_se": correct.se, "test_accuracy_blocks": correct.accuracies}
 
 
 def _search_accuracy(trial: Trial) -> float:
@@ -362,7 +446,8 @@ def _search_accuracy(trial: Trial) -> float:
     return trial.metrics.get("accuracy_search", trial.metrics["accuracy"])
 
 
-def _comparison_record(pairing: Pairing, correct: Mapping[str, Correctness], margin_se: float) -> dict[str, Any]:
+def _comparison_record(pairing: Pairing, correct: Mapping[str, BlockCorrectness],
+                       margin_se: float) -> dict[str, Any]:
     reference = pairing.reference.trial
     record: dict[str, Any] = {
         "run": pairing.run, "budget": pairing.budget, "budget_label": pairing.budget_label,

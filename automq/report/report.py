@@ -370,9 +370,12 @@ def final_section(final: dict[str, Any] | None) -> list[Block]:
         Heading("Final measurement (test split)"),
         Paragraph(f"Deployment recipe: {final.get('recipe', 'not recorded')}. For each budget, each search's most "
                   "accurate candidate at or below it by validation accuracy is paired with the most accurate uniform "
-                  "format at or below it (also chosen on validation), both scored on the same test images. A win "
-                  f"needs a lead of more than {final.get('margin_se', 2):g} paired standard errors; the interval is "
-                  "the difference ± 1.96 paired standard errors. The validation accuracy is the search's estimate "
+                  "format at or below it (also chosen on validation), both scored on the same test images under the "
+                  f"same calibrations. A win needs a lead of more than {final.get('margin_se', 2):g} paired standard "
+                  "errors and a 95% interval above zero; the standard errors count the test images and, where each "
+                  "candidate was deployed on several calibration blocks, the spread over them (the interval then "
+                  "uses Student's t with the error's degrees of freedom). The validation accuracy is the search's "
+                  "estimate "
                   "(refined on the whole validation split; in brackets the value the search saw)."),
         Bullets([_verdict_count(run, counts) for run, counts in summarise(final["comparisons"]).items()]
                 or ["No search was compared."]),
@@ -394,8 +397,9 @@ def final_findings(final: dict[str, Any]) -> list[str]:
              + (f" ({'; '.join(decided[run])})." if run in decided else ".")
              for run, counts in summarise(final["comparisons"]).items()]
     return lines + _ceiling_findings(final) + [
-        f"A win is a lead of more than {final.get('margin_se', 2):g} paired standard errors over the best uniform "
-        "format at or below the budget (Final measurement); the validation accuracies the search saw choose the "
+        f"A win is a lead of more than {final.get('margin_se', 2):g} paired standard errors, with a 95% interval above "
+        "zero, over the best uniform format at or below the budget (Final measurement); the validation accuracies "
+        "the search saw choose the "
         "candidates compared but decide no win."]
 
 
