@@ -1,13 +1,15 @@
 """How much a deployed candidate's test accuracy depends on *which* training images recalibrate its batch norms.
 
-The final measurement (``automq final``) extracts each candidate and recalibrates its batch norms on the first 512
-training images before scoring the test split; its paired standard errors count the sampling of the test images only.
-This study deploys chosen candidates of a final measurement again with other, disjoint blocks of the training split as
-calibration images (``--sizes`` images each, ``--draws`` blocks per size; block 0 of 512 images is the final
-measurement's own), scores each on the whole test split, and reports per candidate the spread of its test accuracy
-over the blocks, and per comparison (searched candidate against its uniform reference, both calibrated on the same
-block) the spread of the paired difference and how many blocks call it a win: the noise the final measurement's
-intervals leave out, and what a larger calibration set does to it.
+The searches' estimator, ``automq export`` and, until this study, the final measurement (``automq final``)
+recalibrate a candidate's batch norms on the first 512 training images; that final measurement's paired standard
+errors counted the sampling of the test images only. This study deploys chosen candidates of a final measurement
+again with other, disjoint blocks of the training split as calibration images (``--sizes`` images each, ``--draws``
+blocks per size; block 0 of 512 images is the searches' own calibration), scores each on the whole test split, and
+reports per candidate the spread of its test accuracy over the blocks, and per comparison (searched candidate against
+its uniform reference, both calibrated on the same block) the spread of the paired difference and how many blocks
+call it a win: the noise a single-block measurement's intervals leave out, and what a larger calibration set does to
+it. It is why ``automq final`` now averages over calibration blocks after the searches' images and counts their
+spread in its standard errors.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python experiments/calibration_noise.py \\
         --final runs/bench16/final/final.json --supernet runs/sn16 --budgets 3.877e7 7.502e7 \\
@@ -60,7 +62,7 @@ def trials_of(final: dict, comparisons: list[dict]) -> dict[tuple[str, int], Can
 
 def calibration_block(train: Any, size: int, block: int) -> list[Any]:
     """The ``block``-th run of ``size`` consecutive training images (the split is already a seeded permutation) in
-    the final measurement's calibration batches; block 0 is the images the final measurement calibrates on."""
+    the final measurement's calibration batches; block 0 is the images the searches calibrate on."""
     return fixed_batches(train, (block + 1) * size, DEPLOY_CALIB_BATCH, start=block * size)
 
 
@@ -166,8 +168,9 @@ def markdown(result: dict) -> str:
              f"{result['test_images']} images; calibration blocks: "
              + ", ".join(f"{d} of {s} images" for s, d in zip(sizes, result["draws"])), "",
              "Each candidate deployed as the final measurement does (extract, recalibrate batch norms, score the whole "
-             "test split), once per disjoint block of training images; block 0 of 512 is the final measurement's "
-             "own calibration (its accuracy here must equal the final test %). `copied`: block 0 again, the same image "
+             "test split), once per disjoint block of training images; block 0 of 512 is the searches' own "
+             "calibration (and a single-block final measurement's: then its accuracy here equals the final test %). "
+             "`copied`: block 0 again, the same image "
              "values copied image by image into other memory before the batches are formed (a different memory "
              "layout, nothing else): how far that alone moves the accuracy. Points; SD over blocks, against the test "
              "images' binomial SE of one accuracy.", "",
@@ -181,7 +184,7 @@ def markdown(result: dict) -> str:
             f"{row[f'calib{s}']['mean']:.2f} | {row[f'calib{s}']['sd']:.2f} | {row[f'calib{s}']['min']:.2f}-"
             f"{row[f'calib{s}']['max']:.2f}" for s in sizes) + " |")
     lines += ["", "Paired differences, searched - best uniform format, both calibrated on the same block (points): "
-              "the final measurement's figure and SE (block 0), then per size the mean and SD over blocks, the mean "
+              "the final measurement's figure and SE, then per size the mean and SD over blocks, the mean "
               "paired SE (test images only) and the blocks whose difference is a win (beyond 2 SE) or a loss.", "",
               "| search | budget | uniform | final difference | " + " | ".join(
                   f"{s}: mean ± SD | {s}: image SE | {s}: wins / losses" for s in sizes) + " |",
