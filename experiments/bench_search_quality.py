@@ -445,7 +445,8 @@ def default_markdown(result: dict) -> str:
             lines.append(f"| {name} | {search['trials']} | {search['checkpoints'][-1]['trial_wall_s']:.0f} | "
                          f"{'yes' if search['refine'] else 'no'} | {f['win']} | {f['tie']} | {f['loss']} | "
                          f"{f['none']} |")
-    lines += ["", "Per budget (difference = searched - best uniform on the same test images, points, ± paired SE):",
+    lines += ["", "Per budget (difference = searched - best uniform on the same test images and calibration blocks, "
+              "points, ± paired SE over both; a win beyond 2 SE with its 95% t interval above zero):",
               "", "| search | BitOps budget | best uniform | uniform test % | searched BitOps | searched val % | "
               "searched test % | difference | verdict |", "|---|---:|---|---:|---:|---:|---:|---|---|"]
     for c in result["final"]["comparisons"]:

@@ -121,7 +121,8 @@ def _strategy_entry(path: Path, label: str, entry: Any) -> tuple[str, dict[str, 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="cpu-small", help="config name or YAML path (default: cpu-small)")
-    parser.add_argument("--work", type=Path, help="folder of the supernet and searches (default: runs/compare_all_<config>)")
+    parser.add_argument("--work", type=Path,
+                        help="folder of the supernet and searches (default: runs/compare_all_<config>)")
     parser.add_argument("--results", type=Path, help="where the report and summary go "
                         "(default: experiments/results/compare_all_<config>)")
     parser.add_argument("--supernet", type=Path, help="a trained supernet run folder of the space to use instead")
@@ -301,8 +302,9 @@ def final_section(final: Mapping[str, Any]) -> list[str]:
     images = final["test_images"]
     lines += [f"Each search's most accurate candidate (by validation accuracy) at or below each uniform budget against "
               f"the best uniform format there, both measured on the same {images} test images: accuracy ± 95% "
-              f"interval ({Z95:.2f} binomial standard errors), difference [paired 95% interval]; a *win* needs a lead "
-              f"above {final['margin_se']:g} paired standard errors, a *loss* a deficit beyond it, else a *tie*.", "",
+              f"interval ({Z95:.2f} binomial standard errors of the test images), difference [paired 95% interval, "
+              f"counting the calibration blocks too]; a *win* needs a lead above {final['margin_se']:g} paired "
+              "standard errors and that interval above zero, a *loss* a deficit beyond it, else a *tie*.", "",
               "| BitOps budget | uniform reference | its test accuracy | search | searched test accuracy | "
               "difference [points] | verdict |", "|---:|---|---:|---|---:|---:|---|"]
     for c in final["comparisons"]:
