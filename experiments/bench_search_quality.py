@@ -488,8 +488,8 @@ def head_to_head_lines(result: dict) -> list[str]:
         return []
     lines = section("Head to head (test split)",
                     "At each uniform budget, the search's candidate against the candidate of the search named, with as "
-                    "many trials, both chosen by validation accuracy, paired on the same test images (points ± paired "
-                    "SE; a win or loss beyond 2 SE).")
+                    "many trials, both chosen by validation accuracy, paired on the same test images and calibration "
+                    "blocks (points ± paired SE; a win or loss beyond 2 SE and its 95% t interval).")
     for name in dict.fromkeys(row["search"] for row in rows):
         mine = [row for row in rows if row["search"] == name]
         counts = Counter(row["verdict"] for row in mine)
@@ -509,7 +509,7 @@ def seed_repeat_lines(result: dict) -> list[str]:
         return []
     lines = section("Repeated searches (test split)",
                     "Searches run again with other seeds (`--search-seeds`), each run measured as above: at each "
-                    "uniform budget, how many runs beat the best uniform format by more than 2 paired SE, and each "
+                    "uniform budget, how many runs win (beyond 2 paired SE and the 95% t interval), and each "
                     "run's difference (points ± paired SE, in the order of the runs named).")
     for (search, trials), group in itertools.groupby(rows, key=lambda row: (row["search"], row["trials"])):
         group = list(group)
