@@ -89,7 +89,7 @@ def main() -> None:
                                        contenders(baselines, c["budget"], args.contenders)) for c in chosen}
     firsts = choice_firsts(final, args.blocks)
     candidates = {t.candidate.id: t.candidate for pair in sides.values() for side in pair for t in side}
-    accuracies = validation_accuracies(args, candidates, firsts)
+    accuracies, made = validation_accuracies(args, candidates, firsts)
     outcomes = measured_outcomes(args.final, final)
     rows = [comparison_row(final, c, *sides[(c["run"], c["budget"])], accuracies, outcomes) for c in chosen]
     for row in rows:
@@ -97,7 +97,8 @@ def main() -> None:
     result = {"command": command(), "machine": machine(), "final": args.final, "supernet": args.supernet,
               "runs": args.runs, "contenders": args.contenders, "choice_blocks": firsts,
               "block_images": final["calibration"]["images"], "final_recipe": final["recipe"],
-              "candidates_scored": len(candidates), "rows": rows, "wall_s": time.perf_counter() - start}
+              "candidates_scored": len(candidates), "scores_made": made, "rows": rows,
+              "wall_s": time.perf_counter() - start}
     out = Path(args.out)
     atomic_write_json(out / f"{args.name}.json", result)
     atomic_write_text(out / f"{args.name}.md", markdown(result))
@@ -105,9 +106,9 @@ def main() -> None:
 
 
 def validation_accuracies(args: argparse.Namespace, candidates: dict[str, Any],
-                          firsts: list[int]) -> dict[str, list[float]]:
+                          firsts: list[int]) -> tuple[dict[str, list[float]], int]:
     """Each candidate's accuracy on the whole validation split under each choice block, from the cache or measured
-    (and appended to it)."""
+    (and appended to it), and how many were measured in this run (the others' time was spent by an earlier one)."""
     cache = Path(args.cache or Path(args.final) / "calibrated_choice.jsonl")
     stored = {(r["candidate_id"], r["first"]): r["accuracy"] for r in read_jsonl(cache)
               if isinstance(r, dict) and r.get("supernet") == str(args.supernet)}
@@ -116,15 +117,17 @@ def validation_accuracies(args: argparse.Namespace, candidates: dict[str, Any],
     val = fixed_batches(data.val, len(data.val), EVAL_BATCH_SIZE)
     supernet = load_supernet(args.supernet, space)
     size = load_final(args.final, [])["calibration"]["images"]
+    made = 0
     for first in firsts:
         calibration = fixed_batches(data.train, first + size, DEPLOY_CALIB_BATCH, start=first)
         for cid, candidate in candidates.items():
             if (cid, first) not in stored:
                 stored[(cid, first)] = score_model(deploy(supernet, candidate, calibration), val).correctness.accuracy
+                made += 1
                 append_jsonl(cache, {"supernet": str(args.supernet), "candidate_id": cid, "first": first,
                                      "accuracy": stored[(cid, first)]})
         print(f"choice block at image {first}: done", flush=True)
-    return {cid: [stored[(cid, first)] for first in firsts] for cid in candidates}
+    return {cid: [stored[(cid, first)] for first in firsts] for cid in candidates}, made
 
 
 def comparison_row(final: dict, usual: dict, searched: list[Trial], uniform: list[Trial],
@@ -155,7 +158,10 @@ def markdown(result: dict) -> str:
              "validation accuracy) and as many uniform baselines, each scored on the whole validation split under "
              f"{len(result['choice_blocks'])} calibration blocks of {result['block_images']} training images starting "
              f"at images {', '.join(map(str, result['choice_blocks']))} (after the final measurement's), the best "
-             f"mean picked on both sides; {result['candidates_scored']} candidates scored", ""]
+             f"mean picked on both sides; {result['candidates_scored']} candidates scored, "
+             f"{result['scores_made']} of their {result['candidates_scored'] * len(result['choice_blocks'])} "
+             "validation scores in this run (the others from the cache, made by earlier runs: the wall time counts "
+             "this run only)", ""]
     for run in dict.fromkeys(row["run"] for row in rows):
         mine = [row for row in rows if row["run"] == run]
         usual = [row["usual"]["verdict"] for row in mine]
