@@ -287,7 +287,8 @@ def path_differences(estimator: OneShotEstimator, path: list[Candidate], sizes: 
         scores = [estimator.correctness(c, images=images) for c in path]
         steps = [{"accuracy": s.accuracy, "se": s.se} for s in scores]
         for step, (before, after) in zip(steps[1:], zip(scores, scores[1:])):
-            step["difference"], step["paired_se"] = paired_difference(after, before)
+            difference = paired_difference(after, before)
+            step["difference"], step["paired_se"] = difference.value, difference.se
         rows.append({"images": images, "steps": steps})
     return rows
 

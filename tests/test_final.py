@@ -325,7 +325,9 @@ def test_a_stopped_fine_tuned_measurement_continues_without_measuring_a_candidat
     calls = counting_deploy(monkeypatch)
     again = measure_final(searches, run, out, finetune=FINETUNE, calib_images=64)
     assert calls == [] and again["candidates"] == tuned["candidates"]
-    assert f"{len(measured_ids)} of {len(measured_ids)} candidates were measured before" in again["notes"][-1]
+    deployments = 4 * len(measured_ids)
+    assert (f"{deployments} of {deployments} deployments (candidates x calibration blocks) were measured before"
+            in again["notes"][-1])
     # the time of measuring each candidate is kept with it: the resumed total is that of the runs that measured them
     assert again["measure_s"] == tuned["measure_s"] > 0 and tuned["candidates_measured"] == len(measured_ids)
     assert again["comparisons"] == tuned["comparisons"]
@@ -357,6 +359,33 @@ def test_damaged_stored_scores_are_measured_again_not_trusted(
     again = measure_final(searches, run, out)
     assert sorted(cid for cid, _ in calls) == sorted([records[0]["candidate_id"], records[1]["candidate_id"]])
     assert again["candidates"] == first["candidates"] == plain["candidates"]
+
+
+def test_blocks_that_cannot_be_measured_are_refused_before_any_deployment(
+        measured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    space, run, searches, *_ = measured
+    calls = counting_deploy(monkeypatch)
+    with pytest.raises(DataError, match="needs at least 2 test images, got 1: give --test-images 2 or more, or "
+                                        "--calib-blocks 1"):
+        measure_final(searches, run, tmp_path, test_images=1)
+    # 1000 training images, 64 the searches': not one image each for 1000 blocks
+    with pytest.raises(DataError, match="the training split holds 1000 images, 64 of them the searches' calibration: "
+                                        "too few for 1000 calibration blocks after them"):
+        measure_final(searches, run, tmp_path, calib_blocks=1000)
+    assert calls == []
+    # one block on one test image is a measurement (its error is the binomial one)
+    single = measure_final(searches, run, tmp_path, test_images=1, calib_blocks=1, calib_images=64)
+    assert all(c["test_se"] == 0.0 for c in single["candidates"])
+
+
+def test_outcomes_of_a_measurement_from_before_the_blocks_are_one_block(measured) -> None:
+    *_, final, report = measured
+    outcomes = measured_outcomes(report, final)
+    first = {k: v for k, v in final.items() if k != "scores_keys"}
+    older = measured_outcomes(report, {**first, "scores_key": final["scores_keys"][0]})
+    assert all(older[cid].blocks == outcomes[cid].blocks[:1] for cid in outcomes)
+    with pytest.raises(DataError, match="records no scores key: run the final measurement again"):
+        measured_outcomes(report, first)
 
 
 def test_a_fine_tune_on_more_images_than_the_training_split_is_refused(measured, tmp_path: Path) -> None:

@@ -106,6 +106,16 @@ def test_crossed_mean_never_falls_below_the_larger_one_way_part() -> None:
     assert abs(result.se - math.sqrt(0.5 / 6)) <= TOLERANCE and result.df == 2
 
 
+def test_crossed_mean_keeps_the_blocks_part_and_its_freedom_when_that_is_the_larger() -> None:
+    table = np.array([[0, 0, 1], [0, 1, 0], [0, 1, 1]])
+    # grand mean 4/9; image means 1/3, 1/3, 2/3; block means 0, 2/3, 2/3; total sum of squares 4 (5/9)^2 + 5 (4/9)^2
+    # = 20/9, images 2/9, blocks 8/9, residual 10/9: MS_images = 1/9, MS_blocks = 4/9, MS_res = 10/9 / 4 = 5/18;
+    # 1/9 + 4/9 - 5/18 = 5/18 is below MS_blocks, which is kept with its K - 1 = 2 degrees of freedom
+    result = crossed_mean(table)
+    assert abs(result.value - 4 / 9) <= TOLERANCE
+    assert abs(result.se - math.sqrt((4 / 9) / 9)) <= TOLERANCE and result.df == 2
+
+
 def test_one_block_is_the_paired_difference_and_the_binomial_error() -> None:
     a, b = Correctness.from_bools(A), Correctness.from_bools(B)
     one = block_difference(BlockCorrectness((a,)), BlockCorrectness((b,)))

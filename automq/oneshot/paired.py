@@ -112,8 +112,9 @@ def crossed_mean(table: np.ndarray) -> Difference:
     of the grand mean is ``s2_a / n + s2_b / K + s2_e / (n K)``, estimated without bias by
     ``(MS_images + MS_blocks - MS_residual) / (n K)`` from the two-way analysis of variance, and never below either
     one-way part (``max(MS_images, MS_blocks) / (n K)``, what the model allows). ``df`` is Satterthwaite's
-    approximation, so an interval can widen where a few blocks carry the error. One block gives the paired error of
-    :func:`paired_difference` (the images' population variance over ``n``) with infinite ``df``.
+    approximation, so an interval can widen where a few blocks carry the error (at the floor, the kept part's own
+    ``n - 1`` or ``K - 1``, so ``df`` jumps there, a known edge of Satterthwaite's approximation). One block gives the
+    paired error of :func:`paired_difference` (the images' population variance over ``n``) with infinite ``df``.
     """
     table = np.asarray(table, dtype=np.float64)
     n, k = table.shape

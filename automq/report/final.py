@@ -8,13 +8,14 @@ applies (:data:`RECIPE`: extract the candidate from the supernet as a stand-alon
 on training images; optionally, :class:`FineTune`, a short quantization-aware fine-tune of every measured candidate
 alike, searched and uniform, on training images with the space's recipe).
 
-Which training images recalibrate the batch norms moves a deployed candidate's test accuracy by an SD of 0.1-0.2
-points (``experiments/results/calibration_noise_16ep.md``), and the searches' estimator calibrates on the first
-``search.calib_size`` training images, so a search also selects candidates whose calibration there happens to suit
-them. Each candidate is therefore deployed once per calibration block (:data:`CALIB_BLOCKS` disjoint blocks of
-:data:`DEPLOY_CALIB_IMAGES` training images, all after the images any of the searches calibrated on) and its test
-accuracy is the mean over the blocks; the standard errors count both the test images and the blocks
-(:func:`~automq.oneshot.paired.crossed_mean`), so a win is a property of the candidate, not of its calibration.
+Which training images recalibrate the batch norms moves a deployed candidate's test accuracy by an SD of 0.08-0.24
+points over blocks of 512 images (``experiments/results/calibration_noise_16ep.md``), and the searches' estimator
+calibrates on the first ``search.calib_size`` training images, so a search also selects candidates whose
+calibration there happens to suit them. Each candidate is therefore deployed once per calibration block
+(:data:`CALIB_BLOCKS` disjoint blocks of :data:`DEPLOY_CALIB_IMAGES` training images, all after the images any of
+the searches calibrated on) and its test accuracy is the mean over the blocks; the standard errors count both the
+test images and the blocks (:func:`~automq.oneshot.paired.crossed_mean`), so a win is a property of the candidate,
+not of its calibration.
 
 For each uniform budget (the BitOps of a uniform format, :func:`~automq.report.comparison.uniform_budgets`) and each
 search, the candidate compared is chosen *before* the test split is read: the search's most accurate candidate at or
@@ -235,6 +236,10 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     space = SearchSpace.from_file(Path(supernet_dir) / SPACE_FILE)
     data = load_space_data(space, root=data_root, with_test=True)
     test = _test_batches(data, test_images)
+    test_count = sum(len(labels) for _, labels in test)
+    if calib_blocks > 1 and test_count < 2:
+        raise DataError(f"a standard error over calibration blocks needs at least 2 test images, got {test_count}: "
+                        "give --test-images 2 or more, or --calib-blocks 1")
     skip = calibration_skip(search_dirs, space)
     calib_images = _block_size(len(data.train), skip, calib_blocks, calib_images, notes)
     blocks = _calibration_blocks(data.train, skip, calib_images, calib_blocks)
@@ -242,7 +247,6 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     if finetune and finetune.images > len(data.train):
         raise DataError(f"--finetune-images {finetune.images} is out of range: the training split holds "
                         f"{len(data.train)} images")
-    test_count = sum(len(labels) for _, labels in test)
     tuned = finetune.describe(space) if finetune else NO_FINETUNE
     recipe = _recipe(BLOCKS.format(blocks=calib_blocks, size=calib_images, first=skip,
                                    last=skip + calib_blocks * calib_images - 1, skip=skip), test_count, tuned)
@@ -252,10 +256,11 @@ def measure_final(search_dirs: Sequence[str | Path], supernet_dir: str | Path, o
     keys = [_scores_key(supernet_dir, _recipe(BLOCK.format(first=first, last=first + calib_images - 1), test_count,
                                               tuned), [*test, *calibration, *tuning]) for first, calibration in blocks]
     stored = [_stored_scores(scores, key, test_count) for key in keys]
-    reused = sum(all(cid in block for block in stored) for cid in candidates)
+    reused = sum(cid in block for cid in candidates for block in stored)
     if reused:
-        notes.append(f"{reused} of {len(candidates)} candidates were measured before with this code, supernet, data "
-                     f"and recipe: their outcomes are taken from {scores}")
+        notes.append(f"{reused} of {len(candidates) * len(stored)} deployments (candidates x calibration blocks) were "
+                     f"measured before with this code, supernet, data and recipe: their outcomes are taken from "
+                     f"{scores}")
     for cid, candidate in candidates.items():
         for key, block, (_, calibration) in zip(keys, stored, blocks):
             if cid not in block:
@@ -294,7 +299,8 @@ def calibration_skip(search_dirs: Sequence[str | Path], space: SearchSpace) -> i
     """How many of the first training images the searches' estimates recalibrated batch norms on (the largest
     ``search.calib_size`` of ``space``, the supernet's, and of each search folder's own space file): the final
     measurement's calibration blocks begin after them, so that no search selected on the calibration it is judged
-    with."""
+    with. A search folder's damaged space file is an error, not a note: without it the blocks could overlap that
+    search's calibration."""
     sizes = [space.search.calib_size]
     for folder in search_dirs:
         path = Path(folder) / SPACE_FILE
@@ -309,6 +315,9 @@ def _block_size(train_images: int, skip: int, blocks: int, asked: int | None, no
     if asked is not None:
         return asked
     fits = (train_images - skip) // max(blocks, 1)
+    if fits < 1 <= blocks:
+        raise DataError(f"the training split holds {train_images} images, {skip} of them the searches' calibration: "
+                        f"too few for {blocks} calibration blocks after them; give fewer --calib-blocks")
     if 1 <= fits < DEPLOY_CALIB_IMAGES:
         notes.append(f"the training split holds {train_images} images, {skip} of them the searches' calibration: "
                      f"each of the {blocks} calibration blocks has {fits} images instead of {DEPLOY_CALIB_IMAGES}")
@@ -350,7 +359,11 @@ def measured_outcomes(out_dir: str | Path, final: Mapping[str, Any]) -> dict[str
     :class:`~automq.errors.DataError` when the stored outcomes lack a candidate of ``final`` (the scores file is
     gone, or the supernet changed since)."""
     path = Path(out_dir) / SCORES_FILE
-    stored = [_stored_scores(path, key, final["test_images"]) for key in final["scores_keys"]]
+    keys = final.get("scores_keys") or ([final["scores_key"]] if "scores_key" in final else [])
+    if not keys:
+        raise DataError(f"{Path(out_dir) / FINAL_FILE} records no scores key: run the final measurement again")
+    # a final.json written before the calibration blocks has one key: one block
+    stored = [_stored_scores(path, key, final["test_images"]) for key in keys]
     wanted = {c["candidate_id"] for c in final["candidates"]}
     missing = sorted(wanted - set.intersection(*(set(block) for block in stored)))
     if missing:
