@@ -30,7 +30,7 @@ from automq.report import final as final_module
 from automq.report.final import (FINAL_FILE, SCORES_FILE, Z95, FineTune, ceiling, compare, deploy, measure_final,
                                  measured_outcomes, pairings, verdict)
 from automq.search.driver import run_search
-from automq.search.results import SearchResult, load_trials
+from automq.search.results import SearchResult
 from automq.search.trial import Trial
 
 from _spaces import SpaceFactory
