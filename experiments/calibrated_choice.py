@@ -33,7 +33,7 @@ from automq.io import append_jsonl, atomic_write_json, atomic_write_text, read_j
 from automq.oneshot.evaluate import score_model
 from automq.oneshot.train import EVAL_BATCH_SIZE, load_space_data, load_supernet
 from automq.report.comparison import analyse_runs, find_baselines, front_2d
-from automq.report.final import DEPLOY_CALIB_BATCH, FINAL_FILE, compare, deploy, load_final, measured_outcomes
+from automq.report.final import FINAL_FILE, calibration_batches, compare, deploy, load_final, measured_outcomes
 from automq.search.results import SPACE_FILE, load_search_dir
 from automq.search.trial import Trial
 from automq.space.space import SearchSpace
@@ -89,7 +89,7 @@ def main() -> None:
                                        contenders(baselines, c["budget"], args.contenders)) for c in chosen}
     firsts = choice_firsts(final, args.blocks)
     candidates = {t.candidate.id: t.candidate for pair in sides.values() for side in pair for t in side}
-    accuracies, made = validation_accuracies(args, candidates, firsts)
+    accuracies, made = validation_accuracies(args, candidates, firsts, final["calibration"]["images"])
     outcomes = measured_outcomes(args.final, final)
     rows = [comparison_row(final, c, *sides[(c["run"], c["budget"])], accuracies, outcomes) for c in chosen]
     for row in rows:
@@ -105,10 +105,11 @@ def main() -> None:
     print(markdown(result))
 
 
-def validation_accuracies(args: argparse.Namespace, candidates: dict[str, Any],
-                          firsts: list[int]) -> tuple[dict[str, list[float]], int]:
-    """Each candidate's accuracy on the whole validation split under each choice block, from the cache or measured
-    (and appended to it), and how many were measured in this run (the others' time was spent by an earlier one)."""
+def validation_accuracies(args: argparse.Namespace, candidates: dict[str, Any], firsts: list[int],
+                          size: int) -> tuple[dict[str, list[float]], int]:
+    """Each candidate's accuracy on the whole validation split under each choice block (``size`` images from each of
+    ``firsts``), from the cache or measured (and appended to it), and how many were measured in this run (the
+    others' time was spent by an earlier one)."""
     cache = Path(args.cache or Path(args.final) / "calibrated_choice.jsonl")
     stored = {(r["candidate_id"], r["first"]): r["accuracy"] for r in read_jsonl(cache)
               if isinstance(r, dict) and r.get("supernet") == str(args.supernet)}
@@ -116,10 +117,9 @@ def validation_accuracies(args: argparse.Namespace, candidates: dict[str, Any],
     data = load_space_data(space)
     val = fixed_batches(data.val, len(data.val), EVAL_BATCH_SIZE)
     supernet = load_supernet(args.supernet, space)
-    size = load_final(args.final, [])["calibration"]["images"]
     made = 0
     for first in firsts:
-        calibration = fixed_batches(data.train, first + size, DEPLOY_CALIB_BATCH, start=first)
+        calibration = calibration_batches(data.train, first, size)
         for cid, candidate in candidates.items():
             if (cid, first) not in stored:
                 stored[(cid, first)] = score_model(deploy(supernet, candidate, calibration), val).correctness.accuracy

@@ -34,7 +34,7 @@ from automq.io import atomic_write_json, atomic_write_text
 from automq.oneshot.evaluate import score_model
 from automq.oneshot.paired import Correctness, paired_difference
 from automq.oneshot.train import EVAL_BATCH_SIZE, load_space_data, load_supernet
-from automq.report.final import DEPLOY_CALIB_BATCH, MARGIN_SE, deploy, verdict
+from automq.report.final import DEPLOY_CALIB_BATCH, MARGIN_SE, calibration_batches, deploy, verdict
 from automq.search.results import SPACE_FILE, load_trials
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
@@ -63,7 +63,7 @@ def trials_of(final: dict, comparisons: list[dict]) -> dict[tuple[str, int], Can
 def calibration_block(train: Any, size: int, block: int) -> list[Any]:
     """The ``block``-th run of ``size`` consecutive training images (the split is already a seeded permutation) in
     the final measurement's calibration batches; block 0 is the images the searches calibrate on."""
-    return fixed_batches(train, (block + 1) * size, DEPLOY_CALIB_BATCH, start=block * size)
+    return calibration_batches(train, block * size, size)
 
 
 def copied_block(train: Any, size: int) -> list[Any]:

@@ -65,8 +65,8 @@ from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace, TrainingSpec
 
 __all__ = ["CALIB_BLOCKS", "DEPLOY_CALIB_IMAGES", "FINAL_FILE", "MARGIN_SE", "RECIPE", "SCORES_FILE", "Z95",
-           "FineTune", "Pairing", "calibration_skip", "ceiling", "compare", "deploy", "interval_quantile",
-           "load_final", "measure_final", "measured_outcomes", "pairings", "summarise", "verdict"]
+           "FineTune", "Pairing", "calibration_batches", "calibration_skip", "ceiling", "compare", "deploy",
+           "interval_quantile", "load_final", "measure_final", "measured_outcomes", "pairings", "summarise", "verdict"]
 
 FINAL_FILE = "final.json"
 SCORES_FILE = "final_scores.jsonl"
@@ -335,7 +335,12 @@ def _calibration_blocks(train: Dataset, skip: int, images: int, blocks: int) -> 
                         f"after the first {skip} the searches calibrated on, but the training split holds "
                         f"{len(train)}: give fewer or smaller blocks")
     firsts = [skip + block * images for block in range(blocks)]
-    return [(first, fixed_batches(train, first + images, DEPLOY_CALIB_BATCH, start=first)) for first in firsts]
+    return [(first, calibration_batches(train, first, images)) for first in firsts]
+
+
+def calibration_batches(train: Dataset, first: int, images: int) -> list[Any]:
+    """Training images ``first`` to ``first + images - 1`` in the deployment's calibration batches."""
+    return fixed_batches(train, first + images, DEPLOY_CALIB_BATCH, start=first)
 
 
 def ceiling(measured: Sequence[tuple[str, Trial]], baselines: Sequence[Baseline],
