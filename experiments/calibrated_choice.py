@@ -33,7 +33,9 @@ from automq.io import append_jsonl, atomic_write_json, atomic_write_text, read_j
 from automq.oneshot.evaluate import score_model
 from automq.oneshot.train import EVAL_BATCH_SIZE, load_space_data, load_supernet
 from automq.report.comparison import analyse_runs, find_baselines, front_2d
-from automq.report.final import FINAL_FILE, calibration_batches, compare, deploy, load_final, measured_outcomes
+from automq.report.final import (FINAL_FILE, calibration_batches, compare, deploy, load_final, measured_outcomes,
+                                 within_budget)
+from bench_search_quality import points
 from automq.search.results import SPACE_FILE, load_search_dir
 from automq.search.trial import Trial
 from automq.space.space import SearchSpace
@@ -45,7 +47,7 @@ COST = "bitops"
 def contenders(trials: Sequence[Trial], budget: float, count: int) -> list[Trial]:
     """The ``count`` most accurate of ``trials`` at or below ``budget`` by validation accuracy (the cheaper first
     on a tie), most accurate first: the first is the usual choice."""
-    within = [t for t in trials if t.metrics[COST] <= budget * (1 + 1e-9)]
+    within = [t for t in trials if within_budget(t, budget)]
     return sorted(within, key=lambda t: (-t.metrics["accuracy"], t.metrics[COST]))[:count]
 
 
@@ -179,14 +181,15 @@ def markdown(result: dict) -> str:
     for row in rows:
         usual, calibrated = row["usual"], row["calibrated"]
         versus = row.get("versus_usual")
-        lines.append(f"| {row['run']} | {row['budget']:.4g} | {usual['uniform']} | {points(usual)} | "
-                     f"{calibrated['uniform']} | {points(calibrated)} | "
-                     f"{points(versus) if versus else 'same pick'} |")
+        lines.append(f"| {row['run']} | {row['budget']:.4g} | {usual['uniform']} | {verdict_points(usual)} | "
+                     f"{calibrated['uniform']} | {verdict_points(calibrated)} | "
+                     f"{verdict_points(versus) if versus else 'same pick'} |")
     return "\n".join(lines) + "\n"
 
 
-def points(comparison: dict) -> str:
-    return f"{100 * comparison['difference']:+.2f} ± {100 * comparison['se']:.2f} ({comparison['verdict']})"
+def verdict_points(comparison: dict) -> str:
+    """A comparison's difference in points ± SE, with its verdict."""
+    return f"{points(comparison['difference'], comparison['se'])} ({comparison['verdict']})"
 
 
 if __name__ == "__main__":

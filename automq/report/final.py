@@ -66,7 +66,8 @@ from automq.space.space import SearchSpace, TrainingSpec
 
 __all__ = ["CALIB_BLOCKS", "DEPLOY_CALIB_IMAGES", "FINAL_FILE", "MARGIN_SE", "RECIPE", "SCORES_FILE", "Z95",
            "FineTune", "Pairing", "calibration_batches", "calibration_skip", "ceiling", "compare", "deploy",
-           "interval_quantile", "load_final", "measure_final", "measured_outcomes", "pairings", "summarise", "verdict"]
+           "interval_quantile", "load_final", "measure_final", "measured_outcomes", "pairings", "summarise", "verdict",
+           "within_budget"]
 
 FINAL_FILE = "final.json"
 SCORES_FILE = "final_scores.jsonl"
@@ -138,16 +139,17 @@ def pairings(runs: Sequence[RunAnalysis], baselines: Sequence[Baseline]) -> list
     at or below the budget and the most accurate uniform baseline at or below it; budgets in increasing cost."""
     found = []
     for budget, label in sorted(uniform_budgets(baselines, COST)):
-        reference = _most_accurate([b for b in baselines if _within(b.trial, budget)], key=lambda b: b.trial)
+        reference = _most_accurate([b for b in baselines if within_budget(b.trial, budget)], key=lambda b: b.trial)
         for run in runs:
             if not run.is_uniform:
                 front = front_2d(run.result.trials, COST)
-                searched = _most_accurate([t for t in front if _within(t, budget)], key=lambda t: t)
+                searched = _most_accurate([t for t in front if within_budget(t, budget)], key=lambda t: t)
                 found.append(Pairing(run.label, budget, label, searched, reference))
     return found
 
 
-def _within(trial: Trial, budget: float) -> bool:
+def within_budget(trial: Trial, budget: float) -> bool:
+    """Whether ``trial`` costs no more than ``budget`` BitOps (up to float rounding of the budget itself)."""
     return trial.metrics[COST] <= budget * (1 + 1e-9)
 
 
