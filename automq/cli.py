@@ -322,12 +322,13 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _print_final(final: dict[str, Any]) -> None:
-    """One line per search: at how many uniform budgets it beats the best uniform format on the test split (after
+    """One line per search: at how many uniform budgets it beats every uniform format there on the test split (after
     the measurement's notes)."""
     for note in final["notes"]:
         print(f"note: {note}")
     for run, counts in final["summary"].items():
-        print(f"{run}: beats the best uniform format at {counts['win']} of {counts['budgets']} budgets on "
+        print(f"{run}: beats every uniform format at or below the budget at {counts['win']} of {counts['budgets']} "
+              f"budgets on "
               f"{final['test_images']} test images (ties {counts['tie']}, losses {counts['loss']})")
 
 

@@ -301,11 +301,12 @@ def final_section(final: Mapping[str, Any]) -> list[str]:
         return lines + [f"Not measured: {final['reason']}"]
     images = final["test_images"]
     lines += [f"Each search's most accurate candidate (by validation accuracy) at or below each uniform budget against "
-              f"the best uniform format there, both measured on the same {images} test images: accuracy ± 95% "
+              f"every uniform format there, all measured on the same {images} test images: accuracy ± 95% "
               f"interval ({Z95:.2f} binomial standard errors of the test images), difference [paired 95% interval, "
               f"counting the calibration blocks too]; a *win* needs a lead above {final['margin_se']:g} paired "
-              "standard errors and that interval above zero, a *loss* a deficit beyond it, else a *tie*.", "",
-              "| BitOps budget | uniform reference | its test accuracy | search | searched test accuracy | "
+              "standard errors and that interval above zero over each of them, a *loss* some uniform format ahead by "
+              "as much, else a *tie*; the reference shown is the binding one.", "",
+              "| BitOps budget | uniform reference (binding) | its test accuracy | search | searched test accuracy | "
               "difference [points] | verdict |", "|---:|---|---:|---|---:|---:|---|"]
     for c in final["comparisons"]:
         reference = _accuracy(c["uniform_test_accuracy"], images)

@@ -104,13 +104,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} ({search['strategy']}) | {search['wall_s']:.0f} | {sum(trials.values())} trials "
                      f"({trials.get('ok', 0)} ok){refined} |")
     lines.append(f"| final measurement on {final['test_images']} test images | {final['wall_s']:.0f} | see below |")
-    lines += ["", "On the test split, against the best uniform format at each uniform budget (a win or loss only "
-              "beyond 2 paired standard errors):", ""]
+    lines += ["", "On the test split, against every uniform format at or below each uniform budget (a win needs a "
+              "lead beyond 2 paired standard errors over each; a loss, some uniform format ahead by as much; the "
+              "table shows the binding one):", ""]
     for name, counts in final["summary"].items():
         verdicts = ", ".join(_count(counts[key], word) for key, word in (("win", "win"), ("tie", "tie"),
                                                                           ("loss", "loss")))
         lines.append(f"- {name}: {verdicts} of {counts['budgets']} budgets")
-    lines += ["", "| search | BitOps budget | best uniform | uniform test % | searched BitOps | searched test % | "
+    lines += ["", "| search | BitOps budget | binding uniform | uniform test % | searched BitOps | searched test % | "
               "difference [points] | verdict |", "|---|---:|---|---:|---:|---:|---|---|"]
     for c in final["comparisons"]:
         searched = (f"{c['searched_bitops']:.4g} | {100 * c['searched_test_accuracy']:.2f} | "

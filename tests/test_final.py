@@ -9,6 +9,7 @@ byte, for the split separation and for the calibration blocks' separation from t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -27,8 +28,8 @@ from automq.oneshot.paired import BlockCorrectness, Correctness, Difference, cro
 from automq.oneshot.train import load_space_data, load_supernet, train_supernet
 from automq.report.comparison import Baseline, analyse_runs, find_baselines
 from automq.report import final as final_module
-from automq.report.final import (FINAL_FILE, SCORES_FILE, Z95, FineTune, ceiling, compare, deploy, measure_final,
-                                 measured_outcomes, pairings, verdict)
+from automq.report.final import (FINAL_FILE, SCORES_FILE, Z95, FineTune, Pairing, binding, ceiling, compare, deploy,
+                                 measure_final, measured_outcomes, pairings, verdict)
 from automq.search.driver import run_search
 from automq.search.results import SearchResult
 from automq.search.trial import Trial
@@ -123,8 +124,55 @@ def test_pairings_choose_by_validation_accuracy_within_each_uniform_budget(tiny_
     ])
     runs = analyse_runs([searched, uniform], [])
     chosen = pairings(runs, find_baselines(runs))
-    assert [(p.run, p.budget, p.searched.number, p.reference.trial.number) for p in chosen] == [
-        ("random", 100, 0, 0), ("random", 200, 1, 0), ("random", 400, 1, 2)]
+    # every uniform format at or below the budget, the most accurate by validation first
+    assert [(p.run, p.budget, p.searched.number, [r.trial.number for r in p.references]) for p in chosen] == [
+        ("random", 100, 0, [0]), ("random", 200, 1, [0, 1]), ("random", 400, 1, [2, 0, 1])]
+
+
+def test_the_binding_comparison_is_the_worst_verdict_and_then_the_lead_furthest_from_a_win() -> None:
+    from scipy.stats import t
+
+    # thresholds: 2 SE where the error has many degrees of freedom, t_0.975(2) = 4.30 SE where it has 2
+    wins = [Difference(0.010, 0.002), Difference(0.009, 0.001), Difference(0.020, 0.004, 2.0)]
+    # slack over the threshold: 0.010 - 0.004, 0.009 - 0.002, 0.020 - 4.30 * 0.004 = 0.0028: the last binds
+    assert 0.020 - t.ppf(0.975, 2.0) * 0.004 < 0.006 and binding(wins) == 2
+    ties = wins + [Difference(0.003, 0.002), Difference(0.001, 0.002)]
+    assert binding(ties) == 4  # both tie; 0.001 - 0.004 falls further short of a win than 0.003 - 0.004
+    losses = ties + [Difference(-0.005, 0.002), Difference(-0.009, 0.002)]
+    assert binding(losses) == 6 and binding(losses[::-1]) == 0  # the clearest loss, wherever it stands
+    assert binding([Difference(0.0, 0.0)]) == 0
+    with pytest.raises(ValueError):
+        binding([])
+
+
+def test_a_budget_is_won_only_against_every_uniform_format_there(tiny_space: SpaceFactory) -> None:
+    space = tiny_space()
+    rng = np.random.default_rng(2)
+    mixed = space.sample(rng)
+    w4a8, w4fp8 = space.uniform("int4", "int8"), space.uniform("int4", "fp8_e4m3")
+    # validation prefers int4/int8 (0.80); on 100 test images the searched candidate is right on images 0-69,
+    # int4/int8 on 0-49 (a lead of 0.20, SE 0.04), int4/fp8 on 0-67 (0.02, SE 0.014: a tie)
+    references = (Baseline("W int4 / A int8", "uniform", _trial(0, w4a8, 0.80, 100)),
+                  Baseline("W int4 / A fp8_e4m3", "uniform", _trial(1, w4fp8, 0.78, 100)))
+    pairing = Pairing("random", 100.0, "uniform W int4 / A int8", _trial(3, mixed, 0.81, 90), references)
+    correct = {candidate.id: Correctness.from_bools(np.arange(100) < right)
+               for candidate, right in ((mixed, 70), (w4a8, 50), (w4fp8, 68))}
+    record = final_module._comparison_record(pairing, correct, 2.0)
+    first, second = record["references"]
+    assert (first["uniform"], first["verdict"], second["uniform"], second["verdict"]) == (
+        "W int4 / A int8", "win", "W int4 / A fp8_e4m3", "tie")
+    assert abs(first["difference"] - 0.20) <= TOL and abs(first["se"] - math.sqrt((0.2 - 0.2**2) / 100)) <= TOL
+    assert abs(second["difference"] - 0.02) <= TOL and abs(second["se"] - math.sqrt((0.02 - 0.02**2) / 100)) <= TOL
+    # the budget's verdict and the fields shown are the binding comparison's; the validation choice is kept
+    assert record["verdict"] == "tie" and record["uniform"] == "W int4 / A fp8_e4m3" and record["uniform_trial"] == 1
+    assert abs(record["difference"] - 0.02) <= TOL and record["validation_uniform"] == "W int4 / A int8"
+    assert record["uniform_test_accuracy"] == 0.68 and record["searched_test_accuracy"] == 0.70
+    # without that second format the budget is won
+    alone = final_module._comparison_record(dataclasses.replace(pairing, references=references[:1]), correct, 2.0)
+    assert alone["verdict"] == "win" and len(alone["references"]) == 1
+    # a budget without a searched candidate shows the format most accurate on test
+    empty = final_module._comparison_record(dataclasses.replace(pairing, searched=None), correct, 2.0)
+    assert (empty["verdict"], empty["uniform"], empty["searched_trial"]) == ("none", "W int4 / A fp8_e4m3", None)
 
 
 def test_the_ceiling_pairs_the_most_accurate_candidate_with_the_most_accurate_uniform_one(
@@ -210,6 +258,17 @@ def test_final_scores_equal_the_exported_models_on_the_test_split(measured, tmp_
         # the error from the images x blocks table of per-image differences (oracle: the tests of crossed_mean)
         expected = crossed_mean(searched.astype(int) - reference)
         assert abs(c["difference"] - by_block.mean()) <= TOL and abs(c["se"] - expected.se) <= TOL
+    uniform = {c["candidate_id"]: c for c in final["candidates"] if c["run"] == "uniform"}
+    for c in final["comparisons"]:
+        # every uniform candidate at or below the budget, once; the verdict is a win over each, a loss to any
+        within = {(u["run"], u["trial"]) for u in uniform.values() if u["bitops"] <= c["budget"] * (1 + 1e-9)}
+        assert sorted((r["uniform_run"], r["uniform_trial"]) for r in c["references"]) == sorted(within)
+        verdicts = {r.get("verdict") for r in c["references"]}
+        expected = ("none" if c["searched_trial"] is None else "loss" if "loss" in verdicts else
+                    "win" if verdicts == {"win"} else "tie")
+        assert c["verdict"] == expected
+        shown = {k: v for k, v in c.items() if k.startswith("uniform") or k in ("difference", "se", "ci95")}
+        assert any(shown.items() <= r.items() for r in c["references"])
 
 
 def test_the_calibration_blocks_leave_out_the_images_the_searches_calibrated_on(measured) -> None:
@@ -410,7 +469,8 @@ def test_cli_final_writes_final_json_and_the_report_section(measured, capsys) ->
     final = json.loads((out / FINAL_FILE).read_text())
     assert final["test_images"] == 100
     counts = final["summary"]["random"]
-    assert f"random: beats the best uniform format at {counts['win']} of {counts['budgets']}" in capsys.readouterr().out
+    assert (f"random: beats every uniform format at or below the budget at {counts['win']} of {counts['budgets']} "
+            "budgets") in capsys.readouterr().out
     markdown = (out / "report.md").read_text()
     assert "## Final measurement (test split)" in markdown
     first = next(c for c in final["comparisons"] if c["searched_trial"] is not None)

@@ -297,7 +297,7 @@ def test_findings_state_the_final_tables_verdicts_once_measured(disagreeing, tmp
     verdicts = (f"On the test split (1000 images), random: wins at 1 of 2 budgets, ties at 1, loses at 0 "
                 f"(win at ≤ {int8.metrics['bitops']:.4g} BitOps (+3.00 ± 1.00 points)).")
     assert findings[2:] == [verdicts, "A win is a lead of more than 2 paired standard errors, with a 95% interval "
-                            "above zero, over the best uniform format at or below the budget (Final measurement); the "
+                            "above zero, over every uniform format at or below the budget (Final measurement); the "
                             "validation accuracies the search saw choose the candidates compared but decide no win."]
     page = (tmp_path / "out" / "report.md").read_text()
     assert f"- {verdicts}" in page and "- random: wins at 1 of 2 budgets, ties at 1, loses at 0" in page

@@ -8,7 +8,7 @@ into ``REPORT_DIR``:
 * ``trials.csv`` (every trial of every run), ``pareto.csv`` (each run's Pareto set) and ``summary.json``
   (per-run hypervolume, front size, wall time and counts, plus the notes and key findings);
 * when ``REPORT_DIR/final.json`` exists (``automq final``, :mod:`automq.report.final`), a "Final measurement (test
-  split)" section and ``final.csv``: each search against the best uniform format per budget on the test split; the
+  split)" section and ``final.csv``: each search against the uniform formats of each budget on the test split; the
   key findings then state its verdicts instead of the validation figures the search saw.
 
 The page is assembled once as a list of blocks (:class:`Heading`, :class:`Table`, :class:`Figure`, ...) that
@@ -357,7 +357,7 @@ def _validation_images(runs: Sequence[RunAnalysis]) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-FINAL_HEADER = ["run", "BitOps budget", "best uniform", "uniform test [%]", "searched trial", "searched BitOps",
+FINAL_HEADER = ["run", "BitOps budget", "uniform (binding)", "uniform test [%]", "searched trial", "searched BitOps",
                 "searched val [%] (search)", "searched test [%]", "difference [points]", "95% interval", "verdict"]
 
 
@@ -369,14 +369,15 @@ def final_section(final: dict[str, Any] | None) -> list[Block]:
     return [
         Heading("Final measurement (test split)"),
         Paragraph(f"Deployment recipe: {final.get('recipe', 'not recorded')}. For each budget, each search's most "
-                  "accurate candidate at or below it by validation accuracy is paired with the most accurate uniform "
-                  "format at or below it (also chosen on validation), both scored on the same test images under the "
-                  f"same calibrations. A win needs a lead of more than {final.get('margin_se', 2):g} paired standard "
-                  "errors and a 95% interval above zero; the standard errors count the test images and, where each "
-                  "candidate was deployed on several calibration blocks, the spread over them (the interval then "
-                  "uses Student's t with the error's degrees of freedom). The validation accuracy is the search's "
-                  "estimate "
-                  "(refined on the whole validation split; in brackets the value the search saw)."),
+                  "accurate candidate at or below it by validation accuracy is paired with every uniform format at or "
+                  "below it, all scored on the same test images under the same calibrations. A win needs a lead of "
+                  f"more than {final.get('margin_se', 2):g} paired standard errors and a 95% interval above zero over "
+                  "each of them; a loss, some uniform format ahead by as much; the table shows the binding one (the "
+                  "loss, else the lead furthest from a win, else the narrowest win). The standard errors count the "
+                  "test images and, where each candidate was deployed on several calibration blocks, the spread over "
+                  "them (the interval then uses Student's t with the error's degrees of freedom). The validation "
+                  "accuracy is the search's estimate (refined on the whole validation split; in brackets the value "
+                  "the search saw)."),
         Bullets([_verdict_count(run, counts) for run, counts in summarise(final["comparisons"]).items()]
                 or ["No search was compared."]),
         Table(FINAL_HEADER, rows),
@@ -398,9 +399,8 @@ def final_findings(final: dict[str, Any]) -> list[str]:
              for run, counts in summarise(final["comparisons"]).items()]
     return lines + _ceiling_findings(final) + [
         f"A win is a lead of more than {final.get('margin_se', 2):g} paired standard errors, with a 95% interval above "
-        "zero, over the best uniform format at or below the budget (Final measurement); the validation accuracies "
-        "the search saw choose the "
-        "candidates compared but decide no win."]
+        "zero, over every uniform format at or below the budget (Final measurement); the validation accuracies the "
+        "search saw choose the candidates compared but decide no win."]
 
 
 def _ceiling_findings(final: dict[str, Any]) -> list[str]:
