@@ -17,7 +17,7 @@ from automq.errors import AutomqError
 from automq.io import append_jsonl
 from automq.search.pareto import Objective, hypervolume, loss_vectors, reference_point
 from automq.report.final import Z95
-from automq.report.report import architecture_grid, build_report, format_grid
+from automq.report.report import FINAL_HEADER, architecture_grid, build_report, final_row, format_grid
 from automq.search.results import SearchLog, hypervolume_scales
 from automq.search.trial import Trial
 
@@ -514,3 +514,18 @@ def test_the_chromium_check_finds_an_image_that_does_not_decode(report, chromium
     corrupted = tmp_path / "corrupted.html"
     corrupted.write_text(page.replace(images[2], not_an_image, 1))
     assert images_chromium_decodes(chromium, corrupted, tmp_path) == [True, True, False] + [True] * 4
+
+
+def test_a_final_row_shows_the_binding_uniform_format_and_how_many_it_beats() -> None:
+    wins = [{"verdict": "win"}] * 3
+    c = {"run": "evo", "budget": 7.947e7, "uniform": "W int8 / A int4", "uniform_trial": 4,
+         "uniform_test_accuracy": 0.8851, "searched_trial": 12, "searched_bitops": 7.9e7,
+         "searched_val_accuracy": 0.8901, "searched_search_accuracy": 0.8915, "searched_test_accuracy": 0.8888,
+         "difference": 0.00365, "se": 0.0013,
+         "ci95": [0.001052, 0.006248], "verdict": "tie", "references": wins + [{"verdict": "tie"}]}
+    row = final_row(c)
+    assert len(row) == len(FINAL_HEADER) and FINAL_HEADER[2] == "uniform (binding)"
+    assert row == ["evo", "7.947e+07", "W int8 / A int4 (#4)", "88.51", "#12", "7.9e+07", "89.01 (89.15)", "88.88",
+                   "+0.36 ± 0.13", "[+0.11, +0.62]", "3 of 4", "tie"]
+    # a final.json from before every uniform format was compared says nothing of the others
+    assert final_row({k: v for k, v in c.items() if k != "references"})[-2] == "-"

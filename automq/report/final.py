@@ -25,8 +25,8 @@ scored on the same test images under the same calibration blocks, so each differ
 ship at this budget?", and validation cannot pick the best of near-equal uniform formats reliably (at one budget of the
 16-epoch benchmark it picked one that tests 0.27 ± 0.13 points below another, ``calibrated_choice_16ep.md``), so a
 search *wins* a budget only when it leads each of them by more than :data:`MARGIN_SE` paired standard errors with a
-95% interval (Student's t with the error's degrees of freedom, which few blocks make small) above zero: an
-intersection-union test: a false win is no more likely than in one comparison, so no multiplicity correction is due.
+95% interval (Student's t with the error's degrees of freedom, which few blocks make small) above zero (an
+intersection-union test: a false win is no more likely than in one comparison, so no multiplicity correction is due).
 It *loses* when some uniform format there leads it by that much, and *ties* otherwise; the comparison reported is the
 binding one (:func:`binding`). The results go to ``final.json`` (:data:`FINAL_FILE`), which the
 report shows beside the search-time estimates. Each candidate's per-image outcomes are appended to

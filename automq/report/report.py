@@ -358,7 +358,8 @@ def _validation_images(runs: Sequence[RunAnalysis]) -> int | None:
 
 
 FINAL_HEADER = ["run", "BitOps budget", "uniform (binding)", "uniform test [%]", "searched trial", "searched BitOps",
-                "searched val [%] (search)", "searched test [%]", "difference [points]", "95% interval", "verdict"]
+                "searched val [%] (search)", "searched test [%]", "difference [points]", "95% interval",
+                "uniform formats beaten", "verdict"]
 
 
 def final_section(final: dict[str, Any] | None) -> list[Block]:
@@ -435,7 +436,16 @@ def final_row(c: dict[str, Any]) -> list[str]:
     return head + [f"#{c['searched_trial']}", f"{c['searched_bitops']:.4g}",
                    f"{100 * c['searched_val_accuracy']:.2f} ({100 * c['searched_search_accuracy']:.2f})",
                    f"{100 * c['searched_test_accuracy']:.2f}", f"{100 * c['difference']:+.2f} ± {100 * c['se']:.2f}",
-                   f"[{100 * low:+.2f}, {100 * high:+.2f}]", c["verdict"]]
+                   f"[{100 * low:+.2f}, {100 * high:+.2f}]", _beaten(c), c["verdict"]]
+
+
+def _beaten(c: dict[str, Any]) -> str:
+    """How many of the uniform formats at or below the budget the candidate beats (a ``final.json`` from before
+    every one was compared has only the one validation chose)."""
+    references = c.get("references")
+    if references is None:
+        return "-"
+    return f"{sum(r['verdict'] == 'win' for r in references)} of {len(references)}"
 
 
 def fidelity_section(records: Sequence[dict[str, Any]]) -> tuple[list[Block], dict[str, Any] | None]:
