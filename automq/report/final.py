@@ -27,8 +27,9 @@ ship at this budget?", and validation cannot pick the best of near-equal uniform
 search *wins* a budget only when it leads each of them by more than :data:`MARGIN_SE` paired standard errors with a
 95% interval (Student's t with the error's degrees of freedom, which few blocks make small) above zero (an
 intersection-union test: a false win is no more likely than in one comparison, so no multiplicity correction is due).
-It *loses* when some uniform format there leads it by that much, and *ties* otherwise; the comparison reported is the
-binding one (:func:`binding`). The results go to ``final.json`` (:data:`FINAL_FILE`), which the
+It *loses* when some uniform format there leads it by that much (a union of tests: among several near-equal uniform
+formats a false loss is likelier than in one comparison, an error against the search, never for it), and *ties*
+otherwise; the comparison reported is the binding one (:func:`binding`). The results go to ``final.json`` (:data:`FINAL_FILE`), which the
 report shows beside the search-time estimates. Each candidate's per-image outcomes are appended to
 ``final_scores.jsonl`` (:data:`SCORES_FILE`) as soon as it is measured, keyed by the supernet, the recipe, the images
 and automq's code, so a measurement that was stopped (fine-tuning makes it minutes per candidate) continues where it
