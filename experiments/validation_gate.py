@@ -43,9 +43,9 @@ def passes_gate(searched: Correctness, uniform: Sequence[Correctness]) -> bool:
 def judged(shipped: str, references: Sequence[str], outcomes: Mapping[str, BlockCorrectness]) -> dict:
     """The shipped candidate against every uniform reference on test: the binding comparison and the verdict."""
     differences = [block_difference(outcomes[shipped], outcomes[r]) for r in references]
-    decisive = differences[binding(differences)]
-    return {"difference": decisive.value, "se": decisive.se, "verdict": verdict(decisive),
-            "uniform": references[binding(differences)]}
+    index = binding(differences)
+    decisive = differences[index]
+    return {"difference": decisive.value, "se": decisive.se, "verdict": verdict(decisive), "uniform": references[index]}
 
 
 def main() -> None:
@@ -83,8 +83,9 @@ def main() -> None:
         gated = judged(shipped.id, ids, outcomes)
         rows.append({"run": c["run"], "budget": c["budget"], "usual": c["verdict"], "usual_difference":
                      c["difference"], "usual_se": c["se"], "usual_uniform": c["uniform"], "gate": gate,
-                     "shipped": "searched" if gate else names[shipped.id],
-                     **{f"gated_{k}": names[v] if k == "uniform" else v for k, v in gated.items()}})
+                     "shipped": "searched" if gate else names[shipped.id], "gated_difference": gated["difference"],
+                     "gated_se": gated["se"], "gated_verdict": gated["verdict"],
+                     "gated_uniform": names[gated["uniform"]]})
         print(f"{c['run']} {c['budget']:.4g}: gate {'passed' if gate else 'closed'}", flush=True)
     result = {"command": command(), "machine": machine(), "final": args.final, "supernet": args.supernet,
               "val_images": estimator.val_images, "rows": rows, "wall_s": time.perf_counter() - start}
