@@ -49,8 +49,7 @@ from automq.cost import CostModel
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.report.comparison import analyse_runs, find_baselines
 from automq.oneshot.paired import Correctness
-from automq.report.final import (FineTune, binding, compare, measure_final, measured_outcomes, pairings,
-                                 verdict)
+from automq.report.final import FineTune, budget_verdict, compare, measure_final, measured_outcomes, pairings
 from automq.search.driver import run_search
 from automq.io import atomic_write_json, atomic_write_text
 from automq.search.refine import SEARCH_KEYS
@@ -405,7 +404,7 @@ def budgets_beaten(trials: list[Trial], uniform: SearchResult, estimator: OneSho
             continue
         differences = [estimator.paired_difference(pairing.searched.candidate, reference.trial.candidate)
                        for reference in pairing.references]
-        verdicts.append(verdict(differences[binding(differences)]))
+        verdicts.append(budget_verdict(differences))
     return {"budgets_beaten": verdicts.count("win"), "budgets_lost": verdicts.count("loss"),
             "budgets": len(verdicts)}
 

@@ -26,7 +26,7 @@ import torch
 
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.paired import BlockCorrectness, Correctness, block_difference, paired_difference
-from automq.report.final import FINAL_FILE, binding, load_final, measured_outcomes, verdict
+from automq.report.final import FINAL_FILE, binding, budget_verdict, load_final, measured_outcomes, verdict
 from automq.search.results import SPACE_FILE, load_search_dir
 from automq.io import atomic_write_json, atomic_write_text
 from automq.space.space import SearchSpace
@@ -37,7 +37,7 @@ from provenance import command, header, machine
 def passes_gate(searched: Correctness, uniform: Sequence[Correctness]) -> bool:
     """Whether the searched candidate wins against every uniform format on validation (the final rule's win)."""
     differences = [paired_difference(searched, u) for u in uniform]
-    return verdict(differences[binding(differences)]) == "win"
+    return budget_verdict(differences) == "win"
 
 
 def judged(shipped: str, references: Sequence[str], outcomes: Mapping[str, BlockCorrectness]) -> dict:

@@ -28,8 +28,8 @@ from automq.oneshot.paired import BlockCorrectness, Correctness, Difference, cro
 from automq.oneshot.train import load_space_data, load_supernet, train_supernet
 from automq.report.comparison import Baseline, analyse_runs, find_baselines
 from automq.report import final as final_module
-from automq.report.final import (FINAL_FILE, SCORES_FILE, Z95, FineTune, Pairing, binding, ceiling, compare, deploy,
-                                 measure_final, measured_outcomes, pairings, verdict)
+from automq.report.final import (FINAL_FILE, SCORES_FILE, Z95, FineTune, Pairing, binding, budget_verdict, ceiling,
+                                 compare, deploy, measure_final, measured_outcomes, pairings, verdict)
 from automq.search.driver import run_search
 from automq.search.results import SearchResult
 from automq.search.trial import Trial
@@ -143,6 +143,7 @@ def test_the_binding_comparison_is_the_worst_verdict_and_then_the_lead_furthest_
     assert binding([Difference(0.0, 0.0)]) == 0
     with pytest.raises(ValueError):
         binding([])
+    assert [budget_verdict(d) for d in (wins, ties, losses, [Difference(0.0, 0.0)])] == ["win", "tie", "loss", "tie"]
 
 
 def test_a_budget_is_won_only_against_every_uniform_format_there(tiny_space: SpaceFactory) -> None:

@@ -133,6 +133,12 @@ def binding(differences: Sequence[Difference], margin_se: float = MARGIN_SE) -> 
                                                        differences[i].value - _threshold(differences[i], margin_se)))
 
 
+def budget_verdict(differences: Sequence[Difference], margin_se: float = MARGIN_SE) -> str:
+    """A budget's verdict from a candidate's ``differences`` from each uniform format there: the :func:`binding`
+    comparison's (``"win"`` only when every comparison is one, ``"loss"`` when any is)."""
+    return verdict(differences[binding(differences, margin_se)], margin_se)
+
+
 def compare(searched: BlockCorrectness | Correctness, reference: BlockCorrectness | Correctness,
             margin_se: float = MARGIN_SE) -> dict[str, Any]:
     """``accuracy(searched) - accuracy(reference)`` on the same images under the same calibration blocks: value,
