@@ -10,9 +10,8 @@ validation split helps); if it sides with validation, the test file differs (and
 Every comparison the final measurement made for the chosen searches (the search's candidate at each budget against
 every uniform format at or below it; each pair once, never a uniform pick against itself) is scored again on all
 three splits under the final measurement's own calibration blocks; the test outcomes must reproduce the stored
-ones. Two splits' estimates of one difference disagree by chance with a standard error of sqrt(se_a^2 + se_b^2)
-over their images alone (the blocks are the same), so under sampling alone the squared standardised disagreements
-average about 1 (the comparisons share candidates, so they are not independent: read the mean, not a test on it).
+ones. Whether two splits disagree beyond their images' sampling is a permutation test: the two splits' images pooled
+and split again at random, which keeps the comparisons' correlation (they share candidates).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python experiments/three_splits.py \\
         --final runs/bench16/final --supernet runs/sn16 --runs "evolution (evolution)" --name three_splits_16ep
@@ -48,12 +47,6 @@ def trained_positions(labels: np.ndarray, seed: int, train_size: int) -> np.ndar
     """Positions in the training split of the ``train_size`` images a supernet trained on: the class-balanced subset
     :func:`~automq.data.load_dataset` keeps, drawn from the same seeded stream (checked by :func:`check_trained`)."""
     return balanced_subset(labels, train_size, np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[1]))
-
-
-def image_only(a: BlockCorrectness, b: BlockCorrectness) -> Difference:
-    """``accuracy(a) - accuracy(b)`` with the standard error of its images alone (the per-image difference averaged
-    over the blocks): the error two splits' estimates differ by when the blocks are the same."""
-    return crossed_mean((a.table() - b.table()).mean(axis=1, keepdims=True))
 
 
 def pooled(*parts: tuple[BlockCorrectness, BlockCorrectness]) -> Difference:
@@ -153,14 +146,13 @@ def score(supernet, candidate, blocks, batches) -> dict[str, BlockCorrectness]:
 
 
 def row(comparison: dict, reference: dict, scored: dict, trials: dict) -> dict:
-    """One comparison on every split: crossed difference, image-only error, and the pooled validation + holdout."""
+    """One comparison on every split (difference, crossed SE, verdict), and on validation and holdout pooled."""
     mine = scored[comparison["searched_id"]]
     theirs = scored[trials[(reference["uniform_run"], reference["uniform_trial"])].id]
     by_split = {}
     for split in SPLITS:
-        crossed, images = block_difference(mine[split], theirs[split]), image_only(mine[split], theirs[split])
-        by_split[split] = {"difference": crossed.value, "se": crossed.se, "image_se": images.se,
-                           "verdict": verdict(crossed)}
+        crossed = block_difference(mine[split], theirs[split])
+        by_split[split] = {"difference": crossed.value, "se": crossed.se, "verdict": verdict(crossed)}
     both = pooled((mine["val"], theirs["val"]), (mine["holdout"], theirs["holdout"]))
     return {"run": comparison["run"], "budget_label": comparison["budget_label"], "budget": comparison["budget"],
             "searched_trial": comparison["searched_trial"], "uniform": reference["uniform"], **by_split,
