@@ -119,7 +119,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/bench_default", help="--default-space: folder of the searches")
     parser.add_argument("--space-file", default=DEFAULT_SPACE,
                         help="--default-space: the space searched (default: the default space; a narrower copy of the "
-                             "supernet's space, e.g. fewer formats, is scored by the same supernet)")
+                             "supernet's space, e.g. fewer formats, is scored by the same supernet; a copy with another "
+                             "split needs a supernet trained on it)")
     parser.add_argument("--evaluations", type=int, default=1000, help="--default-space: trials per search")
     parser.add_argument("--searches", nargs="+", choices=sorted(DEFAULT_SEARCHES), default=sorted(DEFAULT_SEARCHES),
                         help="--default-space: which searches to run (finished ones are reused)")
@@ -417,7 +418,7 @@ def supernet_scale(result: dict) -> str:
 def default_markdown(result: dict) -> str:
     """The committed summary of a default-space benchmark."""
     title = ("the default space" if result.get("space", DEFAULT_SPACE) == DEFAULT_SPACE else
-             "a narrower copy of the default space")
+             "a variant of the default space")  # a narrower menu, another split: the file's header says which
     lines = [f"# Search quality on {title} (`{result.get('space', DEFAULT_SPACE)}`)", "",
              f"`{result['command']}`", "",
              f"- supernet: {result['supernet']}{supernet_scale(result)}; machine: {machine_text(result['machine'])}; "
