@@ -33,8 +33,9 @@ from automq.io import append_jsonl, atomic_write_json, atomic_write_text, read_j
 from automq.oneshot.evaluate import score_model
 from automq.oneshot.train import EVAL_BATCH_SIZE, load_space_data, load_supernet
 from automq.report.comparison import analyse_runs, find_baselines, front_2d
-from automq.report.final import (FINAL_FILE, calibration_batches, compare, deploy, load_final, measured_outcomes,
-                                 within_budget)
+from automq.oneshot.paired import block_difference
+from automq.report.final import (FINAL_FILE, binding, calibration_batches, compare, deploy, load_final,
+                                 measured_outcomes, within_budget)
 from bench_search_quality import points
 from automq.search.results import SPACE_FILE, load_search_dir
 from automq.search.trial import Trial
@@ -95,7 +96,10 @@ def main() -> None:
     outcomes = measured_outcomes(args.final, final)
     rows = [comparison_row(final, c, *sides[(c["run"], c["budget"])], accuracies, outcomes) for c in chosen]
     for row in rows:
-        row["calibrated"]["uniform"] = names[row["calibrated"]["uniform_id"]]
+        row["every_uniform"] = against_every_uniform(outcomes[row["calibrated"]["searched_id"]], [
+            b for b in baselines if within_budget(b, row["budget"])], outcomes)
+        for side in ("calibrated", "every_uniform"):
+            row[side]["uniform"] = names[row[side]["uniform_id"]]
     result = {"command": command(), "machine": machine(), "final": args.final, "supernet": args.supernet,
               "runs": args.runs, "contenders": args.contenders, "choice_blocks": firsts,
               "block_images": final["calibration"]["images"], "final_recipe": final["recipe"],
@@ -151,6 +155,14 @@ def comparison_row(final: dict, usual: dict, searched: list[Trial], uniform: lis
     return row
 
 
+def against_every_uniform(mine: Any, uniform: Sequence[Trial], outcomes: dict) -> dict:
+    """The calibrated pick judged as ``automq final`` judges a budget: against every uniform format at or below it
+    (each candidate once), the binding comparison's figures and its verdict."""
+    ids = list(dict.fromkeys(t.candidate.id for t in uniform))
+    index = binding([block_difference(mine, outcomes[cid]) for cid in ids])
+    return {"uniform_id": ids[index], **compare(mine, outcomes[ids[index]])}
+
+
 def markdown(result: dict) -> str:
     """The committed summary."""
     rows = result["rows"]
@@ -168,22 +180,28 @@ def markdown(result: dict) -> str:
         mine = [row for row in rows if row["run"] == run]
         usual = [row["usual"]["verdict"] for row in mine]
         calibrated = [row["calibrated"]["verdict"] for row in mine]
+        every = [row["every_uniform"]["verdict"] for row in mine if "every_uniform" in row]
         changed = [row for row in mine if "versus_usual" in row]
         versus = [row["versus_usual"]["verdict"] for row in changed]
         lines.append(f"- {run}: usual choice {usual.count('win')} wins / {usual.count('loss')} losses, calibrated "
                      f"choice {calibrated.count('win')} wins / {calibrated.count('loss')} losses of {len(mine)} "
                      f"budgets; the search's pick changed at {len(changed)}, where the new pick against the old one "
-                     f"wins {versus.count('win')}, ties {versus.count('tie')}, loses {versus.count('loss')}")
+                     f"wins {versus.count('win')}, ties {versus.count('tie')}, loses {versus.count('loss')}"
+                     + (f"; the calibrated pick against every uniform format at or below each budget (the final "
+                        f"measurement's rule): {every.count('win')} wins, {every.count('tie')} ties, "
+                        f"{every.count('loss')} losses" if every else ""))
     lines += ["", "Points on the test split (± paired SE over the test images and the final measurement's calibration "
               "blocks; a win beyond 2 SE with its 95% t interval above zero).", "",
               "| search | BitOps budget | usual: uniform | usual: difference | calibrated: uniform | calibrated: "
-              "difference | new pick - usual pick |", "|---|---:|---|---|---|---|---|"]
+              "difference | new pick - usual pick | calibrated pick: binding uniform of all | difference |",
+              "|---|---:|---|---|---|---|---|---|---|"]
     for row in rows:
-        usual, calibrated = row["usual"], row["calibrated"]
+        usual, calibrated, every = row["usual"], row["calibrated"], row.get("every_uniform")
         versus = row.get("versus_usual")
         lines.append(f"| {row['run']} | {row['budget']:.4g} | {usual['uniform']} | {verdict_points(usual)} | "
                      f"{calibrated['uniform']} | {verdict_points(calibrated)} | "
-                     f"{verdict_points(versus) if versus else 'same pick'} |")
+                     f"{verdict_points(versus) if versus else 'same pick'} | "
+                     f"{every['uniform'] if every else '-'} | {verdict_points(every) if every else '-'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,15 +3,17 @@ candidates contend at a budget, which one the calibration-averaged accuracy pick
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from automq.oneshot.paired import BlockCorrectness, Correctness
 from automq.search.trial import Trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from calibrated_choice import calibrated_pick, choice_firsts, contenders  # noqa: E402
+from calibrated_choice import against_every_uniform, calibrated_pick, choice_firsts, contenders  # noqa: E402
 
 from _spaces import SpaceFactory  # noqa: E402
 
@@ -46,3 +48,21 @@ def test_the_pick_is_the_best_mean_over_the_choice_blocks_and_keeps_the_usual_or
 def test_choice_blocks_follow_the_final_measurements_own() -> None:
     final = {"calibration": {"first": 512, "blocks": 4, "images": 512, "batch": 128}}
     assert choice_firsts(final, 3) == [2560, 3072, 3584]
+
+
+def right_on_first(count: int, images: int = 100) -> BlockCorrectness:
+    return BlockCorrectness((Correctness.from_bools(np.arange(images) < count),))
+
+
+def test_the_calibrated_pick_is_judged_against_every_uniform_format_by_its_binding_comparison(
+        tiny_space: SpaceFactory) -> None:
+    int4, fp4, int8 = trials(tiny_space(), [(0.80, 100), (0.81, 100), (0.82, 200)])
+    outcomes = {int4.candidate.id: right_on_first(50), fp4.candidate.id: right_on_first(68),
+                int8.candidate.id: right_on_first(75)}
+    # +0.20 over int4 (SE 0.04, a win) but +0.02 over fp4 (SE sqrt((0.02 - 0.0004) / 100) = 0.014): a tie, binding
+    tie = against_every_uniform(right_on_first(70), [int4, fp4, int4], outcomes)
+    assert tie["uniform_id"] == fp4.candidate.id and tie["verdict"] == "tie"
+    assert abs(tie["difference"] - 0.02) <= 1e-12 and abs(tie["se"] - math.sqrt((0.02 - 0.02**2) / 100)) <= 1e-12
+    # int8 right on 5 more images: -0.05 ± 0.0218, a loss, which binds whatever else is won
+    loss = against_every_uniform(right_on_first(70), [int4, fp4, int8], outcomes)
+    assert loss["uniform_id"] == int8.candidate.id and loss["verdict"] == "loss"
