@@ -34,11 +34,12 @@ from automq.io import atomic_write_json, atomic_write_text
 from automq.oneshot.evaluate import score_model
 from automq.oneshot.paired import BlockCorrectness, Correctness, Difference, block_difference, crossed_mean
 from automq.oneshot.train import EVAL_BATCH_SIZE, load_space_data, load_supernet
-from automq.report.final import FINAL_FILE, calibration_batches, deploy, load_final, measured_outcomes, verdict
-from automq.search.results import SPACE_FILE, load_search_dir
+from automq.report.final import FINAL_FILE, calibration_batches, deploy, measured_outcomes, verdict
+from automq.search.results import SPACE_FILE
 from automq.space.space import SearchSpace
 from bench_search_quality import points
 from provenance import command, header, machine
+from validation_gate import final_against_every_uniform, final_trials
 
 SPLITS = ("val", "holdout", "test")
 
@@ -69,9 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    final = load_final(args.final, [])
-    if final is None or not all("references" in c for c in final["comparisons"]):
-        parser.error(f"{Path(args.final) / FINAL_FILE}: no final measurement against every uniform format")
+    final = final_against_every_uniform(parser, args.final)
     trained = json.loads((Path(args.supernet) / "run.json").read_text())["config"]["training"]["train_size"]
     space = SearchSpace.from_file(Path(args.supernet) / SPACE_FILE)
     data = load_space_data(space, with_test=True)
@@ -85,8 +84,7 @@ def main() -> None:
                                   calibration["images"]) for k in range(calibration["blocks"])]
     images = {"val": data.val, "holdout": Subset(data.train, holdout.tolist()), "test": data.test}
     batches = {split: fixed_batches(images[split], len(images[split]), EVAL_BATCH_SIZE) for split in SPLITS}
-    trials = {(label, t.number): t.candidate for label, path in final["searches"].items()
-              for t in load_search_dir(path).trials}
+    trials = final_trials(final)
     # each pair once (a candidate compared at several budgets, at its lowest), never a candidate with itself (0 ± 0)
     unique: dict[tuple[str, str], tuple[dict, dict]] = {}
     for c in final["comparisons"]:

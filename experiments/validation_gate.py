@@ -48,6 +48,21 @@ def judged(shipped: str, references: Sequence[str], outcomes: Mapping[str, Block
     return {"difference": decisive.value, "se": decisive.se, "verdict": verdict(decisive), "uniform": references[index]}
 
 
+def final_against_every_uniform(parser: argparse.ArgumentParser, folder: str) -> dict:
+    """The ``final.json`` of ``folder``; a usage error where there is none that judged each budget against every
+    uniform format (one written before that rule)."""
+    final = load_final(folder, [])
+    if final is None or not all("references" in c for c in final["comparisons"]):
+        parser.error(f"{Path(folder) / FINAL_FILE}: no final measurement against every uniform format")
+    return final
+
+
+def final_trials(final: dict) -> dict:
+    """Every trial's candidate of the searches a final measurement measured, by (search label, trial number)."""
+    return {(label, t.number): t.candidate for label, path in final["searches"].items()
+            for t in load_search_dir(path).trials}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--final", required=True, help="folder of an `automq final` measurement")
@@ -57,11 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    final = load_final(args.final, [])
-    if final is None or not all("references" in c for c in final["comparisons"]):
-        parser.error(f"{Path(args.final) / FINAL_FILE}: no final measurement against every uniform format")
-    trials = {(label, t.number): t.candidate for label, path in final["searches"].items()
-              for t in load_search_dir(path).trials}
+    final = final_against_every_uniform(parser, args.final)
+    trials = final_trials(final)
     space = SearchSpace.from_file(Path(args.supernet) / SPACE_FILE)
     # every validation image, as the refinement that chose the candidates scored them
     estimator = OneShotEstimator.from_run(args.supernet, space=space, val_images=10**9)
