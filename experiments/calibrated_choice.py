@@ -180,28 +180,27 @@ def markdown(result: dict) -> str:
         mine = [row for row in rows if row["run"] == run]
         usual = [row["usual"]["verdict"] for row in mine]
         calibrated = [row["calibrated"]["verdict"] for row in mine]
-        every = [row["every_uniform"]["verdict"] for row in mine if "every_uniform" in row]
+        every = [row["every_uniform"]["verdict"] for row in mine]
         changed = [row for row in mine if "versus_usual" in row]
         versus = [row["versus_usual"]["verdict"] for row in changed]
         lines.append(f"- {run}: usual choice {usual.count('win')} wins / {usual.count('loss')} losses, calibrated "
                      f"choice {calibrated.count('win')} wins / {calibrated.count('loss')} losses of {len(mine)} "
                      f"budgets; the search's pick changed at {len(changed)}, where the new pick against the old one "
-                     f"wins {versus.count('win')}, ties {versus.count('tie')}, loses {versus.count('loss')}"
-                     + (f"; the calibrated pick against every uniform format at or below each budget (the final "
-                        f"measurement's rule): {every.count('win')} wins, {every.count('tie')} ties, "
-                        f"{every.count('loss')} losses" if every else ""))
+                     f"wins {versus.count('win')}, ties {versus.count('tie')}, loses {versus.count('loss')}; the "
+                     "calibrated pick against every uniform format at or below each budget (the final measurement's "
+                     f"rule): {every.count('win')} wins, {every.count('tie')} ties, {every.count('loss')} losses")
     lines += ["", "Points on the test split (± paired SE over the test images and the final measurement's calibration "
               "blocks; a win beyond 2 SE with its 95% t interval above zero).", "",
               "| search | BitOps budget | usual: uniform | usual: difference | calibrated: uniform | calibrated: "
               "difference | new pick - usual pick | calibrated pick: binding uniform of all | difference |",
               "|---|---:|---|---|---|---|---|---|---|"]
     for row in rows:
-        usual, calibrated, every = row["usual"], row["calibrated"], row.get("every_uniform")
+        usual, calibrated, every = row["usual"], row["calibrated"], row["every_uniform"]
         versus = row.get("versus_usual")
         lines.append(f"| {row['run']} | {row['budget']:.4g} | {usual['uniform']} | {verdict_points(usual)} | "
                      f"{calibrated['uniform']} | {verdict_points(calibrated)} | "
                      f"{verdict_points(versus) if versus else 'same pick'} | "
-                     f"{every['uniform'] if every else '-'} | {verdict_points(every) if every else '-'} |")
+                     f"{every['uniform']} | {verdict_points(every)} |")
     return "\n".join(lines) + "\n"
 
 
