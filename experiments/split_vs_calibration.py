@@ -53,8 +53,9 @@ def main() -> None:
     rows = []
     for first in BLOCK_FIRSTS:
         calibration = calibration_batches(data.train, first, BLOCK_IMAGES)
-        scored = {name: {split: score_model(deploy(supernet, named[name], calibration), batches).correctness
-                         for split, batches in splits.items()} for pair in PAIRS for name in pair}
+        deployed = {name: deploy(supernet, named[name], calibration) for pair in PAIRS for name in pair}
+        scored = {name: {split: score_model(model, batches).correctness for split, batches in splits.items()}
+                  for name, model in deployed.items()}
         for a, b in PAIRS:
             rows.append({"pair": f"{a} - {b}", "first": first, **{
                 split: dict(zip(("difference", "se"), paired_difference(scored[a][split], scored[b][split])[:2]))
