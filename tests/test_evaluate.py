@@ -18,6 +18,7 @@ from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches
 from automq.errors import CandidateError, CheckpointError, DataError
 from automq.oneshot.evaluate import CALIBRATION_THREADS, ESTIMATOR_THREADS, OneShotEstimator, train_standalone
+from automq.oneshot.paired import crossed_mean
 from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.train import load_space_data, load_supernet, train_supernet
@@ -331,3 +332,40 @@ def test_a_wider_space_than_the_runs_is_refused_naming_what_is_outside(
     wider = tiny_space(SPACE_CHANGES, folder=tmp_path, name="wider", formats={"weights": ["int4", "int8", "int2"]})
     with pytest.raises(CheckpointError, match="another search space .*'int2' is not one of"):
         OneShotEstimator.from_run(run_dir, space=wider)
+
+
+def test_an_estimate_over_calibration_blocks_averages_each_blocks_own_estimate(space, data, supernet, run_dir) -> None:
+    estimator = OneShotEstimator(space, supernet, data, **SIZES)
+    candidate = candidates(space)[2]
+    averaged = estimator.estimate(candidate, images=200, blocks=3)
+    # the oracle of block k: a plain estimator whose training split starts at block k's first image, so that its
+    # one (search-time) calibration is block k
+    per_block = []
+    for block in range(3):
+        shifted = dataclasses.replace(data, train=torch.utils.data.Subset(data.train, range(64 * block,
+                                                                                              len(data.train))))
+        alone = OneShotEstimator(space, load_supernet(run_dir, space), shifted, **SIZES)
+        per_block.append((alone.estimate(candidate, images=200), alone.correctness(candidate, images=200)))
+    outcomes = estimator.block_correctness(candidate, images=200, blocks=3)
+    assert list(outcomes.blocks) == [correct for _, correct in per_block]
+    assert averaged["accuracy"] == pytest.approx(np.mean([e["accuracy"] for e, _ in per_block]), abs=1e-15)
+    # three float64 means of per-image losses, each rounded differently: a few ulps of ~2
+    assert averaged["loss"] == pytest.approx(np.mean([e["loss"] for e, _ in per_block]), abs=1e-13)
+    assert averaged["accuracy_calib_blocks"] == 3 and averaged["accuracy_images"] == 200
+    table = np.stack([c.bools() for _, c in per_block], axis=1).astype(float)  # images x blocks
+    assert averaged["accuracy_se"] == pytest.approx(crossed_mean(table).se, abs=1e-15)
+    assert len({e["accuracy"] for e, _ in per_block}) > 1  # the calibration really moves the estimate
+    assert estimator.estimate(candidate, images=200, blocks=1) == per_block[0][0]  # block 0 is the search's
+
+
+def test_more_calibration_blocks_than_the_training_split_holds_is_one_clear_error(space, data, supernet) -> None:
+    estimator = OneShotEstimator(space, supernet, data, **SIZES)
+    blocks = len(data.train) // 64 + 1
+    with pytest.raises(DataError, match=rf"calibration block {blocks - 1} needs training images .* lower "
+                                        r"search.calib_blocks"):
+        estimator.estimate(candidates(space)[0], blocks=blocks)
+    with pytest.raises(ValueError, match="calib_blocks must be at least 1"):
+        OneShotEstimator(space, supernet, data, calib_blocks=0, **SIZES)
+    with pytest.raises(DataError, match=rf"{blocks} calibration blocks of 64 images need {64 * blocks} training "
+                                        rf"images, but the training split holds {len(data.train)}; lower "):
+        OneShotEstimator(space, supernet, data, calib_blocks=blocks, **SIZES)

@@ -529,3 +529,17 @@ def test_cli_final_refuses_more_test_images_than_the_split_holds(measured, capsy
     assert main(["final", *map(str, searches), "--supernet", str(run), "--out", str(report.parent / "y"),
                  "--test-images", "201"]) == 2
     assert "the test split holds 200 images" in capsys.readouterr().err
+
+
+def test_the_calibration_blocks_begin_after_every_block_a_search_averaged_over(tiny_space, tmp_path) -> None:
+    space = tiny_space({"search": {"calib_size": 64}})
+    folders = [tmp_path / "plain", tmp_path / "blocks"]
+    for folder, search in zip(folders, [{"calib_size": 100}, {"calib_size": 48, "calib_blocks": 3}]):
+        folder.mkdir()
+        Path(tiny_space({"search": search}, folder=folder).source).rename(folder / "space.yaml")
+    # the supernet's 64, a search's 100, the other's 3 blocks of 48 (images 0 to 143): the blocks begin at 144
+    assert final_module.calibration_skip(folders, space) == 144
+    assert final_module.calibration_skip(folders[:1], space) == 100
+    # a search resumed with 4 blocks keeps its first space file (1 block of 100); its refinement's record counts
+    (folders[0] / "run.json").write_text(json.dumps({"refine": {"calib_blocks": 4}}))
+    assert final_module.calibration_skip(folders, space) == 400

@@ -9,15 +9,17 @@ with the one-shot estimator."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from torch.utils.data import Subset
 
 from automq.oneshot.evaluate import OneShotEstimator
-from automq.oneshot.paired import Correctness
-from automq.oneshot.train import train_supernet
+from automq.oneshot.paired import BlockCorrectness, Correctness
+from automq.oneshot.train import load_space_data, load_supernet, train_supernet
 from automq.search.driver import run_search
 from automq.search import refine as refine_module
 from automq.search.refine import near_front, race_images, refine_front
@@ -61,7 +63,17 @@ CASES = {
 }
 
 
-class TableRefiner:
+class OneBlock:
+    """What a refiner with one calibration block answers about blocks: its outcomes as a single block."""
+
+    calib_blocks = 1
+
+    def block_correctness(self, candidate, *, images=None, blocks=None) -> BlockCorrectness:
+        assert blocks in (None, 1)
+        return BlockCorrectness((self.correctness(candidate, images=images),))
+
+
+class TableRefiner(OneBlock):
     """A refiner over a table like the one above: per-image outcomes at the search's resolution (and on the whole
     split, starting with them), fixed full-split scores."""
 
@@ -82,8 +94,8 @@ class TableRefiner:
         assert images == ALL_IMAGES  # the shift is measured on the whole split
         return Correctness.from_bools(whole_split(first, whole))
 
-    def estimate(self, candidate, *, images=None) -> dict[str, float]:
-        assert images == ALL_IMAGES
+    def estimate(self, candidate, *, images=None, blocks=1) -> dict[str, float]:
+        assert images == ALL_IMAGES and blocks == 1
         name = self.names[candidate.id]
         self.estimated.append(name)
         accuracy = self.cases[name][2]
@@ -153,7 +165,8 @@ def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directo
     assert sorted(t["metrics"]["accuracy"] for t in pareto["trials"]) == [0.795, 0.82, 0.86]
     assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto["trials"])
     assert log.run_info["refine"] == {"nearest": 5, "near_front": 3, "raced": 0, "race_images": None,
-                                      "references": 0, "rescored": 4, "images": ALL_IMAGES, "margin_se": 2.0,
+                                      "references": 0, "rescored": 4, "images": ALL_IMAGES, "calib_blocks": 1,
+                                      "margin_se": 2.0,
                                       "shift": {"1000": pytest.approx(0.005)}, "probes": [0]}
     refiner.estimated.clear()  # a resumed search refines again: selection on search-time values, nothing rescored
     assert refine_front(log, refiner, race_fraction=None, probes=1) == [] and refiner.estimated == []
@@ -272,7 +285,7 @@ def test_a_resumed_refinement_rescores_nothing_and_changes_no_metric(shifted_sea
 
 def test_without_a_probe_the_shift_is_zero(table_search) -> None:
     log, refiner = table_search
-    assert refine_module._shift_to_whole_split(log.trials, refiner, []) == {SEARCH_IMAGES: 0.0}
+    assert refine_module._shift_to_final_scale(log, refiner, [], None) == {(SEARCH_IMAGES, 1): 0.0}
     assert all(t.metrics["accuracy_shift"] == 0.0 and t.metrics["accuracy"] == t.metrics["accuracy_search"]
                for t in log.trials)
 
@@ -297,7 +310,7 @@ RACE_CASES = {
 }
 
 
-class RaceRefiner:
+class RaceRefiner(OneBlock):
     """A refiner over RACE_CASES at three resolutions; records every (case, images) it estimates."""
 
     val_images, max_images = SEARCH_IMAGES, ALL_IMAGES
@@ -312,7 +325,8 @@ class RaceRefiner:
             return Correctness.from_bools(whole_split(case[2], case[3]))
         return Correctness.from_bools({None: case[1], RACE_IMAGES: case[2]}[images])
 
-    def estimate(self, candidate, *, images=None) -> dict[str, float]:
+    def estimate(self, candidate, *, images=None, blocks=1) -> dict[str, float]:
+        assert blocks == 1
         name = self.names[candidate.id]
         self.estimated.append((name, images))
         bitops, _, raced, full = RACE_CASES[name]
@@ -348,7 +362,8 @@ def test_racing_drops_a_candidate_beaten_at_the_intermediate_resolution_and_give
                                        ("Q", ALL_IMAGES), ("R", RACE_IMAGES), ("S", RACE_IMAGES), ("S", ALL_IMAGES)]
     assert sorted(plain.estimated) == [(name, ALL_IMAGES) for name in "PQRS"]
     assert raced_log.run_info["refine"] == {"nearest": 4, "near_front": 4, "raced": 4, "race_images": RACE_IMAGES,
-                                            "references": 0, "rescored": 3, "images": ALL_IMAGES, "margin_se": 2.0,
+                                            "references": 0, "rescored": 3, "images": ALL_IMAGES, "calib_blocks": 1,
+                                            "margin_se": 2.0,
                                             "shift": {str(RACE_IMAGES): pytest.approx(0.01)}, "probes": [0]}
     assert plain_log.run_info["refine"]["shift"] == {}  # every trial measured on the whole split
     # the survivors end as refining without the race leaves them; the dropped R keeps its race score, shifted
@@ -418,3 +433,118 @@ def test_the_probes_are_spread_over_the_trials_scored_on_fewer_images_in_search_
     assert [t.number for t in probed] == [0, 6, 9]
     assert [t.number for t in refine_module.shift_probes(trials, ALL_IMAGES, 50)] == [0, 3, 4, 6, 7, 8, 9]
     assert refine_module.shift_probes(trials, ALL_IMAGES, 0) == []
+
+
+# name: (bitops, search-time outcomes, accuracy on all images under calibration blocks 0 and 1). Near the front at
+# search time: A, B and X (X like C above); D is beaten by the binomial bound. On the whole split under block 0,
+# X ties B at more BitOps: off the front. The probe A is 0.80 under block 0 and 0.795 over both blocks, so a
+# block-0 score is 0.005 above the final scale on the whole split and, A's first 1,000 images being 0.80 right,
+# 0.005 above it on the search's images too. B, lucky under block 0, falls to 0.82 over both blocks; X, measured
+# 0.83 under block 0 and shifted to 0.825, now beats it at 0.5 more BitOps: X enters the front and is measured
+# under both blocks (0.83).
+BLOCK_CASES = {
+    "A": (10.0, outcomes(800), (0.80, 0.79)),
+    "B": (20.0, outcomes(850), (0.83, 0.81)),
+    "X": (20.5, outcomes(850, flip_right=55, flip_wrong=45), (0.83, 0.83)),
+    "D": (30.0, outcomes(700), (0.70, 0.70)),
+}
+
+
+class BlockTableRefiner(TableRefiner):
+    """A refiner over BLOCK_CASES with two calibration blocks: outcomes on the whole split start with the search's
+    under either block; records every (case, blocks) it estimates."""
+
+    calib_blocks = 2
+
+    def block_correctness(self, candidate, *, images=None, blocks=None) -> BlockCorrectness:
+        assert images == ALL_IMAGES
+        _, first, whole = self.cases[self.names[candidate.id]]
+        return BlockCorrectness(tuple(Correctness.from_bools(whole_split(first, accuracy))
+                                      for accuracy in whole[:blocks or self.calib_blocks]))
+
+    def correctness(self, candidate, *, images=None) -> Correctness:
+        if images is None:
+            return super().correctness(candidate)
+        return self.block_correctness(candidate, images=images, blocks=1).blocks[0]
+
+    def estimate(self, candidate, *, images=None, blocks=1) -> dict[str, float]:
+        assert images == ALL_IMAGES
+        name = self.names[candidate.id]
+        self.estimated.append((name, blocks))
+        accuracy = float(np.mean(self.cases[name][2][:blocks]))
+        return {"accuracy": accuracy, "accuracy_se": 0.005, "accuracy_images": ALL_IMAGES, "loss": 0.4,
+                "bitops": self.cases[name][0], **({"accuracy_calib_blocks": blocks} if blocks > 1 else {})}
+
+
+def test_with_calibration_blocks_the_front_is_averaged_over_them_and_the_rest_shifted_onto_that_scale(
+        tiny_space, tmp_path) -> None:
+    log, table = table_log(tiny_space(), tmp_path, BLOCK_CASES)
+    refiner = BlockTableRefiner(table.names, BLOCK_CASES)
+    refined = refine_front(log, refiner, race_fraction=None, probes=1)
+    # the near-front trials on the whole split under block 0, then the probe, the front, and the front again
+    assert refiner.estimated == [("A", 1), ("B", 1), ("X", 1), ("A", 2), ("B", 2), ("X", 2)]
+    assert names_of(refined, refiner) == {"A", "B", "X"}
+    by_name = {refiner.names[t.candidate.id]: t.metrics for t in log.trials}
+    assert by_name["B"]["accuracy"] == pytest.approx(0.82) and by_name["X"]["accuracy"] == pytest.approx(0.83)
+    assert all(by_name[n]["accuracy_calib_blocks"] == 2 and "accuracy_shift" not in by_name[n] for n in "ABX")
+    d = by_name["D"]
+    assert d["accuracy"] == pytest.approx(0.70 - 0.005) and d["accuracy_shift"] == pytest.approx(0.005)
+    record = log.run_info["refine"]
+    assert record["calib_blocks"] == 2 and record["probes"] == [0]
+    assert record["shift"] == {"1000": pytest.approx(0.005), "5000": pytest.approx(0.005)}
+    pareto = json.loads((log.dir / PARETO_FILE).read_text())
+    assert all(t["metrics"].get("accuracy_calib_blocks") == 2 for t in pareto["trials"])
+    # resumed, nothing is scored again and nothing moves
+    refiner.estimated.clear()
+    before = [t.to_dict() for t in log.trials]
+    assert refine_front(log, refiner, race_fraction=None, probes=1) == [] and refiner.estimated == []
+    assert [t.to_dict() for t in log.trials] == before
+
+
+def test_a_search_refined_with_one_block_is_refined_again_onto_the_scale_of_several(tiny_space, tmp_path) -> None:
+    log, table = table_log(tiny_space(), tmp_path, BLOCK_CASES)
+    one = BlockTableRefiner(table.names, BLOCK_CASES)
+    one.calib_blocks = 1
+    refine_front(log, one, race_fraction=None, probes=1)
+    by_name = {one.names[t.candidate.id]: t.metrics for t in log.trials}
+    assert by_name["B"]["accuracy"] == 0.83 and "accuracy_calib_blocks" not in by_name["B"]
+    two = BlockTableRefiner(table.names, BLOCK_CASES)
+    refine_front(log, two, race_fraction=None, probes=1)
+    # D, the one trial left on the search's images, is the new probe (chosen before anything moves): 0.70 under
+    # both blocks, so a block-0 score on the whole split is shifted by 0; D itself is then on the final scale
+    assert log.run_info["refine"]["probes"] == [3] and log.run_info["refine"]["shift"] == {"5000": 0.0}
+    assert two.estimated == [("D", 2), ("A", 2), ("B", 2), ("X", 2)]
+    front = refine_module._front(log, [t for t in log.trials if t.feasible])
+    assert names_of(front, two) == {"A", "B", "X"}
+    assert all(t.metrics.get("accuracy_calib_blocks") == 2 for t in front)
+
+
+def test_run_search_with_calibration_blocks_measures_the_front_under_each_of_them(tiny_space, tmp_path: Path) -> None:
+    space = tiny_space(SPACE_CHANGES, {"search": {"calib_blocks": 2}}, folder=tmp_path)
+    train_supernet(space, tmp_path / "run", progress=False)
+    log = run_search(space, out=tmp_path / "search", supernet=tmp_path / "run", strategy="random", trials=40,
+                     progress=False)
+    # the oracle of each block: a one-block estimator whose training split starts at that block's first image
+    data = load_space_data(space)
+    blockwise = [OneShotEstimator(space, load_supernet(tmp_path / "run", space),
+                                  dataclasses.replace(data, train=Subset(data.train, range(64 * k, len(data.train)))),
+                                  calib_blocks=1) for k in (0, 1)]
+    final = [t for t in log.trials if t.metrics.get("accuracy_calib_blocks") == 2]
+    front = json.loads((tmp_path / "search" / PARETO_FILE).read_text())["trials"]
+    probes = log.run_info["refine"]["probes"]
+    assert final and {t["number"] for t in front} | set(probes) <= {t.number for t in final}
+    for trial in final:
+        per_block = [e.estimate(trial.candidate, images=200)["accuracy"] for e in blockwise]
+        assert trial.metrics["accuracy"] == pytest.approx(np.mean(per_block), abs=1e-15)
+        assert trial.metrics["accuracy_images"] == 200
+    whole = [[e.correctness(t.candidate, images=200).bools() for e in blockwise] for t in log.trials
+             if t.number in probes]
+    for trial in (t for t in log.trials if t not in final):  # block 0 on fewer images or the whole split, shifted
+        images = trial.metrics["accuracy_images"]
+        shift = np.mean([b0[:images].mean() - (b0.mean() + b1.mean()) / 2 for b0, b1 in whole])
+        assert log.run_info["refine"]["shift"][str(images)] == trial.metrics["accuracy_shift"] == pytest.approx(shift)
+        measured = blockwise[0].estimate(trial.candidate, images=images)["accuracy"]
+        assert trial.metrics["accuracy"] + trial.metrics["accuracy_shift"] == pytest.approx(measured)
+    # every level occurs: the search's images, the race's, the whole split under block 0, the final one
+    levels = {(t.metrics["accuracy_images"], t.metrics.get("accuracy_calib_blocks", 1)) for t in log.trials}
+    assert levels == {(60, 1), (100, 1), (200, 1), (200, 2)}

@@ -44,7 +44,7 @@ from automq.errors import DataError
 from automq.numerics.quant import scales_restored
 from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
-from automq.oneshot.paired import Correctness, Difference, paired_difference
+from automq.oneshot.paired import BLOCKS_KEY, BlockCorrectness, Correctness, Difference, paired_difference
 from automq.oneshot.train import (EVAL_BATCH_SIZE, SPACE_FILE, deterministic, load_space_data, load_supernet,
                                   train_model)
 
@@ -142,6 +142,11 @@ class OneShotEstimator:
         data: the space's data splits; calibration uses ``data.train``, scoring ``data.val``. In-memory splits are
             moved to the supernet's device once.
         calib_images: BN-recalibration images, the first of the train split (default: ``search.calib_size``).
+        calib_blocks: calibration blocks a refined score averages over (default: ``search.calib_blocks``): block
+            ``k`` is the ``k``-th run of ``calib_images`` training images, block 0 the search-time calibration.
+            :meth:`estimate` with ``blocks=K`` recalibrates the candidate on each of the first ``K`` blocks in
+            turn and averages its outcomes: a deployed candidate's accuracy moves with its calibration images by
+            an SD of 0.1-0.2 points, as much as the contenders at a budget differ (``calibration_noise_16ep.md``).
         val_images: validation images of a search-time estimate, the first of the val split (default:
             ``search.eval_size``; ``None`` in the space means all of them). ``estimate(images=...)`` uses more.
         batch_size: calibration batch size; larger batches give better per-batch BN estimates.
@@ -167,6 +172,7 @@ class OneShotEstimator:
         data: DataSplits,
         *,
         calib_images: int | None = None,
+        calib_blocks: int | None = None,
         val_images: int | None = None,
         batch_size: int = CALIB_BATCH_SIZE,
         eval_batch_size: int = EVAL_BATCH_SIZE,
@@ -183,10 +189,18 @@ class OneShotEstimator:
         self.max_images = len(data.val)
         self.val_images = min(val_images or space.search.eval_size or self.max_images, self.max_images)
         self.calib_images, self.batch_size = calib_images or space.search.calib_size, batch_size
+        self.calib_blocks = space.search.calib_blocks if calib_blocks is None else calib_blocks
+        if self.calib_blocks < 1:
+            raise ValueError(f"calib_blocks must be at least 1, got {self.calib_blocks}")
         self.eval_batch_size = eval_batch_size
         self.cache = cache
-        self._scores: dict[tuple[str, int], tuple[dict[str, float], Correctness]] = {}
+        self._scores: dict[tuple[str, int, int], tuple[dict[str, float], Correctness]] = {}  # id, images, block
         self._place(data)
+        blocks_images = self.calib_blocks * self.calib_images
+        if self.calib_blocks > 1 and blocks_images > len(self.data.train):  # refused now, not after a search
+            raise DataError(f"{self.calib_blocks} calibration blocks of {self.calib_images} images need "
+                            f"{blocks_images} training images, but the training split holds "
+                            f"{len(self.data.train)}; lower search.calib_blocks or search.calib_size")
 
     @property
     def device(self) -> torch.device:
@@ -206,7 +220,19 @@ class OneShotEstimator:
         self.data = data.to(self.device)
         self.finetune_train = head(self.data.train, self.finetune_images)
         self.calib = fixed_batches(self.data.train, self.calib_images, self.batch_size, device=self.device)
+        self._block_calib = {0: self.calib}
         self.val = self._batches(self.val_images)
+
+    def _calibration(self, block: int) -> list[tuple[Tensor, Tensor]]:
+        """The BN-recalibration batches of calibration block ``block`` (0: the search-time ones)."""
+        if block not in self._block_calib:
+            first, last = block * self.calib_images, (block + 1) * self.calib_images
+            if last > len(self.data.train):
+                raise DataError(f"calibration block {block} needs training images {first} to {last - 1}, but the "
+                                f"training split holds {len(self.data.train)}; lower search.calib_blocks")
+            self._block_calib[block] = fixed_batches(self.data.train, last, self.batch_size, start=first,
+                                                     device=self.device)
+        return self._block_calib[block]
 
     @classmethod
     def from_run(
@@ -233,10 +259,19 @@ class OneShotEstimator:
         """The analytic costs of ``candidate``, keyed by the metric names of space files."""
         return self.cost_model.metrics(candidate)
 
-    def estimate(self, candidate: Candidate, *, images: int | None = None) -> dict[str, float]:
+    def estimate(self, candidate: Candidate, *, images: int | None = None, blocks: int = 1) -> dict[str, float]:
         """``{accuracy, accuracy_se, accuracy_images, loss, <cost metrics>}`` of ``candidate`` with the supernet's
-        shared weights, scored on the first ``images`` validation images (default: :attr:`val_images`)."""
-        return dict(self._score(candidate, images)[0])
+        shared weights, scored on the first ``images`` validation images (default: :attr:`val_images`).
+
+        ``blocks`` above 1: the mean over the first ``blocks`` calibration blocks (the loss too), with the standard
+        error of :func:`~automq.oneshot.paired.crossed_mean` (images and blocks both sampled) and
+        :data:`~automq.oneshot.paired.BLOCKS_KEY` recording their number."""
+        if blocks == 1:
+            return dict(self._score(candidate, images)[0])
+        outcomes = self.block_correctness(candidate, images=images, blocks=blocks)
+        losses = [self._score(candidate, images, block)[0]["loss"] for block in range(blocks)]
+        return {**self._score(candidate, images)[0], "accuracy": outcomes.accuracy, "accuracy_se": outcomes.se,
+                BLOCKS_KEY: blocks, "loss": float(np.mean(losses))}
 
     __call__ = estimate
 
@@ -244,21 +279,30 @@ class OneShotEstimator:
         """Which of the first ``images`` validation images ``candidate`` classifies right (scored if need be)."""
         return self._score(candidate, images)[1]
 
+    def block_correctness(self, candidate: Candidate, *, images: int | None = None, blocks: int | None = None
+                          ) -> BlockCorrectness:
+        """Which of the first ``images`` validation images ``candidate`` classifies right under each of the first
+        ``blocks`` calibration blocks (default: :attr:`calib_blocks`)."""
+        blocks = self.calib_blocks if blocks is None else blocks
+        if blocks < 1:
+            raise ValueError(f"blocks must be at least 1, got {blocks}")
+        return BlockCorrectness(tuple(self._score(candidate, images, block)[1] for block in range(blocks)))
+
     def paired_difference(self, a: Candidate, b: Candidate, *, images: int | None = None) -> Difference:
         """``accuracy(a) - accuracy(b)`` on the same images, with its paired standard error."""
         return paired_difference(self.correctness(a, images=images), self.correctness(b, images=images))
 
-    def _score(self, candidate: Candidate, images: int | None) -> tuple[dict[str, float], Correctness]:
+    def _score(self, candidate: Candidate, images: int | None, block: int = 0) -> tuple[dict[str, float], Correctness]:
         images = self._image_count(images)
-        key = (candidate.id, images)
+        key = (candidate.id, images, block)
         if self.cache and key in self._scores:
             return self._scores[key]
         self.space.validate_candidate(candidate)
-        score = self._one_shot(candidate, images)
+        score = self._one_shot(candidate, images, block)
         metrics, correctness = score.metrics(), score.correctness
         if self.finetune_images:
             tuned, correctness = self._finetuned(candidate, self.finetune_train, epochs=1, seed=self.space.seed,
-                                                 images=images)
+                                                 images=images, block=block)
             metrics = {**Score(tuned["loss"], correctness).metrics(), "oneshot_accuracy": metrics["accuracy"],
                        "oneshot_loss": metrics["loss"]}
         result = ({**metrics, **self.costs(candidate)}, correctness)
@@ -266,14 +310,15 @@ class OneShotEstimator:
             self._scores[key] = result
         return result
 
-    def _one_shot(self, candidate: Candidate, images: int) -> Score:
-        """The shared weights' score on the first ``images`` validation images, continuing a cached shorter one."""
-        done = self._scored_prefix(candidate, images)
+    def _one_shot(self, candidate: Candidate, images: int, block: int) -> Score:
+        """The shared weights' score on the first ``images`` validation images after recalibrating on calibration
+        block ``block``, continuing a cached shorter one."""
+        done = self._scored_prefix(candidate, images, block)
         start = done.correctness.images if done else 0
         with deterministic(), scales_restored(self.supernet):
             self.supernet.set_active(candidate)
             with torch_threads(CALIBRATION_THREADS):
-                recalibrate_bn(self.supernet, self.calib)
+                recalibrate_bn(self.supernet, self._calibration(block))
             batches = self.val if (start, images) == (0, self.val_images) else self._batches(images, start)
             with torch_threads(self.threads):
                 score = score_model(self.supernet, batches)
@@ -290,7 +335,7 @@ class OneShotEstimator:
     def _batches(self, images: int, start: int = 0) -> list[tuple[Tensor, Tensor]]:
         return fixed_batches(self.data.val, images, self.eval_batch_size, start=start, device=self.device)
 
-    def _scored_prefix(self, candidate: Candidate, images: int) -> Score | None:
+    def _scored_prefix(self, candidate: Candidate, images: int, block: int) -> Score | None:
         """The cached one-shot score of ``candidate`` on the most of the first ``images`` images that a re-scoring
         can continue: recalibration repeats the same BN statistics, and a prefix of whole batches was computed on
         the very batches a scoring from the start would use, so the continued score equals a fresh one (the mean
@@ -298,10 +343,11 @@ class OneShotEstimator:
         images."""
         if not self.cache or self.finetune_images:
             return None
-        done = [n for (key, n) in self._scores if key == candidate.id and n < images and n % self.eval_batch_size == 0]
+        done = [n for (key, n, b) in self._scores
+                if (key, b) == (candidate.id, block) and n < images and n % self.eval_batch_size == 0]
         if not done:
             return None
-        metrics, correctness = self._scores[(candidate.id, max(done))]
+        metrics, correctness = self._scores[(candidate.id, max(done), block)]
         return Score(metrics["loss"], correctness)
 
     def finetuned(self, candidate: Candidate, *, train: Dataset | None = None, epochs: int = 1,
@@ -317,13 +363,14 @@ class OneShotEstimator:
         return self._finetuned(candidate, train, epochs=epochs, seed=seed, images=self.val_images)[0]
 
     def _finetuned(self, candidate: Candidate, train: Dataset | None, *, epochs: int, seed: int,
-                   images: int) -> tuple[dict[str, Any], Correctness]:
+                   images: int, block: int = 0) -> tuple[dict[str, Any], Correctness]:
         self.space.validate_candidate(candidate)
         data = dataclasses.replace(self.data, train=self.data.train if train is None else train)
         with scales_restored(self.supernet):
             with deterministic(), torch_threads(CALIBRATION_THREADS):
                 self.supernet.set_active(candidate)
-                recalibrate_bn(self.supernet, self.calib)  # the extracted start carries this candidate's statistics
+                # the extracted start carries this candidate's statistics
+                recalibrate_bn(self.supernet, self._calibration(block))
             with torch_threads(self.threads):
                 return _train_and_score(self.space, candidate, data, epochs=epochs, seed=seed, init="supernet",
                                         supernet=self.supernet, val_images=images)

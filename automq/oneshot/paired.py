@@ -25,8 +25,11 @@ import numpy as np
 
 from automq.errors import DataError
 
-__all__ = ["BlockCorrectness", "Correctness", "Difference", "as_blocks", "binomial_se", "block_difference",
-           "crossed_mean", "paired_difference"]
+__all__ = ["BLOCKS_KEY", "BlockCorrectness", "Correctness", "Difference", "as_blocks", "binomial_se",
+           "block_difference", "crossed_mean", "paired_difference"]
+
+BLOCKS_KEY = "accuracy_calib_blocks"
+"""Trial metric: the calibration blocks an accuracy averages over (absent: one, the search-time calibration)."""
 
 
 def binomial_se(accuracy: float, images: int) -> float:

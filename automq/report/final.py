@@ -64,7 +64,7 @@ from automq.oneshot.train import (EVAL_BATCH_SIZE, SUPERNET, deterministic, load
                                   train_model)
 from automq.report.comparison import (Baseline, RunAnalysis, analyse_runs, find_baselines, front_2d,
                                       uniform_budgets)
-from automq.search.results import SPACE_FILE, load_search_dir
+from automq.search.results import SPACE_FILE, load_search_dir, read_run
 from automq.search.trial import Trial
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace, TrainingSpec
@@ -331,17 +331,18 @@ def _recipe(calibration: str, test_images: int, finetune: str) -> str:
 
 
 def calibration_skip(search_dirs: Sequence[str | Path], space: SearchSpace) -> int:
-    """How many of the first training images the searches' estimates recalibrated batch norms on (the largest
-    ``search.calib_size`` of ``space``, the supernet's, and of each search folder's own space file): the final
-    measurement's calibration blocks begin after them, so that no search selected on the calibration it is judged
-    with. A search folder's damaged space file is an error, not a note: without it the blocks could overlap that
-    search's calibration."""
-    sizes = [space.search.calib_size]
-    for folder in search_dirs:
-        path = Path(folder) / SPACE_FILE
-        if path.is_file():
-            sizes.append(SearchSpace.from_file(path).search.calib_size)
-    return max(sizes)
+    """How many of the first training images the searches' estimates recalibrated batch norms on: the largest
+    ``search.calib_size`` times its calibration blocks of ``space`` (the supernet's) and of each search folder (its
+    own space file, with the blocks its refinement averaged over where more: a search resumed with another space file
+    keeps its first one). The final measurement's calibration blocks begin after them, so that no search selected on
+    the calibration it is judged with. A search folder's damaged space file is an error, not a note: without it the
+    blocks could overlap that search's calibration."""
+    skips = [space.search.calib_size * space.search.calib_blocks]
+    for folder in map(Path, search_dirs):
+        own = SearchSpace.from_file(folder / SPACE_FILE) if (folder / SPACE_FILE).is_file() else space
+        refined = read_run(folder).get("refine", {}).get("calib_blocks", 1)
+        skips.append(own.search.calib_size * max(own.search.calib_blocks, refined))
+    return max(skips)
 
 
 def _block_size(train_images: int, skip: int, blocks: int, asked: int | None, notes: list[str]) -> int:

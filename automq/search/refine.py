@@ -43,6 +43,18 @@ probes) was measured and does no better there (``shift_by_accuracy.md``: the sco
 dependence), and the shift of the trials agreeing with it on the most search images does only a little better
 (``prefix_noise.md``: as good as 20% more images), so the shift stays one number per ``r``.
 
+A search scores every candidate with its batch norms recalibrated on one block of ``search.calib_size`` training
+images, and a deployed candidate's accuracy moves with those images by an SD of 0.1-0.2 points
+(``experiments/results/calibration_noise_16ep.md``), as much as the contenders at a budget differ: on the
+20,000-image validation space the search's pick at 5.234e7 BitOps led uniform int4 under the search's block and lost
+to it under four others (``split_vs_calibration_val20k_16ep.md``). With ``search.calib_blocks`` K above 1 the
+final level is the whole split under each of K blocks (the estimator's ``blocks``): the race's survivors are scored
+on the whole split under the search's block alone, and only the front, the references and the probes under all K,
+their outcomes averaged (``accuracy_calib_blocks`` = K; ``accuracy_se`` counts the blocks as sampled). Each level
+below it, (images, blocks), has its own shift, the probes' mean accuracy there less theirs at the final level, keyed
+``"<images>"`` for one block and ``"<images>x<blocks>"`` for several; a search refined again with another K is
+shifted anew, on new probes.
+
 A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``,
 a shifted one its search-time accuracy as ``accuracy_search``; ``accuracy_images`` says how many images
 ``accuracy`` was measured on. ``trials.jsonl`` and ``pareto.json`` are rewritten atomically. A resumed search is
@@ -61,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from automq.io import atomic_write_text
-from automq.oneshot.paired import Correctness, binomial_se, paired_difference
+from automq.oneshot.paired import BLOCKS_KEY, BlockCorrectness, Correctness, binomial_se, paired_difference
 from automq.search.pareto import Objective, loss_vectors, pareto_mask
 from automq.search.results import TRIALS_FILE, SearchLog, pareto_trials
 from automq.search.trial import Trial
@@ -84,6 +96,7 @@ RACE_FRACTION = 0.5
 SHIFT_PROBES = 16
 """Trials scored on the whole split to measure the shift of the others (see the module docstring): the standard
 error of the mean shift of 16 random trials was 0.08-0.11 points on the 8-epoch benchmark's searches."""
+Level = tuple[int, int]  # an accuracy's resolution: (validation images, calibration blocks)
 SEARCH_KEYS = ("accuracy", "accuracy_se", "loss")
 """Metrics re-scored by a refinement; the search-time values are kept under ``<key>_search``."""
 
@@ -94,10 +107,14 @@ class Refiner(Protocol):
 
     val_images: int  # images of a search-time score
     max_images: int  # images of the whole validation split
+    calib_blocks: int  # calibration blocks a front trial's final score averages over
 
-    def estimate(self, candidate: Candidate, *, images: int | None = None) -> dict[str, float]: ...
+    def estimate(self, candidate: Candidate, *, images: int | None = None, blocks: int = 1) -> dict[str, float]: ...
 
     def correctness(self, candidate: Candidate, *, images: int | None = None) -> Correctness: ...
+
+    def block_correctness(self, candidate: Candidate, *, images: int | None = None, blocks: int | None = None
+                          ) -> BlockCorrectness: ...
 
 
 def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGIN_SE,
@@ -120,7 +137,7 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
     nearest = nearest_to_front(feasible, log.objectives, estimator.val_images, max_near_front)
     chosen = near_front(nearest, log.objectives, estimator, margin_se=margin_se)
     pending = _unrefined(chosen + _front(log, feasible), estimator)
-    recorded = _recorded_shifts(log.trials, estimator.max_images)
+    recorded = _recorded_shifts(log, estimator)
     # shifts to measure (a first refinement, a resumed search's new trials): on probes chosen before anything moves
     probing = shift_probes(feasible, estimator.max_images, probes) if recorded is None else []
     raced, images = 0, race_images(estimator, race_fraction)
@@ -130,26 +147,32 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
         pending = [t for t in pending if t.metrics.get("accuracy_images", 0) < images]
         raced, pending = len(pending), race(pending, log.objectives, estimator, images, margin_se=margin_se)
     references = _references(log, feasible)
+    refined = []
+    if estimator.calib_blocks > 1:  # the race's survivors on the whole split under the search's calibration alone
+        refined = [t for t in pending if t.metrics.get("accuracy_images", 0) < estimator.max_images]
+        for trial in refined:
+            _rescore(trial, estimator, estimator.max_images)
+        pending = []
     pending = _unrefined(pending + probing + references, estimator)
-    shifts, refined = recorded, []
+    shifts = recorded
     # the first images are easier than the whole split for every candidate alike: on their raw scores the trials not
     # refined would overtake the refined ones for that alone and be refined one after another. Shifted onto the
-    # whole split's scale, they reach the front only by more, and the front is refined until it was all measured on
-    # the whole split. Trials that carry no shift yet are shifted even with nothing else to re-score
-    while pending or shifts is None:
+    # final scale, they reach the front only by more, and the front is refined until it was all measured on that
+    # scale. Trials that carry no shift yet are shifted even with nothing else to re-score
+    while pending or shifts is None or _unshifted(log.trials, estimator):
         for trial in pending:
-            _rescore(trial, estimator, estimator.max_images)
+            _rescore(trial, estimator, estimator.max_images, estimator.calib_blocks)
         refined += pending
-        if shifts is None:
-            shifts = _shift_to_whole_split(log.trials, estimator, probing)
+        shifts = _shift_to_final_scale(log, estimator, probing, shifts)
         pending = _unrefined(_front(log, feasible), estimator)
     earlier = log.run_info.get("refine", {})  # a resumed search's: its counts go on, its probes made the shifts
     log.run_info["refine"] = {"nearest": len(nearest), "near_front": len(chosen),
                               "raced": earlier.get("raced", 0) + raced, "race_images": images,
                               "references": len(references), "rescored": earlier.get("rescored", 0) + len(refined),
-                              "images": estimator.max_images,
-                              "margin_se": margin_se, "shift": {str(r): shift for r, shift in sorted(shifts.items())},
-                              "probes": [t.number for t in probing] if recorded is None else earlier.get("probes", [])}
+                              "images": estimator.max_images, "calib_blocks": estimator.calib_blocks,
+                              "margin_se": margin_se,
+                              "shift": {_level_key(level): shift for level, shift in sorted(shifts.items())},
+                              "probes": [t.number for t in probing] if probing else earlier.get("probes", [])}
     if refined or recorded is None:
         lines = "".join(json.dumps(t.to_dict()) + "\n" for t in log.trials)
         atomic_write_text(log.dir / TRIALS_FILE, lines)
@@ -257,11 +280,13 @@ def _front_and_covering(metrics: Sequence[dict[str, Any]], objectives: Sequence[
     return on_front, covering
 
 
-def _rescore(trial: Trial, estimator: Refiner, images: int) -> None:
-    """Replace ``trial``'s accuracy and loss by their score on ``images`` images, keeping the search-time ones."""
+def _rescore(trial: Trial, estimator: Refiner, images: int, blocks: int = 1) -> None:
+    """Replace ``trial``'s accuracy and loss by their score on ``images`` images (averaged over ``blocks``
+    calibration blocks), keeping the search-time ones."""
     searched = {f"{key}_search": value for key, value in _search_metrics(trial).items() if key in SEARCH_KEYS}
-    unshifted = {key: value for key, value in trial.metrics.items() if key != "accuracy_shift"}  # a new measurement
-    trial.metrics = {**unshifted, **estimator.estimate(trial.candidate, images=images), **searched}
+    # a new measurement: no shift, and the number of blocks only where there are several
+    unshifted = {key: value for key, value in trial.metrics.items() if key not in ("accuracy_shift", BLOCKS_KEY)}
+    trial.metrics = {**unshifted, **estimator.estimate(trial.candidate, images=images, blocks=blocks), **searched}
 
 
 def shift_probes(trials: Sequence[Trial], max_images: int, count: int) -> list[Trial]:
@@ -273,30 +298,84 @@ def shift_probes(trials: Sequence[Trial], max_images: int, count: int) -> list[T
     return [lower[int(i)] for i in np.unique(np.round(np.linspace(0, len(lower) - 1, min(count, len(lower)))))]
 
 
-def _shift_to_whole_split(trials: Sequence[Trial], estimator: Refiner, probes: Sequence[Trial]) -> dict[int, float]:
-    """Put the accuracies of ``trials`` scored on fewer images than the whole split onto its scale, by the shift of
-    each number of images measured on ``probes`` (scored on the whole split; none: no shift); returns the shifts."""
-    lower = _scored_on_fewer(trials, estimator.max_images)
-    whole = [estimator.correctness(t.candidate, images=estimator.max_images).bools() for t in probes]
-    shifts = {r: float(np.mean([c[:r].mean() - c.mean() for c in whole])) if whole else 0.0
-              for r in sorted({int(t.metrics["accuracy_images"]) for t in lower})}
-    for trial in lower:
+def _shift_to_final_scale(log: SearchLog, estimator: Refiner, probing: Sequence[Trial],
+                          shifts: dict[Level, float] | None) -> dict[Level, float]:
+    """Put the accuracies of the trials of ``log`` not scored at the final level (the whole split under every
+    calibration block) onto its scale; returns the shifts by level. ``shifts`` ``None``: measure them on
+    ``probing`` and shift every such trial anew; else only the trials that carry no shift are shifted, by the
+    levels of ``shifts`` or, for a level it lacks, by one measured on the probes that made them (``probing`` or
+    the earlier refinement's)."""
+    lower = _below_final(log.trials, estimator)
+    targets = lower if shifts is None else [t for t in lower if "accuracy_shift" not in t.metrics]
+    levels = {_level(t) for t in targets}
+    if shifts is None or not levels <= shifts.keys():
+        numbers = set(log.run_info.get("refine", {}).get("probes", []))
+        probes = probing if shifts is None or probing else [t for t in log.trials if t.number in numbers]
+        shifts = {**(shifts or {}), **_measure_shifts(estimator, probes, levels)}
+    for trial in targets:
         measured = trial.metrics["accuracy"] + trial.metrics.get("accuracy_shift", 0.0)
         searched = {} if "accuracy_search" in trial.metrics else {"accuracy_search": measured}  # never re-scored
-        shift = shifts[int(trial.metrics["accuracy_images"])]
+        shift = shifts[_level(trial)]
         trial.metrics = {**trial.metrics, **searched, "accuracy": measured - shift, "accuracy_shift": shift}
     return shifts
 
 
-def _recorded_shifts(trials: Sequence[Trial], max_images: int) -> dict[int, float] | None:
-    """The shifts that an earlier refinement left on ``trials``, or ``None`` when a trial scored on fewer images than
-    the whole split carries none (or two disagree): those are not on the whole split's scale yet."""
-    shifts: dict[int, float] = {}
-    for trial in _scored_on_fewer(trials, max_images):
+def _measure_shifts(estimator: Refiner, probes: Sequence[Trial], levels: set[Level]) -> dict[Level, float]:
+    """The shift of each level ``(images, blocks)``: the ``probes``' mean accuracy on the first ``images`` images
+    under the first ``blocks`` calibration blocks less their accuracy at the final level (no probes: 0)."""
+    final = [estimator.block_correctness(t.candidate, images=estimator.max_images, blocks=estimator.calib_blocks)
+             for t in probes]
+
+    def shift(images: int, blocks: int) -> float:
+        return float(np.mean([np.mean([b.bools()[:images].mean() for b in f.blocks[:blocks]]) - f.accuracy
+                              for f in final]))
+
+    return {level: shift(*level) if final else 0.0 for level in levels}
+
+
+def _recorded_shifts(log: SearchLog, estimator: Refiner) -> dict[Level, float] | None:
+    """The shifts that an earlier refinement to the same final level left on the trials of ``log``, or ``None`` when
+    a trial scored on fewer images than the whole split carries none (or two of a level disagree): those are not on
+    the final scale yet. Trials on the whole split under fewer blocks than the final level (the survivors of the race
+    that did not reach the front) are shifted later when they carry none (:func:`_shift_to_final_scale`)."""
+    if log.run_info.get("refine", {}).get("calib_blocks", 1) != estimator.calib_blocks:
+        return None  # shifts onto another final scale
+    shifts: dict[Level, float] = {}
+    for trial in _below_final(log.trials, estimator):
         shift = trial.metrics.get("accuracy_shift")
-        if shift is None or shifts.setdefault(int(trial.metrics["accuracy_images"]), shift) != shift:
+        if shift is None and trial.metrics["accuracy_images"] >= estimator.max_images:
+            continue
+        if shift is None or shifts.setdefault(_level(trial), shift) != shift:
             return None
     return shifts
+
+
+def _unshifted(trials: Sequence[Trial], estimator: Refiner) -> bool:
+    """Whether a trial below the final level carries no shift (is not on the final scale)."""
+    return any("accuracy_shift" not in t.metrics for t in _below_final(trials, estimator))
+
+
+def _level(trial: Trial) -> Level:
+    """The resolution of ``trial``'s accuracy: (validation images, calibration blocks)."""
+    return int(trial.metrics["accuracy_images"]), int(trial.metrics.get(BLOCKS_KEY, 1))
+
+
+def _level_key(level: Level) -> str:
+    """A level as ``run_info["refine"]["shift"]`` keys it: the images, and ``x<blocks>`` for several blocks."""
+    images, blocks = level
+    return str(images) if blocks == 1 else f"{images}x{blocks}"
+
+
+def _below_final(trials: Sequence[Trial], estimator: Refiner) -> list[Trial]:
+    """The ``trials`` whose accuracy was measured at a known level below the final one."""
+    return [t for t in trials if "accuracy" in t.metrics and "accuracy_images" in t.metrics
+            and not _at_final(t, estimator)]
+
+
+def _at_final(trial: Trial, estimator: Refiner) -> bool:
+    """Whether ``trial`` was scored on the whole split under every calibration block of the final level."""
+    return (trial.metrics.get("accuracy_images", 0) >= estimator.max_images
+            and trial.metrics.get(BLOCKS_KEY, 1) >= estimator.calib_blocks)
 
 
 def _scored_on_fewer(trials: Sequence[Trial], max_images: int) -> list[Trial]:
@@ -315,9 +394,9 @@ def _front(log: SearchLog, trials: list[Trial]) -> list[Trial]:
 
 
 def _unrefined(trials: Sequence[Trial], estimator: Refiner) -> list[Trial]:
-    """``trials`` without repeats and without those already scored on the whole split, in order."""
+    """``trials`` without repeats and without those already scored at the final level, in order."""
     unique = {t.number: t for t in trials}.values()
-    return [t for t in unique if t.metrics.get("accuracy_images") != estimator.max_images]
+    return [t for t in unique if not _at_final(t, estimator)]
 
 
 def _search_metrics(trial: Trial) -> dict[str, Any]:

@@ -98,7 +98,7 @@ class SearchLog:
             "status": "running",
         }
         if resume:  # the trials on disk carry an earlier refinement's shifts: its record (probes, counts) goes on
-            self.run_info.update({key: value for key, value in _earlier_run(self.dir).items() if key == "refine"})
+            self.run_info.update({key: value for key, value in read_run(self.dir).items() if key == "refine"})
         if space.path and not (self.dir / SPACE_FILE).exists():
             shutil.copyfile(space.path, self.dir / SPACE_FILE)
         self._write_run()
@@ -176,7 +176,7 @@ class SearchResult:
         return str(self.run.get("label") or self.run.get("strategy") or self.path.name)
 
 
-def _earlier_run(path: Path) -> dict[str, Any]:
+def read_run(path: Path) -> dict[str, Any]:
     """The ``run.json`` an earlier run left in ``path``; empty when there is none or it is unreadable."""
     try:
         run = json.loads((path / RUN_FILE).read_text())
