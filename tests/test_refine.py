@@ -519,8 +519,11 @@ def test_a_search_refined_with_one_block_is_refined_again_onto_the_scale_of_seve
     assert all(t.metrics.get("accuracy_calib_blocks") == 2 for t in front)
 
 
-def test_run_search_with_calibration_blocks_measures_the_front_under_each_of_them(tiny_space, tmp_path: Path) -> None:
-    space = tiny_space(SPACE_CHANGES, {"search": {"calib_blocks": 2}}, folder=tmp_path)
+@pytest.mark.parametrize("eval_size", [60, None])
+def test_run_search_with_calibration_blocks_measures_the_front_under_each_of_them(tiny_space, tmp_path: Path,
+                                                                                  eval_size) -> None:
+    """With the search's 60 images, and with all 200 (then only the block shift is measured)."""
+    space = tiny_space(SPACE_CHANGES, {"search": {"calib_blocks": 2, "eval_size": eval_size}}, folder=tmp_path)
     train_supernet(space, tmp_path / "run", progress=False)
     log = run_search(space, out=tmp_path / "search", supernet=tmp_path / "run", strategy="random", trials=40,
                      progress=False)
@@ -547,4 +550,4 @@ def test_run_search_with_calibration_blocks_measures_the_front_under_each_of_the
         assert trial.metrics["accuracy"] + trial.metrics["accuracy_shift"] == pytest.approx(measured)
     # every level occurs: the search's images, the race's, the whole split under block 0, the final one
     levels = {(t.metrics["accuracy_images"], t.metrics.get("accuracy_calib_blocks", 1)) for t in log.trials}
-    assert levels == {(60, 1), (100, 1), (200, 1), (200, 2)}
+    assert levels == ({(60, 1), (100, 1), (200, 1), (200, 2)} if eval_size else {(200, 1), (200, 2)})

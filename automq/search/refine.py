@@ -129,8 +129,9 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
     the trials near it, the nearest first (:func:`nearest_to_front`). ``probes``: how many trials measure the
     shift (:func:`shift_probes`; 0: no shift). The search's uniform-precision references among its trials are
     always re-scored, without a race. Nothing happens when accuracy is not an objective or the search already
-    scored on the whole split."""
-    if "accuracy" not in (o.metric for o in log.objectives) or estimator.val_images >= estimator.max_images:
+    scored on the whole split under every calibration block (``estimator.calib_blocks`` 1)."""
+    whole_split = estimator.val_images >= estimator.max_images
+    if "accuracy" not in (o.metric for o in log.objectives) or (whole_split and estimator.calib_blocks == 1):
         return []
     feasible = [t for t in log.trials if t.feasible]
     # the cap first: deciding "near" takes per-image outcomes, a validation pass per trial the binomial errors leave
@@ -139,7 +140,10 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
     pending = _unrefined(chosen + _front(log, feasible), estimator)
     recorded = _recorded_shifts(log, estimator)
     # shifts to measure (a first refinement, a resumed search's new trials): on probes chosen before anything moves
-    probing = shift_probes(feasible, estimator.max_images, probes) if recorded is None else []
+    # a search that scored every image leaves only the block shift to measure: on trials it never scored again
+    pool, below = (([t for t in feasible if "accuracy_search" not in t.metrics], estimator.max_images + 1)
+                   if whole_split else (feasible, estimator.max_images))
+    probing = shift_probes(pool, below, probes) if recorded is None else []
     raced, images = 0, race_images(estimator, race_fraction)
     if images:
         # a trial an earlier refinement raced (a resumed search) lost that race: like the others the race drops, it
