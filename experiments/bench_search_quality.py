@@ -119,8 +119,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/bench_default", help="--default-space: folder of the searches")
     parser.add_argument("--space-file", default=DEFAULT_SPACE,
                         help="--default-space: the space searched (default: the default space; a narrower copy of the "
-                             "supernet's space, e.g. fewer formats, is scored by the same supernet; a copy with another "
-                             "split needs a supernet trained on it)")
+                             "supernet's space, e.g. fewer formats, is scored by the same supernet; a copy with "
+                             "another split needs a supernet trained on it)")
     parser.add_argument("--evaluations", type=int, default=1000, help="--default-space: trials per search")
     parser.add_argument("--searches", nargs="+", choices=sorted(DEFAULT_SEARCHES), default=sorted(DEFAULT_SEARCHES),
                         help="--default-space: which searches to run (finished ones are reused)")
@@ -128,6 +128,8 @@ def main() -> None:
                         help="--default-space: run every search of --searches but the sweeps once per seed (default: "
                              "the space's seed); a seed other than the space's goes to the folder <search>-seed<SEED>, "
                              "so repeated searches show how reliably a search finds what it found once")
+    parser.add_argument("--no-demo", dest="demo", action="store_false",
+                        help="--default-space: leave out the searches at the demo's size (search.trials)")
     parser.add_argument("--no-refine", dest="refine", action="store_false",
                         help="--default-space: skip the searches' whole-validation-split refinement (the test-split "
                              "measurement still happens; a finished, unrefined search is then marked finished)")
@@ -259,18 +261,7 @@ HEAD_TO_HEAD_REFERENCE = "tune-nsga2"  # the sampler that issue 17's search has 
 def default_space_benchmark(args: argparse.Namespace) -> None:
     """Run the requested searches of the default space, then (with ``--analyse``) measure and write the results."""
     space, runs = SearchSpace.from_file(args.space_file), Path(args.runs)
-    folders = {runs / "uniform": ("uniform", {}, None, space.seed)}
-    for label, seed in itertools.product(with_seed_searches(args.searches), args.search_seeds or [space.seed]):
-        if label in SWEEP_SEARCHES and seed != space.seed:
-            continue  # a sweep solves one program per level: another seed would repeat it
-        strategy, options = DEFAULT_SEARCHES[label]
-        if label in SEEDED:
-            options = {**options, "seed_from": [str(runs / seeder) for seeder in SEEDED[label]]}
-        trials = SWEEP_LEVELS if label in SWEEP_SEARCHES else args.evaluations
-        name = label if seed == space.seed else f"{label}{SEED_SUFFIX}{seed}"
-        folders[runs / name] = (strategy, options, trials, seed)
-        if label in DEMO_SEARCHES:
-            folders[runs / f"{name}-demo"] = (strategy, options, space.search.trials, seed)
+    folders = search_folders(space, runs, args.searches, args.search_seeds, args.evaluations, demo=args.demo)
     for folder, (strategy, options, trials, seed) in folders.items():
         finished = _finished(folder)
         if not finished or args.refine_finished:  # a finished search gets no trial more (a sweep retries no level)
@@ -283,6 +274,26 @@ def default_space_benchmark(args: argparse.Namespace) -> None:
         (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / f"{args.name}.md").write_text(default_markdown(result))
         print(default_markdown(result))
+
+
+def search_folders(space: SearchSpace, runs: Path, searches: list[str], seeds: list[int] | None, evaluations: int, *,
+                   demo: bool = True) -> dict[Path, tuple[str, dict, int | None, int]]:
+    """The search folders of a benchmark in the order they run, each with (strategy, options, trials, seed): the
+    uniform baselines, then each of ``searches`` (a seeding one before the search it seeds) per seed (default: the
+    space's), with ``demo`` also at the demo's size (``search.trials``) where :data:`DEMO_SEARCHES` has it."""
+    folders = {runs / "uniform": ("uniform", {}, None, space.seed)}
+    for label, seed in itertools.product(with_seed_searches(searches), seeds or [space.seed]):
+        if label in SWEEP_SEARCHES and seed != space.seed:
+            continue  # a sweep solves one program per level: another seed would repeat it
+        strategy, options = DEFAULT_SEARCHES[label]
+        if label in SEEDED:
+            options = {**options, "seed_from": [str(runs / seeder) for seeder in SEEDED[label]]}
+        trials = SWEEP_LEVELS if label in SWEEP_SEARCHES else evaluations
+        name = label if seed == space.seed else f"{label}{SEED_SUFFIX}{seed}"
+        folders[runs / name] = (strategy, options, trials, seed)
+        if label in DEMO_SEARCHES and demo:
+            folders[runs / f"{name}-demo"] = (strategy, options, space.search.trials, seed)
+    return folders
 
 
 def with_seed_searches(labels: list[str]) -> list[str]:

@@ -16,7 +16,8 @@ from automq.search.trial import Trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
 from bench_search_quality import (budgets_beaten, ceiling_lines, head_to_head, head_to_head_lines,  # noqa: E402
-                                  search_variant, seed_repeat_lines, seed_repeats, supernet_scale, with_seed_searches)
+                                  search_folders, search_variant, seed_repeat_lines, seed_repeats, supernet_scale,
+                                  with_seed_searches)
 
 
 def comparison(run: str, budget: float, uniform: str, searched_id: str | None, difference: float, se: float,
@@ -70,6 +71,18 @@ def test_seeding_searches_run_before_the_search_they_seed() -> None:
     assert with_seed_searches(["evolution-seeded", "tune-nsga2"]) == ["tune-nsga2", "limpq", "clado",
                                                                       "evolution-seeded"]
     assert with_seed_searches(["clado", "evolution-seeded"]) == ["clado", "limpq", "evolution-seeded"]
+
+
+def test_the_folders_are_the_uniform_baselines_then_each_search_per_seed_with_or_without_the_demo_size(
+        tiny_space) -> None:
+    space, runs = tiny_space({"search": {"trials": 40}}, seed=5), Path("runs")
+    folders = search_folders(space, runs, ["evolution", "limpq"], [5, 7], 1000)
+    assert {f.name: (plan[0], plan[2], plan[3]) for f, plan in folders.items()} == {
+        "uniform": ("uniform", None, 5), "evolution": ("evolution", 1000, 5), "evolution-demo": ("evolution", 40, 5),
+        "limpq": ("limpq", 100, 5), "evolution-seed7": ("evolution", 1000, 7),
+        "evolution-seed7-demo": ("evolution", 40, 7)}  # a sweep (LIMPQ) runs once, at the space's seed
+    lean = search_folders(space, runs, ["evolution", "limpq"], [5, 7], 1000, demo=False)
+    assert [f.name for f in lean] == ["uniform", "evolution", "evolution-seed7", "limpq"]  # a search's seeds together
 
 
 def test_the_supernet_is_named_with_its_training_where_the_record_kept_it() -> None:
