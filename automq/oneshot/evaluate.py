@@ -266,12 +266,14 @@ class OneShotEstimator:
         ``blocks`` above 1: the mean over the first ``blocks`` calibration blocks (the loss too), with the standard
         error of :func:`~automq.oneshot.paired.crossed_mean` (images and blocks both sampled) and
         :data:`~automq.oneshot.paired.BLOCKS_KEY` recording their number."""
+        if blocks < 1:
+            raise ValueError(f"blocks must be at least 1, got {blocks}")
         if blocks == 1:
             return dict(self._score(candidate, images)[0])
-        outcomes = self.block_correctness(candidate, images=images, blocks=blocks)
-        losses = [self._score(candidate, images, block)[0]["loss"] for block in range(blocks)]
-        return {**self._score(candidate, images)[0], "accuracy": outcomes.accuracy, "accuracy_se": outcomes.se,
-                BLOCKS_KEY: blocks, "loss": float(np.mean(losses))}
+        scores = [self._score(candidate, images, block) for block in range(blocks)]  # each block scored once
+        outcomes = BlockCorrectness(tuple(correctness for _, correctness in scores))
+        return {**scores[0][0], "accuracy": outcomes.accuracy, "accuracy_se": outcomes.se, BLOCKS_KEY: blocks,
+                "loss": float(np.mean([metrics["loss"] for metrics, _ in scores]))}
 
     __call__ = estimate
 
