@@ -266,11 +266,9 @@ class OneShotEstimator:
         ``blocks`` above 1: the mean over the first ``blocks`` calibration blocks (the loss too), with the standard
         error of :func:`~automq.oneshot.paired.crossed_mean` (images and blocks both sampled) and
         :data:`~automq.oneshot.paired.BLOCKS_KEY` recording their number."""
-        if blocks < 1:
-            raise ValueError(f"blocks must be at least 1, got {blocks}")
         if blocks == 1:
             return dict(self._score(candidate, images)[0])
-        scores = [self._score(candidate, images, block) for block in range(blocks)]  # each block scored once
+        scores = self._block_scores(candidate, images, blocks)  # each block scored once
         outcomes = BlockCorrectness(tuple(correctness for _, correctness in scores))
         return {**scores[0][0], "accuracy": outcomes.accuracy, "accuracy_se": outcomes.se, BLOCKS_KEY: blocks,
                 "loss": float(np.mean([metrics["loss"] for metrics, _ in scores]))}
@@ -285,10 +283,15 @@ class OneShotEstimator:
                           ) -> BlockCorrectness:
         """Which of the first ``images`` validation images ``candidate`` classifies right under each of the first
         ``blocks`` calibration blocks (default: :attr:`calib_blocks`)."""
-        blocks = self.calib_blocks if blocks is None else blocks
+        scores = self._block_scores(candidate, images, self.calib_blocks if blocks is None else blocks)
+        return BlockCorrectness(tuple(correctness for _, correctness in scores))
+
+    def _block_scores(self, candidate: Candidate, images: int | None, blocks: int
+                      ) -> list[tuple[dict[str, float], Correctness]]:
+        """The score of ``candidate`` under each of the first ``blocks`` calibration blocks."""
         if blocks < 1:
             raise ValueError(f"blocks must be at least 1, got {blocks}")
-        return BlockCorrectness(tuple(self._score(candidate, images, block)[1] for block in range(blocks)))
+        return [self._score(candidate, images, block) for block in range(blocks)]
 
     def paired_difference(self, a: Candidate, b: Candidate, *, images: int | None = None) -> Difference:
         """``accuracy(a) - accuracy(b)`` on the same images, with its paired standard error."""
