@@ -260,7 +260,8 @@ HEAD_TO_HEAD_REFERENCE = "tune-nsga2"  # the sampler that issue 17's search has 
 
 def default_space_benchmark(args: argparse.Namespace) -> None:
     """Run the requested searches of the default space, then (with ``--analyse``) measure and write the results."""
-    space, runs = SearchSpace.from_file(args.space_file), Path(args.runs)
+    space, runs, out = SearchSpace.from_file(args.space_file), Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # before the hours of searching and measuring whose results go there
     folders = search_folders(space, runs, args.searches, args.search_seeds, args.evaluations, demo=args.demo)
     for folder, (strategy, options, trials, seed) in folders.items():
         finished = _finished(folder)
@@ -270,9 +271,8 @@ def default_space_benchmark(args: argparse.Namespace) -> None:
                        resume=(folder / "trials.jsonl").exists(), refine=args.refine)
     if args.analyse:
         result = analyse_default(args, space, runs)
-        out = Path(args.out)
-        (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / f"{args.name}.md").write_text(default_markdown(result))
+        atomic_write_json(out / f"{args.name}.json", result)
+        atomic_write_text(out / f"{args.name}.md", default_markdown(result))
         print(default_markdown(result))
 
 

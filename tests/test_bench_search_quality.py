@@ -5,6 +5,8 @@ there, and a record names its supernet's training where it kept it."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -15,8 +17,8 @@ from automq.search.results import SearchResult
 from automq.search.trial import Trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from bench_search_quality import (budgets_beaten, ceiling_lines, head_to_head, head_to_head_lines,  # noqa: E402
-                                  search_folders, search_variant, seed_repeat_lines, seed_repeats, supernet_scale,
+from bench_search_quality import (budgets_beaten, ceiling_lines, default_space_benchmark,  # noqa: E402
+                                  head_to_head, head_to_head_lines, search_folders, search_variant, seed_repeat_lines, seed_repeats, supernet_scale,
                                   with_seed_searches)
 
 
@@ -83,6 +85,18 @@ def test_the_folders_are_the_uniform_baselines_then_each_search_per_seed_with_or
         "evolution-seed7-demo": ("evolution", 40, 7)}  # a sweep (LIMPQ) runs once, at the space's seed
     lean = search_folders(space, runs, ["evolution", "limpq"], [5, 7], 1000, demo=False)
     assert [f.name for f in lean] == ["uniform", "evolution", "evolution-seed7", "limpq"]  # a search's seeds together
+
+
+def test_the_results_folder_is_made_before_anything_runs(tmp_path: Path, tiny_space) -> None:
+    """An analysis can take an hour: a results folder that does not exist yet must not lose it at the last step."""
+    space = tiny_space(folder=tmp_path)
+    runs, out = tmp_path / "runs", tmp_path / "results" / "new"
+    (runs / "uniform").mkdir(parents=True)
+    (runs / "uniform" / "run.json").write_text(json.dumps({"status": "finished"}))  # nothing left to search
+    default_space_benchmark(argparse.Namespace(
+        space_file=str(space.source), runs=str(runs), out=str(out), searches=[], search_seeds=None, evaluations=10,
+        demo=False, refine_finished=False, refine=True, analyse=False))
+    assert out.is_dir()
 
 
 def test_the_supernet_is_named_with_its_training_where_the_record_kept_it() -> None:
