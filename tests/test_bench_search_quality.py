@@ -18,8 +18,8 @@ from automq.search.trial import Trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
 from bench_search_quality import (budgets_beaten, ceiling_lines, default_space_benchmark,  # noqa: E402
-                                  head_to_head, head_to_head_lines, search_folders, search_variant, seed_repeat_lines, seed_repeats, supernet_scale,
-                                  with_seed_searches)
+                                  head_to_head, head_to_head_lines, search_folders, search_variant,
+                                  seed_repeat_lines, seed_repeats, supernet_scale, with_seed_searches)
 
 
 def comparison(run: str, budget: float, uniform: str, searched_id: str | None, difference: float, se: float,
