@@ -1,7 +1,8 @@
 """The search-quality benchmark's pure parts (experiments/bench_search_quality.py), on hand-built records: the
 ceiling names the most accurate candidate measured at any cost and says which budgets even it cannot win, the
 searches that seed another run before it, a budget beaten during the search only against every uniform format
-there, and a record names its supernet's training where it kept it."""
+there, a record names its supernet's training where it kept it, and the results folder exists before any search
+runs."""
 
 from __future__ import annotations
 
