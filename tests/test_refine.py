@@ -166,7 +166,7 @@ def test_refine_front_rescores_them_keeps_search_values_and_rewrites_the_directo
     assert all(t["metrics"]["accuracy_images"] == ALL_IMAGES for t in pareto["trials"])
     assert log.run_info["refine"] == {"nearest": 5, "near_front": 3, "raced": 0, "race_images": None,
                                       "references": 0, "rescored": 4, "images": ALL_IMAGES, "calib_blocks": 1,
-                                      "margin_se": 2.0,
+                                      "contenders": 0, "margin_se": 2.0,
                                       "shift": {"1000": pytest.approx(0.005)}, "probes": [0]}
     refiner.estimated.clear()  # a resumed search refines again: selection on search-time values, nothing rescored
     assert refine_front(log, refiner, race_fraction=None, probes=1) == [] and refiner.estimated == []
@@ -363,7 +363,7 @@ def test_racing_drops_a_candidate_beaten_at_the_intermediate_resolution_and_give
     assert sorted(plain.estimated) == [(name, ALL_IMAGES) for name in "PQRS"]
     assert raced_log.run_info["refine"] == {"nearest": 4, "near_front": 4, "raced": 4, "race_images": RACE_IMAGES,
                                             "references": 0, "rescored": 3, "images": ALL_IMAGES, "calib_blocks": 1,
-                                            "margin_se": 2.0,
+                                            "contenders": 0, "margin_se": 2.0,
                                             "shift": {str(RACE_IMAGES): pytest.approx(0.01)}, "probes": [0]}
     assert plain_log.run_info["refine"]["shift"] == {}  # every trial measured on the whole split
     # the survivors end as refining without the race leaves them; the dropped R keeps its race score, shifted
@@ -551,3 +551,68 @@ def test_run_search_with_calibration_blocks_measures_the_front_under_each_of_the
     # every level occurs: the search's images, the race's, the whole split under block 0, the final one
     levels = {(t.metrics["accuracy_images"], t.metrics.get("accuracy_calib_blocks", 1)) for t in log.trials}
     assert levels == ({(60, 1), (100, 1), (200, 1), (200, 2)} if eval_size else {(200, 1), (200, 2)})
+
+
+def test_contenders_are_the_most_accurate_front_trials_no_costlier_than_each_reference(tiny_space, tmp_path) -> None:
+    log = SearchLog(tmp_path, tiny_space(), strategy="random")
+    candidate = log.space.uniform_references()[0]
+
+    def trial(number: int, accuracy: float, bitops: float) -> Trial:
+        return Trial(number, candidate, {"accuracy": accuracy, "bitops": bitops})
+
+    front = [trial(0, 0.80, 10.0), trial(1, 0.85, 20.0), trial(2, 0.87, 30.0), trial(3, 0.90, 40.0)]
+    references = [trial(4, 0.84, 25.0), trial(5, 0.88, 40.0), trial(6, 0.70, 5.0)]
+    # at 25 BitOps: 1 (0.85) then 0; at 40: 3 (0.90) then 2; at 5: none
+    assert [t.number for t in refine_module.contenders(front, references, log.objectives, 1)] == [1, 3]
+    assert [t.number for t in refine_module.contenders(front, references, log.objectives, 2)] == [0, 1, 2, 3]
+    assert refine_module.contenders(front, references[2:], log.objectives, 3) == []
+
+
+@pytest.mark.parametrize("reference, final", [("A", ["A"]), ("D", ["A", "D", "B", "X"])])
+def test_with_contenders_only_the_pick_at_each_references_cost_is_averaged_over_the_blocks(
+        tiny_space, tmp_path, reference, final) -> None:
+    """Reference A (10 BitOps): only A is picked at its cost, so B stays on the whole split under block 0, shifted.
+    Reference D (30 BitOps): the pick there is B (0.825 shifted), which falls to 0.82 over both blocks; then X
+    (0.825 shifted) is the pick and is measured (0.83)."""
+    log, table = table_log(tiny_space(), tmp_path, BLOCK_CASES, references=(reference,))
+    refiner = BlockTableRefiner(table.names, BLOCK_CASES)
+    refine_front(log, refiner, race_fraction=None, probes=1, contenders=1)
+    assert refiner.estimated == [("A", 1), ("B", 1), ("X", 1)] + [(name, 2) for name in final]
+    by_name = {refiner.names[t.candidate.id]: t.metrics for t in log.trials}
+    if reference == "A":
+        b = by_name["B"]
+        assert b["accuracy_images"] == ALL_IMAGES and "accuracy_calib_blocks" not in b
+        assert b["accuracy"] == pytest.approx(0.83 - 0.005) and b["accuracy_shift"] == pytest.approx(0.005)
+    else:
+        assert by_name["B"]["accuracy"] == pytest.approx(0.82) and by_name["X"]["accuracy"] == pytest.approx(0.83)
+    record = log.run_info["refine"]
+    assert record["contenders"] == 1 and record["shift"]["5000"] == pytest.approx(0.005)
+    front = refine_module._front(log, [t for t in log.trials if t.feasible])
+    assert all(t.metrics["accuracy_images"] == ALL_IMAGES for t in front)
+    # resumed, nothing is scored again
+    refiner.estimated.clear()
+    assert refine_front(log, refiner, race_fraction=None, probes=1, contenders=1) == [] and refiner.estimated == []
+
+
+def test_a_refinement_with_contenders_measures_each_references_pick_under_every_block(tiny_space, tmp_path) -> None:
+    """A random search (in-process) with the uniform references scored after it, as ``evolution`` scores them first,
+    refined with the space's ``calib_contenders``."""
+    space = tiny_space(SPACE_CHANGES, {"search": {"calib_blocks": 2, "calib_contenders": 1}}, folder=tmp_path)
+    train_supernet(space, tmp_path / "run", progress=False)
+    log = run_search(space, out=tmp_path / "search", supernet=tmp_path / "run", strategy="random", trials=40,
+                     progress=False, refine=False)
+    estimator = OneShotEstimator.from_run(tmp_path / "run", space=space)
+    for number, candidate in enumerate(space.uniform_references(), start=len(log.trials)):
+        log.append(Trial(number, candidate, estimator.estimate(candidate)))
+    refine_front(log, estimator)
+    assert log.run_info["refine"]["contenders"] == 1
+    front = json.loads((tmp_path / "search" / PARETO_FILE).read_text())["trials"]
+    assert all(t["metrics"]["accuracy_images"] == 200 for t in front)
+    references = {c.id for c in space.uniform_references()}
+    for reference in (t for t in log.trials if t.candidate.id in references):
+        assert reference.metrics["accuracy_calib_blocks"] == 2
+        within = [t for t in log.trials if t.metrics["bitops"] <= reference.metrics["bitops"]]
+        pick = max(within, key=lambda t: t.metrics["accuracy"])
+        assert pick.metrics.get("accuracy_calib_blocks") == 2, (reference.number, pick.number)
+    # fewer than the whole front needed every block: the point of contenders
+    assert any(t["metrics"].get("accuracy_calib_blocks", 1) == 1 for t in front)

@@ -60,6 +60,17 @@ def test_shipped_spaces_load_and_sample_valid_candidates(name):
     space.validate_candidate(space.largest())
 
 
+def test_the_strong_space_searches_what_the_default_space_does():
+    """Its supernet, searches and fronts are the default space's with more data, training and resolution only."""
+    default, strong = SearchSpace.from_file("mbv2_fmnist"), SearchSpace.from_file("mbv2_fmnist_strong")
+    assert strong.network == default.network and strong.overrides == default.overrides
+    assert (strong.weight_formats, strong.activation_formats) == (default.weight_formats, default.activation_formats)
+    assert strong.objectives == default.objectives and strong.seed == default.seed
+    assert [c.id for c in strong.uniform_references()] == [c.id for c in default.uniform_references()]
+    assert (strong.dataset.val_size, strong.training.epochs, strong.training.train_size) == (20000, 16, 40000)
+    assert (strong.search.trials, strong.search.calib_blocks, strong.search.calib_contenders) == (1000, 4, 1)
+
+
 def test_shipped_names_resolve_without_a_path():
     assert SearchSpace.from_file("mbv2_fmnist").source.endswith("spaces/mbv2_fmnist.yaml")
 
@@ -323,6 +334,7 @@ def set_path(data: dict, path: str, value) -> dict:
         ("network.stages.1.stride", 2, None),
         ("training", {"epochs": 0}, "training.epochs: expected a value >= 1, got 0"),
         ("search", {"calib_blocks": 0}, "search.calib_blocks: expected a value >= 1, got 0"),
+        ("search", {"calib_contenders": -1}, "search.calib_contenders: expected a value >= 0, got -1"),
         ("training", {"lr": "fast"}, "training.lr: expected a number, got str 'fast'"),
         ("search", {"trails": 5}, "search.trails: unknown key; did you mean 'trials'?"),
         ("search", {"eval_size": 9000}, "search.eval_size: 9000 exceeds dataset.val_size (5000)"),
@@ -547,6 +559,7 @@ def test_files_beyond_the_size_limits_are_refused_unread(tmp_path: Path):
     ("search", {"trials": BILLION}, "search.trials: expected a value <= 1000000"),
     ("search", {"calib_size": BILLION}, "search.calib_size: expected a value <= 10000000"),
     ("search", {"calib_blocks": BILLION}, "search.calib_blocks: expected a value <= 64"),
+    ("search", {"calib_contenders": BILLION}, "search.calib_contenders: expected a value <= 1000"),
     ("seed", 2**64, "seed: expected a value <= 4294967295"),
     ("name", "x" * MILLION, "name: a string of 1000000 characters, at most 200 allowed; shorten it"),
     ("description", "x" * MILLION, "description: a string of 1000000 characters, at most 10000 allowed"),

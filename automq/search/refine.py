@@ -53,7 +53,12 @@ on the whole split under the search's block alone, and only the front, the refer
 their outcomes averaged (``accuracy_calib_blocks`` = K; ``accuracy_se`` counts the blocks as sampled). Each level
 below it, (images, blocks), has its own shift, the probes' mean accuracy there less theirs at the final level, keyed
 ``"<images>"`` for one block and ``"<images>x<blocks>"`` for several; a search refined again with another K is
-shifted anew, on new probes.
+shifted anew, on new probes. A 1,000-trial search's front holds 30-45 trials that the K blocks re-order, each
+re-ordering bringing another to the final level: refining that way took longer than the search
+(``bench_search_quality_val20k_16ep_calib4.md``). With ``search.calib_contenders`` N above 0 only the N most
+accurate front trials no costlier than each uniform reference (:func:`contenders`: what a user picks from instead of
+that format) reach the final level, again until they all did; the rest of the front stays on the whole split under
+the search's block, shifted onto the final scale.
 
 A refined trial keeps its search-time values as ``accuracy_search``, ``accuracy_se_search`` and ``loss_search``,
 a shifted one its search-time accuracy as ``accuracy_search``; ``accuracy_images`` says how many images
@@ -81,7 +86,7 @@ from automq.search.trial import Trial
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
 
-__all__ = ["MARGIN_SE", "MAX_NEAR_FRONT", "RACE_FRACTION", "SHIFT_PROBES", "Refiner", "near_front",
+__all__ = ["MARGIN_SE", "MAX_NEAR_FRONT", "RACE_FRACTION", "SHIFT_PROBES", "Refiner", "contenders", "near_front",
            "nearest_to_front", "race", "race_images", "refine_front", "shift_probes"]
 
 MARGIN_SE = 2.0
@@ -119,7 +124,7 @@ class Refiner(Protocol):
 
 def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGIN_SE,
                  race_fraction: float | None = RACE_FRACTION, max_near_front: int = MAX_NEAR_FRONT,
-                 probes: int = SHIFT_PROBES) -> list[Trial]:
+                 probes: int = SHIFT_PROBES, contenders: int | None = None) -> list[Trial]:
     """Re-score the trials of ``log`` that could be on its front on all ``estimator.max_images`` images, shift the
     others' accuracies onto that scale, record the refinement in ``log.run_info["refine"]`` and rewrite the search
     directory; returns the re-scored trials.
@@ -128,8 +133,11 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
     ``None`` takes all of them to the whole split. ``max_near_front``: besides the front, at most this many of
     the trials near it, the nearest first (:func:`nearest_to_front`). ``probes``: how many trials measure the
     shift (:func:`shift_probes`; 0: no shift). The search's uniform-precision references among its trials are
-    always re-scored, without a race. Nothing happens when accuracy is not an objective or the search already
-    scored on the whole split under every calibration block (``estimator.calib_blocks`` 1)."""
+    always re-scored, without a race. ``contenders`` (default: the space's ``search.calib_contenders``): with
+    several calibration blocks, only this many front trials at each reference's cost reach the final level
+    (:func:`contenders`), the rest of the front the whole split under the search's block; 0: the whole front.
+    Nothing happens when accuracy is not an objective or the search already scored on the whole split under every
+    calibration block (``estimator.calib_blocks`` 1)."""
     whole_split = estimator.val_images >= estimator.max_images
     if "accuracy" not in (o.metric for o in log.objectives) or (whole_split and estimator.calib_blocks == 1):
         return []
@@ -157,24 +165,28 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
         for trial in refined:
             _rescore(trial, estimator, estimator.max_images)
         pending = []
-    pending = _unrefined(pending + probing + references, estimator)
+    pending, partial = _unrefined(pending + probing + references, estimator), []
     shifts = recorded
+    count = log.space.search.calib_contenders if contenders is None else contenders
     # the first images are easier than the whole split for every candidate alike: on their raw scores the trials not
     # refined would overtake the refined ones for that alone and be refined one after another. Shifted onto the
     # final scale, they reach the front only by more, and the front is refined until it was all measured on that
-    # scale. Trials that carry no shift yet are shifted even with nothing else to re-score
-    while pending or shifts is None or _unshifted(log.trials, estimator):
+    # scale (or, with contenders, on the whole split and, where a user picks it, at the final level). Trials that
+    # carry no shift yet are shifted even with nothing else to re-score
+    while pending or partial or shifts is None or _unshifted(log.trials, estimator):
+        for trial in partial:
+            _rescore(trial, estimator, estimator.max_images)
         for trial in pending:
             _rescore(trial, estimator, estimator.max_images, estimator.calib_blocks)
-        refined += pending
+        refined += [t for t in partial + pending if t.number not in {r.number for r in refined}]
         shifts = _shift_to_final_scale(log, estimator, probing, shifts)
-        pending = _unrefined(_front(log, feasible), estimator)
+        pending, partial = _still_to_score(log, feasible, references, estimator, count)
     earlier = log.run_info.get("refine", {})  # a resumed search's: its counts go on, its probes made the shifts
     log.run_info["refine"] = {"nearest": len(nearest), "near_front": len(chosen),
                               "raced": earlier.get("raced", 0) + raced, "race_images": images,
                               "references": len(references), "rescored": earlier.get("rescored", 0) + len(refined),
                               "images": estimator.max_images, "calib_blocks": estimator.calib_blocks,
-                              "margin_se": margin_se,
+                              "contenders": count, "margin_se": margin_se,
                               "shift": {_level_key(level): shift for level, shift in sorted(shifts.items())},
                               "probes": [t.number for t in probing] if probing else earlier.get("probes", [])}
     if refined or recorded is None:
@@ -182,6 +194,23 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
         atomic_write_text(log.dir / TRIALS_FILE, lines)
         log.write_pareto()
     return refined
+
+
+def contenders(front: Sequence[Trial], references: Sequence[Trial], objectives: Sequence[Objective], count: int
+               ) -> list[Trial]:
+    """Of the ``front``, the ``count`` most accurate that are no worse than each of the ``references`` in every
+    objective but accuracy (the cheaper first among equals): the candidates a user picks from instead of a uniform
+    format at its cost, in the ``front``'s order."""
+    if not front or not references:
+        return []
+    losses = loss_vectors([t.metrics for t in [*front, *references]], objectives)
+    accuracy = [o.metric for o in objectives].index("accuracy")
+    others = [j for j in range(len(objectives)) if j != accuracy]
+    chosen: set[int] = set()
+    for reference in losses[len(front):]:
+        within = [i for i in range(len(front)) if np.all(losses[i, others] <= reference[others])]
+        chosen.update(sorted(within, key=lambda i: (losses[i, accuracy], *losses[i, others]))[:count])
+    return [t for i, t in enumerate(front) if i in chosen]
 
 
 def race_images(estimator: Refiner, fraction: float | None) -> int | None:
@@ -395,6 +424,18 @@ def _references(log: SearchLog, trials: Sequence[Trial]) -> list[Trial]:
 
 def _front(log: SearchLog, trials: list[Trial]) -> list[Trial]:
     return pareto_trials(trials, log.objectives, log.scales)[0]
+
+
+def _still_to_score(log: SearchLog, feasible: list[Trial], references: Sequence[Trial], estimator: Refiner,
+                    count: int) -> tuple[list[Trial], list[Trial]]:
+    """The front trials still to be scored at the final level, and those still to be scored on the whole split under
+    the search's calibration alone: with several blocks and ``count`` above 0 the final level is for the
+    :func:`contenders` at the references' costs, the whole split for the rest of the front."""
+    front = _front(log, feasible)
+    if estimator.calib_blocks == 1 or count == 0:
+        return _unrefined(front, estimator), []
+    final = _unrefined(contenders(front, references, log.objectives, count), estimator)
+    return final, [t for t in front if t.metrics.get("accuracy_images", 0) < estimator.max_images and t not in final]
 
 
 def _unrefined(trials: Sequence[Trial], estimator: Refiner) -> list[Trial]:

@@ -151,13 +151,16 @@ class TrainingSpec:
 class SearchSpec:
     """Defaults of ``automq search``: number of trials, validation and BN-recalibration images per candidate, the
     calibration blocks (runs of ``calib_size`` training images) that the refined front's accuracies average over
-    (1: the search-time calibration only), and the training images of the short fine-tune that precedes each score
+    (1: the search-time calibration only) and, of the front, how many trials at each uniform reference's cost do (0:
+    all of it; see :mod:`automq.search.refine`), and the training images of the short fine-tune that precedes each score
     (0: the plain one-shot estimate)."""
 
     trials: int = field(default=100, metadata={"min": 1, "max": 1_000_000})
     eval_size: int | None = field(default=2000, metadata={"min": 1, "max": MAX_IMAGES})
     calib_size: int = field(default=512, metadata={"min": 1, "max": MAX_IMAGES})
     calib_blocks: int = field(default=1, metadata={"min": 1, "max": 64})
+    # front trials at each uniform reference's cost measured under every block (0: the whole front)
+    calib_contenders: int = field(default=0, metadata={"min": 0, "max": 1000})
     finetune_images: int = field(default=0, metadata={"min": 0, "max": MAX_IMAGES})
 
 
