@@ -41,6 +41,7 @@ import statistics
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -426,6 +427,17 @@ def supernet_scale(result: dict) -> str:
     return f" ({training_text(result['supernet_training'])})" if "supernet_training" in result else ""
 
 
+def refinement_text(refine: dict[str, Any] | None) -> str:
+    """How a search's front was refined: not at all, on the whole split, or also under several calibration blocks
+    (for the whole front or for the contenders at each uniform reference's cost)."""
+    if not refine:
+        return "no"
+    blocks, contenders = refine.get("calib_blocks", 1), refine.get("contenders", 0)
+    if blocks == 1:
+        return "yes"
+    return f"yes, {blocks} blocks for " + (f"{contenders} per uniform cost" if contenders else "the front")
+
+
 def default_markdown(result: dict) -> str:
     """The committed summary of a default-space benchmark."""
     title = ("the default space" if result.get("space", DEFAULT_SPACE) == DEFAULT_SPACE else
@@ -451,14 +463,16 @@ def default_markdown(result: dict) -> str:
             lines.append(f"| {name} | {c['trials']} | {c['hypervolume']:.4f} | {c['budgets_beaten']} / "
                          f"{c['budgets_lost']} / {c['budgets']} | {c['trial_wall_s']:.0f} |")
     lines += ["", "## Final measurement (test split)", "", result["final"]["recipe"] + ".", "",
-              "| search | trials | search time [s] | refined | wins | ties | losses | no candidate |",
-              "|---|---:|---:|---|---:|---:|---:|---:|"]
+              "`last run`: the wall time of the search folder's last run (the search and its refinement; for a "
+              "finished search refined again, that refinement alone).", "",
+              "| search | trials | search time [s] | refined | last run [s] | wins | ties | losses | no candidate |",
+              "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, search in result["searches"].items():
         f = search.get("final")
         if f:
             lines.append(f"| {name} | {search['trials']} | {search['checkpoints'][-1]['trial_wall_s']:.0f} | "
-                         f"{'yes' if search['refine'] else 'no'} | {f['win']} | {f['tie']} | {f['loss']} | "
-                         f"{f['none']} |")
+                         f"{refinement_text(search['refine'])} | {search['wall_s']:.0f} | {f['win']} | {f['tie']} | "
+                         f"{f['loss']} | {f['none']} |")
     lines += ["", "Per budget (difference = searched - the binding uniform format on the same test images and "
               "calibration blocks, points, ± paired SE over both; a win needs a lead beyond 2 SE with its 95% t "
               "interval above zero over every uniform format at or below the budget, a loss is some uniform format "

@@ -19,8 +19,9 @@ from automq.search.trial import Trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
 from bench_search_quality import (budgets_beaten, ceiling_lines, default_space_benchmark,  # noqa: E402
-                                  head_to_head, head_to_head_lines, search_folders, search_variant,
-                                  seed_repeat_lines, seed_repeats, supernet_scale, with_seed_searches)
+                                  head_to_head, head_to_head_lines, refinement_text, search_folders,
+                                  search_variant, seed_repeat_lines, seed_repeats, supernet_scale,
+                                  with_seed_searches)
 
 
 def comparison(run: str, budget: float, uniform: str, searched_id: str | None, difference: float, se: float,
@@ -224,3 +225,10 @@ def test_a_budget_is_beaten_during_the_search_only_against_every_uniform_format_
     assert budgets_beaten(searched, uniform, estimator) == {"budgets_beaten": 1, "budgets_lost": 0, "budgets": 2}
     estimator.differences[mixed.id, w4fp8.id] = Difference(-0.01, 0.002)
     assert budgets_beaten(searched, uniform, estimator) == {"budgets_beaten": 1, "budgets_lost": 1, "budgets": 2}
+
+
+def test_the_refinement_is_named_with_its_calibration_blocks_and_contenders() -> None:
+    assert refinement_text(None) == "no"
+    assert refinement_text({"images": 10000}) == "yes"  # a record older than calibration blocks
+    assert refinement_text({"calib_blocks": 4, "contenders": 0}) == "yes, 4 blocks for the front"
+    assert refinement_text({"calib_blocks": 4, "contenders": 1}) == "yes, 4 blocks for 1 per uniform cost"
