@@ -49,7 +49,7 @@ from automq.space.candidate import Candidate
 from automq.cost import CostModel
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.report.comparison import analyse_runs, find_baselines
-from automq.oneshot.paired import Correctness
+from automq.oneshot.paired import BLOCKS_KEY, Correctness
 from automq.report.final import FineTune, budget_verdict, compare, measure_final, measured_outcomes, pairings
 from automq.search.driver import run_search
 from automq.io import atomic_write_json, atomic_write_text
@@ -324,11 +324,13 @@ def analyse_default(args: argparse.Namespace, space: SearchSpace, runs: Path) ->
     searches = {}
     for folder in folders:
         run = json.loads((folder / RUN_FILE).read_text())
-        trials = as_searched(load_trials(folder))
+        refined = load_trials(folder)
+        trials = as_searched(refined)
         checkpoints = [n for n in DEFAULT_CHECKPOINTS if n < len(trials)] + [len(trials)]
         searches[folder.name] = {
             "strategy": run["strategy"], "options": run["options"], "trials": len(trials), "wall_s": run["wall_s"],
             "refine": run.get("refine"), "command": run["command"],
+            "final_level_trials": sum(t.metrics.get(BLOCKS_KEY, 1) > 1 for t in refined),
             "checkpoints": [{"trials": n, "hypervolume": pareto_trials(trials[:n], objectives, scales)[1],
                              "trial_wall_s": sum(t.wall_s for t in trials[:n]),
                              **budgets_beaten(trials[:n], uniform, estimator)} for n in checkpoints],
@@ -427,15 +429,17 @@ def supernet_scale(result: dict) -> str:
     return f" ({training_text(result['supernet_training'])})" if "supernet_training" in result else ""
 
 
-def refinement_text(refine: dict[str, Any] | None) -> str:
+def refinement_text(refine: dict[str, Any] | None, final_level: int | None = None) -> str:
     """How a search's front was refined: not at all, on the whole split, or also under several calibration blocks
-    (for the whole front or for the contenders at each uniform reference's cost)."""
+    (for the whole front or for the contenders at each uniform reference's cost; ``final_level``: how many trials
+    ended at that level, where known)."""
     if not refine:
         return "no"
     blocks, contenders = refine.get("calib_blocks", 1), refine.get("contenders", 0)
     if blocks == 1:
         return "yes"
-    return f"yes, {blocks} blocks for " + (f"{contenders} per uniform cost" if contenders else "the front")
+    counted = "" if final_level is None else f" ({final_level} trials)"
+    return f"yes, {blocks} blocks for " + (f"{contenders} per uniform cost" if contenders else "the front") + counted
 
 
 def default_markdown(result: dict) -> str:
@@ -471,7 +475,8 @@ def default_markdown(result: dict) -> str:
         f = search.get("final")
         if f:
             lines.append(f"| {name} | {search['trials']} | {search['checkpoints'][-1]['trial_wall_s']:.0f} | "
-                         f"{refinement_text(search['refine'])} | {search['wall_s']:.0f} | {f['win']} | {f['tie']} | "
+                         f"{refinement_text(search['refine'], search.get('final_level_trials'))} | "
+                         f"{search['wall_s']:.0f} | {f['win']} | {f['tie']} | "
                          f"{f['loss']} | {f['none']} |")
     lines += ["", "Per budget (difference = searched - the binding uniform format on the same test images and "
               "calibration blocks, points, ± paired SE over both; a win needs a lead beyond 2 SE with its 95% t "
