@@ -9,6 +9,13 @@ finished clone is deleted (it holds a virtual environment of several GB) unless 
 with its logs.
 
     .venv/bin/python experiments/demo_run.py [--clone /tmp/demo-clone] [--out experiments/results/demo_run]
+
+With ``--record RUN`` it clones and runs nothing: it writes the same record for a demo folder whose steps were run
+one by one (a stronger space's, whose supernet takes too long to train again in one sitting), with each step's
+command from its run record and ``--note`` saying what else shared the machine.
+
+    .venv/bin/python experiments/demo_run.py --record runs/strong --out experiments/results/strong_space_run \
+        --note "..."
 """
 
 from __future__ import annotations
@@ -38,7 +45,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the clone afterwards")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "demo_run",
                         help="output path, no suffix")
+    parser.add_argument("--record", type=Path, help="only write the record of this finished demo folder")
+    parser.add_argument("--note", default="", help="with --record: what else ran on the machine meanwhile")
     args = parser.parse_args()
+    if args.record:
+        return _write(recorded(args.record, args.note), args.out)
     clone = args.clone or Path(tempfile.mkdtemp(prefix="automq-demo-")) / "automq"
     started, finished = time.perf_counter(), False
     try:
@@ -56,8 +67,22 @@ def main() -> int:
     finally:
         if finished and not args.keep:  # a failed run keeps its clone and logs to look at
             shutil.rmtree(clone.parent if args.clone is None else clone, ignore_errors=True)
-    atomic_write_json(args.out.with_suffix(".json"), result)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+    return _write(result, args.out)
+
+
+def recorded(run: Path, note: str) -> dict[str, Any]:
+    """The record of the demo folder ``run`` whose steps were run one by one; its wall time is theirs summed."""
+    result = {"command": command(), "machine": machine(), "commit": _git("rev-parse", "--short", "HEAD"),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "run": str(run), "note": note,
+              **demo_record(run)}
+    result["wall_s"] = (result["supernet"].get("training_wall_s", 0)
+                        + sum(search["wall_s"] for search in result["searches"].values()) + result["final"]["wall_s"])
+    return result
+
+
+def _write(result: dict[str, Any], out: Path) -> int:
+    atomic_write_json(out.with_suffix(".json"), result)
+    atomic_write_text(out.with_suffix(".md"), markdown(result))
     print(markdown(result))
     return 0
 
@@ -81,27 +106,42 @@ def demo_record(run: Path) -> dict[str, Any]:
     searches = {}
     for folder in sorted(run.glob("search-*")):
         info = json.loads((folder / "run.json").read_text())
-        searches[folder.name] = {key: info.get(key) for key in ("strategy", "options", "wall_s", "trials", "refine")}
+        searches[folder.name] = {key: info.get(key) for key in ("strategy", "options", "wall_s", "trials", "refine",
+                                                                "command")}
     final = json.loads((run / "report" / "final.json").read_text())
-    return {"supernet": training_summary(run / "supernet"), "searches": searches,
+    trained = json.loads((run / "supernet" / "run.json").read_text())
+    return {"supernet": {**training_summary(run / "supernet"), "command": trained.get("command")}, "searches": searches,
             "final": {key: final[key] for key in ("test_images", "wall_s", "summary", "comparisons")}}
 
 
 def markdown(result: dict[str, Any]) -> str:
     supernet, final = result["supernet"], result["final"]
-    lines = ["# `make demo` on a fresh clone", "", *header(result),
-             f"- clone of commit {result['commit']}, {result['date']}; load average before/after: "
-             f"{result['load_average_before'][0]:.2f} / {result['load_average_after'][0]:.2f} (2 cores)", "",
-             "| step | wall time [s] | result |", "|---|---:|---|",
-             f"| `make setup data` (virtual environment, packages, dataset check) | {result['setup_s']:.0f} | |",
-             f"| `make demo` in all | {result['demo_s']:.0f} | |",
-             f"| supernet training | {supernet.get('training_wall_s', 0):.0f} | {training_text(supernet)} |"]
+    steps = "run" in result  # each step's own command (the demo's steps all share the demo's)
+
+    def step(record: dict[str, Any]) -> str:
+        return _step_command(record) if steps else ""
+
+    if steps:  # --record: the steps of a demo folder, run one by one
+        lines = [f"# The demo's steps in `{result['run']}`", "", *header(result),
+                 "- the wall time is the steps' below, summed",
+                 f"- recorded at commit {result['commit']}, {result['date']}; {result['note']}".rstrip("; "), "",
+                 "| step | wall time [s] | result |", "|---|---:|---|"]
+    else:
+        lines = ["# `make demo` on a fresh clone", "", *header(result),
+                 f"- clone of commit {result['commit']}, {result['date']}; load average before/after: "
+                 f"{result['load_average_before'][0]:.2f} / {result['load_average_after'][0]:.2f} (2 cores)", "",
+                 "| step | wall time [s] | result |", "|---|---:|---|",
+                 f"| `make setup data` (virtual environment, packages, dataset check) | {result['setup_s']:.0f} | |",
+                 f"| `make demo` in all | {result['demo_s']:.0f} | |"]
+    lines.append(f"| supernet training{step(supernet)} | {supernet.get('training_wall_s', 0):.0f} | "
+                 f"{training_text(supernet)} |")
     for name, search in result["searches"].items():
         refine = search.get("refine") or {}
         refined = (f"; {refine['rescored']} trials re-scored on all {refine['images']} validation images, "
                    f"{refine.get('references', 0)} of them uniform references" if refine.get("rescored") else "")
         trials = search.get("trials") or {}
-        lines.append(f"| {name} ({search['strategy']}) | {search['wall_s']:.0f} | {sum(trials.values())} trials "
+        lines.append(f"| {name} ({search['strategy']}){step(search)} | {search['wall_s']:.0f} | "
+                     f"{sum(trials.values())} trials "
                      f"({trials.get('ok', 0)} ok){refined} |")
     lines.append(f"| final measurement on {final['test_images']} test images | {final['wall_s']:.0f} | see below |")
     lines += ["", "On the test split, against every uniform format at or below each uniform budget (a win needs a "
@@ -119,6 +159,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {c['run']} | {c['budget']:.4g} | {c['uniform']} | {100 * c['uniform_test_accuracy']:.2f} | "
                      f"{searched} | {c['verdict']} |")
     return "\n".join(lines + [""])
+
+
+def _step_command(record: dict[str, Any]) -> str:
+    """A step's command line, where its record keeps one (the demo's own steps run in-process: none)."""
+    argv = record.get("command")
+    if not argv:
+        return ""
+    return f": `{argv if isinstance(argv, str) else ' '.join(argv)}`"
 
 
 def _count(number: int, word: str) -> str:

@@ -15,7 +15,7 @@ from automq.search.results import load_trials
 from _spaces import SpaceFactory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
-from demo_run import demo_record, markdown  # noqa: E402
+from demo_run import demo_record, markdown, recorded  # noqa: E402
 from provenance import command, machine  # noqa: E402
 
 SPACE_CHANGES = {
@@ -55,3 +55,16 @@ def test_the_markdown_names_its_run_and_has_a_row_per_comparison(demo: Path) -> 
     rows = [line for line in text.splitlines() if line.startswith("| evolution |")]
     assert len(rows) == len(comparisons) > 0
     assert all(row.endswith(f"| {c['verdict']} |") for row, c in zip(rows, comparisons))
+
+
+def test_a_recorded_folder_names_each_steps_command_and_the_note(demo: Path) -> None:
+    result = recorded(demo, "alone on the machine")
+    steps = [result["supernet"]["training_wall_s"], *(s["wall_s"] for s in result["searches"].values()),
+             result["final"]["wall_s"]]
+    assert result["wall_s"] == pytest.approx(sum(steps))
+    text = markdown(result)
+    assert text.startswith(f"# The demo's steps in `{demo}`") and "alone on the machine" in text
+    assert "make demo" not in text  # nothing was cloned or set up
+    searched = json.loads((demo / "search-evolution" / "run.json").read_text())["command"]  # a string
+    assert isinstance(searched, str) and f"| search-evolution (evolution): `{searched}` | " in text
+    assert "| supernet training: `" in text
