@@ -232,4 +232,5 @@ def test_the_refinement_is_named_with_its_calibration_blocks_and_contenders() ->
     assert refinement_text({"images": 10000}) == "yes"  # a record older than calibration blocks
     assert refinement_text({"calib_blocks": 4, "contenders": 0}) == "yes, 4 blocks for the front"
     assert refinement_text({"calib_blocks": 4, "contenders": 1}) == "yes, 4 blocks for 1 per uniform cost"
-    assert refinement_text({"calib_blocks": 4, "contenders": 1}, 43) == "yes, 4 blocks for 1 per uniform cost (43 trials)"
+    counted = refinement_text({"calib_blocks": 4, "contenders": 1}, 43)
+    assert counted == "yes, 4 blocks for 1 per uniform cost (43 trials)"
