@@ -178,7 +178,8 @@ def refine_front(log: SearchLog, estimator: Refiner, *, margin_se: float = MARGI
             _rescore(trial, estimator, estimator.max_images)
         for trial in pending:
             _rescore(trial, estimator, estimator.max_images, estimator.calib_blocks)
-        refined += [t for t in partial + pending if t.number not in {r.number for r in refined}]
+        done = {t.number for t in refined}
+        refined += [t for t in partial + pending if t.number not in done]
         shifts = _shift_to_final_scale(log, estimator, probing, shifts)
         pending, partial = _still_to_score(log, feasible, references, estimator, count)
     earlier = log.run_info.get("refine", {})  # a resumed search's: its counts go on, its probes made the shifts
@@ -204,8 +205,7 @@ def contenders(front: Sequence[Trial], references: Sequence[Trial], objectives: 
     if not front or not references:
         return []
     losses = loss_vectors([t.metrics for t in [*front, *references]], objectives)
-    accuracy = [o.metric for o in objectives].index("accuracy")
-    others = [j for j in range(len(objectives)) if j != accuracy]
+    accuracy, others = _accuracy_and_others(objectives)
     chosen: set[int] = set()
     for reference in losses[len(front):]:
         within = [i for i in range(len(front)) if np.all(losses[i, others] <= reference[others])]
@@ -302,8 +302,7 @@ def _front_and_covering(metrics: Sequence[dict[str, Any]], objectives: Sequence[
     """Which rows of ``metrics`` are on their front, and for a row the front rows no worse than it in every
     objective but accuracy (the ones that can beat it)."""
     losses = loss_vectors(metrics, objectives)
-    accuracy = [o.metric for o in objectives].index("accuracy")
-    others = [j for j in range(len(objectives)) if j != accuracy]
+    _, others = _accuracy_and_others(objectives)
     on_front = pareto_mask(losses)
     front = np.flatnonzero(on_front)
 
@@ -311,6 +310,12 @@ def _front_and_covering(metrics: Sequence[dict[str, Any]], objectives: Sequence[
         return [int(f) for f in front if np.all(losses[f, others] <= losses[i, others])]
 
     return on_front, covering
+
+
+def _accuracy_and_others(objectives: Sequence[Objective]) -> tuple[int, list[int]]:
+    """The column of accuracy in the loss vectors of ``objectives``, and the columns of the others (the costs)."""
+    accuracy = [o.metric for o in objectives].index("accuracy")
+    return accuracy, [j for j in range(len(objectives)) if j != accuracy]
 
 
 def _rescore(trial: Trial, estimator: Refiner, images: int, blocks: int = 1) -> None:
@@ -435,7 +440,9 @@ def _still_to_score(log: SearchLog, feasible: list[Trial], references: Sequence[
     if estimator.calib_blocks == 1 or count == 0:
         return _unrefined(front, estimator), []
     final = _unrefined(contenders(front, references, log.objectives, count), estimator)
-    return final, [t for t in front if t.metrics.get("accuracy_images", 0) < estimator.max_images and t not in final]
+    numbers = {t.number for t in final}
+    return final, [t for t in front if t.metrics.get("accuracy_images", 0) < estimator.max_images
+                   and t.number not in numbers]
 
 
 def _unrefined(trials: Sequence[Trial], estimator: Refiner) -> list[Trial]:
