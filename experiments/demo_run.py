@@ -109,7 +109,8 @@ def demo_record(run: Path) -> dict[str, Any]:
         searches[folder.name] = {key: info.get(key) for key in ("strategy", "options", "wall_s", "trials", "refine",
                                                                 "command")}
     final = json.loads((run / "report" / "final.json").read_text())
-    trained = json.loads((run / "supernet" / "run.json").read_text())
+    info = run / "supernet" / "run.json"  # missing like the training record it describes: no command then
+    trained = json.loads(info.read_text()) if info.is_file() else {}
     return {"supernet": {**training_summary(run / "supernet"), "command": trained.get("command")}, "searches": searches,
             "final": {key: final[key] for key in ("test_images", "wall_s", "summary", "comparisons")}}
 
@@ -162,7 +163,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _step_command(record: dict[str, Any]) -> str:
-    """A step's command line, where its record keeps one (the demo's own steps run in-process: none)."""
+    """A step's command line (a string or an argv list), where its record keeps one."""
     argv = record.get("command")
     if not argv:
         return ""
