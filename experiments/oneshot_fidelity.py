@@ -57,8 +57,8 @@ from scipy import stats
 
 from automq.device import resolve_device
 from automq.space.candidate import Candidate
-from automq.oneshot.evaluate import OneShotEstimator, train_standalone
-from automq.io import atomic_write_json, atomic_write_text
+from automq.oneshot.evaluate import INITS, OneShotEstimator, torch_threads, train_float_parent, train_standalone
+from automq.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
 from automq.space.space import SearchSpace
 from automq.oneshot.train import (SUPERNET, load_space_data, load_supernet, train_supernet, training_summary,
                           training_text)
@@ -70,6 +70,7 @@ from provenance import machine, machine_text
 ROOT = Path(__file__).resolve().parent
 UNIFORM = ("int8", "int4", "fp8_e4m3")
 NAME = "oneshot_fidelity"
+PARENT = "float_parent"  # init float: <out>/float_parent.pt (its state) and .json (its training record)
 CEILING_MARGIN = 0.02  # a tau this close to the simulated noise ceiling is at it (the simulation has its own error)
 
 
@@ -91,6 +92,9 @@ class Scale:
     neighbour_pairs: int = 0  # random candidates that get a partner differing in one decision
     init: str = "supernet"  # the stand-alone start unless --init says otherwise
     resamples: int = BOOTSTRAP  # bootstrap resamples of each interval (and noise simulations)
+    lr: float | None = None  # the stand-alone learning rate (None: the space's)
+    parent_epochs: int = 0  # init float: the float network's training (epochs on parent_images train images)
+    parent_images: int = 0
 
 
 SCALES = {
@@ -122,10 +126,27 @@ SCALES = {
     "gpu": Scale("GPU machine, in resumable parts of <= 10 min (--max-minutes 9 --resume)", candidates=44, pool=4000,
                  train_images=50000, epochs=3, val_images=10000, calib_images=512, noise_candidates=12,
                  noise_seeds=3, supernet_epochs=8, supernet_images=40000, neighbour_pairs=20, init="scratch"),
+    # what a format search needs against the ground truth of the MPQ papers: one architecture (a format-only space,
+    # --space experiments/spaces/mpq_only_val10k.yaml), every candidate fine-tuned quantization-aware from one float
+    # network of that architecture trained apart from any supernet (init float), the neighbours one layer's weight
+    # or activation format apart. The float network trains as long as the default space's 16-epoch supernet (35 s
+    # an epoch on 40k images, 2 threads); a pilot fine-tuned 5 candidates for 1 epoch on 20k images at 0.005 and
+    # 0.02 (26-34 s each, one thread): seed spread 0.1-0.2 points at 0.005, up to 0.8 at 0.02, where the lowest
+    # formats recovered 1.7 points more; so 2 epochs at 0.01 (92 fine-tunes, ~40 min on 2 cores)
+    "formats": Scale("~1 h on 2 CPU cores (--jobs 2): per-layer formats of one architecture, each fine-tuned "
+                     "from a float network trained apart (issue 16)", candidates=44, pool=4000,
+                     train_images=20000, epochs=2, val_images=10000, calib_images=512, noise_candidates=12,
+                     noise_seeds=3, supernet_epochs=3, supernet_images=20000, neighbour_pairs=20, init="float",
+                     lr=0.01, parent_epochs=16, parent_images=40000),
     # the test's scale, on the tests' tiny synthetic space (seconds)
     "tiny": Scale("a test on a tiny synthetic space", candidates=5, pool=60, train_images=256, epochs=4,
                   val_images=200, calib_images=64, noise_candidates=4, noise_seeds=2, supernet_epochs=3,
                   supernet_images=256, neighbour_pairs=3, init="scratch", resamples=100),
+    # the same against float fine-tunes, on a format-only copy of that space
+    "tiny_formats": Scale("a test on a tiny synthetic format-only space", candidates=5, pool=60, train_images=256,
+                          epochs=2, val_images=200, calib_images=64, noise_candidates=4, noise_seeds=2,
+                          supernet_epochs=3, supernet_images=256, neighbour_pairs=3, init="float", resamples=100,
+                          lr=0.01, parent_epochs=3, parent_images=256),
 }
 NEIGHBOUR_KINDS = ("w_fmt", "a_fmt", "kernel_size", "depth")
 """The decisions a neighbour pair differs in, taken in turn: one layer's weight or activation format, one block's
@@ -139,9 +160,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--supernet", help="a training run folder holding supernet.pt for --space "
                         "(default: train one into <out>/supernet)")
     parser.add_argument("--data", help="dataset root (default: the space's)")
-    parser.add_argument("--init", choices=("supernet", "scratch"),
-                        help="stand-alone start: fine-tune the extracted supernet weights, or train from scratch "
-                        "(default: the scale's; scratch for study, gpu and tiny)")
+    parser.add_argument("--init", choices=INITS,
+                        help="stand-alone start: fine-tune the extracted supernet weights, train from scratch, or "
+                        "fine-tune a float network of the (one) architecture trained apart, into <out>/"
+                        f"{PARENT}.pt (default: the scale's; scratch for study, gpu and tiny, float for formats)")
     parser.add_argument("--max-minutes", type=float,
                         help="start no new stand-alone training after this many minutes of this run; the outputs "
                         "are then a partial study that --resume continues (a GPU command's time limit)")
@@ -432,6 +454,7 @@ def search_table(search: dict[str, Any] | None) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     s, nf = result["scale"], result["noise_floor"]
     done = [r for r in result["candidates"] if r.get("standalone_accuracy") is not None]
+    lr_text = "" if s.get("lr") is None else f" at learning rate {s['lr']:g}"
     lines = [
         f"# One-shot estimator fidelity ({result['scale_name']} scale)", "",
         f"`{result['command']}`", "",
@@ -447,9 +470,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"{f' + a neighbour of {n} of the samples' if (n := s.get('neighbour_pairs')) else ''}; one-shot = BN "
         "recalibration on "
         f"{s['calib_images']} train images, accuracy on {s['val_images']} val images; stand-alone = init "
-        f"`{result['init']}`, {s['epochs']} epoch(s) on {s['train_images']} train images, the space's SGD recipe, "
+        f"`{result['init']}`, {s['epochs']} epoch(s) on {s['train_images']} train images, the space's SGD recipe"
+        f"{lr_text}, "
         f"scored on the same {s['val_images']} val images (the space's validation split holds {result['val_size']}; "
         "more would take images the supernet was trained on)",
+        *([parent_text(p)] if (p := result.get("float_parent")) else []),
         "",
         "| one-shot score | candidates | Kendall tau [95% CI] | Spearman [95% CI] | Pearson | "
         f"tau gain over accuracy [95% CI] | target: tau >= {TARGET_TAU} (One-Shot MPQ), at least Spearman >= "
@@ -474,8 +499,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"- two independent stand-alone runs of the whole set agree at tau {nf['seed_to_seed_tau']:.3f} "
             f"(random samples: {nf['seed_to_seed_tau_random_only']:.3f}); seed-1 vs seed-2 tau on the repeated "
             f"candidates: {nf['seed1_vs_seed2_tau']:.3f}",
-            "- with init `supernet` a seed only changes the order of the training images; both scores use the "
-            "same validation images, so their sampling error is shared and is not part of this ceiling", ""]
+            "- with init `supernet` or `float` a seed only changes the order of the training images; both scores use "
+            "the same validation images, so their sampling error is shared and is not part of this ceiling", ""]
     jitter, loss_jitter = result.get("estimator_jitter"), result.get("estimator_jitter_loss")
     if jitter:
         lines += [
@@ -501,6 +526,14 @@ def markdown(result: dict[str, Any]) -> str:
               f"{', '.join(f'{a:.4f}' for a in r.get('seed_accuracies', []))} |" for r in result["candidates"]]
     lines += ["", "## Reading", "", result["reading"], ""]
     return "\n".join(lines)
+
+
+def parent_text(parent: dict[str, Any]) -> str:
+    """The md line on the float network of ``init float``."""
+    return (f"- float network (init `float`): the architecture trained alone in fp32 from scratch, {parent['epochs']} "
+            f"epochs on {parent['train_images']} train images (seed {parent['seed']}, {parent['wall_s'] / 60:.1f} "
+            f"min), {parent['accuracy']:.4f} on the {parent['accuracy_images']} val images; every stand-alone "
+            "score fine-tunes it quantization-aware in the candidate's formats, with no weight of the supernet")
 
 
 def capacity_trend(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -529,6 +562,17 @@ def beyond_bitops(bitops: Sequence[float], oneshot: Sequence[float], standalone:
 
     rho, p = stats.spearmanr(residual(oneshot), residual(standalone))
     return {"rho": float(rho), "p": float(p)}
+
+
+GROUND_TRUTH_LIMITS = {
+    "supernet": "init `supernet` makes the ground truth a fine-tune of those same weights, so a short stand-alone "
+                "recipe flatters the estimator. ",
+    "scratch": "the ground truth trains each candidate from scratch for only {epochs} epoch(s), so it ranks what a "
+               "short training reaches, not each candidate's converged accuracy. ",
+    "float": "the ground truth fine-tunes one float network for {epochs} epoch(s) in each candidate's formats, as a "
+             "user deploys an assignment, and owes nothing to the supernet. ",
+}
+"""What the ground truth of each ``init`` is, in the reading's last paragraph."""
 
 
 def reading(result: dict[str, Any]) -> str:
@@ -589,11 +633,7 @@ def reading(result: dict[str, Any]) -> str:
         text.append(f"What limits it: the supernet is trained for {trained.get('epochs', '?')} epochs on "
                     f"{trained.get('train_images', '?')} images, so its shared weights are far from each "
                     "candidate's own optimum; "
-                    + ("init `supernet` makes the ground truth a fine-tune of those same weights, so a short "
-                       "stand-alone recipe flatters the estimator. " if result.get("init") == "supernet" else
-                       f"the ground truth trains each candidate from scratch for only {result['scale']['epochs']} "
-                       "epoch(s), so it ranks what a short training reaches, not each candidate's converged "
-                       "accuracy. ")
+                    + GROUND_TRUTH_LIMITS[result.get("init", "scratch")].format(epochs=result["scale"]["epochs"])
                     + "Measured elsewhere: which "
                     "candidates the supernet trains each step (`supernet_recipes.md`) and estimator settings such "
                     "as a short fine-tune per candidate (`--reuse-standalone`); beyond that, a far longer-trained "
@@ -722,6 +762,34 @@ def supernet_run(args: argparse.Namespace, space: SearchSpace, scale: Scale, out
     return run
 
 
+def float_parent(args: argparse.Namespace, space: SearchSpace, scale: Scale, out: Path) -> dict[str, Any]:
+    """``init float``: the training record of the float network that every candidate is fine-tuned from, trained
+    into ``<out>/float_parent.pt`` unless an earlier run of the same recipe left it there. A space with
+    architecture decisions is refused: each architecture would need a float network of its own."""
+    if arch := sorted({decision_kind(d.name) for d in space.decisions()} - {"w_fmt", "a_fmt"}):
+        raise SystemExit(f"--init float needs a space whose architecture is fixed (format decisions only, e.g. "
+                         f"experiments/spaces/mpq_only_val10k.yaml); {args.space} also decides {', '.join(arch)}")
+    recipe = {"epochs": scale.parent_epochs, "train_subset": scale.parent_images, "seed": space.seed}
+    state_path, record_path = out / f"{PARENT}.pt", out / f"{PARENT}.json"
+    if state_path.exists() and record_path.exists():
+        record = json.loads(record_path.read_text())
+        if {key: record.get(key) for key in recipe} != recipe:
+            raise SystemExit(f"{state_path} was trained with another recipe ({record_path}); move both away or "
+                             "choose another --out")
+        return record
+    data = load_space_data(space, root=args.data, train_subset=scale.parent_images)
+    threads = args.jobs * args.threads  # what the fine-tunes will use, before they start
+    print(f"training the float network: {scale.parent_epochs} epochs on {len(data.train)} images, {threads} "
+          "torch threads", flush=True)
+    with torch_threads(threads):
+        state, record = train_float_parent(space, space.largest(), data, epochs=scale.parent_epochs,
+                                           seed=space.seed, val_images=scale.val_images)
+    atomic_torch_save(state, state_path)
+    record = {**record, **recipe, "threads": threads}
+    atomic_write_json(record_path, record)  # after the state: a record always describes a saved network
+    return record
+
+
 def oneshot_scores(estimate: dict[str, float], suffix: str = "") -> dict[str, float]:
     """The two one-shot scores a row keeps: accuracy and cross-entropy loss on the validation images."""
     return {f"oneshot_accuracy{suffix}": estimate["accuracy"], f"oneshot_loss{suffix}": estimate["loss"]}
@@ -734,16 +802,18 @@ class StandaloneTrainer:
     nothing twice; worker processes load their own."""
 
     def __init__(self, space: str, data_root: str | None, scale: Scale, init: str, supernet: str,
-                 threads: int, loaded: tuple[SearchSpace, Any, OneShotEstimator] | None = None) -> None:
+                 threads: int, loaded: tuple[SearchSpace, Any, OneShotEstimator] | None = None,
+                 parent: Path | None = None) -> None:
         self.space_path, self.data_root, self.scale, self.init = space, data_root, scale, init
-        self.supernet_path, self.threads = supernet, threads
+        self.supernet_path, self.threads, self.parent_path = supernet, threads, parent
+        self._parent: dict[str, torch.Tensor] | None = None
         self._loaded: tuple[SearchSpace, Any, OneShotEstimator | None] | None = None
         if loaded is not None:
             space_, data, estimator = loaded
             self._loaded = space_, data, estimator if init == "supernet" else None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_loaded": None}  # a worker loads its own copy
+        return {**self.__dict__, "_loaded": None, "_parent": None}  # a worker loads its own copy
 
     def _load(self) -> tuple[SearchSpace, Any, OneShotEstimator | None]:
         if self._loaded is None:
@@ -765,7 +835,10 @@ class StandaloneTrainer:
         if estimator is not None:
             accuracy = estimator.finetuned(chosen, epochs=self.scale.epochs, seed=seed)["accuracy"]
         else:
-            accuracy = train_standalone(space, chosen, data, epochs=self.scale.epochs, seed=seed, init="scratch",
+            if self.init == "float" and self._parent is None:
+                self._parent = safe_torch_load(self.parent_path)
+            accuracy = train_standalone(space, chosen, data, epochs=self.scale.epochs, seed=seed, init=self.init,
+                                        parent=self._parent, lr=self.scale.lr,
                                         val_images=self.scale.val_images)["accuracy"]
         return {"accuracy": accuracy, "wall_s": time.perf_counter() - start, "host": platform.node(),
                 "torch": torch.__version__, "threads": self.threads}
@@ -822,11 +895,12 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
 
     picked = pick_candidates(space, bitops, scale, args.seed)
     init = args.init or scale.init
+    parent = float_parent(args, space, scale, out) if init == "float" else None
     meta = {"command": shlex.join([sys.executable, *sys.argv]), "scale_name": args.scale, "scale": asdict(scale),
             "init": init, "machine": machine(), "supernet": str(run), "supernet_training": training_summary(run),
             "space": args.space, "val_size": space.dataset.val_size,
             "load_start": os.getloadavg()[0],
-            "threads": args.threads, "tag": args.tag}
+            "threads": args.threads, "tag": args.tag, **({"float_parent": parent} if parent else {})}
     ids = [c.id for _, c, _ in picked]
     earlier, earlier_s = resumed(out / f"{study_name(meta)}.json", ids, meta) if args.resume else ([], 0.0)
     rows = earlier or oneshot_rows(picked, space, scale, estimator)
@@ -837,7 +911,7 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
             for seed in range(scale.noise_seeds if row["id"] in noisy else 1)
             if str(seed) not in row.get("seed_results", {})]
     trainer = StandaloneTrainer(args.space, args.data, scale, init, str(run), threads=args.threads,
-                                loaded=(space, data, estimator))
+                                loaded=(space, data, estimator), parent=out / f"{PARENT}.pt" if parent else None)
     deadline = None if args.max_minutes is None else run_start + 60 * args.max_minutes
     for (i, seed), record in run_jobs(trainer, [(picked[i][1].to_dict(), seed) for i, seed in jobs], jobs,
                                       args.jobs, deadline):

@@ -43,6 +43,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a supernet run folder to judge (repeat; the first is the baseline of the differences)")
     parser.add_argument("--data", help="dataset root (default: the space's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default=NAME, help=f"the outputs' file stem (default {NAME}), e.g. to keep the "
+                        "judgement against another study beside it")
     return parser.parse_args(argv)
 
 
@@ -124,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     result = judge(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"{NAME}.json", result)
-    atomic_write_text(args.out / f"{NAME}.md", markdown(result))
+    atomic_write_json(args.out / f"{args.name}.json", result)
+    atomic_write_text(args.out / f"{args.name}.md", markdown(result))
     return result
 
 

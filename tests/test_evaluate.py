@@ -17,7 +17,8 @@ from torch.utils.data import Dataset, TensorDataset
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches
 from automq.errors import CandidateError, CheckpointError, DataError
-from automq.oneshot.evaluate import CALIBRATION_THREADS, ESTIMATOR_THREADS, OneShotEstimator, train_standalone
+from automq.oneshot.evaluate import (CALIBRATION_THREADS, ESTIMATOR_THREADS, OneShotEstimator, load_float_weights,
+                                     train_float_parent, train_standalone)
 from automq.oneshot.paired import crossed_mean
 from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
@@ -174,6 +175,32 @@ def test_standalone_training_is_reproducible_and_learns(space, data, supernet) -
     assert all(torch.equal(before[k], v) for k, v in supernet.state_dict().items())  # fine-tunes a copy
     with pytest.raises(ValueError, match="supernet="):
         train_standalone(space, candidate, data, epochs=1, seed=0, init="supernet")
+
+
+def test_float_init_fine_tunes_a_float_network_trained_apart(space, data) -> None:
+    """``init="float"``: the float network of the largest architecture learns (no quantizer state kept), a
+    quantized copy takes every one of its tensors and leaves its own scales to initialise, and the fine-tune starts
+    from it: with no training step the int8 candidate scores as the float network does (int8 rounding may flip a few
+    of the 120 images), where the same candidate from scratch is near chance; another architecture is refused."""
+    state, record = train_float_parent(space, space.largest(), data, epochs=2, seed=0, val_images=120)
+    assert record["accuracy"] > 0.5 and record["formats"] == "fp32" and record["epochs"] == 2
+    assert state and not [k for k in state if "_quant." in k]
+    candidate = space.uniform("int8", "int8")
+    model = Supernet(space).extract(candidate)
+    load_float_weights(model, state)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert all(not v.any() for k, v in loaded.items() if ".initialised_" in k)
+    untrained = {init: train_standalone(space, candidate, data, epochs=0, seed=0, init=init, parent=state,
+                                        val_images=120)["accuracy"] for init in ("float", "scratch")}
+    assert untrained["float"] >= record["accuracy"] - 6 / 120 and untrained["scratch"] < 0.5
+    tuned = train_standalone(space, candidate, data, epochs=1, seed=0, init="float", parent=state, val_images=120)
+    again = train_standalone(space, candidate, data, epochs=1, seed=0, init="float", parent=state, val_images=120)
+    assert {**tuned, "wall_s": 0} == {**again, "wall_s": 0} and tuned["init"] == "float"
+    with pytest.raises(ValueError, match="parent="):
+        train_standalone(space, candidate, data, epochs=1, seed=0, init="float")
+    with pytest.raises(ValueError, match="another architecture"):
+        train_standalone(space, space.smallest(), data, epochs=1, seed=0, init="float", parent=state)
 
 
 def test_finetuned_trains_the_extracted_candidate_with_its_own_bn_statistics(space, data, supernet, run_dir) -> None:

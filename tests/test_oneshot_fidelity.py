@@ -179,3 +179,40 @@ def test_interrupted_study_resumed_on_two_worker_processes_trains_the_same(tiny_
     assert by_id[repeated["id"]]["trainings"][1] == repeated["seed_results"]["1"]
     fresh = [by_id[repeated["id"]]["trainings"][0], *(by_id[r["id"]]["trainings"][0] for r in single)]
     assert all(t["threads"] == 1 and t["wall_s"] > 0 for t in fresh)
+
+
+FORMATS_ONLY = {"network": {"stages": [{"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
+                                       {"type": "ir", "channels": 16, "stride": 2, "depth": [2], "kernel_size": [3],
+                                        "expand_ratio": [3]}],
+                            "width_mult": [1.0]},
+                "name": "tiny_formats"}
+
+
+def test_format_study_fine_tunes_one_float_network_and_refuses_an_elastic_architecture(tiny_space, tmp_path) -> None:
+    """``init float`` on a format-only space: the float network is trained once into the output folder and its
+    record kept with the study; every neighbour pair differs in one layer's format; every stand-alone score is a
+    fine-tune of that network (retrained here by hand: the same accuracy); a space that also decides the
+    architecture is refused with one line, before any training."""
+    space = tiny_space(SPACE_CHANGES, FORMATS_ONLY, folder=tmp_path)
+    out = tmp_path / "out"
+    result = main(["--scale", "tiny_formats", "--space", str(space.path), "--out", str(out)])
+    assert result["status"] == "complete" and result["init"] == "float"
+    parent = result["float_parent"]
+    assert (out / "float_parent.pt").exists() and json.loads((out / "float_parent.json").read_text()) == parent
+    assert (parent["epochs"], parent["train_subset"], parent["formats"]) == (3, 256, "fp32")
+    partners = [r for r in result["candidates"] if r.get("neighbour_of")]
+    assert len(partners) == 3 and all(decision_kind(r["changed"]) in ("w_fmt", "a_fmt") for r in partners)
+    from automq.io import safe_torch_load
+    from automq.oneshot.evaluate import train_standalone
+    from automq.oneshot.train import load_space_data
+    row = result["candidates"][0]
+    data = load_space_data(space, train_subset=256)
+    by_hand = train_standalone(space, Candidate.from_dict(row["candidate"]), data, epochs=2, seed=0, init="float",
+                               parent=safe_torch_load(out / "float_parent.pt"), lr=0.01, val_images=200)
+    assert by_hand["accuracy"] == row["standalone_accuracy"]
+    assert "float network (init `float`)" in (out / "oneshot_fidelity_tiny_formats.md").read_text()
+    (tmp_path / "elastic").mkdir()
+    elastic = tiny_space(SPACE_CHANGES, folder=tmp_path / "elastic")
+    with pytest.raises(SystemExit, match="architecture is fixed.*decides depth, expand_ratio, kernel_size"):
+        main(["--scale", "tiny_formats", "--space", str(elastic.path), "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused" / "float_parent.pt").exists()

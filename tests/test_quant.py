@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from automq.numerics.formats import get_format
-from automq.numerics.quant import QuantConv2d, QuantLinear, Quantizer, quantize_modules_, scales_restored
+from automq.numerics.quant import (QuantConv2d, QuantLinear, Quantizer, dequantize_, quantize_modules_,
+                                  scales_restored)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -187,3 +188,23 @@ def test_quantize_modules_swaps_plain_conv_and_linear():
     assert torch.equal(model(x), reference)
     with pytest.raises(KeyError, match="unknown numeric format"):
         quantize_modules_(model, "int7", "int8")
+
+
+def test_dequantize_computes_the_float_layers_and_keeps_no_scales():
+    """The float network of a quantized model: its outputs are those of the plain torch layers it was made from
+    (torch computes them, bit for bit), its state has no quantizer entries, and the ReLU6 cap and signedness of each
+    activation quantizer survive for a later quantized copy."""
+    conv, linear = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 6 * 6, 5)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    model[0].load_state_dict(conv.state_dict())
+    model[3].load_state_dict(linear.state_dict())
+    quantize_modules_(model, "int4", "int8")
+    model[3].a_quant = Quantizer(["int8"], channels=None, signed=False, input_max=6.0)
+    x = torch.randn(2, 3, 6, 6, generator=_gen(6))
+    reference = linear(nn.functional.relu6(conv(x)).flatten(1))
+    assert not torch.equal(model(x), reference)  # quantized: int4 weights move the outputs
+    assert dequantize_(model) == 2
+    assert torch.equal(model(x), reference)
+    assert [k for k in model.state_dict() if "quant" in k] == []
+    assert (model[0].w_fmt, model[0].a_fmt, model[0].w_quant.channels) == ("fp32", "fp32", 4)
+    assert (model[3].a_quant.signed, model[3].a_quant.input_max) == (False, 6.0)

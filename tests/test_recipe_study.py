@@ -25,12 +25,13 @@ def test_a_copy_of_the_study_supernet_rescored_matches_the_kept_scores(tiny_spac
     shutil.copytree(study["supernet"], copy)
     result = recipe_study.main(["--study", str(tmp_path / "study" / "oneshot_fidelity_tiny.json"),
                                 "--supernet", f"study={study['supernet']}", "--supernet", f"copy={copy}",
-                                "--out", str(tmp_path / "out")])
+                                "--out", str(tmp_path / "out"), "--name", "judged"])
     kept = [r["oneshot_accuracy"] for r in study["candidates"]]
     own, rescored = result["recipes"]
     assert own["scores"] == kept and rescored["scores"] == kept
     difference = rescored["minus_baseline"]
     for key in recipe_study.SEARCH_KEYS:
         assert difference[key] == 0.0 and difference.get(f"{key}_ci95", [0.0, 0.0]) == [0.0, 0.0]
-    text = (tmp_path / "out" / "supernet_recipes_study.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["judged.json", "judged.md"]
+    text = (tmp_path / "out" / "judged.md").read_text()
     assert "command" in text and "machine" in text and "wall time" in text and "| copy |" in text

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from automq.numerics.formats import NumericFormat, get_format
 
-__all__ = ["QuantConv2d", "QuantLinear", "Quantizer", "quantize_modules_", "scales_restored"]
+__all__ = ["QuantConv2d", "QuantLinear", "Quantizer", "dequantize_", "quantize_modules_", "scales_restored"]
 
 
 class Quantizer(nn.Module):
@@ -235,6 +235,23 @@ def quantize_modules_(model: nn.Module, w_fmt: str, a_fmt: str, *, a_signed: boo
             setattr(parent, child_name, quant)
             replaced.append(f"{parent_name}.{child_name}" if parent_name else child_name)
     return replaced
+
+
+def dequantize_(model: nn.Module) -> int:
+    """Make every quantized layer of ``model`` compute in ``fp32``, in place: each gets weight and activation
+    quantizers whose menu is ``fp32`` alone (no scales), so the model is the float network of its architecture.
+
+    This is the pretrained network that a quantization-aware fine-tune starts from: its ``state_dict`` holds the
+    weights and BN parameters but no quantizer scales, so loading it into a quantized copy of the same
+    architecture (``strict=False``) leaves that copy's scales to be initialised from the first tensors they see.
+    Returns the number of layers changed."""
+    layers = [module for module in model.modules() if isinstance(module, _QuantLayer)]
+    for layer in layers:
+        layer.w_quant = Quantizer(["fp32"], channels=layer.w_quant.channels, signed=True)
+        layer.a_quant = Quantizer(["fp32"], channels=None, signed=layer.a_quant.signed,
+                                  input_max=layer.a_quant.input_max)
+        layer.w_fmt = layer.a_fmt = "fp32"
+    return len(layers)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -41,7 +41,7 @@ from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches, head
 from automq.device import module_device
 from automq.errors import DataError
-from automq.numerics.quant import scales_restored
+from automq.numerics.quant import dequantize_, scales_restored
 from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.paired import BLOCKS_KEY, BlockCorrectness, Correctness, Difference, paired_difference
@@ -52,11 +52,13 @@ if TYPE_CHECKING:
     from automq.space.candidate import Candidate
 
 __all__ = [
-    "CALIBRATION_THREADS", "ESTIMATOR_THREADS", "OneShotEstimator", "Score", "score_model", "torch_threads",
-    "train_standalone",
+    "CALIBRATION_THREADS", "ESTIMATOR_THREADS", "INITS", "OneShotEstimator", "Score", "load_float_weights",
+    "score_model", "torch_threads", "train_float_parent", "train_standalone",
 ]  # fmt: skip
 
 CALIB_BATCH_SIZE = 256
+INITS = ("scratch", "supernet", "float")
+"""Where a stand-alone training starts (:func:`train_standalone`)."""
 ESTIMATOR_THREADS = 1
 """Default torch intra-op threads of an estimate. An estimate is a few hundred milliseconds of small tensor work:
 a second thread made it 1.4x faster on an idle 2-core machine, but 40x slower next to one other busy process,
@@ -397,6 +399,7 @@ def train_standalone(
     seed: int,
     init: str = "scratch",
     supernet: Supernet | None = None,
+    parent: Mapping[str, Tensor] | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
     val_images: int | None = None,
@@ -405,13 +408,48 @@ def train_standalone(
     one-shot estimator: the ground truth that the estimator's fidelity is measured against.
 
     ``init="scratch"`` starts from a fresh seeded initialisation, ``init="supernet"`` fine-tunes the weights
-    and quantizer scales extracted from ``supernet``. The recipe is the space's ``training:`` section (SGD,
-    warm-up and cosine schedule, gradient clipping) with ``epochs``, and ``lr``/``batch_size`` if given. Training
-    runs on ``supernet``'s device (the CPU without one).
+    and quantizer scales extracted from ``supernet``, ``init="float"`` fine-tunes ``parent``, the state of a float
+    network of the candidate's architecture (:func:`train_float_parent`): quantization-aware training from a
+    pretrained float model, as a user deploys a format assignment, with no weight the supernet trained.
+    The recipe is the space's ``training:`` section (SGD, warm-up and cosine schedule, gradient clipping) with
+    ``epochs``, and ``lr``/``batch_size`` if given. Training runs on ``supernet``'s device (the CPU without one).
     Returns ``{accuracy, accuracy_se, accuracy_images, loss, train_loss, epochs, seed, init, wall_s}``.
     """
-    return _train_and_score(space, candidate, data, epochs=epochs, seed=seed, init=init, supernet=supernet, lr=lr,
-                            batch_size=batch_size, val_images=val_images)[0]
+    return _train_and_score(space, candidate, data, epochs=epochs, seed=seed, init=init, supernet=supernet,
+                            parent=parent, lr=lr, batch_size=batch_size, val_images=val_images)[0]
+
+
+def train_float_parent(space: SearchSpace, candidate: Candidate, data: DataSplits, *, epochs: int, seed: int,
+                       val_images: int | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``candidate``'s architecture trained from scratch in ``fp32`` (every layer dequantized, the formats
+    ignored) with the space's recipe for ``epochs``: the pretrained network of ``init="float"``. Returns its
+    ``state_dict`` (weights and BN, no quantizer scales) and the record of :func:`train_standalone`, whose accuracy
+    is the float reference of that architecture."""
+    start = time.perf_counter()
+    spec = dataclasses.replace(space.training, epochs=epochs)
+    with deterministic():
+        torch.manual_seed(seed)
+        model = Supernet(space).extract(candidate)
+        dequantize_(model)
+        train_loss = train_model(model, data.train, spec, seed=seed)
+        score = score_model(model, fixed_batches(data.val, val_images or len(data.val), EVAL_BATCH_SIZE))
+    record = {**score.metrics(), "train_loss": train_loss, "epochs": epochs, "seed": seed, "init": "scratch",
+              "formats": "fp32", "train_images": len(data.train), "wall_s": time.perf_counter() - start}
+    return model.state_dict(), record
+
+
+def load_float_weights(model: nn.Module, parent: Mapping[str, Tensor]) -> None:
+    """Copy a float network's weights and BN state (:func:`train_float_parent`) into the quantized ``model`` of
+    the same architecture; its quantizer scales, which the float network has none of, stay to be initialised from
+    the first tensors they see. Raises ``ValueError`` when the architectures differ."""
+    try:
+        missing, unexpected = model.load_state_dict(parent, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise ValueError(f"the float parent is another architecture than the candidate: {exc}") from None
+    foreign = [k for k in missing if not (".w_quant." in k or ".a_quant." in k)] + list(unexpected)
+    if foreign:
+        raise ValueError(f"the float parent is another architecture than the candidate ({len(foreign)} tensors "
+                         f"differ, e.g. {foreign[0]!r})")
 
 
 def _train_and_score(
@@ -423,15 +461,18 @@ def _train_and_score(
     seed: int,
     init: str = "scratch",
     supernet: Supernet | None = None,
+    parent: Mapping[str, Tensor] | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
     val_images: int | None = None,
 ) -> tuple[dict[str, Any], Correctness]:
     """:func:`train_standalone`'s record, and the per-image correctness behind its accuracy."""
-    if init not in ("scratch", "supernet"):
-        raise ValueError(f"init must be 'scratch' or 'supernet', got {init!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if init == "supernet" and supernet is None:
         raise ValueError("init='supernet' needs the trained supernet: pass supernet=...")
+    if init == "float" and parent is None:
+        raise ValueError("init='float' needs the float network's state: pass parent=train_float_parent(...)[0]")
     space.validate_candidate(candidate)
     start = time.perf_counter()
     overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
@@ -441,6 +482,8 @@ def _train_and_score(
     with deterministic():
         torch.manual_seed(seed)
         model = (supernet if init == "supernet" else Supernet(space).to(device)).extract(candidate)
+        if init == "float":
+            load_float_weights(model, parent)
         train_loss = train_model(model, data.train, spec, seed=seed)
         val_images = val_images or space.search.eval_size or len(data.val)
         score = score_model(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE, device=device))
