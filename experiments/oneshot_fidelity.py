@@ -13,6 +13,9 @@ The scales ``study``, ``gpu`` and ``tiny`` measure what a search needs (issue 16
 and the uniform points, neighbour pairs (a sample and a partner differing in one decision: one layer's weight or
 activation format, one kernel, one depth), every candidate trained alone from scratch, and whole neighbour pairs
 re-trained with more seeds, so that the noise ceiling (the ground truth against a re-run of itself) is measured.
+The scales ``formats`` and ``tiny_formats`` do the same on a format-only space (one architecture) against the
+ground truth of the MPQ papers (``--init float``): every candidate fine-tuned quantization-aware from one float
+network of that architecture, trained once into ``<out>/float_parent.pt`` apart from any supernet.
 The JSON's top level holds ``kendall_tau``, ``kendall_tau_local`` (among candidates within 15% BitOps of each
 other), ``neighbour_agreement`` (the share of neighbour pairs ordered right), ``noise_ceiling_tau`` and
 ``n_candidates``; ``search_fidelity`` has each with its bootstrap interval and its ratio to the noise ceiling, for
