@@ -1,7 +1,8 @@
 """The fidelity study of issue 16 (experiments/oneshot_fidelity.py) at its tiny scale on the tests' synthetic space:
 the JSON holds the headline figures, the neighbour pairs differ in exactly one decision, the headline figures are
 the statistics of the rows it wrote (recomputed here with scipy and by counting), the noise ceiling is that of the
-seed re-runs, and --resume neither trains nor scores a finished candidate again."""
+seed re-runs, and --resume neither trains nor scores a finished candidate again; the format-only study fine-tunes one
+float network trained apart."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from automq.io import safe_torch_load
+from automq.oneshot.evaluate import train_standalone
+from automq.oneshot.train import load_space_data
 from automq.space.candidate import Candidate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
@@ -202,9 +206,6 @@ def test_format_study_fine_tunes_one_float_network_and_refuses_an_elastic_archit
     assert (parent["epochs"], parent["train_subset"], parent["formats"]) == (3, 256, "fp32")
     partners = [r for r in result["candidates"] if r.get("neighbour_of")]
     assert len(partners) == 3 and all(decision_kind(r["changed"]) in ("w_fmt", "a_fmt") for r in partners)
-    from automq.io import safe_torch_load
-    from automq.oneshot.evaluate import train_standalone
-    from automq.oneshot.train import load_space_data
     row = result["candidates"][0]
     data = load_space_data(space, train_subset=256)
     by_hand = train_standalone(space, Candidate.from_dict(row["candidate"]), data, epochs=2, seed=0, init="float",
