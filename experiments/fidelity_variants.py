@@ -20,6 +20,7 @@ from automq.io import atomic_write_json, atomic_write_text
 from automq.space.space import SearchSpace
 from automq.oneshot.train import load_space_data, load_supernet
 from fidelity_stats import TARGET_TAU, correlations, fmt_ci, load_study, rank_figures, scores_by_id
+from provenance import machine, machine_text
 
 # one-shot estimator settings re-scored by --reuse-standalone: OneShotEstimator keyword arguments that replace the
 # reused study's own settings (its calib_images and val_images, calibration batch 256, no fine-tuning), which are
@@ -88,7 +89,8 @@ def variants(args: argparse.Namespace, space: SearchSpace, out: Path, start: flo
              for name, values in scores.items()]
     result = {"command": shlex.join([sys.executable, *sys.argv]), "ground_truth": str(args.reuse_standalone),
               "ground_truth_scale": source["scale_name"], "ground_truth_recipe": recipe,
-              "supernet": args.supernet or source["supernet"], "threads": args.threads, "load_start": load_start,
+              "supernet": args.supernet or source["supernet"], "threads": args.threads, "machine": machine(),
+              "load_start": load_start,
               "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - start, "n_candidates": len(rows),
               "noise_floor": source.get("noise_floor", {}), "variants": table,
               "scores": {"ids": [r["id"] for r in rows], "standalone": truth, **scores}}
@@ -135,6 +137,7 @@ def variants_markdown(result: dict[str, Any]) -> str:
         f"images), {result['n_candidates']} candidates; supernet {result['supernet']}",
         f"- wall time {result['wall_s'] / 60:.1f} min on {result['threads']} torch thread; 1-min load average "
         f"{result['load_start']:.1f} at the start and {result['load_end']:.1f} at the end",
+        *([f"- machine: {machine_text(result['machine'])}"] if result.get("machine") else []),
         "- validation: the study's val images unless the variant says otherwise (the first N of them); "
         "calibration: the first images of the train split",
         f"- gain: tau minus that of `{base}` on the same bootstrap resample (paired, 2000 resamples); an interval "
