@@ -217,3 +217,24 @@ def test_format_study_fine_tunes_one_float_network_and_refuses_an_elastic_archit
     with pytest.raises(SystemExit, match="architecture is fixed.*decides depth, expand_ratio, kernel_size"):
         main(["--scale", "tiny_formats", "--space", str(elastic.path), "--out", str(tmp_path / "refused")])
     assert not (tmp_path / "refused" / "float_parent.pt").exists()
+
+
+def test_estimator_variants_against_a_finished_study(tiny_study) -> None:
+    """``--reuse-standalone``: the study's own settings give back the scores it kept (else it refuses), each
+    variant's tau is scipy's of the scores it wrote against the kept ground truth, BitOps is ranked too, and the md
+    says the command (the process's) and the machine."""
+    result, folder, argv = tiny_study
+    out = folder / "variants"
+    study_json = folder / "out" / "oneshot_fidelity_tiny.json"
+    space = argv[argv.index("--space") + 1]
+    judged = main(["--space", space, "--supernet", result["supernet"], "--reuse-standalone", str(study_json),
+                   "--variants", "fine-tune 512 images (4 steps)", "--out", str(out)])
+    scores = judged["scores"]
+    assert scores["the study's (baseline)"] == [r["oneshot_accuracy"] for r in result["candidates"]]
+    assert scores["standalone"] == [r["standalone_accuracy"] for r in result["candidates"]]
+    for row in judged["variants"]:
+        expected = stats.kendalltau(scores[row["variant"]], scores["standalone"]).statistic
+        assert row["kendall_tau"] == pytest.approx(expected, abs=TOLERANCE, nan_ok=True)
+    assert [r["variant"] for r in judged["variants"]][-1] == "BitOps alone (no network evaluated)"
+    text = (out / "oneshot_fidelity_tiny_variants.md").read_text()
+    assert text.splitlines()[2].startswith("`") and "- machine: " in text  # the command line, then the machine
