@@ -652,7 +652,8 @@ def study_name(meta: dict[str, Any]) -> str:
 def resumed(path: Path, ids: list[str], meta: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
     """The rows of an earlier run of the same study (``path``), with their one-shot scores and the stand-alone
     scores it finished, and its wall time; empty when there is none, refused unless that run picked the same
-    candidates (``ids``) with the same supernet (folder and training record), scale and init. The one-shot scores
+    candidates (``ids``) with the same supernet (folder and training record), scale, init and float network (its
+    training record: a network trained again would mix two starting points in one study). The one-shot scores
     are kept, not recomputed, so a resumed part spends its time on training."""
     try:
         earlier = json.loads(path.read_text())
@@ -663,7 +664,8 @@ def resumed(path: Path, ids: list[str], meta: dict[str, Any]) -> tuple[list[dict
     same = {"scale": earlier.get("scale") == meta["scale"], "init": earlier.get("init") == meta["init"],
             "supernet": earlier.get("supernet") == meta["supernet"]
             and earlier.get("supernet_training") == json.loads(json.dumps(meta["supernet_training"])),
-            "candidates": [r.get("id") for r in earlier.get("candidates", [])] == ids}
+            "candidates": [r.get("id") for r in earlier.get("candidates", [])] == ids,
+            "float network": earlier.get("float_parent") == meta.get("float_parent")}
     if differing := [what for what, equal in same.items() if not equal]:
         raise SystemExit(f"--resume: {path} is another study (these differ: {', '.join(differing)}); drop --resume or "
                          "choose another --tag")

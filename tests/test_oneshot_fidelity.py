@@ -212,6 +212,10 @@ def test_format_study_fine_tunes_one_float_network_and_refuses_an_elastic_archit
                                parent=safe_torch_load(out / "float_parent.pt"), lr=0.01, val_images=200)
     assert by_hand["accuracy"] == row["standalone_accuracy"]
     assert "float network (init `float`)" in (out / "oneshot_fidelity_tiny_formats.md").read_text()
+    (out / "float_parent.pt").unlink()  # a float network trained again is another starting point: not resumed
+    (out / "float_parent.json").unlink()
+    with pytest.raises(SystemExit, match="these differ: float network"):
+        main(["--scale", "tiny_formats", "--space", str(space.path), "--out", str(out), "--resume"])
     (tmp_path / "elastic").mkdir()
     elastic = tiny_space(SPACE_CHANGES, folder=tmp_path / "elastic")
     with pytest.raises(SystemExit, match="architecture is fixed.*decides depth, expand_ratio, kernel_size"):
