@@ -5,7 +5,9 @@ For every ``--supernet NAME=FOLDER`` it scores the study's candidates one-shot w
 (its validation and calibration images, one thread; the study's own supernet reuses the scores the study kept),
 and reports Kendall tau over all candidates, tau among candidates within 15% BitOps of each other and the share of
 neighbour pairs ordered right, each with its bootstrap interval and its ratio to the study's measured noise
-ceiling, and each recipe's paired difference from the first one given (the same resampled candidates).
+ceiling, and each recipe's paired difference from the first one given (the same resampled candidates). A folder
+named after one of ``supernet_recipes.py``'s prototype recipes (``format_bn``, ``kernel_transforms``: that script
+names its run folders after the recipes) is scored with the prototype patched in, as that script scores it.
 
     PYTHONPATH=. .venv/bin/python experiments/recipe_study.py \\
         --study experiments/results/oneshot_fidelity_study.json \\
@@ -31,6 +33,7 @@ from automq.space.space import SearchSpace
 from fidelity_stats import column, fmt_ci, paired_difference, search_figures
 from oneshot_fidelity import SEARCH_KEYS, partner_indices
 from provenance import command, machine, machine_text
+from supernet_recipes import RECIPES, prototype
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "supernet_recipes_study"
@@ -55,9 +58,16 @@ def oneshot_scores(study: dict[str, Any], folder: Path, space: SearchSpace, data
     if folder.resolve() == Path(study["supernet"]).resolve():
         return column(rows, "oneshot_accuracy")
     scale = study["scale"]
-    estimator = OneShotEstimator(space, load_supernet(folder, space), data, calib_images=scale["calib_images"],
-                                 val_images=scale["val_images"], threads=1, finetune_images=0)
-    return [estimator.estimate(Candidate.from_dict(r["candidate"]))["accuracy"] for r in rows]
+    with prototype(prototype_of(folder)):
+        estimator = OneShotEstimator(space, load_supernet(folder, space), data, calib_images=scale["calib_images"],
+                                     val_images=scale["val_images"], threads=1, finetune_images=0)
+        return [estimator.estimate(Candidate.from_dict(r["candidate"]))["accuracy"] for r in rows]
+
+
+def prototype_of(folder: Path) -> str | None:
+    """The prototype a ``supernet_recipes.py`` run folder was trained with (the folder bears its recipe's name);
+    ``None`` for any other supernet."""
+    return RECIPES.get(folder.name, {}).get("prototype")
 
 
 def judge(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,8 +88,8 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
         figures = search_figures(scores, truth, cost, pairs)
         for key in SEARCH_KEYS:
             figures[f"{key}_to_ceiling"] = figures[key] / ceiling[key] if ceiling.get(key, 0) > 0 else None
-        recipe = {"name": name, "supernet": folder, "training": training_summary(folder), "figures": figures,
-                  "scores": scores}
+        recipe = {"name": name, "supernet": folder, "prototype": prototype_of(Path(folder)),
+                  "training": training_summary(folder), "figures": figures, "scores": scores}
         if baseline is not None:
             recipe["minus_baseline"] = paired_difference(scores, baseline, truth, cost, pairs)
         baseline = scores if baseline is None else baseline
@@ -117,8 +127,14 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"| {r['name']} | " + " | ".join(fmt_ci(r["minus_baseline"], k) for k in SEARCH_KEYS) + " |"
               for r in result["recipes"][1:]]
     lines += ["", "Supernets:", ""]
-    lines += [f"- {r['name']} (`{r['supernet']}`): {training_text(r['training'])}" for r in result["recipes"]]
+    lines += [f"- {r['name']} (`{r['supernet']}`{prototype_text(r)}): {training_text(r['training'])}"
+              for r in result["recipes"]]
     return "\n".join(lines) + "\n"
+
+
+def prototype_text(recipe: dict[str, Any]) -> str:
+    name = recipe.get("prototype")
+    return f", trained and scored with the `{name}` prototype of `supernet_recipes.py`" if name else ""
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -7,9 +7,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
+from automq.model.supernet import Supernet
+from automq.oneshot.train import SUPERNET
+from automq.space.space import SearchSpace
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
 import oneshot_fidelity  # noqa: E402
 import recipe_study  # noqa: E402
+import supernet_recipes  # noqa: E402
 
 SPACE_CHANGES = {
     "dataset": {"val_size": 200},
@@ -35,3 +42,38 @@ def test_a_copy_of_the_study_supernet_rescored_matches_the_kept_scores(tiny_spac
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["judged.json", "judged.md"]
     text = (tmp_path / "out" / "judged.md").read_text()
     assert "command" in text and "machine" in text and "wall time" in text and "| copy |" in text
+
+
+def _with_format_bn(source: Path, target: Path, space: SearchSpace, *, shift_format: str | None = None) -> None:
+    """``source``'s supernet as the ``format_bn`` prototype would save it, every format's BN affine a copy of the
+    shared one (plus 0.5 on the biases of ``shift_format``'s): with copies it must score exactly as ``source``."""
+    shutil.copytree(source, target)
+    state = torch.load(target / SUPERNET, weights_only=True)
+    shared = state["state_dict"]
+    with supernet_recipes.prototype("format_bn"):
+        keys = Supernet(space).state_dict().keys() - shared.keys()
+    assert keys, "the prototype adds per-format affine parameters"
+    for key in keys:  # <bn>.format_<weight|bias>.<format>
+        bn, kind, fmt = key.rsplit(".", 2)
+        shift = 0.5 if kind == "format_bias" and fmt == shift_format else 0.0
+        shared[key] = shared[f"{bn}.{kind.removeprefix('format_')}"] + shift
+    torch.save(state, target / SUPERNET)
+
+
+def test_a_format_bn_supernet_is_scored_with_its_prototype(tiny_space, tmp_path) -> None:
+    space = tiny_space(SPACE_CHANGES, folder=tmp_path)
+    study = oneshot_fidelity.main(["--scale", "tiny", "--space", str(space.path), "--out", str(tmp_path / "study")])
+    trained = SearchSpace.from_file(Path(study["supernet"]) / "space.yaml")
+    _with_format_bn(Path(study["supernet"]), tmp_path / "copies" / "format_bn", trained)
+    _with_format_bn(Path(study["supernet"]), tmp_path / "shifted" / "format_bn", trained, shift_format="int4")
+    result = recipe_study.main(["--study", str(tmp_path / "study" / "oneshot_fidelity_tiny.json"),
+                                "--supernet", f"study={study['supernet']}",
+                                "--supernet", f"copies={tmp_path / 'copies' / 'format_bn'}",
+                                "--supernet", f"shifted={tmp_path / 'shifted' / 'format_bn'}",
+                                "--out", str(tmp_path / "out"), "--name", "judged"])
+    own, copies, shifted = result["recipes"]
+    assert copies["prototype"] == "format_bn" and own["prototype"] is None
+    assert copies["scores"] == own["scores"]
+    # the study scores uniform int4: the scoring uses the per-format affine, not the shared one
+    assert shifted["scores"] != own["scores"]
+    assert "`format_bn` prototype" in (tmp_path / "out" / "judged.md").read_text()
