@@ -45,6 +45,11 @@ EVERY_DECISION = {
     "search": {"eval_size": 200},
 }
 
+# one architecture (nothing elastic), so that only formats are decided: the format studies' space
+FORMATS_ONLY = {"network": {"stages": [DS_STAGE, {**IR_STAGE, "depth": [2], "kernel_size": [3], "expand_ratio": [3]}],
+                            "width_mult": [1.0]},
+                "name": "tiny_formats"}
+
 
 def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of ``base`` with ``changes`` applied: mappings merge key by key, any other value (a list of

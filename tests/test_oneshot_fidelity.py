@@ -20,6 +20,7 @@ from automq.io import safe_torch_load
 from automq.oneshot.evaluate import train_standalone
 from automq.oneshot.train import load_space_data
 from automq.space.candidate import Candidate
+from _spaces import FORMATS_ONLY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the scripts import their siblings
 from oneshot_fidelity import (  # noqa: E402
@@ -185,11 +186,6 @@ def test_interrupted_study_resumed_on_two_worker_processes_trains_the_same(tiny_
     assert all(t["threads"] == 1 and t["wall_s"] > 0 for t in fresh)
 
 
-FORMATS_ONLY = {"network": {"stages": [{"type": "ds", "channels": 8, "stride": 1, "depth": [1], "kernel_size": [3]},
-                                       {"type": "ir", "channels": 16, "stride": 2, "depth": [2], "kernel_size": [3],
-                                        "expand_ratio": [3]}],
-                            "width_mult": [1.0]},
-                "name": "tiny_formats"}
 
 
 def test_format_study_fine_tunes_one_float_network_and_refuses_an_elastic_architecture(tiny_space, tmp_path) -> None:
