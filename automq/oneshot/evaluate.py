@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -50,6 +50,7 @@ from automq.oneshot.train import (EVAL_BATCH_SIZE, SPACE_FILE, deterministic, lo
 
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
+    from automq.space.schema import TrainingSpec
 
 __all__ = [
     "CALIBRATION_THREADS", "ESTIMATOR_THREADS", "INITS", "OneShotEstimator", "Score", "load_float_weights",
@@ -426,13 +427,14 @@ def train_float_parent(space: SearchSpace, candidate: Candidate, data: DataSplit
     ``state_dict`` (weights and BN, no quantizer scales) and the record of :func:`train_standalone`, whose accuracy
     is the float reference of that architecture."""
     start = time.perf_counter()
-    spec = dataclasses.replace(space.training, epochs=epochs)
-    with deterministic():
-        torch.manual_seed(seed)
+
+    def build() -> nn.Module:
         model = Supernet(space).extract(candidate)
         dequantize_(model)
-        train_loss = train_model(model, data.train, spec, seed=seed)
-        score = score_model(model, fixed_batches(data.val, val_images or len(data.val), EVAL_BATCH_SIZE))
+        return model
+
+    spec = dataclasses.replace(space.training, epochs=epochs)
+    model, train_loss, score = _fit(build, data, spec, seed=seed, val_images=val_images or len(data.val))
     record = {**score.metrics(), "train_loss": train_loss, "epochs": epochs, "seed": seed, "init": "scratch",
               "formats": "fp32", "train_images": len(data.train), "wall_s": time.perf_counter() - start}
     return model.state_dict(), record
@@ -479,14 +481,27 @@ def _train_and_score(
     spec = dataclasses.replace(space.training, **{k: v for k, v in overrides.items() if v is not None})
     device = torch.device("cpu") if supernet is None else module_device(supernet)
     data = data.to(device)
-    with deterministic():
-        torch.manual_seed(seed)
+
+    def build() -> nn.Module:
         model = (supernet if init == "supernet" else Supernet(space).to(device)).extract(candidate)
         if init == "float":
             load_float_weights(model, parent)
-        train_loss = train_model(model, data.train, spec, seed=seed)
-        val_images = val_images or space.search.eval_size or len(data.val)
-        score = score_model(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE, device=device))
+        return model
+
+    _, train_loss, score = _fit(build, data, spec, seed=seed, device=device,
+                                val_images=val_images or space.search.eval_size or len(data.val))
     record = {**score.metrics(), "train_loss": train_loss, "epochs": spec.epochs, "seed": seed, "init": init,
               "wall_s": time.perf_counter() - start}
     return record, score.correctness
+
+
+def _fit(build: Callable[[], nn.Module], data: DataSplits, spec: TrainingSpec, *, seed: int, val_images: int,
+         device: torch.device | None = None) -> tuple[nn.Module, float, Score]:
+    """The model ``build`` makes under ``seed``, trained with ``spec`` and scored on the first ``val_images``
+    validation images, all deterministically: one seed gives one result."""
+    with deterministic():
+        torch.manual_seed(seed)
+        model = build()
+        train_loss = train_model(model, data.train, spec, seed=seed)
+        score = score_model(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE, device=device))
+    return model, train_loss, score
