@@ -142,6 +142,24 @@ def paired_difference(x: Sequence[float], baseline: Sequence[float], y: Sequence
     return figures
 
 
+def ratio_to_ceiling(x: Sequence[float], rerun: Sequence[float], y: Sequence[float], cost: Sequence[float],
+                     neighbours: Sequence[tuple[int, int]], seed: int = 0,
+                     resamples: int = BOOTSTRAP) -> dict[str, Any]:
+    """Each figure of :func:`search_figures` of the estimate ``x`` over that of ``rerun`` (the ground truth ``y``
+    trained again with another seed: its noise ceiling), both against ``y``, with a bootstrap 95% interval of the
+    ratio taken on the same resamples, so that the ceiling's own sampling error is in the interval too (resamples
+    on which the ceiling is not above 0, where a ratio means nothing, are left out)."""
+    arrays = [np.asarray(v, float) for v in (x, rerun, y, cost)]
+    x, rerun, y, cost = arrays
+    ours, ceiling = _point_figures(x, y, cost, neighbours), _point_figures(rerun, y, cost, neighbours)
+    figures: dict[str, Any] = {key: ours[key] / ceiling[key] if ceiling[key] > 0 else math.nan for key in ours}
+    for key, values in _bootstrap([x, rerun], y, cost, neighbours, seed, resamples).items():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(values[1] > 0, values[0] / values[1], np.nan)
+        figures[f"{key}_ci95"] = ci95(ratios)
+    return figures
+
+
 def _point_figures(x: np.ndarray, y: np.ndarray, cost: np.ndarray,
                    neighbours: Sequence[tuple[int, int]]) -> dict[str, float]:
     return {"kendall_tau": correlations(x, y)["kendall_tau"], "kendall_tau_local": local_tau(x, y, cost),

@@ -23,6 +23,7 @@ from fidelity_stats import (  # noqa: E402
     measured_noise_ceiling,
     pair_agreement,
     paired_difference,
+    ratio_to_ceiling,
     rank_figures,
     search_figures,
     similar_cost_pairs,
@@ -275,3 +276,18 @@ def test_noise_floor_simulates_with_the_median_seed_variance_robust_to_a_diverge
     assert floor["seed_std"] == pytest.approx(math.sqrt((2e-4 + diverged) / 3), rel=rel)
     assert floor["seed_std_robust"] == pytest.approx(math.sqrt(1e-4 / math.log(2)), rel=rel)
     assert math.isfinite(floor["ceiling_tau"])  # the pooled figure (0.17) exceeds the spread: no ceiling from it
+
+
+def test_ratio_to_ceiling_by_hand() -> None:
+    truth, cost = [1.0, 2.0, 3.0, 4.0], [1.0, 1.1, 5.0, 5.5]
+    neighbours = [(0, 1), (2, 3)]
+    rerun = [1.0, 3.0, 2.0, 4.0]  # the re-run orders one pair of six wrongly: tau 4/6, both local figures 1
+    figures = ratio_to_ceiling(truth, rerun, truth, cost, neighbours, resamples=200)
+    assert figures["kendall_tau"] == pytest.approx(1.0 / (4.0 / 6.0), abs=1e-12)
+    assert figures["kendall_tau_local"] == 1.0 and figures["neighbour_agreement"] == 1.0
+    # an estimate that is the re-run itself is at the ceiling on every resample that has one
+    same = ratio_to_ceiling(rerun, rerun, truth, cost, neighbours, resamples=200)
+    assert all(same[f"{key}_ci95"] == [1.0, 1.0] for key in ("kendall_tau", "kendall_tau_local",
+                                                              "neighbour_agreement"))
+    # a ceiling that is not above 0 has no ratio
+    assert math.isnan(ratio_to_ceiling(truth, [-v for v in truth], truth, cost, neighbours, resamples=0)["kendall_tau"])
