@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from automq.data import fixed_batches
-from automq.io import atomic_write_json, atomic_write_text
 from automq.model.supernet import Supernet
 from automq.oneshot.train import load_space_data, load_supernet
 from automq.space.candidate import Candidate
@@ -37,7 +36,7 @@ from automq.strategies._assign import FormatProblem
 from automq.strategies.clado import measure_sensitivities
 from fidelity_stats import column, correlations, fmt_ci, load_study, local_tau, paired_difference, search_figures
 from oneshot_fidelity import SEARCH_KEYS, partner_indices
-from provenance import command, machine, machine_text
+from provenance import command, machine, machine_text, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "additive_proxy_formats"
@@ -158,9 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     result = judge(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"{args.name}.json", result)
-    atomic_write_text(args.out / f"{args.name}.md", markdown(result))
+    write_result(args.out, args.name, result, markdown(result))
     return result
 
 

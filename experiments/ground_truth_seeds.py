@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from automq.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from automq.io import append_jsonl, read_jsonl
 from fidelity_stats import column, fmt_ci, load_study, paired_difference, ratio_to_ceiling, search_figures
 from oneshot_fidelity import PARENT, SEARCH_KEYS, Scale, StandaloneTrainer, partner_indices, run_jobs
-from provenance import command, machine, machine_text
+from provenance import command, machine, machine_text, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -142,10 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     result = judge(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.study.stem}_seed{args.seed}"
-    atomic_write_json(args.out / f"{name}.json", result)
-    atomic_write_text(args.out / f"{name}.md", markdown(result))
+    write_result(args.out, f"{args.study.stem}_seed{args.seed}", result, markdown(result))
     return result
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from automq.io import atomic_write_json, atomic_write_text
+
 
 def command() -> str:
     """The command line of this process, as one could paste it into a shell."""
@@ -47,3 +49,10 @@ def header(result: dict[str, Any]) -> list[str]:
     """The Markdown lines naming a result's ``command``, ``machine`` and ``wall_s``."""
     return [f"- command: `{result['command']}`", f"- machine: {machine_text(result['machine'])}",
             f"- wall time: {result['wall_s']:.0f} s"]
+
+
+def write_result(out: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """``<out>/<name>.json`` (the record) and ``<name>.md`` (its table), each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{name}.json", result)
+    atomic_write_text(out / f"{name}.md", markdown)

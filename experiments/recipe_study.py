@@ -25,14 +25,13 @@ from typing import Any
 
 import torch
 
-from automq.io import atomic_write_json, atomic_write_text
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
 from fidelity_stats import column, fmt_ci, paired_difference, search_figures
 from oneshot_fidelity import SEARCH_KEYS, partner_indices
-from provenance import command, machine, machine_text
+from provenance import command, machine, machine_text, write_result
 from supernet_recipes import RECIPES, prototype
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -141,9 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     result = judge(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"{args.name}.json", result)
-    atomic_write_text(args.out / f"{args.name}.md", markdown(result))
+    write_result(args.out, args.name, result, markdown(result))
     return result
 
 
