@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from automq.data import fixed_batches
@@ -36,7 +35,7 @@ from automq.strategies._assign import FormatProblem
 from automq.strategies.clado import measure_sensitivities
 from fidelity_stats import column, correlations, fmt_ci, load_study, local_tau, paired_difference, search_figures
 from oneshot_fidelity import SEARCH_KEYS, partner_indices
-from provenance import command, machine, machine_text, write_result
+from provenance import command, judge_and_write, machine, machine_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "additive_proxy_formats"
@@ -155,10 +154,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    result = judge(args)
-    write_result(args.out, args.name, result, markdown(result))
-    return result
+    return judge_and_write(args, judge, markdown, args.name)
 
 
 if __name__ == "__main__":

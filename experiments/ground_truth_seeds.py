@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from automq.io import append_jsonl, read_jsonl
 from fidelity_stats import column, fmt_ci, load_study, paired_difference, ratio_to_ceiling, search_figures
 from oneshot_fidelity import PARENT, SEARCH_KEYS, Scale, StandaloneTrainer, partner_indices, run_jobs
-from provenance import command, machine, machine_text, write_result
+from provenance import command, judge_and_write, machine, machine_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -140,10 +139,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    result = judge(args)
-    write_result(args.out, f"{args.study.stem}_seed{args.seed}", result, markdown(result))
-    return result
+    return judge_and_write(args, judge, markdown, f"{args.study.stem}_seed{args.seed}")
 
 
 if __name__ == "__main__":

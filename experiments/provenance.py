@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +53,13 @@ def header(result: dict[str, Any]) -> list[str]:
             f"- wall time: {result['wall_s']:.0f} s"]
 
 
-def write_result(out: Path, name: str, result: dict[str, Any], markdown: str) -> None:
-    """``<out>/<name>.json`` (the record) and ``<name>.md`` (its table), each written atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{name}.json", result)
-    atomic_write_text(out / f"{name}.md", markdown)
+def judge_and_write(args: argparse.Namespace, judge: Callable[[argparse.Namespace], dict[str, Any]],
+                    markdown: Callable[[dict[str, Any]], str], name: str) -> dict[str, Any]:
+    """A judging script's run: ``judge(args)`` on one torch thread (the estimates do not depend on the machine's
+    core count), its record written to ``<args.out>/<name>.json`` and its table to ``<name>.md``, atomically."""
+    torch.set_num_threads(1)
+    result = judge(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / f"{name}.json", result)
+    atomic_write_text(args.out / f"{name}.md", markdown(result))
+    return result

@@ -23,15 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
 from fidelity_stats import column, fmt_ci, paired_difference, search_figures
 from oneshot_fidelity import SEARCH_KEYS, partner_indices
-from provenance import command, machine, machine_text, write_result
+from provenance import command, judge_and_write, machine, machine_text
 from supernet_recipes import RECIPES, prototype
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,10 +136,7 @@ def prototype_text(recipe: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    result = judge(args)
-    write_result(args.out, args.name, result, markdown(result))
-    return result
+    return judge_and_write(args, judge, markdown, args.name)
 
 
 if __name__ == "__main__":
