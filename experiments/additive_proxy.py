@@ -33,8 +33,8 @@ from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
 from automq.strategies._assign import FormatProblem
 from automq.strategies.clado import measure_sensitivities
-from fidelity_stats import column, correlations, fmt_ci, load_study, local_tau, paired_difference, search_figures
-from oneshot_fidelity import SEARCH_KEYS, partner_indices
+from fidelity_stats import column, correlations, load_study, local_tau, paired_difference, search_figures
+from oneshot_fidelity import SEARCH_KEYS, partner_indices, search_row
 from provenance import command, judge_and_write, machine, machine_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,13 +70,11 @@ def predicted_loss_changes(supernet: Supernet, space: SearchSpace, candidates: S
     formats = FormatProblem.build(space, the_architecture(candidates), options="joint")
     problem = formats.problem
     sensitivities = measure_sensitivities(supernet, formats, batches, pairs=False)
-    offsets = np.cumsum([0, *(len(options) for options in problem.options)])
-    flat = {(layer, option): offset + k for layer, options, offset in zip(problem.layers, problem.options, offsets)
-            for k, option in enumerate(options)}
     changes = []
     for candidate in candidates:
         chosen = candidate.layer_formats()
-        changes.append(float(sum(sensitivities.single[flat[layer, chosen[layer]]] for layer in problem.layers)))
+        choice = [options.index(chosen[layer]) for layer, options in zip(problem.layers, problem.options)]
+        changes.append(float(sensitivities.single[problem.flat(choice)].sum()))
     return changes, sensitivities.summary()
 
 
@@ -135,16 +133,14 @@ def markdown(result: dict[str, Any]) -> str:
         "| estimate | Kendall tau [95% CI] | tau within ±15% BitOps | neighbour pairs ordered right |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {name} | " + " | ".join(fmt_ci(f, k) for k in SEARCH_KEYS) + " |"
-              for name, f in result["figures"].items()]
+    lines += [search_row(name, f) for name, f in result["figures"].items()]
     lines.append("| the ground truth re-run (noise ceiling) | "
                  + " | ".join(f"{result['noise_ceiling'][k]:.3f}" for k in SEARCH_KEYS) + " |")
     lines += ["", "The proxy minus each other estimate (paired bootstrap over the same resampled candidates and "
               "neighbour pairs; a difference is a result only where its interval excludes 0):", "",
               "| proxy minus | Kendall tau | tau within ±15% BitOps | neighbour pairs ordered right |",
               "|---|---|---|---|"]
-    lines += [f"| {name} | " + " | ".join(fmt_ci(d, k) for k in SEARCH_KEYS) + " |"
-              for name, d in result["proxy_minus"].items()]
+    lines += [search_row(name, d) for name, d in result["proxy_minus"].items()]
     agreement = result["block_agreement"]
     if agreement:
         lines += ["", f"The proxy against itself on the other block: tau {agreement['kendall_tau']:.3f}, within "

@@ -24,7 +24,7 @@ import numpy as np
 
 from automq.io import append_jsonl, read_jsonl
 from fidelity_stats import column, fmt_ci, load_study, paired_difference, ratio_to_ceiling, search_figures
-from oneshot_fidelity import PARENT, SEARCH_KEYS, Scale, StandaloneTrainer, partner_indices, run_jobs
+from oneshot_fidelity import PARENT, SEARCH_KEYS, Scale, StandaloneTrainer, partner_indices, run_jobs, search_row
 from provenance import command, judge_and_write, machine, machine_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,6 +87,7 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     rows = study["candidates"]
     first, again = column(rows, "standalone_accuracy"), rerun_accuracies(args, study, work)
+    difference = np.subtract(again, first)
     mean = list((np.asarray(first) + np.asarray(again)) / 2)
     cost, pairs = column(rows, "bitops"), partner_indices(rows)
     estimates = {"one-shot estimate": column(rows, "oneshot_accuracy"), "BitOps alone": cost}
@@ -99,19 +100,14 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
         "against_mean": {name: search_figures(x, mean, cost, pairs) for name, x in estimates.items()},
         "oneshot_minus_bitops_against_mean": paired_difference(estimates["one-shot estimate"], cost, mean, cost,
                                                                 pairs),
-        "rerun_shift": float(np.mean(np.asarray(again) - np.asarray(first))),
-        "seed_difference_std": float(np.std(np.asarray(again) - np.asarray(first), ddof=1)),
+        "rerun_shift": float(difference.mean()), "seed_difference_std": float(difference.std(ddof=1)),
         "wall_s": time.perf_counter() - start, "work": str(work)}
 
 
 def markdown(result: dict[str, Any]) -> str:
     seed = result["seed"]
-    rows = [f"| {name} | " + " | ".join(fmt_ci(figures, k) for k in SEARCH_KEYS) + " |"
-            for name, figures in result["against_seed_0"].items()]
-    ratios = [f"| {name} | " + " | ".join(fmt_ci(figures, k) for k in SEARCH_KEYS) + " |"
-              for name, figures in result["ratio_to_ceiling"].items()]
-    mean = [f"| {name} | " + " | ".join(fmt_ci(figures, k) for k in SEARCH_KEYS) + " |"
-            for name, figures in result["against_mean"].items()]
+    rows, ratios, mean = ([search_row(name, figures) for name, figures in result[key].items()]
+                          for key in ("against_seed_0", "ratio_to_ceiling", "against_mean"))
     header = ["| ranking by | Kendall tau [95% CI] | tau within ±15% BitOps | neighbour pairs ordered right |",
               "|---|---|---|---|"]
     return "\n".join([
@@ -126,8 +122,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['seed_difference_std']:.4f}", "",
         f"The noise ceiling (seed {seed} against seed 0), and each estimate against seed 0 as the study judged it:", "",
         *header,
-        "| the ground truth re-run (noise ceiling) | "
-        + " | ".join(fmt_ci(result["noise_ceiling"], k) for k in SEARCH_KEYS) + " |",
+        search_row("the ground truth re-run (noise ceiling)", result["noise_ceiling"]),
         *rows, "",
         "Each figure over the ceiling's (the ratio the issue asks for; intervals from the same resamples of both):", "",
         *header, *ratios, "",

@@ -689,6 +689,11 @@ SEARCH_KEYS = ("kendall_tau", "kendall_tau_local", "neighbour_agreement")
 """The figures of what a search needs, for the one-shot estimate, BitOps alone and the ground truth's re-runs."""
 
 
+def search_row(label: str, figures: dict[str, Any]) -> str:
+    """A Markdown table row of ``figures``' :data:`SEARCH_KEYS`, each with its interval."""
+    return f"| {label} | " + " | ".join(fmt_ci(figures, key) for key in SEARCH_KEYS) + " |"
+
+
 def search_fidelity(rows: list[dict[str, Any]], resamples: int = BOOTSTRAP) -> dict[str, Any]:
     """:func:`~fidelity_stats.search_figures` of the one-shot accuracy and of BitOps alone against the stand-alone
     accuracy (seed 0), the noise ceiling measured on the re-run candidates, and each figure's ratio to a positive

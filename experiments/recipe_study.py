@@ -28,7 +28,7 @@ from automq.oneshot.train import load_space_data, load_supernet, training_summar
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
 from fidelity_stats import column, fmt_ci, paired_difference, search_figures
-from oneshot_fidelity import SEARCH_KEYS, partner_indices
+from oneshot_fidelity import SEARCH_KEYS, partner_indices, search_row
 from provenance import command, judge_and_write, machine, machine_text
 from supernet_recipes import RECIPES, prototype
 
@@ -114,15 +114,14 @@ def markdown(result: dict[str, Any]) -> str:
         cells = [fmt_ci(f, key) + (f" (ratio {f[f'{key}_to_ceiling']:.2f})" if f[f"{key}_to_ceiling"] else "")
                  for key in SEARCH_KEYS]
         lines.append(f"| {recipe['name']} | " + " | ".join(cells) + " |")
-    lines.append("| BitOps alone | " + " | ".join(fmt_ci(result["bitops_alone"], k) for k in SEARCH_KEYS) + " |")
+    lines.append(search_row("BitOps alone", result["bitops_alone"]))
     lines.append("| the ground truth re-run (noise ceiling) | "
                  + " | ".join(f"{result['noise_ceiling'][k]:.3f}" for k in SEARCH_KEYS) + " |")
     lines += ["", f"Paired differences from `{base}` (the same resampled candidates and neighbour pairs; a "
               "difference is a result only where its interval excludes 0):", "",
               "| supernet | Kendall tau | tau within ±15% BitOps | neighbour pairs ordered right |",
               "|---|---|---|---|"]
-    lines += [f"| {r['name']} | " + " | ".join(fmt_ci(r["minus_baseline"], k) for k in SEARCH_KEYS) + " |"
-              for r in result["recipes"][1:]]
+    lines += [search_row(r["name"], r["minus_baseline"]) for r in result["recipes"][1:]]
     lines += ["", "Supernets:", ""]
     lines += [f"- {r['name']} (`{r['supernet']}`{prototype_text(r)}): {training_text(r['training'])}"
               for r in result["recipes"]]
