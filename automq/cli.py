@@ -107,8 +107,13 @@ def _device(args: argparse.Namespace) -> Any:
 def _cmd_train(args: argparse.Namespace) -> None:
     device = _device(args)
     space = _read_space(args.space)
+    init = None
+    if args.init_float is not None:
+        from automq.oneshot.train import load_float_network
+
+        init = load_float_network(args.init_float, space)
     options = dict(epochs=args.epochs, resume=args.resume, train_subset=args.subset, data_root=args.data,
-                   seed=args.seed, device=device)
+                   seed=args.seed, device=device, lr=args.lr, init=init)
     if args.workers is None:  # one process, no Ray
         from automq.oneshot.train import train_supernet
 
@@ -121,6 +126,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
         path = train_supernet_on_workers(space, args.out, workers=args.workers, address=args.address, **options)
     print(f"supernet written to {path}")
+
+
+def _cmd_train_float(args: argparse.Namespace) -> None:
+    from automq.oneshot.evaluate import train_float
+
+    device = _device(args)
+    path = train_float(_read_space(args.space), args.out, epochs=args.epochs, train_subset=args.subset,
+                       data_root=args.data, seed=args.seed, device=device)
+    print(f"float network written to {path}")
 
 
 def _load_candidate(text: str, space: SearchSpace) -> Candidate:
@@ -358,6 +372,16 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
                              "float32 on every device")
 
 
+def _add_training_options(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """The space, output folder and recipe overrides that both training commands take."""
+    parser.add_argument("space", help="search-space file (spaces/*.yaml)")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--epochs", type=int, help="override the space's training.epochs")
+    parser.add_argument("--subset", type=int, help="train on this many (class-balanced) training images")
+    parser.add_argument("--data", help="dataset folder (overrides dataset.root)")
+    parser.add_argument("--seed", type=int, help="override the space's seed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and for the README's CLI reference)."""
     parser = argparse.ArgumentParser(
@@ -379,19 +403,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_space_info)
 
     train = sub.add_parser("train-supernet", help="one-shot quantization-aware training of the supernet")
-    train.add_argument("space", help="search-space file (spaces/*.yaml)")
-    train.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, supernet.pt")
-    train.add_argument("--epochs", type=int, help="override the space's training.epochs")
-    train.add_argument("--subset", type=int, help="train on this many (class-balanced) training images")
-    train.add_argument("--data", help="dataset folder (overrides dataset.root)")
-    train.add_argument("--seed", type=int, help="override the space's seed")
+    _add_training_options(train, "run folder: checkpoints, metrics.jsonl, supernet.pt")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--lr", type=float, help="override the space's training.lr")
+    train.add_argument("--init-float", metavar="FLOAT_RUN", help="start from the float network of the space's "
+                       "largest architecture that `automq train-float` wrote (its folder or float.pt) instead of a "
+                       "random initialisation; pair it with a fine-tuning --lr such as 0.01")
     train.add_argument("--workers", type=int, help="data-parallel Ray Train workers (default: one process, "
                        "no Ray); each trains its shard of every batch, the gradients are averaged")
     train.add_argument("--address", help="with --workers: Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT "
                        "(default: a private local Ray)")
     _add_device_option(train)
     train.set_defaults(func=_cmd_train)
+
+    float_net = sub.add_parser("train-float", help="train the space's largest architecture in float, the start of "
+                               "train-supernet --init-float")
+    _add_training_options(float_net, "folder for float.pt, float.json and a copy of the space")
+    _add_device_option(float_net)
+    float_net.set_defaults(func=_cmd_train_float)
 
     candidate_help = ("largest, smallest, a candidate JSON file, inline JSON, or SEARCH_DIR:N for trial N of a "
                       "search")

@@ -5,7 +5,9 @@ For every ``--supernet NAME=FOLDER`` it scores the study's candidates one-shot w
 (its validation and calibration images, one thread; the study's own supernet reuses the scores the study kept),
 and reports Kendall tau over all candidates, tau among candidates within 15% BitOps of each other and the share of
 neighbour pairs ordered right, each with its bootstrap interval and its ratio to the study's measured noise
-ceiling, and each recipe's paired difference from the first one given (the same resampled candidates). A folder
+ceiling, and each recipe's paired difference from the first one given and from BitOps alone (the same resampled
+candidates). ``--rerun`` (the study's ground truth trained again, ``ground_truth_seeds.py``) adds each recipe's
+figures over that all-candidate noise ceiling and against the two seeds' mean, a steadier ground truth. A folder
 named after one of ``supernet_recipes.py``'s prototype recipes (``format_bn``, ``kernel_transforms``: that script
 names its run folders after the recipes) is scored with the prototype patched in, as that script scores it.
 
@@ -23,11 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
-from fidelity_stats import column, fmt_ci, paired_difference, search_figures
+from fidelity_stats import column, fmt_ci, paired_difference, ratio_to_ceiling, search_figures
 from oneshot_fidelity import SEARCH_KEYS, partner_indices, search_row
 from provenance import command, judge_and_write, machine, machine_text
 from supernet_recipes import RECIPES, prototype
@@ -41,6 +45,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--study", type=Path, required=True, help="a finished fidelity study's JSON")
     parser.add_argument("--supernet", action="append", required=True, metavar="NAME=FOLDER",
                         help="a supernet run folder to judge (repeat; the first is the baseline of the differences)")
+    parser.add_argument("--rerun", type=Path, help="the study's ground truth trained again with another seed "
+                        "(a ground_truth_seeds.py result JSON)")
     parser.add_argument("--data", help="dataset root (default: the space's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default=NAME, help=f"the outputs' file stem (default {NAME}), e.g. to keep the "
@@ -78,6 +84,7 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
     rows = study["candidates"]
     truth, cost, pairs = column(rows, "standalone_accuracy"), column(rows, "bitops"), partner_indices(rows)
     ceiling = study["search_fidelity"]["noise_ceiling"]
+    rerun = rerun_accuracies(args.rerun, args.study, len(rows))
     recipes, baseline = [], None
     for spec in args.supernet:
         name, _, folder = spec.partition("=")
@@ -86,7 +93,13 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
         for key in SEARCH_KEYS:
             figures[f"{key}_to_ceiling"] = figures[key] / ceiling[key] if ceiling.get(key, 0) > 0 else None
         recipe = {"name": name, "supernet": folder, "prototype": prototype_of(Path(folder)),
-                  "training": training_summary(folder), "figures": figures, "scores": scores}
+                  "training": training_summary(folder), "figures": figures, "scores": scores,
+                  "minus_bitops": paired_difference(scores, cost, truth, cost, pairs)}
+        if rerun is not None:
+            mean = list((np.asarray(truth) + rerun) / 2)
+            recipe.update(ratio_to_ceiling=ratio_to_ceiling(scores, rerun, truth, cost, pairs),
+                          against_mean=search_figures(scores, mean, cost, pairs),
+                          minus_bitops_against_mean=paired_difference(scores, cost, mean, cost, pairs))
         if baseline is not None:
             recipe["minus_baseline"] = paired_difference(scores, baseline, truth, cost, pairs)
         baseline = scores if baseline is None else baseline
@@ -94,7 +107,20 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: " + ", ".join(f"{key} {figures[key]:.3f}" for key in SEARCH_KEYS), flush=True)
     return {"command": command(), "study": str(args.study), "machine": machine(),
             "n_candidates": len(rows), "noise_ceiling": ceiling, "recipes": recipes,
+            **({} if rerun is None else {"rerun": str(args.rerun),
+                                         "rerun_ceiling": search_figures(rerun, truth, cost, pairs)}),
             "bitops_alone": study["search_fidelity"]["bitops"], "wall_s": time.perf_counter() - start}
+
+
+def rerun_accuracies(path: Path | None, study: Path, candidates: int) -> np.ndarray | None:
+    """The ``candidates`` of ``study`` trained again (``ground_truth_seeds.py``'s result at ``path``), in the
+    study's order."""
+    if path is None:
+        return None
+    rerun = json.loads(path.read_text())
+    if Path(rerun["study"]).resolve() != study.resolve() or len(rerun["rerun_accuracies"]) != candidates:
+        raise SystemExit(f"{path}: the re-run of another study ({rerun['study']}), not of {study}")
+    return np.asarray(rerun["rerun_accuracies"], float)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -117,11 +143,22 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(search_row("BitOps alone", result["bitops_alone"]))
     lines.append("| the ground truth re-run (noise ceiling) | "
                  + " | ".join(f"{result['noise_ceiling'][k]:.3f}" for k in SEARCH_KEYS) + " |")
-    lines += ["", f"Paired differences from `{base}` (the same resampled candidates and neighbour pairs; a "
-              "difference is a result only where its interval excludes 0):", "",
-              "| supernet | Kendall tau | tau within ±15% BitOps | neighbour pairs ordered right |",
+    header = ["| supernet | Kendall tau | tau within ±15% BitOps | neighbour pairs ordered right |",
               "|---|---|---|---|"]
+    lines += ["", f"Paired differences from `{base}` (the same resampled candidates and neighbour pairs; a "
+              "difference is a result only where its interval excludes 0):", "", *header]
     lines += [search_row(r["name"], r["minus_baseline"]) for r in result["recipes"][1:]]
+    lines += ["", "Paired differences from BitOps alone (the baseline any estimator must beat):", "", *header]
+    lines += [search_row(r["name"], r["minus_bitops"]) for r in result["recipes"]]
+    if "rerun" in result:
+        lines += ["", f"With the ground truth trained again (`{result['rerun']}`): each figure over that noise "
+                  "ceiling (intervals from the same resamples of both), then against the two seeds' mean and minus "
+                  "BitOps alone against it:", "", *header,
+                  search_row("the ground truth re-run (noise ceiling)", result["rerun_ceiling"])]
+        lines += [search_row(f"{r['name']} over the ceiling", r["ratio_to_ceiling"]) for r in result["recipes"]]
+        lines += [search_row(f"{r['name']} against the mean", r["against_mean"]) for r in result["recipes"]]
+        lines += [search_row(f"{r['name']} minus BitOps, against the mean", r["minus_bitops_against_mean"])
+                  for r in result["recipes"]]
     lines += ["", "Supernets:", ""]
     lines += [f"- {r['name']} (`{r['supernet']}`{prototype_text(r)}): {training_text(r['training'])}"
               for r in result["recipes"]]

@@ -169,6 +169,22 @@ def test_train_supernet_overrides_the_space_s_epochs_and_training_images(run_dir
     assert (run_dir / "supernet.pt").is_file()
 
 
+def test_train_float_then_a_supernet_from_it(space_file, tmp_path, capsys) -> None:
+    floats = tmp_path / "float"
+    assert run_cli("train-float", space_file, "--out", floats, "--epochs", "1", "--subset", "64") == 0
+    assert f"float network written to {floats / 'float.pt'}" in capsys.readouterr().out
+    record = json.loads((floats / "float.json").read_text())
+    assert (record["config"]["epochs"], record["config"]["train_images"]) == (1, 64)
+    run = tmp_path / "run"
+    assert run_cli("train-supernet", space_file, "--out", run, "--epochs", "1", "--subset", "64",
+                   "--init-float", floats, "--lr", "0.01") == 0
+    config = json.loads((run / "run.json").read_text())["config"]
+    assert config["training"]["lr"] == 0.01 and config["init_float"]["source"] == str(floats / "float.pt")
+    capsys.readouterr()
+    assert run_cli("train-supernet", space_file, "--out", tmp_path / "other", "--init-float", run) == 2
+    assert "no such checkpoint file" in single_error_line(capsys)
+
+
 def test_estimate_prints_the_one_shot_estimate_of_each_candidate_form(run_dir, random_search, capsys) -> None:
     space = SearchSpace.from_file(run_dir / "space.yaml")
     trial = load_trials(random_search)[1]

@@ -3,10 +3,12 @@ one-shot scores the study kept (the oracle), so its paired difference from the s
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from automq.model.supernet import Supernet
@@ -30,15 +32,26 @@ def test_a_copy_of_the_study_supernet_rescored_matches_the_kept_scores(tiny_spac
     study = oneshot_fidelity.main(["--scale", "tiny", "--space", str(space.path), "--out", str(tmp_path / "study")])
     copy = tmp_path / "copy"
     shutil.copytree(study["supernet"], copy)
-    result = recipe_study.main(["--study", str(tmp_path / "study" / "oneshot_fidelity_tiny.json"),
+    study_file = tmp_path / "study" / "oneshot_fidelity_tiny.json"
+    # a re-run that repeats the ground truth exactly: a perfect ceiling, and the two seeds' mean is the ground truth
+    rerun = tmp_path / "rerun.json"
+    rerun.write_text(json.dumps({"study": str(study_file),
+                                 "rerun_accuracies": [r["standalone_accuracy"] for r in study["candidates"]]}))
+    result = recipe_study.main(["--study", str(study_file), "--rerun", str(rerun),
                                 "--supernet", f"study={study['supernet']}", "--supernet", f"copy={copy}",
                                 "--out", str(tmp_path / "out"), "--name", "judged"])
     kept = [r["oneshot_accuracy"] for r in study["candidates"]]
     own, rescored = result["recipes"]
     assert own["scores"] == kept and rescored["scores"] == kept
     difference = rescored["minus_baseline"]
+    by_study = study["search_fidelity"]["oneshot_minus_bitops"]  # the study's own paired difference from BitOps
     for key in recipe_study.SEARCH_KEYS:
         assert difference[key] == 0.0 and difference.get(f"{key}_ci95", [0.0, 0.0]) == [0.0, 0.0]
+        assert own["minus_bitops"][key] == by_study[key]
+        # a tau of a ranking with itself is 1 up to the rounding of its float sums
+        assert result["rerun_ceiling"][key] == pytest.approx(1.0, rel=1e-12)
+        assert own["ratio_to_ceiling"][key] == pytest.approx(own["figures"][key], rel=1e-12)
+        assert own["against_mean"][key] == pytest.approx(own["figures"][key], rel=1e-12)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["judged.json", "judged.md"]
     text = (tmp_path / "out" / "judged.md").read_text()
     assert "command" in text and "machine" in text and "wall time" in text and "| copy |" in text

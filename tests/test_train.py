@@ -18,13 +18,17 @@ from automq.errors import CheckpointError, TrainingDivergedError
 from automq.io import read_jsonl, safe_torch_load
 from automq.space.space import SearchSpace, TrainingSpec
 from automq.model.supernet import Supernet
+from automq.numerics.quant import dequantize_
+from automq.oneshot.evaluate import train_float
 from automq.oneshot.train import (
     CHECKPOINT,
     SUPERNET,
+    FloatNetwork,
     build_optimizer,
     build_scheduler,
     endless_batches,
     SupernetTrainer,
+    load_float_network,
     load_space_data,
     load_supernet,
     sandwich_step,
@@ -357,3 +361,69 @@ def test_endless_batches_reshuffle_every_epoch_and_repeat_under_a_seed() -> None
     again = endless_batches(dataset, 4, seed=3)
     assert [next(again)[1].tolist() for _ in range(6)] == [labels.tolist() for epoch in epochs for labels in epoch]
     assert len(next(endless_batches(dataset, 64, seed=0))[1]) == 10  # a batch above the dataset is cut to it
+
+
+# ------------------------------------------------------------------------------- the float network start
+@pytest.fixture()
+def float_run(space: SearchSpace, tmp_path: Path) -> Path:
+    return train_float(space, tmp_path / "float", epochs=2, train_subset=384, progress=False).parent
+
+
+def test_a_supernet_started_from_a_float_network_computes_it_at_the_largest_candidate(
+    space: SearchSpace, float_run: Path
+) -> None:
+    """The float network learns (the synthetic classes are separable), and a supernet started from it holds its
+    weights and BN state: the largest candidate with every quantizer off scores on the validation split exactly what
+    ``train_float`` measured with its own model, where a supernet from a random start is near chance."""
+    record = json.loads((float_run / "float.json").read_text())
+    assert (float_run / "space.yaml").is_file() and record["config"]["epochs"] == 2
+    accuracy = record["record"]["accuracy"]
+    assert record["record"]["accuracy_images"] == 200 and accuracy > 0.6 and record["record"]["formats"] == "fp32"
+    network = load_float_network(float_run, space)
+    data = load_space_data(space, train_subset=96)
+
+    def float_accuracy(init: FloatNetwork | None) -> float:
+        trainer = SupernetTrainer(space, data, space.training, seed=0, init=init)
+        model = trainer.supernet.extract(space.largest())
+        dequantize_(model)
+        images, labels = data.val.tensors
+        with torch.no_grad():
+            return (model.eval()(images).argmax(1) == labels).double().mean().item()
+
+    assert float_accuracy(network) == accuracy and float_accuracy(None) < 0.4
+
+
+def test_a_run_from_a_float_network_records_it_and_keeps_its_learning_rate(
+    space: SearchSpace, float_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    network = load_float_network(float_run / "float.pt", space)
+    train_supernet(space, out, epochs=1, lr=0.01, init=network, progress=False)
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["training"]["lr"] == 0.01 and config["init_float"]["source"] == str(float_run / "float.pt")
+    assert config["init_float"]["accuracy"] == network.record["accuracy"]
+    assert " from the float network " in training_text(training_summary(out)) and "learning rate 0.01" in \
+        training_text(training_summary(out))
+    with pytest.raises(CheckpointError, match="started with lr=0.01, not 0.05"):
+        train_supernet(space, out, lr=0.05, resume=True, progress=False)
+    trained = weights(out / SUPERNET)
+    train_supernet(space, out, resume=True, init=network, progress=False)  # the checkpoint's weights win
+    assert all(torch.equal(v, trained[k]) for k, v in weights(out / SUPERNET).items())
+
+
+def test_a_float_network_that_does_not_fit_is_refused_before_training(
+    space: SearchSpace, float_run: Path, tiny_space: SpaceFactory, tmp_path: Path
+) -> None:
+    with pytest.raises(CheckpointError, match="already holds a float network"):
+        train_float(space, float_run, epochs=1, progress=False)
+    narrower = tiny_space(SPACE_CHANGES, {"network": {"head": {"channels": 16}}}, name="narrow", folder=tmp_path)
+    with pytest.raises(CheckpointError, match="another architecture .* e.g. 'conv_head.weight'.*train-float"):
+        load_float_network(float_run, narrower)
+    other_split = tiny_space(SPACE_CHANGES, {"dataset": {"val_size": 100}}, name="split", folder=tmp_path)
+    with pytest.raises(CheckpointError, match="holding out 200 validation images .* the float network trained on"):
+        load_float_network(float_run, other_split)
+    train_supernet(space, tmp_path / "run", epochs=1, progress=False)
+    with pytest.raises(CheckpointError, match="not a float network"):
+        load_float_network(tmp_path / "run" / SUPERNET, space)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_float_network(tmp_path / "nowhere", space)

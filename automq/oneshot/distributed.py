@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from automq.errors import AutomqError, RayClusterError
-from automq.oneshot.train import SUPERNET, DataParallel, run_config, train_supernet
+from automq.oneshot.train import SUPERNET, DataParallel, FloatNetwork, run_config, train_supernet
 from automq.space.space import SearchSpace
 
 __all__ = ["all_reduce_gradients", "train_supernet_on_workers"]
@@ -63,6 +63,8 @@ def train_supernet_on_workers(
     data_root: str | Path | None = None,
     seed: int | None = None,
     device: torch.device | str = "cpu",
+    lr: float | None = None,
+    init: FloatNetwork | None = None,
 ) -> Path:
     """Train the supernet of ``space`` into ``out_dir`` on ``workers`` Ray Train workers; returns ``supernet.pt``.
 
@@ -78,11 +80,11 @@ def train_supernet_on_workers(
     if workers < 1:
         raise RayClusterError(f"--workers {workers}: need at least one worker")
     out = Path(out_dir).resolve()  # workers run in folders of their own
-    run_config(space, out, resume=resume, epochs=epochs, train_subset=train_subset, seed=seed)
+    run_config(space, out, resume=resume, epochs=epochs, train_subset=train_subset, seed=seed, lr=lr)
     use_gpu = torch.device(device).type == "cuda"
     config = {"space": space, "out": str(out), "cwd": os.getcwd(), "argv": sys.argv, "use_gpu": use_gpu,
               "options": {"epochs": epochs, "resume": resume, "train_subset": train_subset, "seed": seed,
-                          "data_root": None if data_root is None else str(data_root)}}
+                          "data_root": None if data_root is None else str(data_root), "lr": lr, "init": init}}
     with ray_session(address, workers, out / RAY_FOLDER):
         trainer = TorchTrainer(
             _worker_loop, train_loop_config=config,

@@ -40,13 +40,14 @@ from torch.utils.data import Dataset
 from automq.cost import CostModel
 from automq.data import DataSplits, fixed_batches, head
 from automq.device import module_device
-from automq.errors import DataError
+from automq.errors import CheckpointError, DataError
+from automq.io import atomic_torch_save
 from automq.numerics.quant import dequantize_, scales_restored
 from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.paired import BLOCKS_KEY, BlockCorrectness, Correctness, Difference, paired_difference
-from automq.oneshot.train import (EVAL_BATCH_SIZE, SPACE_FILE, deterministic, load_space_data, load_supernet,
-                                  train_model)
+from automq.oneshot.train import (EVAL_BATCH_SIZE, FLOAT_FILE, FLOAT_KIND, SPACE_FILE, data_split, deterministic,
+                                  load_space_data, load_supernet, space_fingerprint, train_model, write_run_info)
 
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
@@ -54,10 +55,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALIBRATION_THREADS", "ESTIMATOR_THREADS", "INITS", "OneShotEstimator", "Score", "load_float_weights",
-    "score_model", "torch_threads", "train_float_parent", "train_standalone",
+    "score_model", "torch_threads", "train_float", "train_float_parent", "train_standalone",
 ]  # fmt: skip
 
 CALIB_BATCH_SIZE = 256
+FLOAT_RECORD = "float.json"
 INITS = ("scratch", "supernet", "float")
 """Where a stand-alone training starts (:func:`train_standalone`)."""
 ESTIMATOR_THREADS = 1
@@ -421,23 +423,51 @@ def train_standalone(
 
 
 def train_float_parent(space: SearchSpace, candidate: Candidate, data: DataSplits, *, epochs: int, seed: int,
-                       val_images: int | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+                       val_images: int | None = None, device: torch.device | str = "cpu", progress: bool = False
+                       ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """``candidate``'s architecture trained from scratch in ``fp32`` (every layer dequantized, the formats
-    ignored) with the space's recipe for ``epochs``: the pretrained network of ``init="float"``. Returns its
-    ``state_dict`` (weights and BN, no quantizer scales) and the record of :func:`train_standalone`, whose accuracy
-    is the float reference of that architecture."""
+    ignored) with the space's recipe for ``epochs``, on ``device``: the pretrained network of ``init="float"``.
+    Returns its ``state_dict`` (weights and BN, no quantizer scales; on the CPU) and the record of
+    :func:`train_standalone`, whose accuracy is the float reference of that architecture."""
     start = time.perf_counter()
+    device = torch.device(device)
+    data = data.to(device)
 
     def build() -> nn.Module:
         model = Supernet(space).extract(candidate)
         dequantize_(model)
-        return model
+        return model.to(device)
 
     spec = dataclasses.replace(space.training, epochs=epochs)
-    model, train_loss, score = _fit(build, data, spec, seed=seed, val_images=val_images or len(data.val))
+    model, train_loss, score = _fit(build, data, spec, seed=seed, val_images=val_images or len(data.val),
+                                    device=device, progress=progress)
     record = {**score.metrics(), "train_loss": train_loss, "epochs": epochs, "seed": seed, "init": "scratch",
               "formats": "fp32", "train_images": len(data.train), "wall_s": time.perf_counter() - start}
-    return model.state_dict(), record
+    return {k: v.cpu() for k, v in model.state_dict().items()}, record
+
+
+def train_float(space: SearchSpace, out_dir: str | Path, *, epochs: int | None = None,
+                train_subset: int | None = None, data_root: str | Path | None = None, seed: int | None = None,
+                device: torch.device | str = "cpu", progress: bool = True) -> Path:
+    """Train the float network of ``space``'s largest architecture (:func:`train_float_parent`, scored on the whole
+    validation split) into ``out_dir`` and return the path of its ``float.pt``, which ``train_supernet(init=
+    load_float_network(path, space))`` starts the supernet from. ``epochs``, ``train_subset`` and ``seed`` default to
+    the space's. A folder that holds one already is refused; an interrupted run starts again (it keeps no
+    checkpoint between epochs)."""
+    out = Path(out_dir)
+    path = out / FLOAT_FILE
+    if path.exists():
+        raise CheckpointError(f"{path} already holds a float network; choose another --out folder")
+    seed = space.seed if seed is None else seed
+    data = load_space_data(space, root=data_root, train_subset=train_subset or space.training.train_size)
+    state, record = train_float_parent(space, space.largest(), data, epochs=epochs or space.training.epochs,
+                                       seed=seed, device=device, progress=progress)
+    write_run_info(out, space, {"epochs": record["epochs"], "train_images": record["train_images"], "seed": seed,
+                                "data_root": None if data_root is None else str(data_root)}, FLOAT_RECORD,
+                   record=record)
+    atomic_torch_save({"kind": FLOAT_KIND, "space": space_fingerprint(space), "split": data_split(space),
+                       "record": record, "state_dict": state}, path)
+    return path
 
 
 def load_float_weights(model: nn.Module, parent: Mapping[str, Tensor]) -> None:
@@ -496,12 +526,12 @@ def _train_and_score(
 
 
 def _fit(build: Callable[[], nn.Module], data: DataSplits, spec: TrainingSpec, *, seed: int, val_images: int,
-         device: torch.device | None = None) -> tuple[nn.Module, float, Score]:
+         device: torch.device | None = None, progress: bool = False) -> tuple[nn.Module, float, Score]:
     """The model ``build`` makes under ``seed``, trained with ``spec`` and scored on the first ``val_images``
     validation images, all deterministically: one seed gives one result."""
     with deterministic():
         torch.manual_seed(seed)
         model = build()
-        train_loss = train_model(model, data.train, spec, seed=seed)
+        train_loss = train_model(model, data.train, spec, seed=seed, progress=progress)
         score = score_model(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE, device=device))
     return model, train_loss, score

@@ -55,10 +55,13 @@ __all__ = [
     "CHECKPOINT",
     "SUPERNET",
     "DataParallel",
+    "FLOAT_FILE",
+    "FloatNetwork",
     "build_optimizer",
     "build_scheduler",
     "deterministic",
     "epoch_seed",
+    "load_float_network",
     "load_space_data",
     "load_supernet",
     "run_config",
@@ -71,6 +74,7 @@ __all__ = [
     "training_summary",
     "training_text",
     "validate",
+    "write_run_info",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -80,6 +84,8 @@ METRICS = "metrics.jsonl"
 RUN_INFO = "run.json"
 _CHECKPOINT_KIND = "automq-supernet-checkpoint"
 _SUPERNET_KIND = "automq-supernet"
+FLOAT_FILE = "float.pt"
+FLOAT_KIND = "automq-float-network"
 GRAD_CLIP_NORM = 5.0  # keeps a low-bit candidate's rare huge gradient from wrecking the shared weights
 EVAL_BATCH_SIZE = 500  # validation batches: only speed depends on it
 # Measured on mbv2_fmnist (SGD, lr 0.05): a factor of 1e-2 or more sends per-channel weight scales negative
@@ -241,7 +247,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def train_model(model: nn.Module, train: Dataset, spec: TrainingSpec, *, seed: int) -> float:
+def train_model(model: nn.Module, train: Dataset, spec: TrainingSpec, *, seed: int, progress: bool = False) -> float:
     """Train one stand-alone ``model`` in place on ``train`` with the recipe ``spec`` (SGD, warm-up and cosine
     schedule over ``spec.epochs``, gradient clipping), on the model's device; each epoch shuffled by
     :func:`epoch_seed`. Returns the last epoch's mean training loss (nan for 0 epochs).
@@ -249,7 +255,7 @@ def train_model(model: nn.Module, train: Dataset, spec: TrainingSpec, *, seed: i
     The ground truths of the fidelity studies (a candidate trained alone) and the optional fine-tune of the final
     measurement both train through here, so they follow the same recipe. The caller seeds torch and holds
     :func:`deterministic` when it wants a reproducible run, and gives ``train`` on the model's device (an in-memory
-    dataset is not moved)."""
+    dataset is not moved). ``progress`` shows a progress line on stderr."""
     device = module_device(model)
     optimizer = build_optimizer(model, spec)
     steps_per_epoch = -(-len(train) // spec.batch_size)
@@ -261,10 +267,15 @@ def train_model(model: nn.Module, train: Dataset, spec: TrainingSpec, *, seed: i
         return [loss.item()]
 
     train_loss = float("nan")
+    bar = Progress(spec.epochs * steps_per_epoch) if progress else None
     for epoch in range(spec.epochs):
+        if bar is not None:
+            bar.begin_epoch(epoch, spec.epochs, epoch * steps_per_epoch)
         loader = make_loader(train, spec.batch_size, shuffle=True, seed=epoch_seed(seed, epoch), device=device)
         train_loss = run_epoch(model, loader, step, optimizer, scheduler, epoch=epoch,
-                               first_step=epoch * steps_per_epoch)["loss_0"]
+                               first_step=epoch * steps_per_epoch, progress=bar)["loss_0"]
+        if bar is not None:
+            bar.end_epoch(f"loss {train_loss:.4f}")
     return train_loss
 
 
@@ -371,6 +382,45 @@ def load_space_data(
                         train_subset=train_subset, with_test=with_test, seed=space.seed, **split)
 
 
+@dataclasses.dataclass(frozen=True)
+class FloatNetwork:
+    """A float network of a space's largest architecture (:func:`automq.oneshot.evaluate.train_float` writes one):
+    the pretrained start of a supernet, as Once-for-All trains its full network before the elastic stage and One-Shot
+    MPQ trains its bit-width supernet from a pretrained model. Its weights and BN state are the supernet's at the
+    largest candidate; the quantizer scales, which a float network has none of, initialise from the first tensors."""
+
+    state_dict: dict[str, Tensor]
+    source: str
+    record: dict[str, Any]
+
+    def load_into(self, supernet: Supernet) -> None:
+        """Copy the weights into ``supernet``; a network of another architecture is a :class:`CheckpointError`."""
+        own = supernet.state_dict()
+        foreign = [k for k, v in self.state_dict.items() if k not in own or own[k].shape != v.shape]
+        foreign += [k for k in own if k not in self.state_dict and not (".w_quant." in k or ".a_quant." in k)]
+        if foreign:
+            raise CheckpointError(f"{self.source}: a float network of another architecture than this space's "
+                                  f"largest ({len(foreign)} tensors differ, e.g. {foreign[0]!r}); train one for this "
+                                  "space with `automq train-float`")
+        supernet.load_state_dict(self.state_dict, strict=False)
+
+    def summary(self) -> dict[str, Any]:
+        """Where it came from and how good it is, for the supernet's ``run.json``."""
+        keys = ("accuracy", "accuracy_images", "epochs", "train_images", "seed")
+        return {"source": self.source, **{k: self.record[k] for k in keys if k in self.record}}
+
+
+def load_float_network(path: str | Path, space: SearchSpace) -> FloatNetwork:
+    """The float network in ``path`` (the file, or the ``automq train-float`` folder that holds it), checked against
+    ``space``: it must hold out the same validation images, or the supernet's estimates would score images that the
+    float network trained on."""
+    path, state = _load_run_file(path, FLOAT_FILE, FLOAT_KIND, "a float network", "train-float")
+    _check_split(path, state, space, "float network")
+    network = FloatNetwork(state["state_dict"], str(path), state.get("record", {}))
+    network.load_into(Supernet(space))  # the architecture is checked before any training starts
+    return network
+
+
 class SupernetTrainer:
     """The complete state of one supernet training run, and its epoch loop.
 
@@ -380,13 +430,17 @@ class SupernetTrainer:
     """
 
     def __init__(self, space: SearchSpace, data: DataSplits, spec: TrainingSpec, *, seed: int,
-                 device: torch.device | str = "cpu", parallel: DataParallel = DataParallel()) -> None:
+                 device: torch.device | str = "cpu", parallel: DataParallel = DataParallel(),
+                 init: FloatNetwork | None = None) -> None:
         parallel.check_batches(len(data.train), spec.batch_size)
         torch.manual_seed(seed)
         self.parallel = parallel
         self.device = torch.device(device)
         self.space, self.data, self.spec, self.seed = space, data.to(self.device), spec, seed
-        self.supernet = Supernet(space).to(self.device)  # initialised on the CPU: the same weights on any device
+        self.supernet = Supernet(space)  # initialised on the CPU: the same weights on any device
+        if init is not None:
+            init.load_into(self.supernet)
+        self.supernet.to(self.device)
         self.steps_per_epoch = math.ceil(len(data.train) / spec.batch_size)
         self.optimizer = build_optimizer(self.supernet, spec)
         self.scheduler = build_scheduler(self.optimizer, spec, self.steps_per_epoch)
@@ -489,33 +543,40 @@ def train_supernet(
     progress: bool = True,
     device: torch.device | str = "cpu",
     parallel: DataParallel = DataParallel(),
+    lr: float | None = None,
+    init: FloatNetwork | None = None,
 ) -> Path:
     """Train the one-shot supernet of ``space`` into ``out_dir`` and return the path of ``supernet.pt``.
 
-    ``epochs``, ``train_subset`` (training images, class-balanced) and ``seed`` default to the space's
-    ``training:`` section and ``seed``. ``resume=True`` continues the run in ``out_dir`` from its last
-    checkpoint with the configuration it was started with; a fresh start refuses to overwrite a run. ``device``
+    ``epochs``, ``train_subset`` (training images, class-balanced), ``lr`` and ``seed`` default to the space's
+    ``training:`` section and ``seed``. ``init`` (:func:`load_float_network`) starts the shared weights from a float
+    network of the space's largest architecture instead of a random initialisation. ``resume=True`` continues the
+    run in ``out_dir`` from its last checkpoint with the configuration it was started with (its weights make
+    ``init`` moot); a fresh start refuses to overwrite a run. ``device``
     is where the supernet and the in-memory images live (checkpoints are loaded onto it, so a run may resume on
     another device); the CPU path is the same computation as before devices existed. ``parallel`` makes this
     process one of several data-parallel ones (:mod:`automq.oneshot.distributed`); only its rank 0 writes.
     """
     out = Path(out_dir)
-    spec, seed, state = run_config(space, out, resume=resume, epochs=epochs, train_subset=train_subset, seed=seed)
+    spec, seed, state = run_config(space, out, resume=resume, epochs=epochs, train_subset=train_subset, seed=seed,
+                                   lr=lr)
     data = load_space_data(space, root=data_root, train_subset=spec.train_size)
     with deterministic():
-        trainer = SupernetTrainer(space, data, spec, seed=seed, device=device, parallel=parallel)
+        trainer = SupernetTrainer(space, data, spec, seed=seed, device=device, parallel=parallel,
+                                  init=None if state is not None else init)
         if state is not None:
             trainer.load_state_dict(state)
         if parallel.writes:
             if state is not None:
                 _restore_metrics_line(out, state)
-            _record_run(out, space, spec, seed, data_root, resumed_at=trainer.epoch if resume else None)
+            _record_run(out, space, spec, seed, data_root, resumed_at=trainer.epoch if resume else None,
+                        init=init)
         _fit(trainer, out, progress and parallel.writes)
     return out / SUPERNET
 
 
 def run_config(space: SearchSpace, out: Path, *, resume: bool, epochs: int | None = None,
-               train_subset: int | None = None, seed: int | None = None
+               train_subset: int | None = None, seed: int | None = None, lr: float | None = None
                ) -> tuple[TrainingSpec, int, dict[str, Any] | None]:
     """The training configuration and seed of a run in ``out``, and for ``resume`` its checkpoint's state.
 
@@ -525,12 +586,13 @@ def run_config(space: SearchSpace, out: Path, *, resume: bool, epochs: int | Non
     checkpoint = out / CHECKPOINT
     if resume:
         state = _load_checkpoint(checkpoint, space)
-        spec, seed = _resumed_config(checkpoint, state["config"], epochs=epochs, train_subset=train_subset, seed=seed)
+        spec, seed = _resumed_config(checkpoint, state["config"], epochs=epochs, train_subset=train_subset, seed=seed,
+                                     lr=lr)
         return spec, seed, state
     if checkpoint.exists():
         raise CheckpointError(f"{out} already holds a training run ({CHECKPOINT}); pass --resume to continue "
                               "it, or choose another --out folder")
-    overrides = {"epochs": epochs, "train_size": train_subset}
+    overrides = {"epochs": epochs, "train_size": train_subset, "lr": lr}
     spec = dataclasses.replace(space.training, **{k: v for k, v in overrides.items() if v is not None})
     return spec, space.seed if seed is None else seed, None
 
@@ -575,18 +637,24 @@ def load_supernet(path: str | Path, space: SearchSpace, *, device: torch.device 
     ``device`` (whatever device it was trained on). ``space`` may also be a narrower copy of the run's own space
     (:meth:`SearchSpace.outside`: fewer formats, kernels, depths, widths): the supernet is then the run's, and scores
     every candidate of ``space``."""
-    path = Path(path)
-    path = path / SUPERNET if path.is_dir() else path
-    state = safe_torch_load(path)
-    if not isinstance(state, dict) or state.get("kind") != _SUPERNET_KIND:
-        raise CheckpointError(f"{path}: not a trained supernet (expected the {SUPERNET} that "
-                              "`automq train-supernet` writes)")
+    path, state = _load_run_file(path, SUPERNET, _SUPERNET_KIND, "a trained supernet", "train-supernet")
     supernet = Supernet(_trained_space(path, state, space))
     supernet.load_state_dict(state["state_dict"])
     return supernet.to(device)
 
 
 # ------------------------------------------------------------------------------------------------ run folder helpers
+def _load_run_file(path: str | Path, name: str, kind: str, what: str, command: str) -> tuple[Path, dict[str, Any]]:
+    """The file ``name`` of a run folder (or ``path`` itself when it is a file) and its contents, which must be of
+    ``kind``: what ``automq {command}`` writes."""
+    path = Path(path)
+    path = path / name if path.is_dir() else path
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        raise CheckpointError(f"{path}: not {what} (expected the {name} that `automq {command}` writes)")
+    return path, state
+
+
 def _trained_space(path: Path, state: dict[str, Any], space: SearchSpace) -> SearchSpace:
     """The space whose supernet the weights fit: ``space`` itself, or the run's saved space when ``space`` is a
     narrower copy of it. Raises :class:`CheckpointError` otherwise, or when the validation splits differ."""
@@ -619,14 +687,14 @@ def _other_space(path: Path, state: dict[str, Any], space: SearchSpace, reason: 
                            "this space")
 
 
-def _check_split(path: Path, state: dict[str, Any], space: SearchSpace) -> None:
+def _check_split(path: Path, state: dict[str, Any], space: SearchSpace, what: str = "supernet") -> None:
     trained, now = state.get("split") or _saved_split(path.parent / SPACE_FILE), data_split(space)
     if trained is not None and trained != now:
         raise CheckpointError(
             f"{path} was trained holding out {trained['val_size']} validation images (seed {trained['seed']}), but "
             f"{space.source} holds out {now['val_size']} (seed {now['seed']}), so its estimates would score images "
-            f"the supernet trained on. Set dataset.val_size and seed as in {path.parent / SPACE_FILE}, or train a "
-            "new supernet for this split")
+            f"the {what} trained on. Set dataset.val_size and seed as in {path.parent / SPACE_FILE}, or train a "
+            f"new {what} for this split")
 
 
 def _saved_split(space_file: Path) -> dict[str, int] | None:
@@ -655,11 +723,11 @@ def _restore_metrics_line(out: Path, state: dict[str, Any]) -> None:
         append_jsonl(out / METRICS, record)
 
 
-def _resumed_config(path: Path, config: dict[str, Any], **given: int | None) -> tuple[TrainingSpec, int]:
+def _resumed_config(path: Path, config: dict[str, Any], **given: float | None) -> tuple[TrainingSpec, int]:
     """The run's saved configuration; an explicitly given value that differs from it is an error, because
     the learning-rate schedule and the data order depend on it."""
     spec, seed = TrainingSpec(**{**_OLD_RUN_TRAINING, **config["training"]}), config["seed"]
-    saved = {"epochs": spec.epochs, "train_subset": spec.train_size, "seed": seed}
+    saved = {"epochs": spec.epochs, "train_subset": spec.train_size, "seed": seed, "lr": spec.lr}
     for name, value in given.items():
         if value is not None and value != saved[name]:
             raise CheckpointError(f"{path}: the run was started with {name}={saved[name]}, not {value}; a resume "
@@ -668,27 +736,36 @@ def _resumed_config(path: Path, config: dict[str, Any], **given: int | None) -> 
 
 
 def _record_run(out: Path, space: SearchSpace, spec: TrainingSpec, seed: int, data_root: str | Path | None,
-                *, resumed_at: int | None) -> None:
+                *, resumed_at: int | None, init: FloatNetwork | None = None) -> None:
     """Copy the space file and write run.json (a resume appends to its list of resumes)."""
     if resumed_at is not None:
         info = _read_json(out / RUN_INFO)
         info.setdefault("resumes", []).append({"epoch": resumed_at, "command": sys.argv, "time": _now()})
         atomic_write_json(out / RUN_INFO, info)
         return
+    write_run_info(out, space, {"training": dataclasses.asdict(spec), "seed": seed,
+                                "data_root": None if data_root is None else str(data_root),
+                                **({} if init is None else {"init_float": init.summary()})})
+
+
+def write_run_info(out: Path, space: SearchSpace, config: dict[str, Any], name: str = RUN_INFO,
+                   **extra: Any) -> None:
+    """Copy the space file into ``out`` and write ``name`` there: the command, the space, ``config``, the package
+    versions and the time, and ``extra``."""
     source = Path(space.source)
     if not source.is_file():
-        raise SpaceError(f"train_supernet needs a space loaded from a file (SearchSpace.from_file), so that the "
-                         f"run folder can keep a copy; this one comes from {space.source}")
+        raise SpaceError(f"training needs a space loaded from a file (SearchSpace.from_file), so that the run folder "
+                         f"can keep a copy; this one comes from {space.source}")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, out / SPACE_FILE)
-    atomic_write_json(out / RUN_INFO, {
+    atomic_write_json(out / name, {
         "command": sys.argv,
         "space": str(source.resolve()),
         "space_fingerprint": space_fingerprint(space),
-        "config": {"training": dataclasses.asdict(spec), "seed": seed,
-                   "data_root": None if data_root is None else str(data_root)},
+        "config": config,
         "versions": _versions(),
         "time": _now(),
+        **extra,
     })
 
 
@@ -702,11 +779,13 @@ def training_summary(run_dir: str | Path) -> dict[str, Any]:
     if not epochs:
         return {}
     last = epochs[-1]
-    training = {**_OLD_RUN_TRAINING, **_read_json(run_dir / RUN_INFO).get("config", {}).get("training", {})}
+    config = _read_json(run_dir / RUN_INFO).get("config", {})
+    training = {**_OLD_RUN_TRAINING, **config.get("training", {})}
     return {"epochs": last["epoch"], "train_images": training.get("train_size"),
             "num_random": training.get("num_random"), "smallest": training["smallest"],
             # only where used, so the records of the runs before the option stay equal to the ones kept of them
             **({"uniform": training["uniform"]} if training.get("uniform") else {}),
+            **({"init_float": config["init_float"], "lr": training.get("lr")} if config.get("init_float") else {}),
             "training_wall_s": sum(e.get("wall_s", 0.0) for e in epochs),
             "val_acc_largest": last.get("val_acc_largest"), "val_acc_smallest": last.get("val_acc_smallest")}
 
@@ -717,7 +796,10 @@ def training_text(summary: dict[str, Any]) -> str:
         return "training record not found"
     fixed = "the largest and the smallest" if summary.get("smallest", True) else "the largest"
     uniform = f" + {summary['uniform']} in one format throughout" if summary.get("uniform") else ""
-    return (f"{summary['epochs']} epochs on {summary.get('train_images') or 'all'} train images, {fixed} + "
+    start = summary.get("init_float")
+    init = (f" from the float network `{start['source']}` ({start.get('accuracy', float('nan')):.4f} val accuracy) "
+            f"at learning rate {summary.get('lr')}" if start else "")
+    return (f"{summary['epochs']} epochs on {summary.get('train_images') or 'all'} train images{init}, {fixed} + "
             f"{summary.get('num_random', '?')} random{uniform} candidates per step, "
             f"{summary.get('training_wall_s', 0) / 60:.0f} min; val accuracy largest "
             f"{summary['val_acc_largest']:.3f}, smallest {summary['val_acc_smallest']:.3f}")
