@@ -46,8 +46,9 @@ from automq.numerics.quant import dequantize_, scales_restored
 from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.paired import BLOCKS_KEY, BlockCorrectness, Correctness, Difference, paired_difference
-from automq.oneshot.train import (EVAL_BATCH_SIZE, FLOAT_FILE, FLOAT_KIND, SPACE_FILE, data_split, deterministic,
-                                  load_space_data, load_supernet, space_fingerprint, train_model, write_run_info)
+from automq.oneshot.train import (EVAL_BATCH_SIZE, FLOAT_FILE, FLOAT_KIND, FLOAT_RECORD, SPACE_FILE, data_split,
+                                  deterministic, load_space_data, load_supernet, space_fingerprint, train_model,
+                                  write_run_info)
 
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
@@ -59,7 +60,6 @@ __all__ = [
 ]  # fmt: skip
 
 CALIB_BATCH_SIZE = 256
-FLOAT_RECORD = "float.json"
 INITS = ("scratch", "supernet", "float")
 """Where a stand-alone training starts (:func:`train_standalone`)."""
 ESTIMATOR_THREADS = 1

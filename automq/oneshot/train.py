@@ -85,6 +85,7 @@ RUN_INFO = "run.json"
 _CHECKPOINT_KIND = "automq-supernet-checkpoint"
 _SUPERNET_KIND = "automq-supernet"
 FLOAT_FILE = "float.pt"
+FLOAT_RECORD = "float.json"
 FLOAT_KIND = "automq-float-network"
 GRAD_CLIP_NORM = 5.0  # keeps a low-bit candidate's rare huge gradient from wrecking the shared weights
 EVAL_BATCH_SIZE = 500  # validation batches: only speed depends on it
@@ -785,9 +786,17 @@ def training_summary(run_dir: str | Path) -> dict[str, Any]:
             "num_random": training.get("num_random"), "smallest": training["smallest"],
             # only where used, so the records of the runs before the option stay equal to the ones kept of them
             **({"uniform": training["uniform"]} if training.get("uniform") else {}),
-            **({"init_float": config["init_float"], "lr": training.get("lr")} if config.get("init_float") else {}),
+            **({"init_float": _float_start(config["init_float"]), "lr": training.get("lr")}
+               if config.get("init_float") else {}),
             "training_wall_s": sum(e.get("wall_s", 0.0) for e in epochs),
             "val_acc_largest": last.get("val_acc_largest"), "val_acc_smallest": last.get("val_acc_smallest")}
+
+
+def _float_start(start: dict[str, Any]) -> dict[str, Any]:
+    """The float network a run started from, with its training time from the ``float.json`` beside it where that
+    is still there (the cost of the start belongs to the supernet's)."""
+    record = _read_json(Path(start["source"]).parent / FLOAT_RECORD).get("record", {})
+    return {**start, **({"wall_s": record["wall_s"]} if "wall_s" in record else {})}
 
 
 def training_text(summary: dict[str, Any]) -> str:
@@ -797,8 +806,9 @@ def training_text(summary: dict[str, Any]) -> str:
     fixed = "the largest and the smallest" if summary.get("smallest", True) else "the largest"
     uniform = f" + {summary['uniform']} in one format throughout" if summary.get("uniform") else ""
     start = summary.get("init_float")
-    init = (f" from the float network `{start['source']}` ({start.get('accuracy', float('nan')):.4f} val accuracy) "
-            f"at learning rate {summary.get('lr')}" if start else "")
+    trained = f", trained in {start['wall_s'] / 60:.0f} min" if start and "wall_s" in start else ""
+    init = (f" from the float network `{start['source']}` ({start.get('accuracy', float('nan')):.4f} val "
+            f"accuracy{trained}) at learning rate {summary.get('lr')}" if start else "")
     return (f"{summary['epochs']} epochs on {summary.get('train_images') or 'all'} train images{init}, {fixed} + "
             f"{summary.get('num_random', '?')} random{uniform} candidates per step, "
             f"{summary.get('training_wall_s', 0) / 60:.0f} min; val accuracy largest "
