@@ -429,3 +429,34 @@ def test_a_float_network_that_does_not_fit_is_refused_before_training(
         load_float_network(tmp_path / "run" / SUPERNET, space)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_float_network(tmp_path / "nowhere", space)
+
+
+def test_an_interrupted_float_training_continues_to_the_uninterrupted_network(
+    space: SearchSpace, float_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, real_epoch = tmp_path / "interrupted", train.run_epoch
+
+    def stop_in_the_second_epoch(*args, epoch: int, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(train, "run_epoch", stop_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_float(space, out, epochs=2, train_subset=384, progress=False)
+    assert (out / "float_checkpoint.pt").is_file() and not (out / "float.pt").exists()
+    with pytest.raises(CheckpointError, match="another recipe or data"):
+        train_float(space, out, epochs=3, train_subset=384, progress=False)
+    trained_epochs = []
+
+    def count(*args, epoch: int, **kwargs):
+        trained_epochs.append(epoch)
+        return real_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(train, "run_epoch", count)
+    train_float(space, out, epochs=2, train_subset=384, progress=False)
+    assert trained_epochs == [1]  # the first epoch came from the checkpoint
+    resumed, straight = (safe_torch_load(folder / "float.pt") for folder in (out, float_run))
+    assert all(torch.equal(resumed["state_dict"][k], v) for k, v in straight["state_dict"].items())
+    assert resumed["record"]["accuracy"] == straight["record"]["accuracy"]
+    assert not (out / "float_checkpoint.pt").exists()

@@ -60,6 +60,7 @@ __all__ = [
 ]  # fmt: skip
 
 CALIB_BATCH_SIZE = 256
+FLOAT_CHECKPOINT = "float_checkpoint.pt"
 INITS = ("scratch", "supernet", "float")
 """Where a stand-alone training starts (:func:`train_standalone`)."""
 ESTIMATOR_THREADS = 1
@@ -423,10 +424,11 @@ def train_standalone(
 
 
 def train_float_parent(space: SearchSpace, candidate: Candidate, data: DataSplits, *, epochs: int, seed: int,
-                       val_images: int | None = None, device: torch.device | str = "cpu", progress: bool = False
-                       ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+                       val_images: int | None = None, device: torch.device | str = "cpu", progress: bool = False,
+                       checkpoint: Path | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """``candidate``'s architecture trained from scratch in ``fp32`` (every layer dequantized, the formats
-    ignored) with the space's recipe for ``epochs``, on ``device``: the pretrained network of ``init="float"``.
+    ignored) with the space's recipe for ``epochs``, on ``device``: the pretrained network of ``init="float"``
+    (resumable through ``checkpoint``: :func:`~automq.oneshot.train.train_model`).
     Returns its ``state_dict`` (weights and BN, no quantizer scales; on the CPU) and the record of
     :func:`train_standalone`, whose accuracy is the float reference of that architecture."""
     start = time.perf_counter()
@@ -440,7 +442,7 @@ def train_float_parent(space: SearchSpace, candidate: Candidate, data: DataSplit
 
     spec = dataclasses.replace(space.training, epochs=epochs)
     model, train_loss, score = _fit(build, data, spec, seed=seed, val_images=val_images or len(data.val),
-                                    device=device, progress=progress)
+                                    device=device, progress=progress, checkpoint=checkpoint)
     record = {**score.metrics(), "train_loss": train_loss, "epochs": epochs, "seed": seed, "init": "scratch",
               "formats": "fp32", "train_images": len(data.train), "wall_s": time.perf_counter() - start}
     return {k: v.cpu() for k, v in model.state_dict().items()}, record
@@ -452,21 +454,23 @@ def train_float(space: SearchSpace, out_dir: str | Path, *, epochs: int | None =
     """Train the float network of ``space``'s largest architecture (:func:`train_float_parent`, scored on the whole
     validation split) into ``out_dir`` and return the path of its ``float.pt``, which ``train_supernet(init=
     load_float_network(path, space))`` starts the supernet from. ``epochs``, ``train_subset`` and ``seed`` default to
-    the space's. A folder that holds one already is refused; an interrupted run starts again (it keeps no
-    checkpoint between epochs)."""
+    the space's. A folder that holds one already is refused; an interrupted run, given the same command again,
+    continues from its last finished epoch (``float_checkpoint.pt``, removed when the network is written)."""
     out = Path(out_dir)
-    path = out / FLOAT_FILE
+    path, checkpoint = out / FLOAT_FILE, out / FLOAT_CHECKPOINT
     if path.exists():
         raise CheckpointError(f"{path} already holds a float network; choose another --out folder")
+    out.mkdir(parents=True, exist_ok=True)
     seed = space.seed if seed is None else seed
     data = load_space_data(space, root=data_root, train_subset=train_subset or space.training.train_size)
     state, record = train_float_parent(space, space.largest(), data, epochs=epochs or space.training.epochs,
-                                       seed=seed, device=device, progress=progress)
+                                       seed=seed, device=device, progress=progress, checkpoint=checkpoint)
     write_run_info(out, space, {"epochs": record["epochs"], "train_images": record["train_images"], "seed": seed,
                                 "data_root": None if data_root is None else str(data_root)}, FLOAT_RECORD,
                    record=record)
     atomic_torch_save({"kind": FLOAT_KIND, "space": space_fingerprint(space), "split": data_split(space),
                        "record": record, "state_dict": state}, path)
+    checkpoint.unlink(missing_ok=True)
     return path
 
 
@@ -526,12 +530,13 @@ def _train_and_score(
 
 
 def _fit(build: Callable[[], nn.Module], data: DataSplits, spec: TrainingSpec, *, seed: int, val_images: int,
-         device: torch.device | None = None, progress: bool = False) -> tuple[nn.Module, float, Score]:
+         device: torch.device | None = None, progress: bool = False, checkpoint: Path | None = None
+         ) -> tuple[nn.Module, float, Score]:
     """The model ``build`` makes under ``seed``, trained with ``spec`` and scored on the first ``val_images``
     validation images, all deterministically: one seed gives one result."""
     with deterministic():
         torch.manual_seed(seed)
         model = build()
-        train_loss = train_model(model, data.train, spec, seed=seed, progress=progress)
+        train_loss = train_model(model, data.train, spec, seed=seed, progress=progress, checkpoint=checkpoint)
         score = score_model(model, fixed_batches(data.val, val_images, EVAL_BATCH_SIZE, device=device))
     return model, train_loss, score

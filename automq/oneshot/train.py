@@ -87,6 +87,7 @@ _SUPERNET_KIND = "automq-supernet"
 FLOAT_FILE = "float.pt"
 FLOAT_RECORD = "float.json"
 FLOAT_KIND = "automq-float-network"
+_MODEL_CHECKPOINT_KIND = "automq-model-checkpoint"
 GRAD_CLIP_NORM = 5.0  # keeps a low-bit candidate's rare huge gradient from wrecking the shared weights
 EVAL_BATCH_SIZE = 500  # validation batches: only speed depends on it
 # Measured on mbv2_fmnist (SGD, lr 0.05): a factor of 1e-2 or more sends per-channel weight scales negative
@@ -248,7 +249,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def train_model(model: nn.Module, train: Dataset, spec: TrainingSpec, *, seed: int, progress: bool = False) -> float:
+def train_model(model: nn.Module, train: Dataset, spec: TrainingSpec, *, seed: int, progress: bool = False,
+                checkpoint: Path | None = None) -> float:
     """Train one stand-alone ``model`` in place on ``train`` with the recipe ``spec`` (SGD, warm-up and cosine
     schedule over ``spec.epochs``, gradient clipping), on the model's device; each epoch shuffled by
     :func:`epoch_seed`. Returns the last epoch's mean training loss (nan for 0 epochs).
@@ -256,25 +258,41 @@ def train_model(model: nn.Module, train: Dataset, spec: TrainingSpec, *, seed: i
     The ground truths of the fidelity studies (a candidate trained alone) and the optional fine-tune of the final
     measurement both train through here, so they follow the same recipe. The caller seeds torch and holds
     :func:`deterministic` when it wants a reproducible run, and gives ``train`` on the model's device (an in-memory
-    dataset is not moved). ``progress`` shows a progress line on stderr."""
+    dataset is not moved). ``progress`` shows a progress line on stderr. With ``checkpoint``, the state after every
+    epoch is saved there atomically, and a run that finds one of the same recipe continues from it (to the same
+    weights as an uninterrupted run)."""
     device = module_device(model)
     optimizer = build_optimizer(model, spec)
     steps_per_epoch = -(-len(train) // spec.batch_size)
     scheduler = build_scheduler(optimizer, spec, steps_per_epoch)
+    config = {"training": dataclasses.asdict(spec), "seed": seed, "images": len(train)}
+    first, train_loss = 0, float("nan")
+    if checkpoint is not None and checkpoint.is_file():
+        state = safe_torch_load(checkpoint)
+        if not isinstance(state, dict) or state.get("kind") != _MODEL_CHECKPOINT_KIND or state["config"] != config:
+            raise CheckpointError(f"{checkpoint} holds a training run of another recipe or data; delete it, or "
+                                  "choose another --out folder")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        first, train_loss = state["epoch"], state["train_loss"]
 
     def step(images: Tensor, labels: Tensor) -> list[float]:
         loss = F.cross_entropy(model(images), labels)
         loss.backward()
         return [loss.item()]
 
-    train_loss = float("nan")
     bar = Progress(spec.epochs * steps_per_epoch) if progress else None
-    for epoch in range(spec.epochs):
+    for epoch in range(first, spec.epochs):
         if bar is not None:
             bar.begin_epoch(epoch, spec.epochs, epoch * steps_per_epoch)
         loader = make_loader(train, spec.batch_size, shuffle=True, seed=epoch_seed(seed, epoch), device=device)
         train_loss = run_epoch(model, loader, step, optimizer, scheduler, epoch=epoch,
                                first_step=epoch * steps_per_epoch, progress=bar)["loss_0"]
+        if checkpoint is not None:
+            atomic_torch_save({"kind": _MODEL_CHECKPOINT_KIND, "config": config, "epoch": epoch + 1,
+                               "train_loss": train_loss, "model": model.state_dict(),
+                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, checkpoint)
         if bar is not None:
             bar.end_epoch(f"loss {train_loss:.4f}")
     return train_loss
