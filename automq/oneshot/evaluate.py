@@ -47,8 +47,8 @@ from automq.space.space import SearchSpace
 from automq.model.supernet import Supernet, recalibrate_bn
 from automq.oneshot.paired import BLOCKS_KEY, BlockCorrectness, Correctness, Difference, paired_difference
 from automq.oneshot.train import (EVAL_BATCH_SIZE, FLOAT_FILE, FLOAT_KIND, FLOAT_RECORD, SPACE_FILE, data_split,
-                                  deterministic, load_space_data, load_supernet, space_fingerprint, train_model,
-                                  write_run_info)
+                                  deterministic, foreign_tensors, load_space_data, load_supernet, space_fingerprint,
+                                  train_model, write_run_info)
 
 if TYPE_CHECKING:
     from automq.space.candidate import Candidate
@@ -478,14 +478,11 @@ def load_float_weights(model: nn.Module, parent: Mapping[str, Tensor]) -> None:
     """Copy a float network's weights and BN state (:func:`train_float_parent`) into the quantized ``model`` of
     the same architecture; its quantizer scales, which the float network has none of, stay to be initialised from
     the first tensors they see. Raises ``ValueError`` when the architectures differ."""
-    try:
-        missing, unexpected = model.load_state_dict(parent, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape
-        raise ValueError(f"the float parent is another architecture than the candidate: {exc}") from None
-    foreign = [k for k in missing if not (".w_quant." in k or ".a_quant." in k)] + list(unexpected)
+    foreign = foreign_tensors(model, parent)
     if foreign:
         raise ValueError(f"the float parent is another architecture than the candidate ({len(foreign)} tensors "
                          f"differ, e.g. {foreign[0]!r})")
+    model.load_state_dict(parent, strict=False)
 
 
 def _train_and_score(

@@ -29,7 +29,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -57,6 +57,7 @@ __all__ = [
     "DataParallel",
     "FLOAT_FILE",
     "FloatNetwork",
+    "foreign_tensors",
     "build_optimizer",
     "build_scheduler",
     "deterministic",
@@ -414,9 +415,7 @@ class FloatNetwork:
 
     def load_into(self, supernet: Supernet) -> None:
         """Copy the weights into ``supernet``; a network of another architecture is a :class:`CheckpointError`."""
-        own = supernet.state_dict()
-        foreign = [k for k, v in self.state_dict.items() if k not in own or own[k].shape != v.shape]
-        foreign += [k for k in own if k not in self.state_dict and not (".w_quant." in k or ".a_quant." in k)]
+        foreign = foreign_tensors(supernet, self.state_dict)
         if foreign:
             raise CheckpointError(f"{self.source}: a float network of another architecture than this space's "
                                   f"largest ({len(foreign)} tensors differ, e.g. {foreign[0]!r}); train one for this "
@@ -427,6 +426,15 @@ class FloatNetwork:
         """Where it came from and how good it is, for the supernet's ``run.json``."""
         keys = ("accuracy", "accuracy_images", "epochs", "train_images", "seed")
         return {"source": self.source, **{k: self.record[k] for k in keys if k in self.record}}
+
+
+def foreign_tensors(model: nn.Module, float_state: Mapping[str, Tensor]) -> list[str]:
+    """The tensors in which a float network's state and the quantized ``model`` of what should be the same
+    architecture differ: missing on either side or of another shape (the quantizer state, which a float network has
+    none of, excepted). Empty when ``float_state`` loads into ``model``."""
+    own = model.state_dict()
+    foreign = [k for k, v in float_state.items() if k not in own or own[k].shape != v.shape]
+    return foreign + [k for k in own if k not in float_state and not (".w_quant." in k or ".a_quant." in k)]
 
 
 def load_float_network(path: str | Path, space: SearchSpace) -> FloatNetwork:
