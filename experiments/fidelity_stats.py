@@ -142,6 +142,41 @@ def paired_difference(x: Sequence[float], baseline: Sequence[float], y: Sequence
     return figures
 
 
+Study = tuple[Sequence[float], Sequence[float] | None, Sequence[float], Sequence[float], Sequence[tuple[int, int]]]
+"""One study's part of a pooled figure: the estimate, the baseline it is compared with (``None``: the figure
+itself), the ground truth, the costs and the neighbour pairs, as :func:`paired_difference` takes them."""
+
+
+def pooled_figures(studies: Sequence[Study], seed: int = 0, resamples: int = BOOTSTRAP) -> dict[str, Any]:
+    """:func:`search_figures` (baseline ``None``) or :func:`paired_difference` over several independent studies,
+    each against its own ground truth (another float network, another machine), without comparing candidates of
+    different studies: each figure is the studies' figures averaged with their comparisons as weights (candidate
+    pairs, similar-cost pairs, neighbour pairs), so every comparison counts once, as in one study holding them
+    all; its interval comes from resampling every study on its own, the replicates combined the same way."""
+    points, replicates, weights = [], [], []
+    for k, (x, baseline, y, cost, neighbours) in enumerate(studies):
+        x, y, cost = (np.asarray(v, float) for v in (x, y, cost))
+        estimates = [x] if baseline is None else [x, np.asarray(baseline, float)]
+        figures = [_point_figures(e, y, cost, neighbours) for e in estimates]
+        points.append({key: figures[0][key] - (figures[1][key] if baseline is not None else 0.0)
+                       for key in figures[0]})
+        replicates.append({key: v[0] - (v[1] if baseline is not None else 0.0)
+                           for key, v in _bootstrap(estimates, y, cost, neighbours, seed + k, resamples).items()})
+        weights.append({"kendall_tau": len(y) * (len(y) - 1) / 2, "kendall_tau_local": len(similar_cost_pairs(cost)),
+                        "neighbour_agreement": len(neighbours)})
+    pooled: dict[str, Any] = {"studies": len(studies)}
+    for key in points[0]:
+        counted = [k for k, w in enumerate(weights) if w[key]]  # a study without such comparisons adds none
+        if not counted:
+            pooled[key] = math.nan
+            continue
+        w = np.array([weights[k][key] for k in counted], float) / sum(weights[k][key] for k in counted)
+        pooled[key] = float(np.dot(w, [points[k][key] for k in counted]))
+        if all(key in replicates[k] for k in counted):
+            pooled[f"{key}_ci95"] = ci95(np.tensordot(w, [replicates[k][key] for k in counted], axes=1))
+    return pooled
+
+
 def ratio_to_ceiling(x: Sequence[float], rerun: Sequence[float], y: Sequence[float], cost: Sequence[float],
                      neighbours: Sequence[tuple[int, int]], seed: int = 0,
                      resamples: int = BOOTSTRAP) -> dict[str, Any]:

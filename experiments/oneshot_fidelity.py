@@ -66,7 +66,7 @@ from automq.space.space import SearchSpace
 from automq.oneshot.train import (SUPERNET, load_space_data, load_supernet, train_supernet, training_summary,
                           training_text)
 from fidelity_stats import (BOOTSTRAP, LOCAL_WINDOW, TARGET_SPEARMAN, TARGET_TAU, column, correlations, fmt_ci,
-                            measured_noise_ceiling, paired_difference, rank_figures, search_figures)
+                            load_study, measured_noise_ceiling, paired_difference, rank_figures, search_figures)
 from fidelity_variants import VARIANTS, variants
 from provenance import machine, machine_text
 
@@ -141,6 +141,14 @@ SCALES = {
                      train_images=20000, epochs=2, val_images=10000, calib_images=512, noise_candidates=12,
                      noise_seeds=3, supernet_epochs=3, supernet_images=20000, neighbour_pairs=20, init="float",
                      lr=0.01, parent_epochs=16, parent_images=40000),
+    # a second sample of candidates for the formats study (with --seed 1 --exclude <the first study>), judged
+    # with it by recipe_study.py: its recipe, fewer candidates and no re-runs (what one CPU session has left; the
+    # re-runs of the first study measure the ceiling)
+    "formats_second": Scale("~45 min on 2 CPU cores (--jobs 2): more candidates for the formats study, its recipe",
+                            candidates=24, pool=4000, train_images=20000, epochs=2, val_images=10000,
+                            calib_images=512, noise_candidates=0, noise_seeds=1, supernet_epochs=3,
+                            supernet_images=20000, neighbour_pairs=12, init="float", lr=0.01, parent_epochs=16,
+                            parent_images=40000),
     # the test's scale, on the tests' tiny synthetic space (seconds)
     "tiny": Scale("a test on a tiny synthetic space", candidates=5, pool=60, train_images=256, epochs=4,
                   val_images=200, calib_images=64, noise_candidates=4, noise_seeds=2, supernet_epochs=3,
@@ -172,6 +180,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "are then a partial study that --resume continues (a GPU command's time limit)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--seed", type=int, default=0, help="candidate sampling seed")
+    parser.add_argument("--exclude", metavar="FILE", type=Path, nargs="*", default=[],
+                        help="other studies' JSON whose candidates this one leaves out: with another --seed, a "
+                        "second sample of new candidates only, to be judged together with them "
+                        "(recipe_study.py --study FILE --study THIS)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each process")
     parser.add_argument("--jobs", type=int, default=1,
                         help="stand-alone trainings at once, each in its own process with --threads threads "
@@ -218,11 +230,12 @@ def stratified_candidates(space: SearchSpace, bitops: Any, count: int, pool: int
     return [samples[i] for i in sorted(chosen, key=lambda i: logs[i])]
 
 
-def pick_candidates(space: SearchSpace, bitops: Callable[[Candidate], float], scale: Scale,
-                    seed: int) -> list[tuple[str, Candidate, dict[str, str]]]:
+def pick_candidates(space: SearchSpace, bitops: Callable[[Candidate], float], scale: Scale, seed: int,
+                    exclude: frozenset[str] = frozenset()) -> list[tuple[str, Candidate, dict[str, str]]]:
     """The study's (label, candidate, pairing) triples: the stratified samples, the uniform points, the smallest,
     then a neighbour of ``scale.neighbour_pairs`` samples spread over cost (:func:`neighbour_pairs`), whose
-    pairing names its partner (``neighbour_of``) and the decision they differ in (``changed``)."""
+    pairing names its partner (``neighbour_of``) and the decision they differ in (``changed``); none whose id is
+    in ``exclude`` (another study's candidates: the uniform points and the smallest recur in every sample)."""
     sampled = stratified_candidates(space, bitops, scale.candidates, scale.pool, seed)
     picked = [("random", c, {}) for c in sampled]
     picked += [(f"uniform {f}", space.uniform(f, f, "largest", clamp=True), {}) for f in UNIFORM]
@@ -231,9 +244,15 @@ def pick_candidates(space: SearchSpace, bitops: Callable[[Candidate], float], sc
     picked += [("neighbour", partner, {"neighbour_of": base.id, "changed": decision})
                for base, partner, decision in neighbour_pairs(space, bases, seed)]
     unique: dict[str, tuple[str, Candidate, dict[str, str]]] = {}
-    for label, candidate, pairing in picked:  # smallest() may equal a sample: keep the first label
+    # smallest() may equal a sample: keep the first label
+    for label, candidate, pairing in (p for p in picked if p[1].id not in exclude):
         unique.setdefault(candidate.id, (label, candidate, pairing))
     return list(unique.values())
+
+
+def excluded_ids(studies: Sequence[Path]) -> frozenset[str]:
+    """The candidate ids of the studies at ``studies`` (``--exclude``)."""
+    return frozenset(row["id"] for path in studies for row in load_study(path)["candidates"])
 
 
 def neighbour_pairs(space: SearchSpace, bases: Sequence[Candidate], seed: int) -> list[tuple[Candidate, Candidate,
@@ -478,6 +497,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"scored on the same {s['val_images']} val images (the space's validation split holds {result['val_size']}; "
         "more would take images the supernet was trained on)",
         *([parent_text(p)] if (p := result.get("float_parent")) else []),
+        *([f"- another sample of candidates (--seed {result.get('seed', 0)}): none of those of "
+           + ", ".join(f"`{path}`" for path in excluded) + ", to be judged with them (`recipe_study.py`)"]
+          if (excluded := result.get("excluded")) else []),
         "",
         "| one-shot score | candidates | Kendall tau [95% CI] | Spearman [95% CI] | Pearson | "
         f"tau gain over accuracy [95% CI] | target: tau >= {TARGET_TAU} (One-Shot MPQ), at least Spearman >= "
@@ -903,14 +925,16 @@ def study(args: argparse.Namespace, space: SearchSpace, out: Path, start: float)
     def bitops(candidate: Candidate) -> float:
         return estimator.costs(candidate)["bitops"]
 
-    picked = pick_candidates(space, bitops, scale, args.seed)
+    picked = pick_candidates(space, bitops, scale, args.seed, excluded_ids(args.exclude))
     init = args.init or scale.init
     parent = float_parent(args, space, scale, out) if init == "float" else None
     meta = {"command": shlex.join([sys.executable, *sys.argv]), "scale_name": args.scale, "scale": asdict(scale),
             "init": init, "machine": machine(), "supernet": str(run), "supernet_training": training_summary(run),
             "space": args.space, "val_size": space.dataset.val_size,
             "load_start": os.getloadavg()[0],
-            "threads": args.threads, "tag": args.tag, **({"float_parent": parent} if parent else {})}
+            "threads": args.threads, "tag": args.tag, "seed": args.seed,
+            **({"float_parent": parent} if parent else {}),
+            **({"excluded": [str(path) for path in args.exclude]} if args.exclude else {})}
     ids = [c.id for _, c, _ in picked]
     earlier, earlier_s = resumed(out / f"{study_name(meta)}.json", ids, meta) if args.resume else ([], 0.0)
     rows = earlier or oneshot_rows(picked, space, scale, estimator)

@@ -7,8 +7,11 @@ and reports Kendall tau over all candidates, tau among candidates within 15% Bit
 neighbour pairs ordered right, each with its bootstrap interval and its ratio to the study's measured noise
 ceiling, and each recipe's paired difference from the first one given and from BitOps alone (the same resampled
 candidates). ``--rerun`` (the study's ground truth trained again, ``ground_truth_seeds.py``) adds each recipe's
-figures over that all-candidate noise ceiling and against the two seeds' mean, a steadier ground truth. A folder
-named after one of ``supernet_recipes.py``'s prototype recipes (``format_bn``, ``kernel_transforms``: that script
+figures over that all-candidate noise ceiling and against the two seeds' mean, a steadier ground truth, and the
+re-run's own paired difference from BitOps alone: what an estimator as good as the ground truth itself could show.
+Several ``--study`` of one ground truth (a second sample of candidates made with ``oneshot_fidelity.py --seed 1
+--exclude FIRST``) are judged as one, on all their candidates, with the noise ceiling of all their re-run ones. A
+folder named after one of ``supernet_recipes.py``'s prototype recipes (``format_bn``, ``kernel_transforms``: that script
 names its run folders after the recipes) is scored with the prototype patched in, as that script scores it.
 
     PYTHONPATH=. .venv/bin/python experiments/recipe_study.py \\
@@ -31,7 +34,8 @@ from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
-from fidelity_stats import column, fmt_ci, paired_difference, ratio_to_ceiling, search_figures
+from fidelity_stats import (column, fmt_ci, paired_difference, pooled_figures, ratio_to_ceiling,
+                            search_figures)
 from oneshot_fidelity import SEARCH_KEYS, partner_indices, search_row
 from provenance import command, judge_and_write, machine, machine_text
 from supernet_recipes import RECIPES, prototype
@@ -42,7 +46,10 @@ NAME = "supernet_recipes_study"
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", type=Path, required=True, help="a finished fidelity study's JSON")
+    parser.add_argument("--study", type=Path, action="append", required=True,
+                        help="a finished fidelity study's JSON; repeat to judge on several studies of one recipe "
+                        "(the same space, scale and init; each against its own ground truth, then pooled), e.g. a "
+                        "second sample of candidates made with oneshot_fidelity.py --exclude")
     parser.add_argument("--supernet", action="append", required=True, metavar="NAME=FOLDER",
                         help="a supernet run folder to judge (repeat; the first is the baseline of the differences)")
     parser.add_argument("--rerun", type=Path, help="the study's ground truth trained again with another seed "
@@ -52,6 +59,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default=NAME, help=f"the outputs' file stem (default {NAME}), e.g. to keep the "
                         "judgement against another study beside it")
     return parser.parse_args(argv)
+
+
+RECIPE = ("space", "init", "val_size")
+RECIPE_SCALE = ("train_images", "epochs", "val_images", "calib_images", "lr", "parent_epochs", "parent_images")
+"""What studies judged together must share: the recipe of their ground truths and one-shot scores (each study its
+own float network, its own number of candidates and re-runs)."""
+
+
+def load_studies(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The finished studies at ``paths``, refused in one line unless they share one :data:`RECIPE` and no
+    candidate (a second sample is made with ``oneshot_fidelity.py --exclude``)."""
+    studies = []
+    for path in paths:
+        study = json.loads(path.read_text())
+        if study.get("status") != "complete":
+            raise SystemExit(f"{path}: the study is not finished (status {study.get('status')!r}); resume it first")
+        studies.append(study)
+    ids: set[str] = set()
+    for path, study in zip(paths, studies):
+        differing = [key for key in RECIPE if study.get(key) != studies[0].get(key)]
+        differing += [f"scale.{key}" for key in RECIPE_SCALE
+                      if study["scale"].get(key) != studies[0]["scale"].get(key)]
+        if differing:
+            raise SystemExit(f"{path}: another recipe than {paths[0]} ({', '.join(differing)} differ); judge it on "
+                             "its own")
+        if repeated := ids & {r["id"] for r in study["candidates"]}:
+            raise SystemExit(f"{path}: shares {len(repeated)} candidates with an earlier --study; make it with "
+                             "oneshot_fidelity.py --exclude")
+        ids |= {r["id"] for r in study["candidates"]}
+    return studies
 
 
 def oneshot_scores(study: dict[str, Any], folder: Path, space: SearchSpace, data: Any) -> list[float]:
@@ -75,16 +112,24 @@ def prototype_of(folder: Path) -> str | None:
 
 def judge(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
-    study = json.loads(args.study.read_text())
-    if study.get("status") != "complete":
-        raise SystemExit(f"{args.study}: the study is not finished (status {study.get('status')!r}); resume it first")
-    space = SearchSpace.from_file(study["space"])
+    studies = load_studies(args.study)
+    if args.rerun is not None and len(studies) > 1:
+        raise SystemExit("--rerun re-trains one study's candidates: give it with a single --study")
+    space = SearchSpace.from_file(studies[0]["space"])
     # the study's training subset: the calibration images are drawn from it
-    data = load_space_data(space, root=args.data, train_subset=study["scale"]["train_images"])
+    data = load_space_data(space, root=args.data, train_subset=studies[0]["scale"]["train_images"])
+    judged = judge_one(args, studies[0], space, data) if len(studies) == 1 else judge_pooled(args, studies, space,
+                                                                                              data)
+    return {"command": command(), "study": ", ".join(map(str, args.study)), "machine": machine(), **judged,
+            "wall_s": time.perf_counter() - start}
+
+
+def judge_one(args: argparse.Namespace, study: dict[str, Any], space: SearchSpace, data: Any) -> dict[str, Any]:
+    """Every supernet against one study's ground truth (with ``--rerun``, also against its re-run)."""
     rows = study["candidates"]
     truth, cost, pairs = column(rows, "standalone_accuracy"), column(rows, "bitops"), partner_indices(rows)
     ceiling = study["search_fidelity"]["noise_ceiling"]
-    rerun = rerun_accuracies(args.rerun, args.study, len(rows))
+    rerun = rerun_accuracies(args.rerun, args.study[0], len(rows))
     recipes, baseline = [], None
     for spec in args.supernet:
         name, _, folder = spec.partition("=")
@@ -92,8 +137,7 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
         figures = search_figures(scores, truth, cost, pairs)
         for key in SEARCH_KEYS:
             figures[f"{key}_to_ceiling"] = figures[key] / ceiling[key] if ceiling.get(key, 0) > 0 else None
-        recipe = {"name": name, "supernet": folder, "prototype": prototype_of(Path(folder)),
-                  "training": training_summary(folder), "figures": figures, "scores": scores,
+        recipe = {**recipe_record(name, folder), "figures": figures, "scores": scores,
                   "minus_bitops": paired_difference(scores, cost, truth, cost, pairs)}
         if rerun is not None:
             mean = list((np.asarray(truth) + rerun) / 2)
@@ -105,11 +149,52 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
         baseline = scores if baseline is None else baseline
         recipes.append(recipe)
         print(f"{name}: " + ", ".join(f"{key} {figures[key]:.3f}" for key in SEARCH_KEYS), flush=True)
-    return {"command": command(), "study": str(args.study), "machine": machine(),
-            "n_candidates": len(rows), "noise_ceiling": ceiling, "recipes": recipes,
+    return {"n_candidates": len(rows), "noise_ceiling": ceiling, "recipes": recipes,
             **({} if rerun is None else {"rerun": str(args.rerun),
-                                         "rerun_ceiling": search_figures(rerun, truth, cost, pairs)}),
-            "bitops_alone": study["search_fidelity"]["bitops"], "wall_s": time.perf_counter() - start}
+                                         "rerun_ceiling": search_figures(rerun, truth, cost, pairs),
+                                         "rerun_minus_bitops": paired_difference(rerun, cost, truth, cost, pairs)}),
+            "bitops_alone": study["search_fidelity"]["bitops"]}
+
+
+def judge_pooled(args: argparse.Namespace, studies: list[dict[str, Any]], space: SearchSpace,
+                 data: Any) -> dict[str, Any]:
+    """Every supernet against each study's own ground truth, and pooled over the studies
+    (:func:`~fidelity_stats.pooled_figures`: no candidate compared with one of another ground truth)."""
+    parts = [(column(s["candidates"], "standalone_accuracy"), column(s["candidates"], "bitops"),
+              partner_indices(s["candidates"])) for s in studies]
+    costs = [cost for _, cost, _ in parts]
+
+    def pooled(scores: list[list[float]], baseline: list[list[float]] | None = None) -> dict[str, Any]:
+        return pooled_figures([(x, None if baseline is None else baseline[k], *parts[k])
+                               for k, x in enumerate(scores)])
+
+    recipes, first = [], None
+    for spec in args.supernet:
+        name, _, folder = spec.partition("=")
+        scores = [oneshot_scores(study, Path(folder), space, data) for study in studies]
+        recipe = {**recipe_record(name, folder), "scores": scores, "figures": pooled(scores),
+                  "minus_bitops": pooled(scores, costs),
+                  "by_study": [{"figures": search_figures(x, *part), "minus_bitops": paired_difference(x, part[1],
+                                                                                                     *part)}
+                               for x, part in zip(scores, parts)]}
+        if first is not None:
+            recipe["minus_baseline"] = pooled(scores, first)
+        first = scores if first is None else first
+        recipes.append(recipe)
+        print(f"{name} pooled: " + ", ".join(f"{key} {recipe['figures'][key]:.3f}" for key in SEARCH_KEYS))
+    return {"n_candidates": sum(len(truth) for truth, _, _ in parts), "recipes": recipes,
+            "studies": [{"study": str(path), "n_candidates": len(study["candidates"]),
+                         "float_parent": study.get("float_parent"), "machine": study.get("machine"),
+                         "noise_ceiling": study["search_fidelity"]["noise_ceiling"],
+                         "bitops_alone": study["search_fidelity"]["bitops"]}
+                        for path, study in zip(args.study, studies)],
+            "bitops_alone": pooled(costs)}
+
+
+def recipe_record(name: str, folder: str) -> dict[str, Any]:
+    """What names a judged supernet: its name, folder, prototype and training record."""
+    return {"name": name, "supernet": folder, "prototype": prototype_of(Path(folder)),
+            "training": training_summary(folder)}
 
 
 def rerun_accuracies(path: Path | None, study: Path, candidates: int) -> np.ndarray | None:
@@ -123,7 +208,59 @@ def rerun_accuracies(path: Path | None, study: Path, candidates: int) -> np.ndar
     return np.asarray(rerun["rerun_accuracies"], float)
 
 
+HEADER = ["| supernet | Kendall tau | tau within ±15% BitOps | neighbour pairs ordered right |", "|---|---|---|---|"]
+
+
 def markdown(result: dict[str, Any]) -> str:
+    return pooled_markdown(result) if "studies" in result else study_markdown(result)
+
+
+def pooled_markdown(result: dict[str, Any]) -> str:
+    recipes, studies = result["recipes"], result["studies"]
+    lines = [
+        "# Supernet recipes judged on several samples of candidates", "",
+        f"- command: `{result['command']}`",
+        f"- machine: {machine_text(result['machine'])}; wall time {result['wall_s'] / 60:.1f} min (one-shot scoring)",
+        f"- ground truths: {len(studies)} studies of one recipe, {result['n_candidates']} candidates in all; each "
+        "candidate is compared only with candidates of its own study (each study fine-tunes its own float network). "
+        "Pooled: each figure is the studies' figures weighted by their comparisons (candidate pairs, similar-cost "
+        "pairs, neighbour pairs), its 95% interval from resampling every study on its own.", "",
+        *[f"  - study {k + 1}: `{s['study']}`, {s['n_candidates']} candidates{float_text(s)}"
+          for k, s in enumerate(studies)], "",
+        "Pooled over the studies:", "", *HEADER,
+        *[search_row(r["name"], r["figures"]) for r in recipes],
+        search_row("BitOps alone", result["bitops_alone"]), "",
+        "Paired differences from BitOps alone (the baseline any estimator must beat), pooled and in each study:", "",
+        *HEADER, *[search_row(f"{r['name']}, pooled", r["minus_bitops"]) for r in recipes],
+        *[search_row(f"{r['name']}, study {k + 1}", part["minus_bitops"])
+          for r in recipes for k, part in enumerate(r["by_study"])],
+    ]
+    if len(recipes) > 1:
+        lines += ["", f"Paired differences from `{recipes[0]['name']}`, pooled:", "", *HEADER,
+                  *[search_row(r["name"], r["minus_baseline"]) for r in recipes[1:]]]
+    lines += ["", "Each study on its own:", "", *HEADER,
+              *[search_row(f"{r['name']}, study {k + 1}", part["figures"])
+                for r in recipes for k, part in enumerate(r["by_study"])],
+              *[search_row(f"BitOps alone, study {k + 1}", s["bitops_alone"]) for k, s in enumerate(studies)],
+              *[f"| the ground truth re-run, study {k + 1} ({s['noise_ceiling'].get('candidates')} re-run "
+                "candidates) | " + " | ".join(f"{s['noise_ceiling'][key]:.3f}" for key in SEARCH_KEYS)
+                + " |" for k, s in enumerate(studies) if s["noise_ceiling"]]]
+    lines += ["", "Supernets:", "", *supernet_lines(recipes)]
+    return "\n".join(lines) + "\n"
+
+
+def float_text(study: dict[str, Any]) -> str:
+    parent = study.get("float_parent")
+    machine_line = f" (machine: {machine_text(study['machine'])})" if study.get("machine") else ""
+    return (f", fine-tuned from a float network of {parent['accuracy']:.4f} val accuracy{machine_line}" if parent
+            else machine_line)
+
+
+def supernet_lines(recipes: list[dict[str, Any]]) -> list[str]:
+    return [f"- {r['name']} (`{r['supernet']}`{prototype_text(r)}): {training_text(r['training'])}" for r in recipes]
+
+
+def study_markdown(result: dict[str, Any]) -> str:
     base = result["recipes"][0]["name"]
     lines = [
         "# Supernet recipes judged by what a search needs", "",
@@ -141,27 +278,26 @@ def markdown(result: dict[str, Any]) -> str:
                  for key in SEARCH_KEYS]
         lines.append(f"| {recipe['name']} | " + " | ".join(cells) + " |")
     lines.append(search_row("BitOps alone", result["bitops_alone"]))
-    lines.append("| the ground truth re-run (noise ceiling) | "
+    lines.append(f"| the ground truth re-run (noise ceiling, its {result['noise_ceiling'].get('candidates')} re-run "
+                 "candidates) | "
                  + " | ".join(f"{result['noise_ceiling'][k]:.3f}" for k in SEARCH_KEYS) + " |")
-    header = ["| supernet | Kendall tau | tau within ±15% BitOps | neighbour pairs ordered right |",
-              "|---|---|---|---|"]
     lines += ["", f"Paired differences from `{base}` (the same resampled candidates and neighbour pairs; a "
-              "difference is a result only where its interval excludes 0):", "", *header]
+              "difference is a result only where its interval excludes 0):", "", *HEADER]
     lines += [search_row(r["name"], r["minus_baseline"]) for r in result["recipes"][1:]]
-    lines += ["", "Paired differences from BitOps alone (the baseline any estimator must beat):", "", *header]
+    lines += ["", "Paired differences from BitOps alone (the baseline any estimator must beat):", "", *HEADER]
     lines += [search_row(r["name"], r["minus_bitops"]) for r in result["recipes"]]
     if "rerun" in result:
         lines += ["", f"With the ground truth trained again (`{result['rerun']}`): each figure over that noise "
                   "ceiling (intervals from the same resamples of both), then against the two seeds' mean and minus "
-                  "BitOps alone against it:", "", *header,
-                  search_row("the ground truth re-run (noise ceiling)", result["rerun_ceiling"])]
+                  "BitOps alone against it:", "", *HEADER,
+                  search_row("the ground truth re-run (noise ceiling)", result["rerun_ceiling"]),
+                  search_row("the ground truth re-run minus BitOps alone (what any estimator could show)",
+                             result["rerun_minus_bitops"])]
         lines += [search_row(f"{r['name']} over the ceiling", r["ratio_to_ceiling"]) for r in result["recipes"]]
         lines += [search_row(f"{r['name']} against the mean", r["against_mean"]) for r in result["recipes"]]
         lines += [search_row(f"{r['name']} minus BitOps, against the mean", r["minus_bitops_against_mean"])
                   for r in result["recipes"]]
-    lines += ["", "Supernets:", ""]
-    lines += [f"- {r['name']} (`{r['supernet']}`{prototype_text(r)}): {training_text(r['training'])}"
-              for r in result["recipes"]]
+    lines += ["", "Supernets:", "", *supernet_lines(result["recipes"])]
     return "\n".join(lines) + "\n"
 
 

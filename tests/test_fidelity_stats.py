@@ -23,6 +23,7 @@ from fidelity_stats import (  # noqa: E402
     measured_noise_ceiling,
     pair_agreement,
     paired_difference,
+    pooled_figures,
     ratio_to_ceiling,
     rank_figures,
     search_figures,
@@ -291,3 +292,26 @@ def test_ratio_to_ceiling_by_hand() -> None:
                                                               "neighbour_agreement"))
     # a ceiling that is not above 0 has no ratio
     assert math.isnan(ratio_to_ceiling(truth, [-v for v in truth], truth, cost, neighbours, resamples=0)["kendall_tau"])
+
+
+def test_pooled_figures_weight_each_study_by_its_comparisons_by_hand() -> None:
+    """Two studies of equal costs (every pair is a similar-cost pair): one ranked perfectly (3 candidates, 3 pairs,
+    1 neighbour pair ordered right), one reversed (4 candidates, 6 pairs, 2 neighbour pairs ordered wrong). Pooled,
+    every comparison counts once: tau (3 - 6) / 9, the same among similar-cost pairs, neighbours 1 of 3; against a
+    baseline that ranks both perfectly, the difference subtracts 1 from each tau and 1 from the agreement; a study
+    without neighbour pairs adds none to that figure; the intervals resample each study on its own."""
+    perfect = ([1.0, 2.0, 3.0], None, [1.0, 2.0, 3.0], [5.0] * 3, [(0, 1)])
+    reversed_ = ([1.0, 2.0, 3.0, 4.0], None, [4.0, 3.0, 2.0, 1.0], [5.0] * 4, [(0, 1), (2, 3)])
+    pooled = pooled_figures([perfect, reversed_], resamples=200)
+    assert pooled["kendall_tau"] == pytest.approx(-1 / 3, abs=1e-15)
+    assert pooled["kendall_tau_local"] == pytest.approx(-1 / 3, abs=1e-15)
+    assert pooled["neighbour_agreement"] == pytest.approx(1 / 3, abs=1e-15)
+    low, high = pooled["kendall_tau_ci95"]
+    assert -1.0 <= low <= high <= 1.0
+    truth_order = [([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0])]
+    against = pooled_figures([(x, y, y, cost, pairs) for (x, y), (_, _, _, cost, pairs) in
+                              zip(truth_order, (perfect, reversed_))], resamples=200)
+    assert against["kendall_tau"] == pytest.approx(-1 / 3 - 1, abs=1e-15)
+    assert against["neighbour_agreement"] == pytest.approx(1 / 3 - 1, abs=1e-15)
+    without_pairs = pooled_figures([perfect, (*reversed_[:4], [])], resamples=200)
+    assert without_pairs["neighbour_agreement"] == 1.0 and without_pairs["studies"] == 2

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from automq.model.supernet import Supernet
 from automq.oneshot.train import SUPERNET
@@ -20,6 +23,7 @@ import oneshot_fidelity  # noqa: E402
 import recipe_study  # noqa: E402
 import supernet_recipes  # noqa: E402
 
+TOLERANCE = 64 * np.finfo(np.float64).eps  # a correlation is a quotient of short float64 sums of values <= 1
 SPACE_CHANGES = {
     "dataset": {"val_size": 200},
     "training": {"epochs": 1, "batch_size": 32, "lr": 0.05, "train_size": 512, "num_random": 1},
@@ -45,16 +49,28 @@ def test_a_copy_of_the_study_supernet_rescored_matches_the_kept_scores(tiny_spac
     assert own["scores"] == kept and rescored["scores"] == kept
     difference = rescored["minus_baseline"]
     by_study = study["search_fidelity"]["oneshot_minus_bitops"]  # the study's own paired difference from BitOps
+    ceiling = _self_agreement(study["candidates"])
     for key in recipe_study.SEARCH_KEYS:
         assert difference[key] == 0.0 and difference.get(f"{key}_ci95", [0.0, 0.0]) == [0.0, 0.0]
         assert own["minus_bitops"][key] == by_study[key]
-        # a tau of a ranking with itself is 1 up to the rounding of its float sums
-        assert result["rerun_ceiling"][key] == pytest.approx(1.0, rel=1e-12)
-        assert own["ratio_to_ceiling"][key] == pytest.approx(own["figures"][key], rel=1e-12)
+        assert result["rerun_ceiling"][key] == pytest.approx(ceiling[key], rel=1e-12)
+        assert own["ratio_to_ceiling"][key] == pytest.approx(own["figures"][key] / ceiling[key], rel=1e-12)
         assert own["against_mean"][key] == pytest.approx(own["figures"][key], rel=1e-12)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["judged.json", "judged.md"]
     text = (tmp_path / "out" / "judged.md").read_text()
     assert "command" in text and "machine" in text and "wall time" in text and "| copy |" in text
+
+
+def _self_agreement(rows: list[dict]) -> dict[str, float]:
+    """The search figures of a ground truth against an exact copy of itself, counted by hand: tau-b 1; among
+    similar-cost pairs (tau-a) the share of pairs it does not tie; a neighbour pair it ties counts one half."""
+    truth, cost = [r["standalone_accuracy"] for r in rows], [r["bitops"] for r in rows]
+    index = {r["id"]: k for k, r in enumerate(rows)}
+    neighbours = [(index[r["neighbour_of"]], index[r["id"]]) for r in rows if r.get("neighbour_of") in index]
+    similar = [(i, j) for i, j in combinations(range(len(rows)), 2) if max(cost[i], cost[j]) <= 1.15 * min(cost[i],
+                                                                                                            cost[j])]
+    return {"kendall_tau": 1.0, "kendall_tau_local": float(np.mean([truth[i] != truth[j] for i, j in similar])),
+            "neighbour_agreement": float(np.mean([1.0 if truth[i] != truth[j] else 0.5 for i, j in neighbours]))}
 
 
 def _with_format_bn(source: Path, target: Path, space: SearchSpace, *, shift_format: str | None = None) -> None:
@@ -90,3 +106,47 @@ def test_a_format_bn_supernet_is_scored_with_its_prototype(tiny_space, tmp_path)
     # the study scores uniform int4: the scoring uses the per-format affine, not the shared one
     assert shifted["scores"] != own["scores"]
     assert "`format_bn` prototype" in (tmp_path / "out" / "judged.md").read_text()
+
+
+def test_a_second_sample_is_judged_together_with_the_first(tiny_space, tmp_path) -> None:
+    """A study made with another --seed and --exclude holds new candidates only; judged together, each figure is
+    the two studies' own figures (scipy's Kendall tau within each) weighted by their candidate pairs, no candidate
+    compared with one of the other study; another recipe, shared candidates and --rerun of two are refused."""
+    space = tiny_space(SPACE_CHANGES, folder=tmp_path)
+    first = oneshot_fidelity.main(["--scale", "tiny", "--space", str(space.path), "--out", str(tmp_path / "first")])
+    first_file = tmp_path / "first" / "oneshot_fidelity_tiny.json"
+    second = oneshot_fidelity.main(["--scale", "tiny", "--space", str(space.path), "--out", str(tmp_path / "second"),
+                                    "--seed", "1", "--supernet", first["supernet"], "--exclude", str(first_file)])
+    second_file = tmp_path / "second" / "oneshot_fidelity_tiny.json"
+    assert second["excluded"] == [str(first_file)] and second["candidates"]
+    assert not {r["id"] for r in first["candidates"]} & {r["id"] for r in second["candidates"]}
+    assert not {"smallest", "uniform int8"} & {r["label"] for r in second["candidates"]}  # the first has them
+    assert "another sample of candidates (--seed 1)" in (tmp_path / "second" / "oneshot_fidelity_tiny.md").read_text()
+    judged = ["--supernet", f"study={first['supernet']}", "--out", str(tmp_path / "out"), "--name", "both"]
+    result = recipe_study.main(["--study", str(first_file), "--study", str(second_file), *judged])
+    studies = (first["candidates"], second["candidates"])
+    assert result["n_candidates"] == sum(map(len, studies))
+    recipe = result["recipes"][0]
+    assert recipe["scores"] == [[r["oneshot_accuracy"] for r in rows] for rows in studies]  # the kept scores
+
+    def by_scipy(score: str) -> float:
+        taus = [stats.kendalltau([r[score] for r in rows], [r["standalone_accuracy"] for r in rows]).statistic
+                for rows in studies]
+        pairs = [len(rows) * (len(rows) - 1) / 2 for rows in studies]
+        return float(np.dot(taus, pairs) / sum(pairs))
+
+    assert recipe["figures"]["kendall_tau"] == pytest.approx(by_scipy("oneshot_accuracy"), abs=TOLERANCE)
+    assert result["bitops_alone"]["kendall_tau"] == pytest.approx(by_scipy("bitops"), abs=TOLERANCE)
+    difference = by_scipy("oneshot_accuracy") - by_scipy("bitops")
+    assert recipe["minus_bitops"]["kendall_tau"] == pytest.approx(difference, abs=2 * TOLERANCE)
+    low, high = recipe["minus_bitops"]["kendall_tau_ci95"]
+    assert low <= high and "study 2" in (tmp_path / "out" / "both.md").read_text()
+    with pytest.raises(SystemExit, match="shares .* candidates"):
+        recipe_study.main(["--study", str(first_file), "--study", str(first_file), *judged])
+    with pytest.raises(SystemExit, match="single --study"):
+        recipe_study.main(["--study", str(first_file), "--study", str(second_file), "--rerun", str(first_file),
+                           *judged])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**second, "scale": {**second["scale"], "epochs": 9}}))
+    with pytest.raises(SystemExit, match="another recipe .*scale.epochs"):
+        recipe_study.main(["--study", str(first_file), "--study", str(other), *judged])
