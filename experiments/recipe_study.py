@@ -281,9 +281,10 @@ def study_markdown(result: dict[str, Any]) -> str:
     lines.append(f"| the ground truth re-run (noise ceiling, its {result['noise_ceiling'].get('candidates')} re-run "
                  "candidates) | "
                  + " | ".join(f"{result['noise_ceiling'][k]:.3f}" for k in SEARCH_KEYS) + " |")
-    lines += ["", f"Paired differences from `{base}` (the same resampled candidates and neighbour pairs; a "
-              "difference is a result only where its interval excludes 0):", "", *HEADER]
-    lines += [search_row(r["name"], r["minus_baseline"]) for r in result["recipes"][1:]]
+    if len(result["recipes"]) > 1:
+        lines += ["", f"Paired differences from `{base}` (the same resampled candidates and neighbour pairs; a "
+                  "difference is a result only where its interval excludes 0):", "", *HEADER]
+        lines += [search_row(r["name"], r["minus_baseline"]) for r in result["recipes"][1:]]
     lines += ["", "Paired differences from BitOps alone (the baseline any estimator must beat):", "", *HEADER]
     lines += [search_row(r["name"], r["minus_bitops"]) for r in result["recipes"]]
     if "rerun" in result:
