@@ -9,10 +9,11 @@ ceiling, and each recipe's paired difference from the first one given and from B
 candidates). ``--rerun`` (the study's ground truth trained again, ``ground_truth_seeds.py``) adds each recipe's
 figures over that all-candidate noise ceiling and against the two seeds' mean, a steadier ground truth, and the
 re-run's own paired difference from BitOps alone: what an estimator as good as the ground truth itself could show.
-Several ``--study`` of one ground truth (a second sample of candidates made with ``oneshot_fidelity.py --seed 1
---exclude FIRST``) are judged as one, on all their candidates, with the noise ceiling of all their re-run ones. A
-folder named after one of ``supernet_recipes.py``'s prototype recipes (``format_bn``, ``kernel_transforms``: that script
-names its run folders after the recipes) is scored with the prototype patched in, as that script scores it.
+Several ``--study`` of one recipe (a second sample of candidates made with ``oneshot_fidelity.py --seed 1 --exclude
+FIRST``, each study with its own float network) are judged each against its own ground truth and pooled
+(:func:`~fidelity_stats.pooled_figures`). A folder named after one of ``supernet_recipes.py``'s prototype recipes
+(``format_bn``, ``kernel_transforms``: that script names its run folders after the recipes) is scored with the
+prototype patched in, as that script scores it.
 
     PYTHONPATH=. .venv/bin/python experiments/recipe_study.py \\
         --study experiments/results/oneshot_fidelity_study.json \\
@@ -72,7 +73,10 @@ def load_studies(paths: Sequence[Path]) -> list[dict[str, Any]]:
     candidate (a second sample is made with ``oneshot_fidelity.py --exclude``)."""
     studies = []
     for path in paths:
-        study = json.loads(path.read_text())
+        try:
+            study = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"--study {path}: cannot read a fidelity study JSON ({exc})") from None
         if study.get("status") != "complete":
             raise SystemExit(f"{path}: the study is not finished (status {study.get('status')!r}); resume it first")
         studies.append(study)

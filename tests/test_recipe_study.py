@@ -141,6 +141,8 @@ def test_a_second_sample_is_judged_together_with_the_first(tiny_space, tmp_path)
     assert recipe["minus_bitops"]["kendall_tau"] == pytest.approx(difference, abs=2 * TOLERANCE)
     low, high = recipe["minus_bitops"]["kendall_tau_ci95"]
     assert low <= high and "study 2" in (tmp_path / "out" / "both.md").read_text()
+    with pytest.raises(SystemExit, match="cannot read a fidelity study JSON"):
+        recipe_study.main(["--study", str(first_file), "--study", str(tmp_path / "missing.json"), *judged])
     with pytest.raises(SystemExit, match="shares .* candidates"):
         recipe_study.main(["--study", str(first_file), "--study", str(first_file), *judged])
     with pytest.raises(SystemExit, match="single --study"):
