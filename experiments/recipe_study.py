@@ -35,7 +35,7 @@ from automq.oneshot.evaluate import OneShotEstimator
 from automq.oneshot.train import load_space_data, load_supernet, training_summary, training_text
 from automq.space.candidate import Candidate
 from automq.space.space import SearchSpace
-from fidelity_stats import (column, fmt_ci, paired_difference, pooled_figures, ratio_to_ceiling,
+from fidelity_stats import (column, fmt_ci, load_study, paired_difference, pooled_figures, ratio_to_ceiling,
                             search_figures)
 from oneshot_fidelity import SEARCH_KEYS, partner_indices, search_row
 from provenance import command, judge_and_write, machine, machine_text
@@ -73,10 +73,7 @@ def load_studies(paths: Sequence[Path]) -> list[dict[str, Any]]:
     candidate (a second sample is made with ``oneshot_fidelity.py --exclude``)."""
     studies = []
     for path in paths:
-        try:
-            study = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"--study {path}: cannot read a fidelity study JSON ({exc})") from None
+        study = load_study(path)
         if study.get("status") != "complete":
             raise SystemExit(f"{path}: the study is not finished (status {study.get('status')!r}); resume it first")
         studies.append(study)
