@@ -7,7 +7,8 @@ AUTOMQ := $(VENV)/bin/automq
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SPACE ?= spaces/mbv2_fmnist.yaml
 RUN ?= runs/demo
-PYTEST_ARGS ?=
+# the slowest tests are listed at the end: CI must stay under 20 minutes on 2 cores, and this shows where it goes
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: demo test setup data chromium clean
 

@@ -223,10 +223,10 @@ def pooled_markdown(result: dict[str, Any]) -> str:
         f"- command: `{result['command']}`",
         f"- machine: {machine_text(result['machine'])}; wall time {result['wall_s'] / 60:.1f} min (one-shot scoring)",
         f"- ground truths: {len(studies)} studies of one recipe, {result['n_candidates']} candidates in all; each "
-        "candidate is compared only with candidates of its own study (each study fine-tunes its own float network). "
+        "candidate is compared only with candidates of its own study (each study fine-tunes its float network). "
         "Pooled: each figure is the studies' figures weighted by their comparisons (candidate pairs, similar-cost "
         "pairs, neighbour pairs), its 95% interval from resampling every study on its own.", "",
-        *[f"  - study {k + 1}: `{s['study']}`, {s['n_candidates']} candidates{float_text(s)}"
+        *[f"  - study {k + 1}: `{s['study']}`, {s['n_candidates']} candidates{float_text(s, studies[:k])}"
           for k, s in enumerate(studies)], "",
         "Pooled over the studies:", "", *HEADER,
         *[search_row(r["name"], r["figures"]) for r in recipes],
@@ -250,11 +250,17 @@ def pooled_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def float_text(study: dict[str, Any]) -> str:
+def float_text(study: dict[str, Any], earlier: Sequence[dict[str, Any]]) -> str:
+    """Where a study's ground truth starts; a float network whose training record equals an ``earlier`` study's
+    (its losses to the last digit) is named as that one, so studies that share a network can be told apart from
+    studies that each trained their own."""
     parent = study.get("float_parent")
     machine_line = f" (machine: {machine_text(study['machine'])})" if study.get("machine") else ""
-    return (f", fine-tuned from a float network of {parent['accuracy']:.4f} val accuracy{machine_line}" if parent
-            else machine_line)
+    if not parent:
+        return machine_line
+    shared = [k + 1 for k, other in enumerate(earlier) if other.get("float_parent") == parent]
+    same = f", the same network as study {shared[0]}'s (an identical training record)" if shared else ""
+    return f", fine-tuned from a float network of {parent['accuracy']:.4f} val accuracy{same}{machine_line}"
 
 
 def supernet_lines(recipes: list[dict[str, Any]]) -> list[str]:

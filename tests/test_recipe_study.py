@@ -152,3 +152,15 @@ def test_a_second_sample_is_judged_together_with_the_first(tiny_space, tmp_path)
     other.write_text(json.dumps({**second, "scale": {**second["scale"], "epochs": 9}}))
     with pytest.raises(SystemExit, match="another recipe .*scale.epochs"):
         recipe_study.main(["--study", str(first_file), "--study", str(other), *judged])
+
+
+def test_studies_that_share_a_float_network_are_named_so() -> None:
+    """A study whose float network's training record equals an earlier study's is said to share it; a network
+    trained again (another loss) is not, nor is a study without one."""
+    trained = {"accuracy": 0.8974, "loss": 0.3836264295578222, "seed": 0}
+    again = {**trained, "loss": 0.3836264295578223}
+    first, copy, retrained = ({"float_parent": parent} for parent in (trained, dict(trained), again))
+    assert "the same network as study 1's" in recipe_study.float_text(copy, [first])
+    assert "the same network as study 2's" in recipe_study.float_text(copy, [retrained, first])
+    assert "same network" not in recipe_study.float_text(retrained, [first])
+    assert recipe_study.float_text({}, [first]) == ""
