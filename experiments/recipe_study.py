@@ -10,8 +10,10 @@ candidates). ``--rerun`` (the study's ground truth trained again, ``ground_truth
 figures over that all-candidate noise ceiling and against the two seeds' mean, a steadier ground truth, and the
 re-run's own paired difference from BitOps alone: what an estimator as good as the ground truth itself could show.
 Several ``--study`` of one recipe (a second sample of candidates made with ``oneshot_fidelity.py --seed 1 --exclude
-FIRST``, each study with its own float network) are judged each against its own ground truth and pooled
-(:func:`~fidelity_stats.pooled_figures`). A folder named after one of ``supernet_recipes.py``'s prototype recipes
+FIRST``; each study fine-tunes its float network, its own or a copy of another's) are judged each against its own
+ground truth and pooled (:func:`~fidelity_stats.pooled_figures`). ``--supernet NAME=FOLDER,FOLDER`` judges the mean
+of several supernets' one-shot accuracies, e.g. one recipe trained with other seeds: whether the variation between
+trainings is what limits an estimate. A folder named after one of ``supernet_recipes.py``'s prototype recipes
 (``format_bn``, ``kernel_transforms``: that script names its run folders after the recipes) is scored with the
 prototype patched in, as that script scores it.
 
@@ -51,8 +53,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a finished fidelity study's JSON; repeat to judge on several studies of one recipe "
                         "(the same space, scale and init; each against its own ground truth, then pooled), e.g. a "
                         "second sample of candidates made with oneshot_fidelity.py --exclude")
-    parser.add_argument("--supernet", action="append", required=True, metavar="NAME=FOLDER",
-                        help="a supernet run folder to judge (repeat; the first is the baseline of the differences)")
+    parser.add_argument("--supernet", action="append", required=True, metavar="NAME=FOLDER[,FOLDER...]",
+                        help="a supernet run folder to judge (repeat; the first is the baseline of the differences); "
+                        "several folders, e.g. trainings of one recipe with other seeds, judge the mean of their "
+                        "one-shot accuracies (each folder is scored once however many entries name it)")
     parser.add_argument("--rerun", type=Path, help="the study's ground truth trained again with another seed "
                         "(a ground_truth_seeds.py result JSON)")
     parser.add_argument("--data", help="dataset root (default: the space's)")
@@ -90,6 +94,32 @@ def load_studies(paths: Sequence[Path]) -> list[dict[str, Any]]:
                              "oneshot_fidelity.py --exclude")
         ids |= {r["id"] for r in study["candidates"]}
     return studies
+
+
+def supernet_spec(spec: str) -> tuple[str, list[str]]:
+    """``NAME=FOLDER[,FOLDER...]`` as its name and folders, refused in one line when either is missing."""
+    name, _, folders = spec.partition("=")
+    if not name or not all(folders.split(",")):
+        raise SystemExit(f"--supernet {spec!r}: give NAME=FOLDER, or NAME=FOLDER,FOLDER for the mean of several")
+    return name, folders.split(",")
+
+
+class Scores:
+    """One-shot scores of the studies' candidates by each folder, computed once per study and folder: an ensemble
+    entry (several folders) reuses the scores of entries that name its folders alone."""
+
+    def __init__(self, space: SearchSpace, data: Any) -> None:
+        self.space, self.data, self.done = space, data, {}
+
+    def __call__(self, study: dict[str, Any], folders: Sequence[str]) -> list[float]:
+        """The mean over ``folders`` of each candidate's one-shot accuracy (one folder: its accuracy)."""
+        scores = []
+        for folder in folders:
+            key = (id(study), str(Path(folder).resolve()))
+            if key not in self.done:
+                self.done[key] = oneshot_scores(study, Path(folder), self.space, self.data)
+            scores.append(self.done[key])
+        return scores[0] if len(scores) == 1 else [float(x) for x in np.mean(scores, axis=0)]
 
 
 def oneshot_scores(study: dict[str, Any], folder: Path, space: SearchSpace, data: Any) -> list[float]:
@@ -131,14 +161,14 @@ def judge_one(args: argparse.Namespace, study: dict[str, Any], space: SearchSpac
     truth, cost, pairs = column(rows, "standalone_accuracy"), column(rows, "bitops"), partner_indices(rows)
     ceiling = study["search_fidelity"]["noise_ceiling"]
     rerun = rerun_accuracies(args.rerun, args.study[0], len(rows))
-    recipes, baseline = [], None
+    recipes, baseline, scored = [], None, Scores(space, data)
     for spec in args.supernet:
-        name, _, folder = spec.partition("=")
-        scores = oneshot_scores(study, Path(folder), space, data)
+        name, folders = supernet_spec(spec)
+        scores = scored(study, folders)
         figures = search_figures(scores, truth, cost, pairs)
         for key in SEARCH_KEYS:
             figures[f"{key}_to_ceiling"] = figures[key] / ceiling[key] if ceiling.get(key, 0) > 0 else None
-        recipe = {**recipe_record(name, folder), "figures": figures, "scores": scores,
+        recipe = {**recipe_record(name, folders), "figures": figures, "scores": scores,
                   "minus_bitops": paired_difference(scores, cost, truth, cost, pairs)}
         if rerun is not None:
             mean = list((np.asarray(truth) + rerun) / 2)
@@ -169,11 +199,11 @@ def judge_pooled(args: argparse.Namespace, studies: list[dict[str, Any]], space:
         return pooled_figures([(x, None if baseline is None else baseline[k], *parts[k])
                                for k, x in enumerate(scores)])
 
-    recipes, first = [], None
+    recipes, first, scored = [], None, Scores(space, data)
     for spec in args.supernet:
-        name, _, folder = spec.partition("=")
-        scores = [oneshot_scores(study, Path(folder), space, data) for study in studies]
-        recipe = {**recipe_record(name, folder), "scores": scores, "figures": pooled(scores),
+        name, folders = supernet_spec(spec)
+        scores = [scored(study, folders) for study in studies]
+        recipe = {**recipe_record(name, folders), "scores": scores, "figures": pooled(scores),
                   "minus_bitops": pooled(scores, costs),
                   "by_study": [{"figures": search_figures(x, *part), "minus_bitops": paired_difference(x, part[1],
                                                                                                      *part)}
@@ -192,10 +222,14 @@ def judge_pooled(args: argparse.Namespace, studies: list[dict[str, Any]], space:
             "bitops_alone": pooled(costs)}
 
 
-def recipe_record(name: str, folder: str) -> dict[str, Any]:
-    """What names a judged supernet: its name, folder, prototype and training record."""
-    return {"name": name, "supernet": folder, "prototype": prototype_of(Path(folder)),
-            "training": training_summary(folder)}
+def recipe_record(name: str, folders: Sequence[str]) -> dict[str, Any]:
+    """What names a judged supernet: its name, folder, prototype and training record; for the mean of several,
+    each one's under ``members``."""
+    members = [{"supernet": folder, "prototype": prototype_of(Path(folder)), "training": training_summary(folder)}
+               for folder in folders]
+    if len(members) == 1:
+        return {"name": name, **members[0]}
+    return {"name": name, "supernet": ",".join(folders), "prototype": None, "members": members}
 
 
 def rerun_accuracies(path: Path | None, study: Path, candidates: int) -> np.ndarray | None:
@@ -264,7 +298,11 @@ def float_text(study: dict[str, Any], earlier: Sequence[dict[str, Any]]) -> str:
 
 
 def supernet_lines(recipes: list[dict[str, Any]]) -> list[str]:
-    return [f"- {r['name']} (`{r['supernet']}`{prototype_text(r)}): {training_text(r['training'])}" for r in recipes]
+    def text(r: dict[str, Any]) -> str:
+        return f"(`{r['supernet']}`{prototype_text(r)}): {training_text(r['training'])}"
+
+    return [f"- {r['name']}: the mean of the one-shot accuracies of " + "; and of ".join(map(text, r["members"]))
+            if "members" in r else f"- {r['name']} {text(r)}" for r in recipes]
 
 
 def study_markdown(result: dict[str, Any]) -> str:

@@ -99,13 +99,22 @@ def test_a_format_bn_supernet_is_scored_with_its_prototype(tiny_space, tmp_path)
                                 "--supernet", f"study={study['supernet']}",
                                 "--supernet", f"copies={tmp_path / 'copies' / 'format_bn'}",
                                 "--supernet", f"shifted={tmp_path / 'shifted' / 'format_bn'}",
+                                "--supernet", f"mean={study['supernet']},{tmp_path / 'shifted' / 'format_bn'}",
                                 "--out", str(tmp_path / "out"), "--name", "judged"])
-    own, copies, shifted = result["recipes"]
+    own, copies, shifted, mean = result["recipes"]
     assert copies["prototype"] == "format_bn" and own["prototype"] is None
     assert copies["scores"] == own["scores"]
     # the study scores uniform int4: the scoring uses the per-format affine, not the shared one
     assert shifted["scores"] != own["scores"]
-    assert "`format_bn` prototype" in (tmp_path / "out" / "judged.md").read_text()
+    # two supernets together: each candidate's two accuracies (multiples of 1/val images) averaged by hand
+    assert mean["scores"] == pytest.approx([(a + b) / 2 for a, b in zip(own["scores"], shifted["scores"])],
+                                           abs=np.finfo(np.float64).eps)
+    assert [m["prototype"] for m in mean["members"]] == [None, "format_bn"]
+    text = (tmp_path / "out" / "judged.md").read_text()
+    assert "`format_bn` prototype" in text and "- mean: the mean of the one-shot accuracies of" in text
+    with pytest.raises(SystemExit, match="give NAME=FOLDER"):
+        recipe_study.main(["--study", str(tmp_path / "study" / "oneshot_fidelity_tiny.json"),
+                           "--supernet", f"broken={study['supernet']},", "--out", str(tmp_path / "out")])
 
 
 def test_a_second_sample_is_judged_together_with_the_first(tiny_space, tmp_path) -> None:
