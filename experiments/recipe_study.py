@@ -104,22 +104,21 @@ def supernet_spec(spec: str) -> tuple[str, list[str]]:
     return name, folders.split(",")
 
 
-class Scores:
-    """One-shot scores of the studies' candidates by each folder, computed once per study and folder: an ensemble
-    entry (several folders) reuses the scores of entries that name its folders alone."""
+def scored_entries(args: argparse.Namespace, studies: Sequence[dict[str, Any]], space: SearchSpace,
+                   data: Any) -> list[tuple[str, list[str], list[list[float]]]]:
+    """Each ``--supernet`` entry's name, folders and one-shot scores of every study's candidates: the mean over its
+    folders of each candidate's accuracy. Every entry is parsed before any scoring, so a malformed one costs no
+    time, and each folder is scored once however many entries name it."""
+    entries = [supernet_spec(spec) for spec in args.supernet]
+    by_folder = {key: [oneshot_scores(study, Path(folder), space, data) for study in studies]
+                 for key, folder in {str(Path(f).resolve()): f for _, folders in entries for f in folders}.items()}
 
-    def __init__(self, space: SearchSpace, data: Any) -> None:
-        self.space, self.data, self.done = space, data, {}
+    def mean(folders: list[str]) -> list[list[float]]:
+        scores = [by_folder[str(Path(folder).resolve())] for folder in folders]
+        return scores[0] if len(scores) == 1 else [[float(x) for x in np.mean(per_study, axis=0)]
+                                                   for per_study in zip(*scores)]
 
-    def __call__(self, study: dict[str, Any], folders: Sequence[str]) -> list[float]:
-        """The mean over ``folders`` of each candidate's one-shot accuracy (one folder: its accuracy)."""
-        scores = []
-        for folder in folders:
-            key = (id(study), str(Path(folder).resolve()))
-            if key not in self.done:
-                self.done[key] = oneshot_scores(study, Path(folder), self.space, self.data)
-            scores.append(self.done[key])
-        return scores[0] if len(scores) == 1 else [float(x) for x in np.mean(scores, axis=0)]
+    return [(name, folders, mean(folders)) for name, folders in entries]
 
 
 def oneshot_scores(study: dict[str, Any], folder: Path, space: SearchSpace, data: Any) -> list[float]:
@@ -161,10 +160,8 @@ def judge_one(args: argparse.Namespace, study: dict[str, Any], space: SearchSpac
     truth, cost, pairs = column(rows, "standalone_accuracy"), column(rows, "bitops"), partner_indices(rows)
     ceiling = study["search_fidelity"]["noise_ceiling"]
     rerun = rerun_accuracies(args.rerun, args.study[0], len(rows))
-    recipes, baseline, scored = [], None, Scores(space, data)
-    for spec in args.supernet:
-        name, folders = supernet_spec(spec)
-        scores = scored(study, folders)
+    recipes, baseline = [], None
+    for name, folders, (scores,) in scored_entries(args, [study], space, data):
         figures = search_figures(scores, truth, cost, pairs)
         for key in SEARCH_KEYS:
             figures[f"{key}_to_ceiling"] = figures[key] / ceiling[key] if ceiling.get(key, 0) > 0 else None
@@ -199,10 +196,8 @@ def judge_pooled(args: argparse.Namespace, studies: list[dict[str, Any]], space:
         return pooled_figures([(x, None if baseline is None else baseline[k], *parts[k])
                                for k, x in enumerate(scores)])
 
-    recipes, first, scored = [], None, Scores(space, data)
-    for spec in args.supernet:
-        name, folders = supernet_spec(spec)
-        scores = [scored(study, folders) for study in studies]
+    recipes, first = [], None
+    for name, folders, scores in scored_entries(args, studies, space, data):
         recipe = {**recipe_record(name, folders), "scores": scores, "figures": pooled(scores),
                   "minus_bitops": pooled(scores, costs),
                   "by_study": [{"figures": search_figures(x, *part), "minus_bitops": paired_difference(x, part[1],
