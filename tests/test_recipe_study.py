@@ -31,12 +31,20 @@ SPACE_CHANGES = {
 }
 
 
-def test_a_copy_of_the_study_supernet_rescored_matches_the_kept_scores(tiny_space, tmp_path) -> None:
-    space = tiny_space(SPACE_CHANGES, folder=tmp_path)
-    study = oneshot_fidelity.main(["--scale", "tiny", "--space", str(space.path), "--out", str(tmp_path / "study")])
+@pytest.fixture(scope="module")
+def tiny_study(tiny_space, tmp_path_factory) -> tuple[dict, Path, SearchSpace]:
+    """One tiny fidelity study (its supernet trained and every candidate trained alone) that the tests only read:
+    ``(the study, its JSON file, its space)``. Shared because each costs tens of seconds of the CI's 20 minutes."""
+    folder = tmp_path_factory.mktemp("tiny_study")
+    space = tiny_space(SPACE_CHANGES, folder=folder)
+    study = oneshot_fidelity.main(["--scale", "tiny", "--space", str(space.path), "--out", str(folder / "study")])
+    return study, folder / "study" / "oneshot_fidelity_tiny.json", space
+
+
+def test_a_copy_of_the_study_supernet_rescored_matches_the_kept_scores(tiny_study, tmp_path) -> None:
+    study, study_file, _ = tiny_study
     copy = tmp_path / "copy"
     shutil.copytree(study["supernet"], copy)
-    study_file = tmp_path / "study" / "oneshot_fidelity_tiny.json"
     # a re-run that repeats the ground truth exactly: a perfect ceiling, and the two seeds' mean is the ground truth
     rerun = tmp_path / "rerun.json"
     rerun.write_text(json.dumps({"study": str(study_file),
@@ -89,13 +97,12 @@ def _with_format_bn(source: Path, target: Path, space: SearchSpace, *, shift_for
     torch.save(state, target / SUPERNET)
 
 
-def test_a_format_bn_supernet_is_scored_with_its_prototype(tiny_space, tmp_path) -> None:
-    space = tiny_space(SPACE_CHANGES, folder=tmp_path)
-    study = oneshot_fidelity.main(["--scale", "tiny", "--space", str(space.path), "--out", str(tmp_path / "study")])
+def test_a_format_bn_supernet_is_scored_with_its_prototype(tiny_study, tmp_path) -> None:
+    study, study_file, _ = tiny_study
     trained = SearchSpace.from_file(Path(study["supernet"]) / "space.yaml")
     _with_format_bn(Path(study["supernet"]), tmp_path / "copies" / "format_bn", trained)
     _with_format_bn(Path(study["supernet"]), tmp_path / "shifted" / "format_bn", trained, shift_format="int4")
-    result = recipe_study.main(["--study", str(tmp_path / "study" / "oneshot_fidelity_tiny.json"),
+    result = recipe_study.main(["--study", str(study_file),
                                 "--supernet", f"study={study['supernet']}",
                                 "--supernet", f"copies={tmp_path / 'copies' / 'format_bn'}",
                                 "--supernet", f"shifted={tmp_path / 'shifted' / 'format_bn'}",
@@ -113,17 +120,15 @@ def test_a_format_bn_supernet_is_scored_with_its_prototype(tiny_space, tmp_path)
     text = (tmp_path / "out" / "judged.md").read_text()
     assert "`format_bn` prototype" in text and "- mean: the mean of the one-shot accuracies of" in text
     with pytest.raises(SystemExit, match="give NAME=FOLDER"):
-        recipe_study.main(["--study", str(tmp_path / "study" / "oneshot_fidelity_tiny.json"),
+        recipe_study.main(["--study", str(study_file),
                            "--supernet", f"broken={study['supernet']},", "--out", str(tmp_path / "out")])
 
 
-def test_a_second_sample_is_judged_together_with_the_first(tiny_space, tmp_path) -> None:
+def test_a_second_sample_is_judged_together_with_the_first(tiny_study, tmp_path) -> None:
     """A study made with another --seed and --exclude holds new candidates only; judged together, each figure is
     the two studies' own figures (scipy's Kendall tau within each) weighted by their candidate pairs, no candidate
     compared with one of the other study; another recipe, shared candidates and --rerun of two are refused."""
-    space = tiny_space(SPACE_CHANGES, folder=tmp_path)
-    first = oneshot_fidelity.main(["--scale", "tiny", "--space", str(space.path), "--out", str(tmp_path / "first")])
-    first_file = tmp_path / "first" / "oneshot_fidelity_tiny.json"
+    first, first_file, space = tiny_study
     second = oneshot_fidelity.main(["--scale", "tiny", "--space", str(space.path), "--out", str(tmp_path / "second"),
                                     "--seed", "1", "--supernet", first["supernet"], "--exclude", str(first_file)])
     second_file = tmp_path / "second" / "oneshot_fidelity_tiny.json"
