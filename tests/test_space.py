@@ -71,6 +71,29 @@ def test_the_strong_space_searches_what_the_default_space_does():
     assert (strong.search.trials, strong.search.calib_blocks, strong.search.calib_contenders) == (1000, 4, 1)
 
 
+EXPERIMENT_SPACES = Path(__file__).resolve().parents[1] / "experiments" / "spaces"
+SCORED_BY = {  # an experiment's copy of a space -> the space whose supernet scores it (the README's commands)
+    "mpq_only_val10k": "spaces/mbv2_fmnist.yaml",
+    "mbv2_fmnist_lowbit_weights": "spaces/mbv2_fmnist.yaml",
+    "mbv2_fmnist_val20k_cb4": "experiments/spaces/mbv2_fmnist_val20k.yaml",
+    "mbv2_fmnist_val20k_cb4c1": "experiments/spaces/mbv2_fmnist_val20k.yaml",
+    "mpq_only_lowbit_acts_val10k": "experiments/spaces/mbv2_fmnist_lowbit_acts.yaml",
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXPERIMENT_SPACES.glob("*.yaml")))
+def test_experiment_spaces_load_and_fit_the_supernet_that_scores_them(name):
+    """The committed studies name these files in their commands; a copy meant for another space's supernet must
+    stay inside that space, with the same validation split (else the estimate would score training images)."""
+    space = SearchSpace.from_file(EXPERIMENT_SPACES / f"{name}.yaml")
+    assert space.name == name
+    space.validate_candidate(space.largest())
+    if name in SCORED_BY:
+        outer = SearchSpace.from_file(Path(__file__).resolve().parents[1] / SCORED_BY[name])
+        assert space.outside(outer) is None
+        assert space.dataset.val_size == outer.dataset.val_size and space.seed == outer.seed
+
+
 def test_shipped_names_resolve_without_a_path():
     assert SearchSpace.from_file("mbv2_fmnist").source.endswith("spaces/mbv2_fmnist.yaml")
 
