@@ -71,7 +71,8 @@ def test_the_strong_space_searches_what_the_default_space_does():
     assert (strong.search.trials, strong.search.calib_blocks, strong.search.calib_contenders) == (1000, 4, 1)
 
 
-EXPERIMENT_SPACES = Path(__file__).resolve().parents[1] / "experiments" / "spaces"
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT_SPACES = ROOT / "experiments" / "spaces"
 SCORED_BY = {  # an experiment's copy of a space -> the space whose supernet scores it (the README's commands)
     "mpq_only_val10k": "spaces/mbv2_fmnist.yaml",
     "mbv2_fmnist_lowbit_weights": "spaces/mbv2_fmnist.yaml",
@@ -89,7 +90,7 @@ def test_experiment_spaces_load_and_fit_the_supernet_that_scores_them(name):
     assert space.name == name
     space.validate_candidate(space.largest())
     if name in SCORED_BY:
-        outer = SearchSpace.from_file(Path(__file__).resolve().parents[1] / SCORED_BY[name])
+        outer = SearchSpace.from_file(ROOT / SCORED_BY[name])
         assert space.outside(outer) is None
         assert space.dataset.val_size == outer.dataset.val_size and space.seed == outer.seed
 
@@ -662,15 +663,14 @@ def test_shipped_spaces_are_found_in_a_source_tree_that_is_not_installed(tmp_pat
     import sys
     import sysconfig
 
-    root = Path(__file__).resolve().parents[1]
     code = "from automq.space.space import SHIPPED_SPACES as S; import automq; print(automq.__file__); print(S)"
-    env = {"PYTHONPATH": f"{root}{os.pathsep}{sysconfig.get_paths()['purelib']}", "PATH": os.environ["PATH"]}
+    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{sysconfig.get_paths()['purelib']}", "PATH": os.environ["PATH"]}
     done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     package, spaces = done.stdout.split()
-    assert Path(package) == root / "automq" / "__init__.py"
-    assert Path(spaces) == root / "spaces" and (Path(spaces) / "mbv2_fmnist.yaml").is_file()
+    assert Path(package) == ROOT / "automq" / "__init__.py"
+    assert Path(spaces) == ROOT / "spaces" and (Path(spaces) / "mbv2_fmnist.yaml").is_file()
 
 
 # ------------------------------------------------------------------------------------------------ narrower copies
