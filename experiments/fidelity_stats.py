@@ -239,3 +239,29 @@ def measured_noise_ceiling(repeats: Sequence[Sequence[float]], cost: Sequence[fl
     return {**{key: float(np.mean([p[key] for p in per_pair])) for key in per_pair[0]},
             "candidates": len(repeats), "seeds": seeds, "neighbour_pairs": len(neighbours),
             "local_pairs": len(similar_cost_pairs(cost))}
+
+
+def neighbour_resolution(first: Sequence[float], again: Sequence[float],
+                         neighbours: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """How far the ground truth is from ordering the neighbour pairs, from two runs of it (two seeds).
+
+    A pair's difference ``y[j] - y[i]`` is measured once per run; the two runs' disagreement gives the noise of
+    one run's difference (``difference_noise_sd``: the SD of the two runs' difference over pairs, over sqrt 2,
+    so a shift common to all pairs is not counted), and the spread of the two-run mean beyond that noise gives
+    the size of the true differences (``true_difference_rms``: the root mean square over pairs, 0 when the noise
+    explains all of it). ``seeds_for_typical_pair``: runs per candidate a ground truth would need for a
+    difference of that typical size to lie 2 standard errors from 0. ``resolved``: the pairs (indices into
+    ``neighbours``) whose two-run mean difference already lies beyond 2 standard errors."""
+    if len(neighbours) < 2:
+        return {}
+    i, j = np.asarray(neighbours).T
+    y0, y1 = np.asarray(first, float), np.asarray(again, float)
+    d0, d1 = y0[j] - y0[i], y1[j] - y1[i]
+    noise = float(np.std(d1 - d0, ddof=1) / math.sqrt(2.0))
+    mean = (d0 + d1) / 2.0
+    true_rms = math.sqrt(max(0.0, float(np.mean(mean**2)) - noise**2 / 2.0))
+    standard_error = noise / math.sqrt(2.0)
+    return {"pairs": len(neighbours), "difference_noise_sd": noise, "true_difference_rms": true_rms,
+            "mean_difference_se": standard_error,
+            "seeds_for_typical_pair": math.ceil((2.0 * noise / true_rms) ** 2) if true_rms > 0 else None,
+            "resolved": [k for k in range(len(mean)) if abs(mean[k]) > 2.0 * standard_error]}

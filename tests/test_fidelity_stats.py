@@ -21,6 +21,7 @@ from fidelity_stats import (  # noqa: E402
     correlations,
     local_tau,
     measured_noise_ceiling,
+    neighbour_resolution,
     pair_agreement,
     paired_difference,
     pooled_figures,
@@ -201,6 +202,38 @@ def test_measured_noise_ceiling_by_hand() -> None:
     assert (ceiling["candidates"], ceiling["seeds"], ceiling["neighbour_pairs"]) == (4, 3, 2)
     assert measured_noise_ceiling(repeats[:2], [100.0, 105.0], []) == {}  # fewer than 3 re-run candidates
 
+
+
+def test_neighbour_resolution_by_hand() -> None:
+    # pair differences: run 0 (+0.10, 0.00), run 1 (+0.12, -0.02); run 1 minus run 0 (+0.02, -0.02), SD 0.02 sqrt 2,
+    # so one run's noise 0.02; the mean differences (+0.11, -0.01) have a mean square 0.0061, of which 0.02^2 / 2 is
+    # noise: true RMS sqrt(0.0059); standard error of a mean of two 0.02 / sqrt 2, so only +0.11 is beyond 2 of them
+    first, again = [0.50, 0.60, 0.50, 0.50], [0.50, 0.62, 0.50, 0.48]
+    got = neighbour_resolution(first, again, [(0, 1), (2, 3)])
+    assert got["difference_noise_sd"] == pytest.approx(0.02, abs=TOLERANCE)
+    assert got["true_difference_rms"] == pytest.approx(math.sqrt(0.0059), abs=TOLERANCE)
+    assert got["mean_difference_se"] == pytest.approx(0.02 / math.sqrt(2), abs=TOLERANCE)
+    assert (got["pairs"], got["resolved"], got["seeds_for_typical_pair"]) == (2, [0], 1)  # (0.04 / 0.0768)^2 = 0.27
+    # noise explains all of the spread: no true difference, and no number of seeds is enough for it
+    flat = neighbour_resolution([0.5, 0.51, 0.5, 0.5], [0.5, 0.49, 0.5, 0.5], [(0, 1), (2, 3)])
+    assert (flat["true_difference_rms"], flat["seeds_for_typical_pair"], flat["resolved"]) == (0.0, None, [])
+    assert neighbour_resolution(first, again, [(0, 1)]) == {}  # one pair has no spread to measure
+
+
+def test_neighbour_resolution_recovers_a_simulated_ground_truth() -> None:
+    # true differences N(0, 0.002^2), each run's difference off by N(0, 0.003^2): the figures come back within 6
+    # standard errors of their sampling (delta method, Gaussian moments)
+    rng, n, true_sd, noise = np.random.default_rng(7), 20000, 0.002, 0.003
+    base = rng.uniform(0.7, 0.9, n)
+    partner = base + rng.normal(0.0, true_sd, n)
+    first = np.concatenate([base, partner + rng.normal(0.0, noise, n)])
+    again = np.concatenate([base, partner + rng.normal(0.0, noise, n)])
+    got = neighbour_resolution(first, again, [(k, n + k) for k in range(n)])
+    assert got["difference_noise_sd"] == pytest.approx(noise, abs=6 * noise / math.sqrt(2 * (n - 1)))
+    mean_square = true_sd**2 + noise**2 / 2  # of the two-run mean difference
+    rms_square_sd = math.sqrt(2 * mean_square**2 / n + noise**4 / (2 * (n - 1)))
+    assert got["true_difference_rms"] == pytest.approx(true_sd, abs=6 * rms_square_sd / (2 * true_sd))
+    assert got["seeds_for_typical_pair"] in (9, 10)  # (2 * 0.003 / 0.002)^2 = 9, rounded up from the estimates
 
 # ------------------------------------------------------------------------------------- detrended Spearman
 def test_spearman_beyond_bitops_ranks_the_residuals_of_the_log_bitops_trend() -> None:

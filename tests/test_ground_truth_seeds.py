@@ -52,10 +52,30 @@ def test_every_candidate_is_trained_again_once(tiny_space, tmp_path, monkeypatch
     first = [r["standalone_accuracy"] for r in rows]
     assert result["noise_ceiling"]["kendall_tau"] == pytest.approx(stats.kendalltau(again, first).statistic,
                                                                     abs=1e-12)
-    assert ground_truth_seeds.main(argv)["rerun_accuracies"] == again  # resumed: nothing trained again
+    ids = [r["id"] for r in rows]
+    pairs = [(ids.index(r["neighbour_of"]), k) for k, r in enumerate(rows) if r.get("neighbour_of")]
+    runs_apart = [(again[j] - again[i]) - (first[j] - first[i]) for i, j in pairs]  # one pair's two differences
+    assert len(pairs) == result["neighbour_resolution"]["pairs"] >= 2
+    assert result["neighbour_resolution"]["difference_noise_sd"] == pytest.approx(
+        stats.tstd(runs_apart) / 2**0.5, abs=1e-12)
+    kept = tmp_path / "res" / "oneshot_fidelity_tiny_formats_seed1.json"
+    kept.unlink()
+    resumed = ground_truth_seeds.main(argv)
+    assert resumed["rerun_accuracies"] == again  # resumed from the log: nothing trained again
     assert len(list(read_jsonl(log))) == len(trained)
+    shutil.rmtree(log.parent)  # on another machine: the committed result lends its re-runs, no --parent needed
+    judged = ground_truth_seeds.main(argv[:2] + argv[4:])
+    assert judged["rerun_accuracies"] == again and not log.exists()
+    assert judged["wall_s"] == resumed["wall_s"] and "judged_again" not in resumed  # the trainings' record stays
+    assert judged["judged_again"]["wall_s"] > 0 and "judged again from that run's result" in kept.with_suffix(
+        ".md").read_text()
+    doctored = json.loads(kept.read_text())
+    doctored["candidate_ids"][0] = "another"
+    kept.write_text(json.dumps(doctored))
+    assert ground_truth_seeds.earlier_result(ground_truth_seeds.parse_args(argv), rows) is None
     text = (tmp_path / "res" / "oneshot_fidelity_tiny_formats_seed1.md").read_text()
     assert "- command: `" in text and "- machine: " in text and "noise ceiling" in text
+    assert "Can this ground truth order the neighbour pairs?" in text
 
     other = tmp_path / "other"
     other.mkdir()
