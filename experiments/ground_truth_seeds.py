@@ -119,7 +119,7 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
     resolution = neighbour_resolution(first, again, pairs)
     resolved = [pairs[k] for k in resolution.get("resolved", [])]
     run = {"command": command(), "machine": machine()}
-    return {
+    result: dict[str, Any] = {
         **run, "study": str(args.study), "seed": args.seed,
         "n_candidates": len(rows), "neighbour_pairs": len(pairs), "candidate_ids": [r["id"] for r in rows],
         "rerun_accuracies": again,
@@ -132,10 +132,11 @@ def judge(args: argparse.Namespace) -> dict[str, Any]:
         "neighbour_resolution": resolution,
         "resolved_pairs_agreement": {name: pair_agreement(x, mean, resolved) for name, x in estimates.items()},
         "rerun_shift": float(difference.mean()), "seed_difference_std": float(difference.std(ddof=1)),
-        "wall_s": time.perf_counter() - start, "work": str(work),
-        # judged again from an earlier result: its trainings' command, machine and time stay the record's
-        **({key: earlier[key] for key in ("command", "machine", "wall_s", "work")} | {"judged_again": {
-            **run, "wall_s": time.perf_counter() - start}} if earlier else {})}
+        "wall_s": time.perf_counter() - start, "work": str(work)}
+    if earlier:  # judged again from an earlier result: its trainings' command, machine and time stay the record's
+        result |= {key: earlier[key] for key in ("command", "machine", "wall_s", "work")}
+        result["judged_again"] = {**run, "wall_s": time.perf_counter() - start}
+    return result
 
 
 def markdown(result: dict[str, Any]) -> str:
