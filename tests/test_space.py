@@ -79,6 +79,7 @@ SCORED_BY = {  # an experiment's copy of a space -> the space whose supernet sco
     "mbv2_fmnist_val20k_cb4": "experiments/spaces/mbv2_fmnist_val20k.yaml",
     "mbv2_fmnist_val20k_cb4c1": "experiments/spaces/mbv2_fmnist_val20k.yaml",
     "mpq_only_lowbit_acts_val10k": "experiments/spaces/mbv2_fmnist_lowbit_acts.yaml",
+    "mbv2_fmnist_lowbit_acts_cb4c1": "experiments/spaces/mbv2_fmnist_lowbit_acts.yaml",
 }
 
 
